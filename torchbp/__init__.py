@@ -1,0 +1,32 @@
+"""torchbp: hand-derived backpropagation for PyTorch, checked against native autograd.
+
+The chain, in the order data flows:
+
+- ``torchbp.functions``: the autograd Functions, one file per layer, holding the math;
+- ``torchbp.functional`` and ``torchbp.nn``: drop-in wrappers with torch's signatures;
+- ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way;
+- ``torchbp.compare``: check a function or model against native autograd.
+"""
+
+from torchbp import functional, functions, nn
+from torchbp.compare import ComparedTensor, Report, check_function, check_model, compare_tensors
+from torchbp.convert import convert, to_native
+from torchbp.functions import DeviceError, DTypeError, ShapeError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "functions",
+    "nn",
+    "convert",
+    "to_native",
+    "check_function",
+    "check_model",
+    "compare_tensors",
+    "Report",
+    "ComparedTensor",
+    "ShapeError",
+    "DTypeError",
+    "DeviceError",
+]

@@ -1,0 +1,295 @@
+"""Check any function or model against native autograd, and explain a mismatch.
+
+A tensor matches its reference when
+
+    max |actual − reference| ≤ atol + rtol · max |reference|
+
+The relative tolerance is scaled by the reference's own largest magnitude, so
+it shrinks with the gradients: a fixed absolute floor such as
+torch.testing's atol = 1e-5 would let a 50 % wrong gradient pass wherever
+gradients are around 1e-6, as they are for a mean-reduced loss over many
+elements. By default ``atol`` is 0 and ``rtol`` depends on the reference's
+dtype (``DEFAULT_RTOL``). NaN and ±Inf must sit at the same places on both
+sides; they are excluded from the error figures.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from torchbp.convert import convert, to_native
+
+DEFAULT_RTOL: dict[torch.dtype, float] = {
+    torch.float64: 1e-7,
+    torch.float32: 1e-5,
+    torch.float16: 1e-2,
+    torch.bfloat16: 5e-2,
+}
+
+
+@dataclass(frozen=True)
+class ComparedTensor:
+    """One row of a report: a tensor and its reference."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    dtype: torch.dtype | None
+    max_abs_error: float
+    max_rel_error: float  # max_abs_error / max |reference|
+    tolerance: float  # atol + rtol · max |reference|
+    reference_max: float  # max |reference| over its finite elements
+    ok: bool
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if not self.ok:
+            return "MISMATCH"
+        return "exact" if self.max_abs_error == 0 else "close"
+
+
+@dataclass
+class Report:
+    """The outcome of a comparison: one row per compared tensor.
+
+    ``bool(report)`` is ``report.ok``, so ``assert check_model(...)`` means what it says.
+    """
+
+    title: str
+    rows: list[ComparedTensor] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((row.max_abs_error for row in self.rows), default=0.0)
+
+    @property
+    def mismatches(self) -> list[ComparedTensor]:
+        return [row for row in self.rows if not row.ok]
+
+    def assert_ok(self) -> None:
+        """Raise AssertionError carrying the whole table when any tensor mismatches."""
+        if not self.ok:
+            raise AssertionError(str(self))
+
+    def __str__(self) -> str:
+        bad = self.mismatches
+        if bad:
+            headline = (
+                f"{self.title}: MISMATCH in {len(bad)} of {len(self.rows)} tensors: "
+                + ", ".join(row.name for row in bad)
+            )
+        else:
+            headline = f"{self.title}: MATCH, {len(self.rows)} of {len(self.rows)} tensors within tolerance"
+        header = ("tensor", "shape", "dtype", "max abs err", "max rel err", "tolerance", "max |ref|", "result")
+        body = [
+            (
+                row.name,
+                "?" if row.shape is None else str(row.shape),
+                "?" if row.dtype is None else str(row.dtype).removeprefix("torch."),
+                f"{row.max_abs_error:.2e}",
+                f"{row.max_rel_error:.2e}",
+                f"{row.tolerance:.2e}",
+                f"{row.reference_max:.2e}",
+                row.verdict,
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+        lines = [headline]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]]
+        lines += [f"  {row.name}: {row.note}" for row in self.rows if row.note]
+        return "\n".join(lines)
+
+
+def compare_tensors(
+    name: str,
+    actual: torch.Tensor | None,
+    reference: torch.Tensor | None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> ComparedTensor:
+    """Compare one tensor with its reference; see the module docstring for the criterion."""
+    if actual is None or reference is None:
+        present = reference if actual is None else actual
+        if present is None:
+            return ComparedTensor(name, None, None, 0.0, 0.0, 0.0, 0.0, True, "absent on both sides")
+        side = "torchbp side" if actual is None else "reference side"
+        return ComparedTensor(
+            name, tuple(present.shape), present.dtype, float("inf"), float("inf"), 0.0, 0.0, False,
+            f"missing on the {side}",
+        )
+    shape, dtype = tuple(reference.shape), reference.dtype
+    if tuple(actual.shape) != shape:
+        return ComparedTensor(
+            name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False,
+            f"shape {tuple(actual.shape)} where the reference has {shape}",
+        )
+    if actual.dtype != dtype:
+        return ComparedTensor(
+            name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False,
+            f"dtype {actual.dtype} where the reference has {dtype}",
+        )
+    rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
+    atol = 0.0 if atol is None else atol
+    a = actual.detach().to(torch.float64)
+    b = reference.detach().to(device=a.device, dtype=torch.float64)
+    finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
+    nonfinite_agree = bool(torch.equal(finite_a, finite_b)) and bool(
+        torch.all(finite_b | (a == b) | (torch.isnan(a) & torch.isnan(b)))
+    )
+    finite = finite_a & finite_b
+    error = (a - b).abs()[finite]
+    max_abs = error.max().item() if error.numel() else 0.0
+    reference_max = b.abs()[finite].max().item() if error.numel() else 0.0
+    if reference_max > 0:
+        max_rel = max_abs / reference_max
+    else:
+        max_rel = 0.0 if max_abs == 0 else float("inf")
+    tolerance = atol + rtol * reference_max
+    ok = nonfinite_agree and max_abs <= tolerance
+    note = "" if nonfinite_agree else "NaN or Inf at places where the reference has none, or the other way round"
+    if not ok and nonfinite_agree:
+        note = _where(error, finite, max_abs)
+    return ComparedTensor(name, shape, dtype, max_abs, max_rel, tolerance, reference_max, ok, note)
+
+
+def _where(error: torch.Tensor, finite: torch.Tensor, max_abs: float) -> str:
+    """Index of the largest error, to point a reader at it."""
+    flat_index = torch.nonzero(finite.reshape(-1)).reshape(-1)[error.argmax()].item()
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), finite.shape))
+    return f"largest error {max_abs:.3e} at index {index}"
+
+
+def check_function(
+    fn: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
+    reference: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
+    *inputs,
+    grad_output: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Report:
+    """Run ``fn`` and ``reference`` on copies of ``inputs``, backpropagate the same upstream
+    gradient through both, and compare the outputs and the gradient of every input
+    that requires grad.
+
+    ``grad_output`` is the upstream gradient, one per output; when not given, it is
+    drawn from a normal distribution with a fixed seed. Copies keep each input's
+    strides, so a non-contiguous input stays non-contiguous. Works for any pair of
+    callables: pass your own autograd Function's ``apply`` as ``fn``.
+    """
+    fn_name = getattr(fn, "__qualname__", type(fn).__name__)
+    report = Report(f"check_function({fn_name})")
+    actual_inputs = [_copy_leaf(x) for x in inputs]
+    reference_inputs = [_copy_leaf(x) for x in inputs]
+    actual_outputs = _as_tuple(fn(*actual_inputs))
+    reference_outputs = _as_tuple(reference(*reference_inputs))
+
+    count = max(len(actual_outputs), len(reference_outputs))
+    for i in range(count):
+        name = "output" if count == 1 else f"output[{i}]"
+        report.rows.append(
+            compare_tensors(name, _get(actual_outputs, i), _get(reference_outputs, i), rtol, atol)
+        )
+
+    grad_outputs = _grad_outputs(grad_output, reference_outputs)
+    wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
+    actual_grads = _gradients(actual_outputs, grad_outputs, [actual_inputs[i] for i in wrt])
+    reference_grads = _gradients(reference_outputs, grad_outputs, [reference_inputs[i] for i in wrt])
+    for i, mine, theirs in zip(wrt, actual_grads, reference_grads):
+        report.rows.append(compare_tensors(f"inputs[{i}].grad", mine, theirs, rtol, atol))
+    return report
+
+
+def check_model(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Report:
+    """Compare the torchbp and the native version of ``model`` from identical parameters.
+
+    ``model`` may be given in either form; neither it nor ``loss_fn`` is changed.
+    A ``loss_fn`` that is a module is converted too (a plain function is used
+    as it is on both sides). Both copies run forward, loss and backward on the
+    same ``inputs`` and ``target``; the report compares the output, the loss, the
+    gradient with respect to the input and every parameter's gradient by name.
+    """
+    report = Report(f"check_model({type(model).__name__})")
+    hand = _run_model(convert, model, loss_fn, inputs, target)
+    native = _run_model(to_native, model, loss_fn, inputs, target)
+    for name in ("output", "loss"):
+        report.rows.append(compare_tensors(name, hand[name], native[name], rtol, atol))
+    for name, reference_grad in native["grads"].items():
+        report.rows.append(compare_tensors(name, hand["grads"].get(name), reference_grad, rtol, atol))
+    return report
+
+
+def _run_model(to_side, model, loss_fn, inputs, target) -> dict:
+    """Forward, loss and backward on one side's copy; gradients keyed by report row name."""
+    side_model = to_side(model)
+    side_loss = to_side(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+    x = _copy_leaf(inputs, requires_grad=inputs.is_floating_point())
+    output = side_model(x)
+    loss = side_loss(output, target)
+    wrt = {"input.grad": x} if x.requires_grad else {}
+    wrt.update((f"{name}.grad", p) for name, p in side_model.named_parameters() if p.requires_grad)
+    grads = _gradients((loss,), (torch.ones_like(loss),), list(wrt.values()))
+    return {"output": output, "loss": loss, "grads": dict(zip(wrt, grads))}
+
+
+def _copy_leaf(x, requires_grad: bool | None = None):
+    """A new leaf with x's values and strides, so each side gets its own graph and grads."""
+    if not isinstance(x, torch.Tensor):
+        return copy.deepcopy(x)
+    requires_grad = x.requires_grad if requires_grad is None else requires_grad
+    try:
+        leaf = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        leaf.copy_(x.detach())
+    except RuntimeError:  # overlapping strides (an expanded tensor) cannot be written to
+        leaf = x.detach().clone()
+    return leaf.requires_grad_(requires_grad)
+
+
+def _as_tuple(output) -> tuple:
+    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
+
+
+def _get(items: Sequence, i: int):
+    return items[i] if i < len(items) else None
+
+
+def _grad_outputs(given, reference_outputs: tuple) -> tuple:
+    if given is not None:
+        return _as_tuple(given)
+    generator = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype).to(out.device)
+        if isinstance(out, torch.Tensor) and out.is_floating_point()
+        else None
+        for out in reference_outputs
+    )
+
+
+def _gradients(outputs: tuple, grad_outputs: tuple, wrt: list[torch.Tensor]) -> list:
+    """∂(Σ outputs · grad_outputs)/∂wrt; None for each when nothing is differentiable."""
+    pairs = [
+        (out, g) for out, g in zip(outputs, grad_outputs)
+        if isinstance(out, torch.Tensor) and out.requires_grad and g is not None
+    ]
+    if not pairs or not wrt:
+        return [None] * len(wrt)
+    outs, gs = zip(*pairs)
+    return list(torch.autograd.grad(outs, wrt, gs, allow_unused=True, materialize_grads=True))

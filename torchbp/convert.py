@@ -1,0 +1,43 @@
+"""Swap a model's layers between torch.nn and torchbp, keeping every parameter."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from torchbp.nn import HAND_DERIVED
+
+
+def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
+    """Return ``module`` with every torch.nn.Linear, Sigmoid and MSELoss, at any depth
+    (``module`` itself included), replaced by its torchbp version.
+
+    The replacement holds the same parameters, buffers and hooks: a torchbp
+    layer adds no state to its native class, so the swap only changes which
+    ``forward`` runs. Without ``inplace`` the original is left untouched and a
+    deep copy is returned; with it, the original's parameters (and so any
+    optimizer holding them) keep working. Only exact native classes are
+    swapped; a subclass of torch.nn.Linear has behaviour of its own and is left
+    as it is.
+    """
+    return _swap_classes(module, HAND_DERIVED, inplace)
+
+
+def to_native(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
+    """The reverse of :func:`convert`: every torchbp layer becomes its torch.nn class."""
+    return _swap_classes(module, {hand: native for native, hand in HAND_DERIVED.items()}, inplace)
+
+
+def _swap_classes(
+    module: torch.nn.Module, mapping: dict[type, type], inplace: bool
+) -> torch.nn.Module:
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if not inplace:
+        module = copy.deepcopy(module)
+    for submodule in module.modules():
+        swapped = mapping.get(type(submodule))
+        if swapped is not None:
+            submodule.__class__ = swapped
+    return module

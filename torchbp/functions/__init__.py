@@ -1,0 +1,16 @@
+"""The hand-derived autograd Functions: one file per layer, each holding its formula."""
+
+from torchbp.functions.linear import LinearFunction
+from torchbp.functions.mse_loss import MSELossFunction
+from torchbp.functions.sigmoid import SigmoidFunction, sigmoid_derivative
+from torchbp.functions.validation import DeviceError, DTypeError, ShapeError
+
+__all__ = [
+    "LinearFunction",
+    "SigmoidFunction",
+    "MSELossFunction",
+    "sigmoid_derivative",
+    "ShapeError",
+    "DTypeError",
+    "DeviceError",
+]

@@ -1,0 +1,60 @@
+"""The squared-error loss and its hand-derived backward."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from torchbp.functions.validation import check_floating_and_matching, check_same_shape
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        # The message torch.nn.functional.mse_loss gives for the same mistake.
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+class MSELossFunction(torch.autograd.Function):
+    r"""ℓ = reduce((ŷ − y)²) over every element, with the backward derived by hand.
+
+    reduce is a mean over the N elements ("mean"), a sum ("sum") or nothing
+    ("none"). Given g = ∂J/∂ℓ:
+
+    - ∂J/∂ŷ = 2 (ŷ − y) ⊙ g / N   with N = 1 for "sum" and "none"
+    - ∂J/∂y = −∂J/∂ŷ
+
+    The derivation's cost J = ½ Σ (y − ŷ)² is ``0.5 * mse_loss(ŷ, y, reduction="sum")``,
+    whose gradient is the familiar ŷ − y.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        check_reduction(reduction)
+        check_floating_and_matching("mse_loss", input=input, target=target)
+        check_same_shape("mse_loss", input, target)
+        return F.mse_loss(input, target, reduction=reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        y_hat, y, reduction = inputs
+        ctx.save_for_backward(y_hat, y)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        y_hat, y = ctx.saved_tensors
+        need_y_hat, need_y, _ = ctx.needs_input_grad
+        if not (need_y_hat or need_y):
+            return None, None, None
+        grad_y_hat = 2 * (y_hat - y) * g  # 2 (ŷ − y) ⊙ g
+        if ctx.reduction == "mean":
+            grad_y_hat = grad_y_hat / y_hat.numel()  # the 1/N of the mean
+        return (
+            grad_y_hat if need_y_hat else None,
+            -grad_y_hat if need_y else None,
+            None,
+        )
