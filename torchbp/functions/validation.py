@@ -28,7 +28,7 @@ class DeviceError(ValueError, RuntimeError):
 
 
 def _shape(tensor: torch.Tensor) -> str:
-    return "(" + ", ".join(str(size) for size in tensor.shape) + ")"
+    return str(tuple(tensor.shape))
 
 
 def check_floating_and_matching(op: str, **tensors: torch.Tensor | None) -> None:

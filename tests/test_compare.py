@@ -1,0 +1,281 @@
+"""The comparison API: what a report holds, and that it catches each planted bug."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchbp
+from torchbp.compare import DEFAULT_RTOL, check_function, check_model, compare_tensors
+from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
+
+
+def leaf(*shape, dtype=torch.float64):
+    return torch.randn(shape, dtype=dtype).requires_grad_()
+
+
+# Planted bugs: each is the real Function with one mistake in its backward.
+class TransposedWeightGradient(LinearFunction):
+    @staticmethod
+    def backward(ctx, delta):
+        grad_a_prev, grad_W, grad_b = LinearFunction.backward(ctx, delta)
+        return grad_a_prev, grad_W.T, grad_b  # δᵀ a_prev transposed: on a square W only the values are wrong
+
+
+class MissingSigmoidDerivative(SigmoidFunction):
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output  # forgot ⊙ σ'(z)
+
+
+class SumScaleForMean(MSELossFunction):
+    @staticmethod
+    def backward(ctx, g):
+        y_hat, y = ctx.saved_tensors
+        return 2 * (y_hat - y) * g, None, None  # forgot the 1/N of "mean"
+
+
+class MissingFactorTwo(MSELossFunction):
+    @staticmethod
+    def backward(ctx, g):
+        y_hat, y = ctx.saved_tensors
+        return (y_hat - y) * g / y_hat.numel(), None, None  # ∂(mean of squares)/∂ŷ lost its 2
+
+
+class BiasSumOverPartOfTheBatch(LinearFunction):
+    @staticmethod
+    def backward(ctx, delta):
+        grad_a_prev, grad_W, _ = LinearFunction.backward(ctx, delta)
+        return grad_a_prev, grad_W, delta.sum(0)[0]  # for (B, T, o) sums over B but takes t = 0 only
+
+
+PLANTED_BUGS = {
+    "transposed weight gradient": dict(
+        fn=TransposedWeightGradient.apply, reference=F.linear,
+        inputs=lambda: (leaf(5, 3), leaf(3, 3), leaf(3)), wrong="inputs[1].grad",
+    ),
+    "missing sigmoid derivative": dict(
+        fn=MissingSigmoidDerivative.apply, reference=torch.sigmoid,
+        inputs=lambda: (leaf(5, 3),), wrong="inputs[0].grad",
+    ),
+    "wrong reduction scale": dict(
+        fn=lambda x, y: SumScaleForMean.apply(x, y, "mean"), reference=F.mse_loss,
+        inputs=lambda: (leaf(5, 3), torch.randn(5, 3, dtype=torch.float64)), wrong="inputs[0].grad",
+    ),
+    "bias gradient summed over part of the leading dimensions": dict(
+        fn=BiasSumOverPartOfTheBatch.apply, reference=F.linear,
+        inputs=lambda: (leaf(2, 4, 3), leaf(5, 3), leaf(5)), wrong="inputs[2].grad",
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", PLANTED_BUGS)
+def test_report_catches_planted_bug(bug):
+    case = PLANTED_BUGS[bug]
+    report = check_function(case["fn"], case["reference"], *case["inputs"]())
+    assert not report.ok
+    assert [row.name for row in report.mismatches] == [case["wrong"]]
+    assert "MISMATCH" in str(report) and case["wrong"] in str(report)
+
+
+def test_the_transposed_weight_gradient_has_the_right_shape_and_wrong_values():
+    # Guards the planted bug itself: a shape error would be caught by autograd, not by us.
+    x, w = leaf(5, 3), leaf(3, 3)
+    (grad,) = torch.autograd.grad(TransposedWeightGradient.apply(x, w, None).sum(), w)
+    assert grad.shape == w.shape
+
+
+def test_a_50_percent_wrong_tiny_gradient_fails_where_a_fixed_atol_passes_it():
+    # A mean over 100 000 elements makes every gradient about 1e-5; losing the
+    # factor 2 halves them, an error of about 5e-6: under torch.testing's atol.
+    torch.manual_seed(0)
+    y_hat = torch.randn(100_000, requires_grad=True)
+    y = y_hat.detach() + torch.rand(100_000) * 0.5
+    ours = torch.autograd.grad(MissingFactorTwo.apply(y_hat, y, "mean"), y_hat)[0]
+    native = torch.autograd.grad(F.mse_loss(y_hat, y), y_hat)[0]
+    torch.testing.assert_close(ours, native)  # the trap: a fixed absolute floor passes it
+    report = check_function(lambda a, b: MissingFactorTwo.apply(a, b, "mean"), F.mse_loss, y_hat, y)
+    assert [row.name for row in report.mismatches] == ["inputs[0].grad"]
+    assert report.rows[1].max_rel_error == pytest.approx(0.5, rel=1e-3)
+
+
+def test_correct_functions_pass_with_every_row_listed():
+    report = check_function(torchbp.functional.linear, F.linear, leaf(5, 3), leaf(4, 3), leaf(4))
+    assert report.ok and bool(report)
+    assert [row.name for row in report.rows] == ["output", "inputs[0].grad", "inputs[1].grad", "inputs[2].grad"]
+    report.assert_ok()
+
+
+def test_inputs_without_requires_grad_are_not_compared():
+    report = check_function(torchbp.functional.linear, F.linear, torch.randn(5, 3), leaf(4, 3).float())
+    assert [row.name for row in report.rows] == ["output", "inputs[1].grad"]
+
+
+def test_assert_ok_raises_with_the_table():
+    report = check_function(MissingSigmoidDerivative.apply, torch.sigmoid, leaf(5, 3))
+    with pytest.raises(AssertionError) as raised:
+        report.assert_ok()
+    assert str(report) == str(raised.value)
+    assert "max abs err" in str(raised.value) and "inputs[0].grad" in str(raised.value)
+
+
+def test_a_report_is_false_when_it_mismatches():
+    assert not check_function(MissingSigmoidDerivative.apply, torch.sigmoid, leaf(5, 3))
+
+
+def test_report_row_fields():
+    reference = torch.tensor([1.0, -4.0], dtype=torch.float64)
+    row = compare_tensors("t", reference + torch.tensor([0.0, 1e-3], dtype=torch.float64), reference)
+    assert row.shape == (2,) and row.dtype == torch.float64
+    assert row.max_abs_error == pytest.approx(1e-3)
+    assert row.max_rel_error == pytest.approx(1e-3 / 4)
+    assert row.reference_max == 4.0
+    assert row.tolerance == pytest.approx(DEFAULT_RTOL[torch.float64] * 4)
+    assert not row.ok and "index (1,)" in row.note
+
+
+TOLERANCE_CASES = [
+    # (dtype, relative error, passes)
+    (torch.float64, 1e-9, True),
+    (torch.float64, 1e-6, False),
+    (torch.float32, 1e-6, True),
+    (torch.float32, 1e-4, False),
+    (torch.float16, 1e-3, True),
+    (torch.float16, 1e-1, False),
+    (torch.bfloat16, 1e-2, True),
+    (torch.bfloat16, 2e-1, False),
+]
+
+
+@pytest.mark.parametrize("dtype, relative_error, passes", TOLERANCE_CASES, ids=str)
+def test_tolerance_follows_dtype_and_reference_magnitude(dtype, relative_error, passes):
+    # The verdict does not depend on the gradients' scale (within the dtype's range).
+    scales = (1e-2, 1.0, 1e2) if dtype == torch.float16 else (1e-8, 1.0, 1e6)
+    for scale in scales:
+        reference = (torch.linspace(-1, 1, 101, dtype=torch.float64) * scale)
+        actual = reference + relative_error * scale
+        row = compare_tensors("t", actual.to(dtype), reference.to(dtype))
+        assert row.ok is passes, (scale, row)
+
+
+def test_explicit_tolerances_override_the_defaults():
+    reference = torch.ones(3)
+    assert compare_tensors("t", reference * 1.01, reference, rtol=0.02).ok
+    assert compare_tensors("t", reference + 0.5, reference, rtol=0.0, atol=1.0).ok
+    assert not compare_tensors("t", reference * 1.01, reference, rtol=0.0, atol=1e-3).ok
+
+
+NONFINITE_CASES = {
+    "NaN in the same place": ([float("nan"), 1.0], [float("nan"), 1.0], True),
+    "NaN only in actual": ([float("nan"), 1.0], [0.0, 1.0], False),
+    "NaN only in reference": ([0.0, 1.0], [float("nan"), 1.0], False),
+    "same infinities": ([float("inf"), 1.0], [float("inf"), 1.0], True),
+    "opposite infinities": ([float("-inf"), 1.0], [float("inf"), 1.0], False),
+}
+
+
+@pytest.mark.parametrize("case", NONFINITE_CASES)
+def test_nan_and_inf_must_sit_in_the_same_places(case):
+    actual, reference, passes = NONFINITE_CASES[case]
+    assert compare_tensors("t", torch.tensor(actual), torch.tensor(reference)).ok is passes
+
+
+MISMATCHED_METADATA = {
+    "shape": (torch.zeros(2, 3), torch.zeros(3, 2), "shape"),
+    "dtype": (torch.zeros(2), torch.zeros(2, dtype=torch.float64), "dtype"),
+    "missing on the torchbp side": (None, torch.zeros(2), "torchbp side"),
+    "missing on the reference side": (torch.zeros(2), None, "reference side"),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHED_METADATA)
+def test_metadata_mismatch_fails_with_a_note(case):
+    actual, reference, note = MISMATCHED_METADATA[case]
+    row = compare_tensors("t", actual, reference)
+    assert not row.ok and note in row.note
+
+
+def test_empty_tensors_match():
+    assert compare_tensors("t", torch.zeros(0, 3), torch.zeros(0, 3)).ok
+
+
+def test_check_function_leaves_the_callers_inputs_alone():
+    x = leaf(5, 3)
+    before = x.detach().clone()
+    check_function(torchbp.functional.sigmoid, torch.sigmoid, x)
+    assert x.grad is None and torch.equal(x, before)
+
+
+def test_check_function_keeps_non_contiguous_inputs_non_contiguous():
+    seen = []
+    x = leaf(6, 4).detach()[:, ::2].requires_grad_()
+    check_function(lambda t: seen.append(t.is_contiguous()) or torch.sigmoid(t), torch.sigmoid, x)
+    assert seen == [False]
+
+
+def test_check_function_compares_every_output_of_a_tuple():
+    report = check_function(lambda x: (x * 2, x + 1), lambda x: (x * 2, x + 2), leaf(3))
+    assert [row.name for row in report.mismatches] == ["output[1]"]
+
+
+def test_check_function_uses_the_given_upstream_gradient():
+    seen = {}
+
+    def spy(x):
+        out = x * 1.0
+        out.register_hook(lambda g: seen.setdefault("g", g))
+        return out
+
+    grad_output = torch.arange(3.0, dtype=torch.float64)
+    check_function(spy, lambda x: x * 1.0, leaf(3), grad_output=grad_output)
+    assert torch.equal(seen["g"], grad_output)
+
+
+def network(bias=True):
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, 3, bias=bias), torch.nn.Sigmoid(), torch.nn.Linear(3, 1, bias=bias), torch.nn.Sigmoid()
+    ).double()
+
+
+@pytest.mark.parametrize("given_as", ["native", "torchbp"])
+def test_check_model_compares_output_loss_input_and_every_parameter(given_as):
+    model = network() if given_as == "native" else torchbp.convert(network())
+    report = check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    assert report.ok, str(report)
+    names = [row.name for row in report.rows]
+    assert names == ["output", "loss", "input.grad", "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"]
+
+
+def test_check_model_catches_a_planted_bug_in_a_layer(monkeypatch):
+    monkeypatch.setattr(SigmoidFunction, "backward", MissingSigmoidDerivative.backward)
+    report = check_model(network(), torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    assert not report.ok
+    assert {row.name for row in report.mismatches} == {"input.grad", "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"}
+
+
+def test_check_model_catches_a_planted_bug_in_the_loss(monkeypatch):
+    monkeypatch.setattr(MSELossFunction, "backward", SumScaleForMean.backward)
+    report = check_model(network(), torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    assert "loss" not in {row.name for row in report.mismatches}
+    assert "2.weight.grad" in {row.name for row in report.mismatches}
+
+
+def test_check_model_leaves_the_model_alone():
+    model = network()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    assert all(type(m).__module__.startswith("torch.nn") for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_check_model_skips_frozen_parameters():
+    model = network()
+    model[0].weight.requires_grad_(False)
+    report = check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    assert report.ok and "0.weight.grad" not in [row.name for row in report.rows]
+
+
+def test_check_model_accepts_a_plain_loss_function():
+    half_sse = lambda out, y: 0.5 * ((out - y) ** 2).sum()  # noqa: E731
+    report = check_model(network(bias=False), half_sse, torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    assert report.ok, str(report)
