@@ -2,14 +2,13 @@
 
 from torchbp.functions.linear import LinearFunction
 from torchbp.functions.mse_loss import MSELossFunction
-from torchbp.functions.sigmoid import SigmoidFunction, sigmoid_derivative
+from torchbp.functions.sigmoid import SigmoidFunction
 from torchbp.functions.validation import DeviceError, DTypeError, ShapeError
 
 __all__ = [
     "LinearFunction",
     "SigmoidFunction",
     "MSELossFunction",
-    "sigmoid_derivative",
     "ShapeError",
     "DTypeError",
     "DeviceError",

@@ -22,8 +22,11 @@ class MSELossFunction(torch.autograd.Function):
     reduce is a mean over the N elements ("mean"), a sum ("sum") or nothing
     ("none"). Given g = ∂J/∂ℓ:
 
-    - ∂J/∂ŷ = 2 (ŷ − y) ⊙ g / N   with N = 1 for "sum" and "none"
+    - ∂J/∂ŷ = (ŷ − y) · 2/N ⊙ g   with N = 1 for "sum" and "none"
     - ∂J/∂y = −∂J/∂ŷ
+
+    The factors are multiplied in the order native torch uses, so the two
+    agree to the last bit.
 
     The derivation's cost J = ½ Σ (y − ŷ)² is ``0.5 * mse_loss(ŷ, y, reduction="sum")``,
     whose gradient is the familiar ŷ − y.
@@ -50,9 +53,9 @@ class MSELossFunction(torch.autograd.Function):
         need_y_hat, need_y, _ = ctx.needs_input_grad
         if not (need_y_hat or need_y):
             return None, None, None
-        grad_y_hat = 2 * (y_hat - y) * g  # 2 (ŷ − y) ⊙ g
-        if ctx.reduction == "mean":
-            grad_y_hat = grad_y_hat / y_hat.numel()  # the 1/N of the mean
+        # max(·, 1): an empty batch has an empty gradient, and 2/0 must not stop it.
+        N = max(y_hat.numel(), 1) if ctx.reduction == "mean" else 1
+        grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
         return (
             grad_y_hat if need_y_hat else None,
             -grad_y_hat if need_y else None,

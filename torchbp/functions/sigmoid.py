@@ -7,20 +7,17 @@ import torch
 from torchbp.functions.validation import check_floating_and_matching
 
 
-def sigmoid_derivative(a: torch.Tensor) -> torch.Tensor:
-    """σ'(z) = σ(z)(1 − σ(z)), computed from the saved output a = σ(z), never by recomputing σ."""
-    return a * (1 - a)
-
-
 class SigmoidFunction(torch.autograd.Function):
     r"""a = σ(z) = 1 / (1 + e^(−z)), with the backward derived by hand.
 
     Given g = ∂J/∂a:
 
-    - ∂J/∂z = g ⊙ σ'(z) = g ⊙ a ⊙ (1 − a)
+    - ∂J/∂z = g ⊙ σ'(z),  σ'(z) = σ(z)(1 − σ(z)) = a (1 − a)
 
-    Composed with the linear layer after it, this is the derivation's
-    δ_prev = (δ W) ⊙ σ'(z_prev). Only the output a is saved.
+    σ' comes from the saved output a, never from recomputing σ; only a is
+    saved. Composed with the linear layer after it, this is the derivation's
+    δ_prev = (δ W) ⊙ σ'(z_prev). The product is taken as g (1 − a) a, the
+    order native torch multiplies in, so the two agree to the last bit.
     """
 
     generate_vmap_rule = True
@@ -37,4 +34,4 @@ class SigmoidFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (a,) = ctx.saved_tensors
-        return grad_output * sigmoid_derivative(a)  # g ⊙ σ'(z)
+        return grad_output * (1 - a) * a  # g ⊙ σ'(z), with σ'(z) = (1 − a) a

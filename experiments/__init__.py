@@ -1,0 +1,1 @@
+"""Experiments that train torchbp models beside their native twins."""

@@ -1,0 +1,42 @@
+"""The README's commands and examples are the ones that work."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def code_blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def first_commands():
+    lines = [line.split("#")[0].strip() for line in code_blocks("bash")[0].splitlines()]
+    return [line for line in lines if line]
+
+
+def test_readme_begins_with_the_main_job_and_the_test_command():
+    assert README.index("```bash") < README.index("\n## ")
+    run, test = first_commands()
+    assert run.startswith("pip install") and run.endswith("python -m experiments")
+    assert test.startswith("pip install") and test.endswith("python -m pytest")
+
+
+def test_ci_runs_the_readmes_test_command():
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert first_commands()[1] in ci_lines
+
+
+@pytest.mark.parametrize("index", range(len(code_blocks("python"))))
+def test_python_example_runs(index, capsys):
+    exec(compile(code_blocks("python")[index], f"README.md python block {index}", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "MISMATCH" not in printed
+
+
+def test_ten_line_example_prints_a_matching_report(capsys):
+    exec(code_blocks("python")[0], {})
+    assert capsys.readouterr().out.startswith("check_model(Sequential): MATCH, 7 of 7 tensors")
