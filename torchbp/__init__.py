@@ -5,13 +5,17 @@ The chain, in the order data flows:
 - ``torchbp.functions``: the autograd Functions, one file per layer, holding the math;
 - ``torchbp.functional`` and ``torchbp.nn``: drop-in wrappers with torch's signatures;
 - ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way;
-- ``torchbp.compare``: check a function or model against native autograd.
+- ``torchbp.compare``: check a function or model against native autograd;
+- ``torchbp.lockstep``: train a torchbp model and its native twin side by side,
+  checking them at every step and logging both to TensorBoard.
 """
 
 from torchbp import functional, functions, nn
 from torchbp.compare import ComparedTensor, Report, check_function, check_model, compare_tensors
 from torchbp.convert import convert, to_native
 from torchbp.functions import DeviceError, DTypeError, ShapeError
+from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
+from torchbp.tensorboard_log import new_run_dir
 
 __version__ = "0.1.0"
 
@@ -26,6 +30,11 @@ __all__ = [
     "compare_tensors",
     "Report",
     "ComparedTensor",
+    "LockstepTrainer",
+    "LockstepMismatch",
+    "LockstepResult",
+    "StepRecord",
+    "new_run_dir",
     "ShapeError",
     "DTypeError",
     "DeviceError",

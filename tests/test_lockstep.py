@@ -1,0 +1,169 @@
+"""The lockstep trainer on a user's own model: it agrees, it catches, it logs."""
+
+import pytest
+import torch
+
+import torchbp
+from torchbp.functions import LinearFunction, SigmoidFunction
+from torchbp.lockstep import LockstepMismatch, LockstepTrainer
+from torchbp.tensorboard_log import TensorBoardLog, new_run_dir
+
+
+def users_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Sigmoid(), torch.nn.Linear(5, 2), torch.nn.Sigmoid())
+
+
+def batches(count=4, size=8):
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, 3, generator=generator), torch.rand(size, 2, generator=generator)) for _ in range(count)]
+
+
+def plant_weight_bug(monkeypatch):
+    original = LinearFunction.backward
+
+    def wrong(ctx, delta):
+        grad_a_prev, grad_W, grad_b = original(ctx, delta)
+        return grad_a_prev, None if grad_W is None else grad_W * 1.01, grad_b  # 1 % off
+
+    monkeypatch.setattr(LinearFunction, "backward", staticmethod(wrong))
+
+
+@pytest.fixture
+def planted_weight_bug(monkeypatch):
+    plant_weight_bug(monkeypatch)
+
+
+def test_trainer_checks_every_step_and_the_two_sides_agree():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5)
+    result = trainer.train(batches(), steps=10)
+    assert result.steps == result.checks == 10
+    assert result.hand_loss == result.autograd_loss
+    assert result.max_loss_difference == 0 and result.max_grad_error <= 1e-6
+
+
+def test_trainer_trains_the_torchbp_copy_and_leaves_the_model_alone():
+    model = users_model()
+    before = [p.clone() for p in model.parameters()]
+    trainer = LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5)
+    first = trainer.step(*batches()[0]).hand_loss
+    for _ in range(20):
+        last = trainer.step(*batches()[0]).hand_loss
+    assert last < first
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    assert all(isinstance(m, (torchbp.nn.Linear, torchbp.nn.Sigmoid, torch.nn.Sequential)) for m in trainer.hand_model.modules())
+    assert not any(isinstance(m, torchbp.nn.HandDerived) for m in trainer.native_model.modules())
+
+
+def test_a_wrong_gradient_stops_training_at_the_first_step_with_the_parameter_named(planted_weight_bug):
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5)
+    with pytest.raises(LockstepMismatch) as raised:
+        trainer.train(batches(), steps=10)
+    assert raised.value.step == 0
+    assert {row.name for row in raised.value.report.mismatches} == {"0.weight.grad", "2.weight.grad"}
+    assert "step 0" in str(raised.value) and "0.weight.grad" in str(raised.value)
+
+
+def test_a_mismatch_stops_before_the_update(planted_weight_bug):
+    model = users_model()
+    trainer = LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5)
+    with pytest.raises(LockstepMismatch):
+        trainer.step(*batches()[0])
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), trainer.hand_model.parameters()))
+
+
+def test_with_check_every_a_wrong_gradient_is_caught_at_the_next_checked_step(monkeypatch):
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, check_every=3)
+    trainer.train(batches(), steps=2)  # steps 0 and 1, correct
+    plant_weight_bug(monkeypatch)
+    with pytest.raises(LockstepMismatch) as raised:
+        trainer.train(batches(), steps=5)  # step 2 is not checked, step 3 is
+    assert raised.value.step == 3
+
+
+def test_unchecked_steps_are_not_compared():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, check_every=3)
+    records = []
+    trainer.train(batches(), steps=7, on_step=records.append)
+    assert [r.report is not None for r in records] == [True, False, False, True, False, False, True]
+    assert trainer.result.checks == 3
+
+
+def test_synced_mode_gives_the_native_twin_the_torchbp_parameters_before_each_check():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5)
+    with torch.no_grad():
+        next(trainer.native_model.parameters()).add_(1.0)  # the twin wanders off
+    trainer.step(*batches()[0])  # still matches: checked at the torchbp parameters
+    for mine, theirs in zip(trainer.hand_model.parameters(), trainer.native_model.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_free_running_mode_reports_parameter_drift():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, free_running=True)
+    record = trainer.step(*batches()[0])
+    names = [row.name for row in record.report.rows]
+    assert "0.weight" in names and "0.weight.grad" in names
+    with torch.no_grad():
+        next(trainer.native_model.parameters()).mul_(1.5)  # a drift far beyond rounding
+    with pytest.raises(LockstepMismatch) as raised:
+        trainer.step(*batches()[0])
+    assert "0.weight" in [row.name for row in raised.value.report.mismatches]
+
+
+def test_free_running_mode_still_catches_a_wrong_gradient(planted_weight_bug):
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, free_running=True)
+    with pytest.raises(LockstepMismatch) as raised:
+        trainer.step(*batches()[0])
+    assert "0.weight.grad" in [row.name for row in raised.value.report.mismatches]
+
+
+def test_a_custom_optimizer_and_a_plain_loss_function():
+    trainer = LockstepTrainer(
+        users_model(), lambda out, y: ((out - y) ** 2).sum(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2)
+    )
+    result = trainer.train(batches(), steps=5)
+    assert result.checks == 5 and isinstance(trainer.hand_optimizer, torch.optim.Adam)
+
+
+def test_batches_are_re_iterated_as_epochs_until_the_steps_are_done():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss())
+    assert trainer.train(batches(count=3), steps=7).steps == 7
+
+
+def test_an_exhausted_iterator_ends_training_instead_of_spinning():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss())
+    assert trainer.train(iter(batches(count=3)), steps=10).steps == 3
+
+
+def test_metrics_are_evaluated_on_both_models():
+    x, y = batches()[0]
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), metrics={"loss_on_x": lambda m: torch.nn.functional.mse_loss(m(x), y)})
+    result = trainer.train(batches(), steps=3)
+    hand, autograd = result.metrics["loss_on_x"]
+    assert hand == autograd and hand > 0
+
+
+@pytest.mark.parametrize("argument, value", [("check_every", 0), ("metric_every", 0)])
+def test_bad_intervals_are_refused(argument, value):
+    with pytest.raises(ValueError, match=argument):
+        LockstepTrainer(users_model(), torch.nn.MSELoss(), **{argument: value})
+
+
+def test_new_run_dir_never_hands_out_a_folder_twice(tmp_path):
+    folders = {new_run_dir(tmp_path, "exp") for _ in range(5)}
+    assert len(folders) == 5 and all(f.parent == tmp_path / "exp" for f in folders)
+
+
+def test_a_log_refuses_a_folder_that_already_holds_events(tmp_path):
+    run_dir = new_run_dir(tmp_path, "exp")
+    TensorBoardLog(run_dir).close()
+    with pytest.raises(FileExistsError, match="zigzag"):
+        TensorBoardLog(run_dir)
+
+
+def test_the_sigmoid_module_is_used_on_the_hand_side(monkeypatch):
+    calls = []
+    original = SigmoidFunction.apply
+    monkeypatch.setattr(SigmoidFunction, "apply", lambda *a: calls.append(1) or original(*a))
+    LockstepTrainer(users_model(), torch.nn.MSELoss()).step(*batches()[0])
+    assert len(calls) == 2  # two sigmoid layers, once each, on the torchbp side only

@@ -1,0 +1,275 @@
+"""Train a torchbp model and its native twin side by side, checking them at every step.
+
+Both copies start from identical parameters, see the same batches in the same
+order and take the same optimizer steps. After each checked backward the loss
+and every parameter's gradient go through :func:`torchbp.compare_tensors`; the
+first mismatch stops training with :class:`LockstepMismatch`, which carries the
+step and the report.
+
+Two modes:
+
+- synced (the default): before each checked step the native twin takes the
+  torchbp model's parameters, so both gradients are computed at the same point
+  and only rounding can separate them. Two float32 models trained
+  independently drift apart by rounding, and a fixed tolerance would, after
+  some hundreds of steps, flag a correct backward; synced mode never drifts.
+- free-running (``free_running=True``): both train on their own. Each check
+  also compares the parameters themselves, so the report shows how far the
+  trajectories have drifted, and the tolerance is ``DRIFT_FACTOR`` times the
+  dtype's default to allow for it. A wrong backward is off by a factor, not by
+  rounding, and still fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from torchbp.compare import DEFAULT_RTOL, Report, compare_tensors
+from torchbp.convert import convert, to_native
+from torchbp.tensorboard_log import TensorBoardLog
+
+DRIFT_FACTOR = 100.0
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Metric = Callable[[torch.nn.Module], float]
+
+
+class LockstepMismatch(AssertionError):
+    """The torchbp model and its native twin disagreed; ``.step`` and ``.report`` say where."""
+
+    def __init__(self, step: int, report: Report):
+        self.step, self.report = step, report
+        super().__init__(f"lockstep mismatch at step {step}\n{report}")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one lockstep step measured. Errors are NaN on a step that was not checked."""
+
+    step: int
+    hand_loss: float
+    autograd_loss: float
+    loss_difference: float  # |Δloss|
+    max_grad_error: float  # the largest max_rel_error over the gradient rows
+    report: Report | None
+
+
+@dataclass
+class LockstepResult:
+    """A whole run: its last losses, worst differences and final metrics."""
+
+    steps: int = 0
+    checks: int = 0
+    hand_loss: float = float("nan")
+    autograd_loss: float = float("nan")
+    max_loss_difference: float = 0.0
+    max_grad_error: float = 0.0
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (hand, autograd)
+    seconds: float = 0.0
+
+
+class LockstepTrainer:
+    """Train the torchbp version of ``model`` and its native twin in lockstep.
+
+    Args:
+        model: built from supported layers, native or torchbp; it is copied, not changed.
+        loss_fn: a loss module (converted for each side) or a plain function of (output, target).
+        optimizer: a function from parameters to an optimizer, called once per side.
+            Defaults to ``torch.optim.SGD(params, lr=lr)``.
+        lr: the learning rate of the default optimizer.
+        check_every: compare every this many steps (1: every step).
+        free_running: see the module docstring.
+        rtol, atol: the comparison's tolerances (see :mod:`torchbp.compare`).
+        log_dir: a fresh run folder for TensorBoard (see :func:`torchbp.new_run_dir`); None logs nothing.
+        metrics: name -> function of a model, evaluated on both sides every ``metric_every``
+            steps and at the end, logged under the same tag in both runs.
+        metric_every: how often to evaluate metrics.
+
+    Example::
+
+        trainer = LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5, log_dir=new_run_dir("runs", "mine"))
+        result = trainer.train(loader, steps=1000)  # raises LockstepMismatch on a wrong gradient
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+        lr: float = 0.1,
+        check_every: int = 1,
+        free_running: bool = False,
+        rtol: float | None = None,
+        atol: float | None = None,
+        log_dir: str | Path | None = None,
+        metrics: dict[str, Metric] | None = None,
+        metric_every: int = 100,
+    ):
+        if check_every < 1:
+            raise ValueError(f"check_every must be a positive number of steps, got {check_every}")
+        if metric_every < 1:
+            raise ValueError(f"metric_every must be a positive number of steps, got {metric_every}")
+        self.hand_model = convert(model)
+        self.native_model = to_native(model)
+        self.hand_loss_fn, self.native_loss_fn = (
+            (convert(loss_fn), to_native(loss_fn)) if isinstance(loss_fn, torch.nn.Module) else (loss_fn, loss_fn)
+        )
+        make_optimizer = optimizer or (lambda params: torch.optim.SGD(params, lr=lr))
+        self.hand_optimizer = make_optimizer(self.hand_model.parameters())
+        self.native_optimizer = make_optimizer(self.native_model.parameters())
+        self.check_every, self.free_running = check_every, free_running
+        self.rtol, self.atol = rtol, atol
+        self.metrics, self.metric_every = dict(metrics or {}), metric_every
+        self.log = TensorBoardLog(log_dir) if log_dir is not None else None
+        self.result = LockstepResult()
+
+    # -- one step -----------------------------------------------------------------
+
+    def step(self, inputs: torch.Tensor, target: torch.Tensor) -> StepRecord:
+        """One forward, backward and optimizer step on both sides; checked when due."""
+        step = self.result.steps
+        checked = step % self.check_every == 0
+        if checked and not self.free_running:
+            self._sync_native_to_hand()
+        hand_loss = self._forward_backward(self.hand_model, self.hand_loss_fn, self.hand_optimizer, inputs, target)
+        native_loss = self._forward_backward(
+            self.native_model, self.native_loss_fn, self.native_optimizer, inputs, target
+        )
+        report = self._check(step, hand_loss, native_loss) if checked else None
+        record = self._record(step, hand_loss, native_loss, report)
+        self._log_step(record)
+        if report is not None and not report.ok:
+            raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
+        self.hand_optimizer.step()
+        self.native_optimizer.step()
+        return record
+
+    def _sync_native_to_hand(self) -> None:
+        with torch.no_grad():
+            for mine, theirs in zip(self.hand_model.parameters(), self.native_model.parameters()):
+                theirs.copy_(mine)
+
+    @staticmethod
+    def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), target)
+        loss.backward()
+        return loss.detach()
+
+    def _check(self, step: int, hand_loss: torch.Tensor, native_loss: torch.Tensor) -> Report:
+        mode = "free-running" if self.free_running else "synced"
+        report = Report(f"lockstep step {step} ({mode})")
+        rtol = self.rtol
+        if self.free_running and rtol is None:
+            rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
+        report.rows.append(compare_tensors("loss", hand_loss, native_loss, rtol, self.atol))
+        pairs = zip(self.hand_model.named_parameters(), self.native_model.parameters())
+        for (name, mine), theirs in pairs:
+            if self.free_running:
+                report.rows.append(compare_tensors(name, mine, theirs, rtol, self.atol))
+            if mine.requires_grad or theirs.requires_grad:
+                report.rows.append(compare_tensors(f"{name}.grad", mine.grad, theirs.grad, rtol, self.atol))
+        return report
+
+    def _record(self, step, hand_loss, native_loss, report) -> StepRecord:
+        hand, native = hand_loss.item(), native_loss.item()
+        if report is None:
+            loss_difference = max_grad_error = float("nan")
+        else:
+            loss_difference = abs(hand - native)
+            max_grad_error = max((row.max_rel_error for row in report.rows if row.name.endswith(".grad")), default=0.0)
+        result = self.result
+        result.steps += 1
+        result.hand_loss, result.autograd_loss = hand, native
+        if report is not None:
+            result.checks += 1
+            result.max_loss_difference = max(result.max_loss_difference, loss_difference)
+            result.max_grad_error = max(result.max_grad_error, max_grad_error)
+        return StepRecord(step, hand, native, loss_difference, max_grad_error, report)
+
+    def _log_step(self, record: StepRecord) -> None:
+        if self.log is None:
+            return
+        self.log.both("loss", record.hand_loss, record.autograd_loss, record.step)
+        if record.report is not None:
+            self.log.difference("abs_loss_difference", record.loss_difference, record.step)
+            self.log.difference("max_grad_error", record.max_grad_error, record.step)
+
+    # -- metrics and the whole loop ------------------------------------------------------
+
+    def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
+        """Every metric on both models, logged at ``step`` (default: the current step)."""
+        step = self.result.steps if step is None else step
+        values = {}
+        for name, metric in self.metrics.items():
+            with torch.no_grad():
+                values[name] = (float(metric(self.hand_model)), float(metric(self.native_model)))
+            if self.log is not None:
+                self.log.both(name, *values[name], step)
+        self.result.metrics = values
+        return values
+
+    def train(
+        self,
+        batches: Iterable[Batch],
+        steps: int | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> LockstepResult:
+        """Run ``steps`` lockstep steps over ``batches`` (re-iterated as epochs), or one pass when
+        ``steps`` is None. ``on_step`` sees each record (a progress bar, extra logging)."""
+        started = time.perf_counter()
+        try:
+            for inputs, target in self._schedule(batches, steps):
+                record = self.step(inputs, target)
+                if self.metrics and record.step % self.metric_every == 0:
+                    self.evaluate(record.step)
+                if on_step is not None:
+                    on_step(record)
+            if self.metrics:
+                self.evaluate()
+        finally:
+            self.result.seconds += time.perf_counter() - started
+            if self.log is not None:
+                self.log.flush()
+        return self.result
+
+    @staticmethod
+    def _schedule(batches: Iterable[Batch], steps: int | None):
+        if steps is None:
+            return iter(batches)
+        if steps < 0:
+            raise ValueError(f"steps must be zero or more, got {steps}")
+        return islice(_epochs(batches), steps)
+
+    def close(self, hparams: dict | None = None) -> None:
+        """Write the hyperparameters with the final figures, and close the log."""
+        if self.log is None:
+            return
+        if hparams is not None:
+            result = self.result
+            final = {
+                "hand_loss": result.hand_loss,
+                "autograd_loss": result.autograd_loss,
+                "max_loss_difference": result.max_loss_difference,
+                "max_grad_error": result.max_grad_error,
+            }
+            final.update({name: hand for name, (hand, _) in result.metrics.items()})
+            self.log.hparams(hparams, final)
+        self.log.close()
+
+
+def _epochs(batches: Iterable[Batch]):
+    """The batches again and again; stops when a pass yields nothing (an exhausted iterator)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            return
