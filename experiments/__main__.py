@@ -1,21 +1,146 @@
-"""Check the derivation's 2-3-1 sigmoid network against native autograd and print the report."""
+"""python -m experiments [NAME ...]: train torchbp models beside their native twins, in lockstep.
 
+Exit status: 0 when every experiment matched, 1 when any mismatched (its
+report is printed), 2 on a usage error, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
-import torchbp
+from experiments import seed, xor, spiral, digits  # noqa: F401, I001  (each registers itself, in this order)
+from experiments.registry import EXPERIMENTS, Config
+from experiments.runner import run_experiment, summary_table
+
+PROG = "python -m experiments"
 
 
-def main() -> int:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(2, 3, bias=False), torch.nn.Sigmoid(), torch.nn.Linear(3, 1, bias=False), torch.nn.Sigmoid()
-    ).double()
-    x, y = torch.rand(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
-    report = torchbp.check_model(model, torchbp.nn.MSELoss(reduction="sum"), x, y)
-    print(report)
-    return 0 if report.ok else 1
+class UsageError(Exception):
+    """A bad command line: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError
+    return value
+
+
+positive_int.__name__ = "positive integer"
+non_negative_int.__name__ = "non-negative integer"
+positive_float.__name__ = "positive number"
+
+
+def parser() -> Parser:
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to run (default: all: {', '.join(EXPERIMENTS)})")
+    p.add_argument("--list", action="store_true", help="list the experiments and their defaults, then exit")
+    p.add_argument("--steps", type=non_negative_int, help="training steps (default: each experiment's own)")
+    p.add_argument("--lr", type=positive_float, help="learning rate of plain SGD")
+    p.add_argument("--batch-size", type=positive_int, help="minibatch size (seed and xor are full-batch)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and order (default 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default: each experiment's own)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
+    p.add_argument("--logdir", default="runs", help="TensorBoard log folder (default runs)")
+    p.add_argument("--check-every", type=positive_int, default=1, help="compare gradients every N steps (default 1)")
+    p.add_argument("--free-running", action="store_true", help="let both models train on their own and report their drift")
+    return p
+
+
+def configs(args) -> dict[str, Config]:
+    unknown = [name for name in args.names if name not in EXPERIMENTS]
+    if unknown:
+        raise UsageError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    overrides = {
+        key: value
+        for key, value in dict(
+            steps=args.steps, lr=args.lr, dtype=args.dtype, seed=args.seed, device=args.device,
+            check_every=args.check_every, free_running=args.free_running,
+        ).items()
+        if value is not None
+    }
+    chosen = {}
+    for name in dict.fromkeys(args.names or EXPERIMENTS):  # in order, without repeats
+        experiment = EXPERIMENTS[name]
+        batch = {} if experiment.full_batch or args.batch_size is None else {"batch_size": args.batch_size}
+        chosen[name] = dataclasses.replace(experiment.defaults, **overrides, **batch)
+    return chosen
+
+
+def check_logdir(logdir: str) -> None:
+    try:
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=logdir):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to --logdir {logdir!r}: {error.strerror or error}") from None
+
+
+def list_experiments() -> str:
+    lines = []
+    for name, experiment in EXPERIMENTS.items():
+        d = experiment.defaults
+        batch = "full batch" if d.batch_size is None else f"batch {d.batch_size}"
+        lines.append(f"{name:8} {experiment.description}")
+        lines.append(f"{'':8} defaults: {d.steps} steps, lr {d.lr}, {batch}, {d.dtype}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        if args.list:
+            print(list_experiments())
+            return 0
+        chosen = configs(args)
+        check_logdir(args.logdir)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # close the logs on the way out
+    progress = sys.stderr.isatty()
+    outcomes = []
+    try:
+        for name, config in chosen.items():
+            outcome = run_experiment(EXPERIMENTS[name], config, args.logdir, progress)
+            outcomes.append(outcome)
+            if outcome.mismatch is not None:
+                print(f"{name}: {outcome.mismatch}\n")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the logs written so far are in {args.logdir}", file=sys.stderr)
+        return 130
+    print(summary_table(outcomes))
+    print(f"\nTensorBoard logs: {args.logdir}/<experiment>/<run-id> (view with: tensorboard --logdir {args.logdir})")
+    return 0 if all(outcome.matched for outcome in outcomes) else 1
 
 
 if __name__ == "__main__":

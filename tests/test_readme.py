@@ -31,12 +31,14 @@ def test_ci_runs_the_readmes_test_command():
 
 
 @pytest.mark.parametrize("index", range(len(code_blocks("python"))))
-def test_python_example_runs(index, capsys):
+def test_python_example_runs(index, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an example that logs writes its runs/ here
     exec(compile(code_blocks("python")[index], f"README.md python block {index}", "exec"), {})
     printed = capsys.readouterr().out
     assert "MISMATCH" not in printed
 
 
-def test_ten_line_example_prints_a_matching_report(capsys):
+def test_ten_line_example_prints_a_matching_report(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     exec(code_blocks("python")[0], {})
     assert capsys.readouterr().out.startswith("check_model(Sequential): MATCH, 7 of 7 tensors")

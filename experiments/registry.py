@@ -1,0 +1,67 @@
+"""What an experiment is, and the table of them that ``python -m experiments`` runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from torchbp.lockstep import LockstepTrainer, StepRecord
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings of one experiment's run: its defaults, overridden from the command line."""
+
+    steps: int
+    lr: float
+    batch_size: int | None  # None: full batch
+    dtype: str
+    seed: int = 0
+    device: str = "cpu"
+    check_every: int = 1
+    free_running: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def hparams(self) -> dict:
+        return {k: ("full" if v is None else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Setup:
+    """What an experiment hands the trainer."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    metrics: dict[str, Callable[[torch.nn.Module], float]] = field(default_factory=dict)
+    headline_metric: str | None = None  # the metric the summary table shows
+    metric_every: int = 100
+    # Given the trainer before training, returns what to do after each step (extra logging).
+    watch: Callable[[LockstepTrainer], Callable[[StepRecord], None]] | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    defaults: Config
+    build: Callable[[Config], Setup]
+    full_batch: bool = False  # --batch-size does not apply
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def experiment(name: str, description: str, full_batch: bool = False, **defaults):
+    """Register the decorated ``build(config) -> Setup`` under ``name``."""
+
+    def register(build: Callable[[Config], Setup]) -> Callable[[Config], Setup]:
+        EXPERIMENTS[name] = Experiment(name, description, Config(**defaults), build, full_batch)
+        return build
+
+    return register

@@ -1,0 +1,93 @@
+"""Run one experiment through the lockstep trainer, and the summary table of several."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from experiments.registry import Config, Experiment
+from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer
+from torchbp.tensorboard_log import new_run_dir
+
+
+@dataclass
+class Outcome:
+    name: str
+    result: LockstepResult
+    headline_metric: str | None
+    run_dir: Path
+    mismatch: LockstepMismatch | None = None
+
+    @property
+    def matched(self) -> bool:
+        return self.mismatch is None
+
+
+def run_experiment(experiment: Experiment, config: Config, logdir: str | Path, progress: bool) -> Outcome:
+    """Train ``experiment`` in lockstep under ``config``, logging to a fresh folder under ``logdir``."""
+    setup = experiment.build(config)
+    run_dir = new_run_dir(logdir, experiment.name)
+    trainer = LockstepTrainer(
+        setup.model,
+        setup.loss_fn,
+        lr=config.lr,
+        check_every=config.check_every,
+        free_running=config.free_running,
+        log_dir=run_dir,
+        metrics=setup.metrics,
+        metric_every=setup.metric_every,
+    )
+    after_step = setup.watch(trainer) if setup.watch else None
+    bar = tqdm(total=config.steps, desc=experiment.name, unit="step", disable=not progress, leave=False)
+
+    def on_step(record):
+        if after_step is not None:
+            after_step(record)
+        bar.update()
+
+    outcome = Outcome(experiment.name, trainer.result, setup.headline_metric, run_dir)
+    try:
+        trainer.train(setup.batches, config.steps, on_step=on_step)
+    except LockstepMismatch as mismatch:
+        outcome.mismatch = mismatch
+    finally:
+        bar.close()
+        trainer.close(hparams={"experiment": experiment.name, **config.hparams()})
+    return outcome
+
+
+SUMMARY_COLUMNS = (
+    "experiment", "steps", "loss hand", "loss autograd", "max |Δloss|", "max grad err", "metric", "time", "result",
+)
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    """One row per experiment; MATCH when every checked step agreed."""
+    rows = [SUMMARY_COLUMNS]
+    for outcome in outcomes:
+        result = outcome.result
+        metric = "-"
+        if outcome.headline_metric in result.metrics:
+            metric = f"{outcome.headline_metric} {result.metrics[outcome.headline_metric][0]:.1%}"
+        rows.append((
+            outcome.name,
+            str(result.steps),
+            _number(result.hand_loss),
+            _number(result.autograd_loss),
+            f"{result.max_loss_difference:.1e}",
+            f"{result.max_grad_error:.1e}",
+            metric,
+            f"{result.seconds:.1f}s",
+            "MATCH" if outcome.matched else "MISMATCH",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.6f}"

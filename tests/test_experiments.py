@@ -1,0 +1,290 @@
+"""python -m experiments: what it runs, what it logs for TensorBoard, how it fails."""
+
+import fcntl
+import json
+import os
+import pty
+import re
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from experiments.__main__ import main
+from experiments.registry import EXPERIMENTS
+from experiments.seed import SecondLayerContributions
+from experiments.seed import build as build_seed
+from torchbp.functions import LinearFunction
+from torchbp.lockstep import LockstepTrainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def accumulator(folder: Path) -> EventAccumulator:
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    return [(event.step, event.value) for event in accumulator(folder).Scalars(tag)]
+
+
+def only_run(logdir: Path, experiment: str) -> Path:
+    (run_dir,) = (logdir / experiment).iterdir()
+    return run_dir
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+def test_list_names_every_experiment(capsys):
+    assert main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    assert list(EXPERIMENTS) == ["seed", "xor", "spiral", "digits"]
+    assert all(name in printed for name in EXPERIMENTS)
+
+
+def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys):
+    assert main(["seed", "--steps", "30", "--logdir", str(tmp_path)]) == 0
+    run_dir = only_run(tmp_path, "seed")
+    hand, autograd = scalars(run_dir / "hand", "loss"), scalars(run_dir / "autograd", "loss")
+    assert [step for step, _ in hand] == list(range(30))
+    assert hand == autograd
+    for tag in ("check/abs_loss_difference", "check/max_grad_error"):
+        assert [step for step, _ in scalars(run_dir, tag)] == list(range(30))
+    assert all(value == 0 for _, value in scalars(run_dir, "check/abs_loss_difference"))
+    assert accumulator(run_dir / "hand").Tags()["images"] == ["per_sample/W2_gradient_contributions"]
+    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"hand", "autograd"}  # no stray hparams run
+    printed = capsys.readouterr().out
+    assert re.search(r"^seed\s+30\s.*MATCH$", printed, flags=re.MULTILINE)
+
+
+def test_hyperparameters_are_logged_in_the_run_folder(tmp_path):
+    assert main(["seed", "--steps", "3", "--lr", "0.25", "--logdir", str(tmp_path)]) == 0
+    events = accumulator(only_run(tmp_path, "seed"))
+    assert "hparam/hand_loss" in events.Tags()["scalars"]
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["lr"].number_value == 0.25 and hparams["experiment"].string_value == "seed"
+
+
+def test_seed_loss_decreases(tmp_path):
+    assert main(["seed", "--steps", "300", "--logdir", str(tmp_path)]) == 0
+    losses = [value for _, value in scalars(only_run(tmp_path, "seed") / "hand", "loss")]
+    assert losses[-1] < 0.9 * losses[0]
+    assert all(later <= earlier for earlier, later in zip(losses, losses[1:]))  # full-batch GD, small steps
+
+
+def test_seed_per_sample_contributions_sum_to_the_full_gradient():
+    setup = build_seed(EXPERIMENTS["seed"].defaults)
+    trainer = LockstepTrainer(setup.model, setup.loss_fn)
+    contributions = SecondLayerContributions(trainer.hand_model[2])
+    (x, y), = list(setup.batches)
+    trainer.step(x, y)
+    per_sample = contributions.per_sample()
+    assert per_sample.shape == (5, 1, 3)  # five samples, each of W2's shape
+    torch.testing.assert_close(per_sample.sum(0), trainer.hand_model[2].weight.grad, rtol=1e-12, atol=0)
+    assert not torch.allclose(per_sample[0], per_sample[1])
+
+
+def test_seed_logs_the_per_sample_sum_error(tmp_path):
+    assert main(["seed", "--steps", "20", "--logdir", str(tmp_path)]) == 0
+    errors = scalars(only_run(tmp_path, "seed"), "check/per_sample_sum_error")
+    assert [step for step, _ in errors] == [0, 2, 10, 19] and all(value < 1e-12 for _, value in errors)
+
+
+def test_a_wrong_backward_exits_1_with_the_parameter_and_the_step(tmp_path, capsys, monkeypatch):
+    original = LinearFunction.backward
+
+    def wrong(ctx, delta):
+        grad_a_prev, grad_W, grad_b = original(ctx, delta)
+        return grad_a_prev, grad_W.T.flip(0).T, grad_b  # the weight gradient's rows swapped
+
+    monkeypatch.setattr(LinearFunction, "backward", staticmethod(wrong))
+    assert main(["seed", "--steps", "10", "--logdir", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "lockstep mismatch at step 0" in printed and "0.weight.grad" in printed
+    assert re.search(r"^seed\s+1\s.*MISMATCH$", printed, flags=re.MULTILINE)
+    assert scalars(only_run(tmp_path, "seed") / "hand", "loss")  # the failing step is in the log
+
+
+USAGE_ERRORS = {
+    "unknown experiment": (["mnist"], "unknown experiment 'mnist'"),
+    "negative steps": (["--steps", "-1"], "--steps"),
+    "steps not a number": (["--steps", "many"], "--steps"),
+    "zero learning rate": (["--lr", "0"], "--lr"),
+    "learning rate not a number": (["--lr", "fast"], "--lr"),
+    "zero batch size": (["--batch-size", "0"], "--batch-size"),
+    "unsupported dtype": (["--dtype", "float16"], "--dtype"),
+    "unknown device": (["--device", "tpu"], "--device"),
+    "zero check interval": (["--check-every", "0"], "--check-every"),
+    "unknown option": (["--epochs", "3"], "--epochs"),
+}
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS)
+def test_usage_error_exits_2_with_a_one_line_message(case, capsys, tmp_path):
+    argv, words = USAGE_ERRORS[case]
+    assert main([*argv, "--logdir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("python -m experiments: error:")
+    assert words in captured.err
+
+
+def test_a_logdir_that_cannot_be_written_is_a_usage_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["seed", "--logdir", str(blocker / "runs")]) == 2
+    assert "cannot write to --logdir" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_usage_error(capsys):
+    assert main(["seed", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_usage_error_from_the_command_line_has_no_traceback():
+    completed = run_cli("mnist")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().startswith("python -m experiments: error: unknown experiment")
+    assert "Traceback" not in completed.stderr and completed.stderr.count("\n") == 1
+
+
+def test_two_invocations_never_share_a_folder(tmp_path):
+    for _ in range(2):
+        assert main(["seed", "--steps", "2", "--logdir", str(tmp_path)]) == 0
+    folders = list((tmp_path / "seed").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert [step for step, _ in scalars(folder / "hand", "loss")] == [0, 1]
+
+
+def test_no_progress_bar_when_output_is_not_a_terminal(tmp_path):
+    completed = run_cli("seed", "--steps", "5", "--logdir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+
+
+def test_a_progress_bar_on_a_terminal(tmp_path):
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "seed", "--steps", "50", "--logdir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(timeout=120) == 0
+    assert b"seed:" in shown and b"step" in shown
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "digits", "--steps", "1000000", "--logdir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            files = list(tmp_path.glob("digits/*/hand/events.out.tfevents.*"))
+            if files and files[0].stat().st_size > 2000:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run wrote no events within two minutes")
+    finally:
+        process.send_signal(how)
+        process.wait(timeout=60)
+    assert process.returncode == (143 if how == signal.SIGTERM else -signal.SIGKILL)
+    run_dir = only_run(tmp_path, "digits")
+    hand, autograd = scalars(run_dir / "hand", "loss"), scalars(run_dir / "autograd", "loss")
+    assert len(hand) > 10 and len(autograd) > 10
+    common = min(len(hand), len(autograd))
+    assert hand[:common] == autograd[:common]
+
+
+def test_xor_learns_to_a_loss_under_one_hundredth(tmp_path, capsys):
+    assert main(["xor", "--logdir", str(tmp_path)]) == 0
+    losses = scalars(only_run(tmp_path, "xor") / "hand", "loss")
+    assert losses[-1][1] < 0.01
+    assert scalars(only_run(tmp_path, "xor") / "hand", "accuracy")[-1][1] == 1.0
+
+
+def test_digits_reaches_over_90_percent_held_out_accuracy(tmp_path, capsys):
+    assert main(["digits", "--logdir", str(tmp_path)]) == 0
+    run_dir = only_run(tmp_path, "digits")
+    hand, autograd = scalars(run_dir / "hand", "held_out_accuracy"), scalars(run_dir / "autograd", "held_out_accuracy")
+    assert hand == autograd and hand[-1][1] > 0.90
+
+
+def test_spiral_trains_on_minibatches_in_float32(tmp_path, capsys):
+    assert main(["spiral", "--steps", "200", "--batch-size", "16", "--logdir", str(tmp_path)]) == 0
+    assert "float32" in EXPERIMENTS["spiral"].defaults.dtype
+    assert len(scalars(only_run(tmp_path, "spiral") / "hand", "loss")) == 200
+
+
+def test_tensorboard_serves_both_loss_curves(tmp_path):
+    assert main(["seed", "--steps", "25", "--logdir", str(tmp_path)]) == 0
+    run = only_run(tmp_path, "seed").relative_to(tmp_path).as_posix()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", "0",
+         "--samples_per_plugin", "scalars=100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        address = None
+        for line in server.stdout:
+            found = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+            if found:
+                address = found.group(1)
+                break
+        assert address, "TensorBoard did not report its address"
+        curves = {}
+        deadline = time.monotonic() + 90
+        while len(curves) < 2 and time.monotonic() < deadline:
+            for side in ("hand", "autograd"):
+                query = urllib.parse.urlencode({"run": f"{run}/{side}", "tag": "loss"})
+                try:
+                    with urllib.request.urlopen(f"{address}/data/plugin/scalars/scalars?{query}", timeout=10) as response:
+                        points = json.loads(response.read())
+                except OSError:
+                    points = []
+                if len(points) == 25:
+                    curves[side] = [(step, value) for _, step, value in points]
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert set(curves) == {"hand", "autograd"}
+    assert curves["hand"] == curves["autograd"]
+    assert [step for step, _ in curves["hand"]] == list(range(25))
+
+
+def test_free_running_mode_from_the_command_line(tmp_path, capsys):
+    assert main(["seed", "--steps", "20", "--free-running", "--logdir", str(tmp_path)]) == 0
+    assert "MATCH" in capsys.readouterr().out
