@@ -41,6 +41,7 @@ class Setup:
     metrics: dict[str, Callable[[torch.nn.Module], float]] = field(default_factory=dict)
     headline_metric: str | None = None  # the metric the summary table shows
     metric_every: int = 100
+    per_sample_every: int | None = 100  # per-sample gradient norms, as a histogram
     # Given the trainer before training, returns what to do after each step (extra logging).
     watch: Callable[[LockstepTrainer], Callable[[StepRecord], None]] | None = None
 

@@ -39,6 +39,7 @@ def run_experiment(experiment: Experiment, config: Config, logdir: str | Path, p
         log_dir=run_dir,
         metrics=setup.metrics,
         metric_every=setup.metric_every,
+        per_sample_every=setup.per_sample_every,
     )
     after_step = setup.watch(trainer) if setup.watch else None
     bar = tqdm(total=config.steps, desc=experiment.name, unit="step", disable=not progress, leave=False)

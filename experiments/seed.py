@@ -7,7 +7,8 @@ to the second layer's weight gradient,
     ∂J/∂W2 = Σ_n δ2,n a1,nᵀ        (each term 1×3, W2's shape in torch's (out, in) convention)
 
 as a heat map: one row per sample and a last row with their sum, which is the
-full gradient (checked at every logged step).
+full gradient (checked at every logged step). The terms come from
+torchbp.PerSampleGradients, recorded during the training step's own backward.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SAMPLES = 5
 
 class HalfSumSquaredError(torch.nn.Module):
     """J = ½ Σ (y − ŷ)², whose gradient with respect to ŷ is ŷ − y."""
+
+    reduction = "sum"  # a sum over samples: per-sample gradients add up to the full gradient
 
     def __init__(self):
         super().__init__()
@@ -51,36 +54,16 @@ def samples(seed: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, t
     return x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
 
 
-class SecondLayerContributions:
-    """Records a1 (the second layer's input) and δ2 = ∂J/∂z2 during the torchbp model's steps."""
-
-    def __init__(self, second_layer: torch.nn.Module):
-        self.layer = second_layer
-        second_layer.register_forward_hook(self._keep_input)
-        second_layer.register_full_backward_hook(self._keep_delta)
-
-    def _keep_input(self, module, inputs, output):
-        self.a1 = inputs[0].detach()
-
-    def _keep_delta(self, module, grad_inputs, grad_outputs):
-        self.delta2 = grad_outputs[0].detach()
-
-    def per_sample(self) -> torch.Tensor:
-        """δ2,n a1,nᵀ for every sample n: shape (N, 1, 3)."""
-        return self.delta2[:, :, None] * self.a1[:, None, :]
-
-
-def log_contributions(trainer: LockstepTrainer, steps: int):
-    contributions = SecondLayerContributions(trainer.hand_model[2])
-    logged_steps = {0, steps // 10, steps // 2, max(steps - 1, 0)}
+def log_contributions(trainer: LockstepTrainer):
+    """After each step that recorded per-sample gradients: δ2,n a1,nᵀ as a heat map, and their sum's distance
+    from the full gradient ∂J/∂W2."""
 
     def after_step(record: StepRecord) -> None:
-        if record.step not in logged_steps or trainer.log is None:
+        if record.per_sample is None or trainer.log is None:
             return
-        per_sample = contributions.per_sample()
+        per_sample = record.per_sample.grads()["2.weight"]  # (5, 1, 3): one W2-shaped term per sample
         total = per_sample.sum(0)
-        full_gradient = trainer.hand_model[2].weight.grad
-        error = (total - full_gradient).abs().max().item()
+        error = (total - trainer.hand_model[2].weight.grad).abs().max().item()
         trainer.log.difference("per_sample_sum_error", error, record.step)
         rows = torch.cat([per_sample[:, 0, :], total], dim=0)  # one row per sample, then Σ
         trainer.log.image("hand", "per_sample/W2_gradient_contributions", heat_map(rows.cpu().numpy()), record.step)
@@ -100,5 +83,6 @@ def build(config: Config) -> Setup:
         model=network(config.seed, config.torch_dtype, config.device),
         loss_fn=HalfSumSquaredError(),
         batches=Minibatches(x, y, batch_size=None),
-        watch=lambda trainer: log_contributions(trainer, config.steps),
+        per_sample_every=max(config.steps // 4, 1),
+        watch=log_contributions,
     )

@@ -22,7 +22,6 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from experiments.__main__ import main
 from experiments.registry import EXPERIMENTS
-from experiments.seed import SecondLayerContributions
 from experiments.seed import build as build_seed
 from torchbp.functions import LinearFunction
 from torchbp.lockstep import LockstepTrainer
@@ -91,11 +90,10 @@ def test_seed_loss_decreases(tmp_path):
 
 def test_seed_per_sample_contributions_sum_to_the_full_gradient():
     setup = build_seed(EXPERIMENTS["seed"].defaults)
-    trainer = LockstepTrainer(setup.model, setup.loss_fn)
-    contributions = SecondLayerContributions(trainer.hand_model[2])
-    (x, y), = list(setup.batches)
-    trainer.step(x, y)
-    per_sample = contributions.per_sample()
+    trainer = LockstepTrainer(setup.model, setup.loss_fn, per_sample_every=1)
+    ((x, y),) = list(setup.batches)
+    record = trainer.step(x, y)
+    per_sample = record.per_sample.grads()["2.weight"]
     assert per_sample.shape == (5, 1, 3)  # five samples, each of W2's shape
     torch.testing.assert_close(per_sample.sum(0), trainer.hand_model[2].weight.grad, rtol=1e-12, atol=0)
     assert not torch.allclose(per_sample[0], per_sample[1])
@@ -104,7 +102,9 @@ def test_seed_per_sample_contributions_sum_to_the_full_gradient():
 def test_seed_logs_the_per_sample_sum_error(tmp_path):
     assert main(["seed", "--steps", "20", "--logdir", str(tmp_path)]) == 0
     errors = scalars(only_run(tmp_path, "seed"), "check/per_sample_sum_error")
-    assert [step for step, _ in errors] == [0, 2, 10, 19] and all(value < 1e-12 for _, value in errors)
+    assert [step for step, _ in errors] == [0, 5, 10, 15] and all(value < 1e-12 for _, value in errors)
+    images = accumulator(only_run(tmp_path, "seed") / "hand").Images("per_sample/W2_gradient_contributions")
+    assert [image.step for image in images] == [0, 5, 10, 15]
 
 
 def test_a_wrong_backward_exits_1_with_the_parameter_and_the_step(tmp_path, capsys, monkeypatch):
@@ -245,7 +245,13 @@ def test_digits_reaches_over_90_percent_held_out_accuracy(tmp_path, capsys):
 def test_spiral_trains_on_minibatches_in_float32(tmp_path, capsys):
     assert main(["spiral", "--steps", "200", "--batch-size", "16", "--logdir", str(tmp_path)]) == 0
     assert "float32" in EXPERIMENTS["spiral"].defaults.dtype
-    assert len(scalars(only_run(tmp_path, "spiral") / "hand", "loss")) == 200
+    hand = only_run(tmp_path, "spiral") / "hand"
+    assert len(scalars(hand, "loss")) == 200
+    histograms = EventAccumulator(str(hand), size_guidance={"histograms": 0})
+    histograms.Reload()
+    assert [h.step for h in histograms.Histograms("per_sample/grad_norm")] == [0, 100]
+    autograd = accumulator(only_run(tmp_path, "spiral") / "autograd")
+    assert autograd.Tags()["histograms"] == []  # autograd has no per-sample quantity
 
 
 def test_tensorboard_serves_both_loss_curves(tmp_path):

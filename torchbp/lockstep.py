@@ -23,6 +23,7 @@ Two modes:
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 
 from torchbp.compare import DEFAULT_RTOL, Report, compare_tensors
 from torchbp.convert import convert, to_native
+from torchbp.per_sample import PerSampleGradients, reduction_scale
 from torchbp.tensorboard_log import TensorBoardLog
 
 DRIFT_FACTOR = 100.0
@@ -58,6 +60,7 @@ class StepRecord:
     loss_difference: float  # |Δloss|
     max_grad_error: float  # the largest max_rel_error over the gradient rows
     report: Report | None
+    per_sample: PerSampleGradients | None = None  # the torchbp side's, on steps that record them
 
 
 @dataclass
@@ -90,6 +93,9 @@ class LockstepTrainer:
         metrics: name -> function of a model, evaluated on both sides every ``metric_every``
             steps and at the end, logged under the same tag in both runs.
         metric_every: how often to evaluate metrics.
+        per_sample_every: record the torchbp model's per-sample gradients every this many
+            steps (None: never), from the step's own backward; their norms are logged as a
+            histogram and the record carries them (``StepRecord.per_sample``).
 
     Example::
 
@@ -110,6 +116,7 @@ class LockstepTrainer:
         log_dir: str | Path | None = None,
         metrics: dict[str, Metric] | None = None,
         metric_every: int = 100,
+        per_sample_every: int | None = None,
     ):
         if check_every < 1:
             raise ValueError(f"check_every must be a positive number of steps, got {check_every}")
@@ -126,6 +133,11 @@ class LockstepTrainer:
         self.check_every, self.free_running = check_every, free_running
         self.rtol, self.atol = rtol, atol
         self.metrics, self.metric_every = dict(metrics or {}), metric_every
+        if per_sample_every is not None:
+            if per_sample_every < 1:
+                raise ValueError(f"per_sample_every must be a positive number of steps, got {per_sample_every}")
+            reduction_scale(self.hand_loss_fn, 1)  # refuses a loss whose per-sample scale is unknown
+        self.per_sample_every = per_sample_every
         self.log = TensorBoardLog(log_dir) if log_dir is not None else None
         self.result = LockstepResult()
 
@@ -137,12 +149,19 @@ class LockstepTrainer:
         checked = step % self.check_every == 0
         if checked and not self.free_running:
             self._sync_native_to_hand()
-        hand_loss = self._forward_backward(self.hand_model, self.hand_loss_fn, self.hand_optimizer, inputs, target)
+        per_sample = None
+        if self.per_sample_every is not None and step % self.per_sample_every == 0:
+            scale = reduction_scale(self.hand_loss_fn, len(inputs))
+            per_sample = PerSampleGradients(self.hand_model, scale)
+        with per_sample or nullcontext():
+            hand_loss = self._forward_backward(
+                self.hand_model, self.hand_loss_fn, self.hand_optimizer, inputs, target
+            )
         native_loss = self._forward_backward(
             self.native_model, self.native_loss_fn, self.native_optimizer, inputs, target
         )
         report = self._check(step, hand_loss, native_loss) if checked else None
-        record = self._record(step, hand_loss, native_loss, report)
+        record = self._record(step, hand_loss, native_loss, report, per_sample)
         self._log_step(record)
         if report is not None and not report.ok:
             raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
@@ -177,7 +196,7 @@ class LockstepTrainer:
                 report.rows.append(compare_tensors(f"{name}.grad", mine.grad, theirs.grad, rtol, self.atol))
         return report
 
-    def _record(self, step, hand_loss, native_loss, report) -> StepRecord:
+    def _record(self, step, hand_loss, native_loss, report, per_sample) -> StepRecord:
         hand, native = hand_loss.item(), native_loss.item()
         if report is None:
             loss_difference = max_grad_error = float("nan")
@@ -191,7 +210,7 @@ class LockstepTrainer:
             result.checks += 1
             result.max_loss_difference = max(result.max_loss_difference, loss_difference)
             result.max_grad_error = max(result.max_grad_error, max_grad_error)
-        return StepRecord(step, hand, native, loss_difference, max_grad_error, report)
+        return StepRecord(step, hand, native, loss_difference, max_grad_error, report, per_sample)
 
     def _log_step(self, record: StepRecord) -> None:
         if self.log is None:
@@ -200,6 +219,8 @@ class LockstepTrainer:
         if record.report is not None:
             self.log.difference("abs_loss_difference", record.loss_difference, record.step)
             self.log.difference("max_grad_error", record.max_grad_error, record.step)
+        if record.per_sample is not None:
+            self.log.histogram("hand", "per_sample/grad_norm", record.per_sample.grad_norms(), record.step)
 
     # -- metrics and the whole loop ------------------------------------------------------
 

@@ -7,6 +7,8 @@ o over out_features. δ = ∂J/∂z is the upstream gradient, shape (*, o).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +61,45 @@ class LinearFunction(torch.autograd.Function):
         if need_b:
             grad_b = delta_n.sum(0)  # Σ_n δ_n: (o,)
         return grad_a_prev, grad_W, grad_b
+
+
+# -- the per-sample view ---------------------------------------------------------------
+# ∂J/∂W = Σ_n δ_n a_prev,nᵀ: the backward above sums over n with one matrix product.
+# Kept apart, the terms are each sample's own gradient. Leading dimensions after
+# the first (n) are summed within a sample: (n, t, o) and (n, t, i) give (n, o, i).
+
+
+def _rows_per_sample(t: torch.Tensor) -> torch.Tensor:
+    """(n, *, f) -> (n, t, f) with t the product of the middle sizes (an explicit t keeps n = 0 working)."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:-1]), t.shape[-1])
+
+
+def per_sample_weight_grads(delta: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+    """δ_n a_prev,nᵀ for every sample n: shape (n, o, i), summed over any middle dimensions."""
+    if delta.dim() == 2:
+        return delta[:, :, None] * a_prev[:, None, :]  # outer products, no reduction to do
+    delta_n, a_prev_n = _rows_per_sample(delta), _rows_per_sample(a_prev)  # (n, t, o), (n, t, i)
+    return delta_n.transpose(1, 2) @ a_prev_n  # Σ_t δ_n,t a_prev,n,tᵀ
+
+
+def per_sample_bias_grads(delta: torch.Tensor) -> torch.Tensor:
+    """δ_n for every sample n: shape (n, o), summed over any middle dimensions."""
+    return _rows_per_sample(delta).sum(1)
+
+
+def per_sample_weight_grad_norms_squared(delta: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+    """‖δ_n a_prev,nᵀ‖², shape (n,), without forming the (n, o, i) gradients where that is cheaper.
+
+    For one row per sample, ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖². For t rows per sample,
+    ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (δ_t · δ_s)(a_t · a_s), two (t × t) Gram matrices,
+    cheaper than the gradient itself while t (o + i) < o i.
+    """
+    if delta.dim() == 2:
+        return delta.square().sum(1) * a_prev.square().sum(1)
+    delta_n, a_prev_n = _rows_per_sample(delta), _rows_per_sample(a_prev)
+    t, o, i = delta_n.shape[1], delta_n.shape[2], a_prev_n.shape[2]
+    if t * (o + i) < o * i:
+        gram_delta = delta_n @ delta_n.transpose(1, 2)  # (n, t, t)
+        gram_a = a_prev_n @ a_prev_n.transpose(1, 2)
+        return (gram_delta * gram_a).sum((1, 2))
+    return per_sample_weight_grads(delta, a_prev).square().sum((1, 2))

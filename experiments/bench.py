@@ -1,0 +1,154 @@
+"""python -m experiments.bench: torchbp against the native way, paired and interleaved.
+
+Each case times two callables A (torchbp) and B (the reference) on the same
+model and data in the same process: warm-up, then repetitions in which A and
+B run back to back, their order alternating, so a slow moment of a shared
+machine hits both. The figure reported is the median of the per-repetition
+ratios A / B, with the 25th and 75th percentiles as the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import torchbp
+from torchbp.per_sample import per_sample_grad_norms, per_sample_grads
+
+
+@dataclass
+class Case:
+    name: str
+    a: str  # what A is
+    b: str  # what B is
+    make: Callable[[], tuple[Callable[[], object], Callable[[], object]]]
+    target: float  # A / B at most
+
+
+def sigmoid_mlp(width: int, layers: int, seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    modules = []
+    for _ in range(layers):
+        modules += [torch.nn.Linear(width, width), torch.nn.Sigmoid()]
+    return torch.nn.Sequential(*modules[:-1])
+
+
+def mlp_data(width: int, batch: int, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, width, generator=generator), torch.randn(batch, width, generator=generator)
+
+
+def per_sample_against_torch_func(width: int, layers: int, batch: int):
+    def make():
+        native = sigmoid_mlp(width, layers)
+        hand = torchbp.convert(native)
+        x, y = mlp_data(width, batch)
+        loss_fn = torchbp.nn.MSELoss(reduction="sum")
+        params = {name: p.detach() for name, p in native.named_parameters()}
+
+        def one_sample_loss(params, x_n, y_n):
+            return F.mse_loss(torch.func.functional_call(native, params, (x_n[None],)), y_n[None], reduction="sum")
+
+        vmapped = torch.func.vmap(torch.func.grad(one_sample_loss), in_dims=(None, 0, 0))
+        return (lambda: per_sample_grads(hand, loss_fn, x, y)), (lambda: vmapped(params, x, y))
+
+    return make
+
+
+def norms_against_formed_gradients(width: int, layers: int, batch: int):
+    def make():
+        hand = torchbp.convert(sigmoid_mlp(width, layers))
+        x, y = mlp_data(width, batch)
+        loss_fn = torchbp.nn.MSELoss(reduction="sum")
+
+        def formed():
+            grads = per_sample_grads(hand, loss_fn, x, y)
+            return torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads.values()))
+
+        return (lambda: per_sample_grad_norms(hand, loss_fn, x, y)), formed
+
+    return make
+
+
+CASES = [
+    Case("per-sample grads, 3×256 MLP, batch 256", "torchbp.per_sample_grads", "torch.func vmap(grad)",
+         per_sample_against_torch_func(256, 3, 256), 0.5),
+    Case("per-sample grads, 2×512 MLP, batch 1024", "torchbp.per_sample_grads", "torch.func vmap(grad)",
+         per_sample_against_torch_func(512, 2, 1024), 0.5),
+    Case("per-sample norms, 3×256 MLP, batch 256", "torchbp.per_sample_grad_norms", "norms of formed grads",
+         norms_against_formed_gradients(256, 3, 256), 0.2),
+    Case("per-sample norms, 2×512 MLP, batch 1024", "torchbp.per_sample_grad_norms", "norms of formed grads",
+         norms_against_formed_gradients(512, 2, 1024), 0.2),
+]
+
+
+def paired_times(a: Callable, b: Callable, repeats: int, warmup: int) -> list[tuple[float, float]]:
+    for _ in range(warmup):
+        a(), b()
+    times = []
+    for rep in range(repeats):
+        pair = {}
+        for label, fn in (("a", a), ("b", b)) if rep % 2 == 0 else (("b", b), ("a", a)):
+            start = time.perf_counter()
+            fn()
+            pair[label] = time.perf_counter() - start
+        times.append((pair["a"], pair["b"]))
+    return times
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def run(cases: list[Case], repeats: int, warmup: int) -> str:
+    lines = [
+        f"torchbp benchmark: torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{repeats} paired repetitions after {warmup} warm-up",
+        "",
+        "| case | A | B | A median | B median | A / B median | A / B p25–p75 | target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in cases:
+        a, b = case.make()
+        times = paired_times(a, b, repeats, warmup)
+        ratio = quantiles([ta / tb for ta, tb in times])
+        a_median = statistics.median(t for t, _ in times)
+        b_median = statistics.median(t for _, t in times)
+        met = "yes" if ratio[1] <= case.target else "NO"
+        lines.append(
+            f"| {case.name} | {case.a} | {case.b} | {a_median * 1e3:.1f} ms | {b_median * 1e3:.1f} ms "
+            f"| {ratio[1]:.3f} | {ratio[0]:.3f}–{ratio[2]:.3f} | ≤ {case.target} | {met} |"
+        )
+        print(lines[-1], file=sys.stderr)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20, help="paired repetitions (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up runs of each side (default 3)")
+    parser.add_argument("--out", default="runs/bench.md", help="markdown file for the table (default runs/bench.md)")
+    parser.add_argument("--only", metavar="TEXT", help="run the cases whose name contains TEXT")
+    args = parser.parse_args(argv)
+    if args.repeats < 4:
+        parser.error("--repeats must be at least 4 (quartiles need them)")
+    cases = [case for case in CASES if args.only is None or args.only in case.name]
+    table = run(cases, args.repeats, args.warmup)
+    print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Per-sample gradients from the hand-derived backward, in the same single backward pass.
+
+∂J/∂W = Σ_n δ_n a_prev,nᵀ. The hand-derived backward of a linear layer holds
+δ (what arrives at its output z) and a_prev (its saved input) for every sample
+n; keeping the terms apart instead of summing them gives each sample's own
+gradient, with no loop over samples and no second pass.
+
+:class:`PerSampleGradients` records those two tensors for every supported layer
+of a torchbp model while a forward and backward run inside it. It works with
+hooks that exist only inside the ``with`` block, so training outside it runs
+exactly the code it runs without this module.
+
+Scaling follows the loss's reduction. With ``reduction="sum"`` the per-sample
+gradients sum to ``.grad``. With ``reduction="mean"`` each is the gradient of
+that sample's own loss, reduced over its own elements as the batch loss is
+(what ``torch.func.vmap(torch.func.grad(...))`` gives for one sample), so
+their mean over the N samples is ``.grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from torchbp import nn as torchbp_nn
+from torchbp.convert import convert
+from torchbp.functions.linear import (
+    per_sample_bias_grads,
+    per_sample_weight_grad_norms_squared,
+    per_sample_weight_grads,
+)
+from torchbp.functions.validation import ShapeError
+from torchbp.nn import HAND_DERIVED
+
+
+class PerSampleRule(Protocol):
+    def grads(self, module, a_prev, delta) -> dict[str, torch.Tensor]: ...
+
+    def norms_squared(self, module, a_prev, delta) -> torch.Tensor: ...
+
+
+PER_SAMPLE_RULES: dict[type[torch.nn.Module], PerSampleRule] = {}
+
+
+def per_sample_rule(layer: type[torch.nn.Module]):
+    """Register the decorated class as the per-sample rule of ``layer``."""
+
+    def register(cls):
+        PER_SAMPLE_RULES[layer] = cls()
+        return cls
+
+    return register
+
+
+@per_sample_rule(torchbp_nn.Linear)
+class LinearPerSample:
+    """weight: δ_n a_prev,nᵀ; bias: δ_n (see torchbp.functions.linear)."""
+
+    def grads(self, module, a_prev, delta):
+        grads = {}
+        if module.weight.requires_grad:
+            grads["weight"] = per_sample_weight_grads(delta, a_prev)
+        if module.bias is not None and module.bias.requires_grad:
+            grads["bias"] = per_sample_bias_grads(delta)
+        return grads
+
+    def norms_squared(self, module, a_prev, delta):
+        total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
+        if module.weight.requires_grad:
+            total = total + per_sample_weight_grad_norms_squared(delta, a_prev)
+        if module.bias is not None and module.bias.requires_grad:
+            total = total + per_sample_bias_grads(delta).square().sum(1)
+        return total
+
+
+def reduction_scale(loss_fn, batch_size: int) -> float:
+    """The factor that turns each sample's share of the batch loss's gradient into its own gradient."""
+    reduction = getattr(loss_fn, "reduction", None)
+    if reduction == "sum":
+        return 1.0
+    if reduction == "mean":
+        return float(batch_size)
+    raise ValueError(
+        "per-sample gradients need a loss with reduction 'sum' or 'mean' (a loss module such as "
+        f"torchbp.nn.MSELoss, or any callable with a .reduction attribute), got reduction={reduction!r}"
+    )
+
+
+class PerSampleGradients:
+    """Records δ and a_prev of every supported layer during one forward and backward.
+
+    Use it around the forward and backward of a torchbp model::
+
+        with PerSampleGradients(model, scale=1.0) as per_sample:
+            loss_fn(model(inputs), target).backward()
+        per_sample.grads()        # {name: (N, *param.shape)}
+        per_sample.grad_norms()   # (N,)
+
+    Every parameter that requires grad must belong to a layer with a per-sample
+    rule (torchbp.nn.Linear); others raise NotImplementedError. ``scale`` multiplies
+    every per-sample gradient (see :func:`reduction_scale`).
+    """
+
+    def __init__(self, model: torch.nn.Module, scale: float = 1.0):
+        self.model, self.scale = model, scale
+        self.layers = {
+            module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES
+        }
+        covered = {id(p) for module in self.layers for p in module.parameters(recurse=False)}
+        uncovered = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        if uncovered:
+            raise NotImplementedError(
+                f"no per-sample rule for the layers holding {', '.join(uncovered)}; "
+                f"supported: {', '.join(cls.__name__ for cls in PER_SAMPLE_RULES)} (torchbp.convert the model first)"
+            )
+        self.records: dict[torch.nn.Module, list[list]] = {}  # layer: one [a_prev, δ] per call
+        self.outputs: list[torch.Tensor] = []  # each call's z, for a backward that stops at them
+        self.handles = []
+
+    def __enter__(self) -> PerSampleGradients:
+        self.records.clear()
+        self.handles = [module.register_forward_hook(self._record) for module in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles, self.outputs = [], []
+
+    def _record(self, module, inputs, output) -> None:
+        if not output.requires_grad:
+            return
+        record = [inputs[0].detach(), None]  # δ arrives during backward
+        self.records.setdefault(module, []).append(record)
+        self.outputs.append(output)
+        output.register_hook(lambda delta: record.__setitem__(1, delta.detach()))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` only as far as the recorded layers' outputs: every δ, no ``.grad``."""
+        if self.outputs and loss.requires_grad:
+            torch.autograd.grad(loss, self.outputs, allow_unused=True)
+
+    def _calls(self) -> dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each recorded layer's calls as (a_prev, δ); δ = 0 where none arrived."""
+        calls, batch_sizes = {}, set()
+        for module, records in self.records.items():
+            for a_prev, delta in records:
+                if a_prev.dim() < 2:
+                    raise ShapeError(
+                        f"per-sample gradients: {self.layers[module] or 'the model'} saw an input of shape "
+                        f"{tuple(a_prev.shape)}; expected (N, ..., in_features) with the sample dimension first"
+                    )
+                batch_sizes.add(a_prev.shape[0])
+                if delta is None:
+                    delta = a_prev.new_zeros(*a_prev.shape[:-1], module.weight.shape[0])
+                calls.setdefault(module, []).append((a_prev, delta))
+        if len(batch_sizes) > 1:
+            raise ShapeError(f"per-sample gradients: layers saw different sample counts {sorted(batch_sizes)}")
+        return calls
+
+    def _layer_grads(self, module, calls) -> dict[str, torch.Tensor]:
+        rule = PER_SAMPLE_RULES[type(module)]
+        grads = rule.grads(module, *calls[0])
+        for a_prev, delta in calls[1:]:  # a layer used several times: its contributions add up
+            for local, grad in rule.grads(module, a_prev, delta).items():
+                grads[local] = grads[local] + grad
+        return grads
+
+    def grads(self) -> dict[str, torch.Tensor]:
+        """Each parameter's per-sample gradients, (N, *param.shape), by parameter name."""
+        result = {}
+        for module, calls in self._calls().items():
+            prefix = self.layers[module]
+            for local, grad in self._layer_grads(module, calls).items():
+                result[f"{prefix}.{local}" if prefix else local] = grad * self.scale
+        return dict(sorted(result.items(), key=lambda item: self._order[item[0]]))
+
+    @property
+    def _order(self) -> dict[str, int]:
+        return {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
+
+    def grad_norms(self) -> torch.Tensor:
+        """Each sample's total gradient norm over all parameters, (N,).
+
+        A layer called once gives its norms without forming its gradients
+        (see the rule's ``norms_squared``); a layer called several times needs
+        its summed gradient first.
+        """
+        squared = None
+        for module, calls in self._calls().items():
+            if len(calls) == 1:
+                layer = PER_SAMPLE_RULES[type(module)].norms_squared(module, *calls[0])
+            else:
+                layer = sum(g.flatten(1).square().sum(1) for g in self._layer_grads(module, calls).values())
+            squared = layer if squared is None else squared + layer
+        if squared is None:
+            return torch.zeros(0)
+        return squared.sqrt() * abs(self.scale)
+
+
+def _torchbp_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself when it holds no native layer that torchbp replaces, else a converted copy."""
+    if any(type(m) in HAND_DERIVED for m in model.modules()):
+        return convert(model)
+    return model
+
+
+def _record(model, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor) -> PerSampleGradients:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ..., in_features), got {shape}")
+    model = _torchbp_model(model)
+    loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+    recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0]))
+    with recorder:
+        recorder.backward(loss_fn(model(inputs), target))
+    return recorder
+
+
+def per_sample_grads(
+    model: torch.nn.Module, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Every parameter's per-sample gradients: {name: (N, *param.shape)}, N = ``inputs.shape[0]``.
+
+    One forward and one backward through the hand-derived Functions, no loop
+    over samples. For inputs (N, T, ..., in) each sample's gradient sums over T.
+    With a "sum" loss they sum to the parameters' gradient; with "mean", each is
+    the gradient of that sample's own loss and their mean is the parameters'
+    gradient. ``model`` may be native (a converted copy is used); its ``.grad``
+    is left alone.
+    """
+    return _record(model, loss_fn, inputs, target).grads()
+
+
+def per_sample_grad_norms(
+    model: torch.nn.Module, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Each sample's total gradient norm over all parameters, (N,), scaled as :func:`per_sample_grads`.
+
+    For a linear layer on (N, in) inputs, ‖δ_n a_nᵀ‖ = ‖δ_n‖ ‖a_n‖: the (N, out, in)
+    gradients are never formed.
+    """
+    return _record(model, loss_fn, inputs, target).grad_norms()
