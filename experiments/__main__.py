@@ -1,7 +1,8 @@
 """python -m experiments [NAME ...]: train torchbp models beside their native twins, in lockstep.
 
 Exit status: 0 when every experiment matched, 1 when any mismatched (its
-report is printed), 2 on a usage error, 130 when interrupted.
+report is printed), 2 on a usage error, 3 on an unexpected error (a bug:
+its traceback is printed), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import torch
@@ -38,9 +40,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
+def seed_int(text: str) -> int:
     value = int(text)
-    if value < 0:
+    if not 0 <= value < 2**63:
         raise ValueError
     return value
 
@@ -53,18 +55,18 @@ def positive_float(text: str) -> float:
 
 
 positive_int.__name__ = "positive integer"
-non_negative_int.__name__ = "non-negative integer"
 positive_float.__name__ = "positive number"
+seed_int.__name__ = "seed (0 to 2**63 - 1)"
 
 
 def parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to run (default: all: {', '.join(EXPERIMENTS)})")
-    p.add_argument("--list", action="store_true", help="list the experiments and their defaults, then exit")
-    p.add_argument("--steps", type=non_negative_int, help="training steps (default: each experiment's own)")
+    p.add_argument("--list", action="store_true", help="list the experiments (or the NAMEs given) and their defaults, then exit")
+    p.add_argument("--steps", type=positive_int, help="training steps (default: each experiment's own)")
     p.add_argument("--lr", type=positive_float, help="learning rate of plain SGD")
     p.add_argument("--batch-size", type=positive_int, help="minibatch size (seed and xor are full-batch)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and order (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for data, initialisation and order (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default: each experiment's own)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
     p.add_argument("--logdir", default="runs", help="TensorBoard log folder (default runs)")
@@ -104,9 +106,10 @@ def check_logdir(logdir: str) -> None:
         raise UsageError(f"cannot write to --logdir {logdir!r}: {error.strerror or error}") from None
 
 
-def list_experiments() -> str:
+def list_experiments(chosen: dict[str, Config]) -> str:
     lines = []
-    for name, experiment in EXPERIMENTS.items():
+    for name in chosen:
+        experiment = EXPERIMENTS[name]
         d = experiment.defaults
         batch = "full batch" if d.batch_size is None else f"batch {d.batch_size}"
         lines.append(f"{name:8} {experiment.description}")
@@ -117,30 +120,40 @@ def list_experiments() -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        if args.list:
-            print(list_experiments())
-            return 0
         chosen = configs(args)
+        if args.list:
+            print(list_experiments(chosen))
+            return 0
         check_logdir(args.logdir)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # close the logs on the way out
-    progress = sys.stderr.isatty()
-    outcomes = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # close the logs on the way out
     try:
-        for name, config in chosen.items():
-            outcome = run_experiment(EXPERIMENTS[name], config, args.logdir, progress)
-            outcomes.append(outcome)
-            if outcome.mismatch is not None:
-                print(f"{name}: {outcome.mismatch}\n")
+        outcomes = run_all(chosen, args.logdir, progress=sys.stderr.isatty())
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the logs written so far are in {args.logdir}", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"{PROG}: error: unexpected failure (a bug in torchbp or an experiment; traceback above)", file=sys.stderr)
+        return 3
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(summary_table(outcomes))
     print(f"\nTensorBoard logs: {args.logdir}/<experiment>/<run-id> (view with: tensorboard --logdir {args.logdir})")
     return 0 if all(outcome.matched for outcome in outcomes) else 1
+
+
+def run_all(chosen: dict[str, Config], logdir: str, progress: bool) -> list:
+    outcomes = []
+    for name, config in chosen.items():
+        outcome = run_experiment(EXPERIMENTS[name], config, logdir, progress)
+        outcomes.append(outcome)
+        if outcome.mismatch is not None:
+            print(f"{name}: {outcome.mismatch}\n")
+    return outcomes
 
 
 if __name__ == "__main__":

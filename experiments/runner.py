@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ class Outcome:
 
     @property
     def matched(self) -> bool:
-        return self.mismatch is None
+        """Every checked step agreed, and there was at least one."""
+        return self.mismatch is None and self.result.checks > 0
 
 
 def run_experiment(experiment: Experiment, config: Config, logdir: str | Path, progress: bool) -> Outcome:
@@ -61,7 +61,8 @@ def run_experiment(experiment: Experiment, config: Config, logdir: str | Path, p
 
 
 SUMMARY_COLUMNS = (
-    "experiment", "steps", "loss hand", "loss autograd", "max |Δloss|", "max grad err", "metric", "time", "result",
+    "experiment", "steps", "checks", "loss hand", "loss autograd", "max |Δloss|", "max grad err", "metric", "time",
+    "result",
 )
 
 
@@ -76,6 +77,7 @@ def summary_table(outcomes: list[Outcome]) -> str:
         rows.append((
             outcome.name,
             str(result.steps),
+            str(result.checks),
             _number(result.hand_loss),
             _number(result.autograd_loss),
             f"{result.max_loss_difference:.1e}",
@@ -91,4 +93,4 @@ def summary_table(outcomes: list[Outcome]) -> str:
 
 
 def _number(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.6f}"
+    return f"{value:.6f}"

@@ -81,7 +81,8 @@ def test_the_transposed_weight_gradient_has_the_right_shape_and_wrong_values():
     # Guards the planted bug itself: a shape error would be caught by autograd, not by us.
     x, w = leaf(5, 3), leaf(3, 3)
     (grad,) = torch.autograd.grad(TransposedWeightGradient.apply(x, w, None).sum(), w)
-    assert grad.shape == w.shape
+    (native,) = torch.autograd.grad(F.linear(x, w).sum(), w)
+    assert grad.shape == w.shape and not torch.allclose(grad, native)
 
 
 def test_a_50_percent_wrong_tiny_gradient_fails_where_a_fixed_atol_passes_it():
@@ -108,6 +109,11 @@ def test_correct_functions_pass_with_every_row_listed():
 def test_inputs_without_requires_grad_are_not_compared():
     report = check_function(torchbp.functional.linear, F.linear, torch.randn(5, 3), leaf(4, 3).float())
     assert [row.name for row in report.rows] == ["output", "inputs[1].grad"]
+
+
+def test_with_no_input_requiring_grad_every_floating_input_is_differentiated():
+    report = check_function(MissingSigmoidDerivative.apply, torch.sigmoid, torch.randn(5, 3, dtype=torch.float64))
+    assert [row.name for row in report.mismatches] == ["inputs[0].grad"]
 
 
 def test_assert_ok_raises_with_the_table():
@@ -184,6 +190,7 @@ MISMATCHED_METADATA = {
     "dtype": (torch.zeros(2), torch.zeros(2, dtype=torch.float64), "dtype"),
     "missing on the torchbp side": (None, torch.zeros(2), "torchbp side"),
     "missing on the reference side": (torch.zeros(2), None, "reference side"),
+    "device": (torch.zeros(2), torch.zeros(2, device="meta"), "device"),
 }
 
 
@@ -192,6 +199,21 @@ def test_metadata_mismatch_fails_with_a_note(case):
     actual, reference, note = MISMATCHED_METADATA[case]
     row = compare_tensors("t", actual, reference)
     assert not row.ok and note in row.note
+
+
+EXACT_KINDS = {
+    "complex, imaginary part differs": (torch.tensor([1 + 1j]), torch.tensor([1 + 5j]), False),
+    "complex, equal": (torch.tensor([1 + 1j]), torch.tensor([1 + 1j]), True),
+    "int64 beyond float64's integers": (torch.tensor([2**53 + 1]), torch.tensor([2**53]), False),
+    "int64, equal": (torch.tensor([2**60]), torch.tensor([2**60]), True),
+    "bool": (torch.tensor([True, False]), torch.tensor([True, True]), False),
+}
+
+
+@pytest.mark.parametrize("case", EXACT_KINDS)
+def test_complex_and_integer_tensors_are_not_rounded_into_a_match(case):
+    actual, reference, passes = EXACT_KINDS[case]
+    assert compare_tensors("t", actual, reference).ok is passes
 
 
 def test_empty_tensors_match():
@@ -273,6 +295,17 @@ def test_check_model_skips_frozen_parameters():
     model[0].weight.requires_grad_(False)
     report = check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
     assert report.ok and "0.weight.grad" not in [row.name for row in report.rows]
+
+
+def test_check_model_refuses_a_model_torchbp_would_not_change():
+    with pytest.raises(ValueError, match="no layer that torchbp replaces"):
+        check_model(torch.nn.Sequential(torch.nn.Tanh()), lambda out, y: (out - y).sum(), torch.randn(3), torch.randn(3))
+
+
+def test_check_model_gives_both_sides_the_same_dropout_mask():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).double()
+    report = check_model(model, torch.nn.MSELoss(), torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64))
+    assert report.ok, str(report)
 
 
 def test_check_model_accepts_a_plain_loss_function():

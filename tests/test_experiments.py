@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import pty
+import dataclasses
 import re
 import signal
 import struct
@@ -69,7 +70,7 @@ def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys)
     assert accumulator(run_dir / "hand").Tags()["images"] == ["per_sample/W2_gradient_contributions"]
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"hand", "autograd"}  # no stray hparams run
     printed = capsys.readouterr().out
-    assert re.search(r"^seed\s+30\s.*MATCH$", printed, flags=re.MULTILINE)
+    assert re.search(r"^seed\s+30\s+30\s.*\sMATCH$", printed, flags=re.MULTILINE)
 
 
 def test_hyperparameters_are_logged_in_the_run_folder(tmp_path):
@@ -112,19 +113,22 @@ def test_a_wrong_backward_exits_1_with_the_parameter_and_the_step(tmp_path, caps
 
     def wrong(ctx, delta):
         grad_a_prev, grad_W, grad_b = original(ctx, delta)
-        return grad_a_prev, grad_W.T.flip(0).T, grad_b  # the weight gradient's rows swapped
+        return grad_a_prev, grad_W.flip(1), grad_b  # the weight gradient's columns reversed
 
     monkeypatch.setattr(LinearFunction, "backward", staticmethod(wrong))
     assert main(["seed", "--steps", "10", "--logdir", str(tmp_path)]) == 1
     printed = capsys.readouterr().out
     assert "lockstep mismatch at step 0" in printed and "0.weight.grad" in printed
-    assert re.search(r"^seed\s+1\s.*MISMATCH$", printed, flags=re.MULTILINE)
+    assert re.search(r"^seed\s+1\s+1\s.*\sMISMATCH$", printed, flags=re.MULTILINE)
     assert scalars(only_run(tmp_path, "seed") / "hand", "loss")  # the failing step is in the log
 
 
 USAGE_ERRORS = {
     "unknown experiment": (["mnist"], "unknown experiment 'mnist'"),
     "negative steps": (["--steps", "-1"], "--steps"),
+    "zero steps": (["--steps", "0"], "--steps"),
+    "seed out of range": (["--seed", "99999999999999999999999"], "--seed"),
+    "--list with an unknown experiment": (["--list", "mnist"], "unknown experiment 'mnist'"),
     "steps not a number": (["--steps", "many"], "--steps"),
     "zero learning rate": (["--lr", "0"], "--lr"),
     "learning rate not a number": (["--lr", "fast"], "--lr"),
@@ -291,6 +295,32 @@ def test_tensorboard_serves_both_loss_curves(tmp_path):
     assert [step for step, _ in curves["hand"]] == list(range(25))
 
 
-def test_free_running_mode_from_the_command_line(tmp_path, capsys):
+def test_free_running_curves_overlay_because_the_gradients_agree(tmp_path, capsys):
+    # In free-running mode each model follows its own gradients, so equal curves mean equal gradients
+    # all along the trajectory (in synced mode they are equal by construction).
     assert main(["seed", "--steps", "20", "--free-running", "--logdir", str(tmp_path)]) == 0
-    assert "MATCH" in capsys.readouterr().out
+    assert re.search(r"^seed\s+20\s+20\s.*\sMATCH$", capsys.readouterr().out, flags=re.MULTILINE)
+    run_dir = only_run(tmp_path, "seed")
+    assert scalars(run_dir / "hand", "loss") == scalars(run_dir / "autograd", "loss")
+
+
+def test_an_unexpected_failure_exits_3_with_its_traceback(tmp_path, capsys, monkeypatch):
+    def broken(config):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setitem(EXPERIMENTS, "seed", dataclasses.replace(EXPERIMENTS["seed"], build=broken))
+    assert main(["seed", "--steps", "2", "--logdir", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert "planted failure" in err and "Traceback" in err and "unexpected failure" in err
+
+
+def test_main_restores_the_sigterm_handler(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    main(["seed", "--steps", "1", "--logdir", str(tmp_path)])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_list_shows_the_named_experiments_only(capsys):
+    assert main(["--list", "xor"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("xor") and "digits" not in printed

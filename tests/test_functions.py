@@ -60,8 +60,8 @@ def test_mse_loss_of_an_empty_batch_matches_native(reduction):
 
 @given(
     leading=st.lists(st.integers(0, 4), max_size=3),
-    in_features=st.integers(1, 6),
-    out_features=st.integers(1, 6),
+    in_features=st.integers(0, 6),
+    out_features=st.integers(0, 6),
     bias=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )

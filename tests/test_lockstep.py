@@ -167,3 +167,36 @@ def test_the_sigmoid_module_is_used_on_the_hand_side(monkeypatch):
     monkeypatch.setattr(SigmoidFunction, "apply", lambda *a: calls.append(1) or original(*a))
     LockstepTrainer(users_model(), torch.nn.MSELoss()).step(*batches()[0])
     assert len(calls) == 2  # two sigmoid layers, once each, on the torchbp side only
+
+
+def test_metrics_are_taken_at_the_parameters_of_the_logged_step(tmp_path):
+    x, y = batches()[0]
+    seen = []
+    metric = lambda m: seen.append(torch.nn.functional.mse_loss(m(x), y).item()) or seen[-1]  # noqa: E731
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, metrics={"loss_on_x": metric}, metric_every=2)
+    records = []
+    trainer.train([(x, y)], steps=4, on_step=records.append)
+    hand_values = seen[::2]  # each evaluation measures the torchbp model, then the native one
+    assert len(hand_values) == 3  # before steps 0 and 2, and after the last
+    assert hand_values[0] == pytest.approx(records[0].hand_loss)  # the loss of step 0, at the same parameters
+    assert hand_values[1] == pytest.approx(records[2].hand_loss)
+
+
+def test_a_diverged_run_shows_nan_rather_than_a_zero_error():
+    x, y = batches()[0]
+    x = x.clone()
+    x[0, 0] = float("nan")
+    result = LockstepTrainer(users_model(), torch.nn.MSELoss()).train([(x, y)], steps=2)
+    assert result.max_loss_difference != result.max_loss_difference  # NaN
+
+
+def test_dropout_draws_the_same_mask_on_both_sides():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2))
+    result = LockstepTrainer(model, torch.nn.MSELoss()).train(batches(), steps=5)
+    assert result.checks == 5
+
+
+def test_a_model_torchbp_would_not_change_is_refused():
+    with pytest.raises(ValueError, match="no layer that torchbp replaces"):
+        LockstepTrainer(torch.nn.Sequential(torch.nn.Tanh()), lambda out, y: (out - y).sum())

@@ -10,7 +10,21 @@ torch.testing's atol = 1e-5 would let a 50 % wrong gradient pass wherever
 gradients are around 1e-6, as they are for a mean-reduced loss over many
 elements. By default ``atol`` is 0 and ``rtol`` depends on the reference's
 dtype (``DEFAULT_RTOL``). NaN and ±Inf must sit at the same places on both
-sides; they are excluded from the error figures.
+sides; they are excluded from the error figures. Complex tensors are compared
+as their real and imaginary parts, integer and boolean tensors exactly.
+
+Two limits of a tolerance scaled by the reference's largest magnitude:
+
+- where the reference is exactly zero everywhere, only exact zeros match;
+  pass ``atol`` for an absolute floor;
+- a gradient that is the small difference of large terms (heavy cancellation)
+  can differ between two correct implementations that add in different orders
+  by more than rtol times its own size; pass a larger ``rtol`` there. The
+  torchbp Functions add in native torch's order, so on CPU they agree with it
+  to the bit in float32 and float64.
+
+Both sides of a comparison draw the same random numbers (see
+:class:`SameRandomness`), so a model with dropout compares like one without.
 """
 
 from __future__ import annotations
@@ -22,13 +36,32 @@ from typing import Callable, Sequence
 import torch
 
 from torchbp.convert import convert, to_native
+from torchbp.nn import HAND_DERIVED
 
 DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.float64: 1e-7,
     torch.float32: 1e-5,
-    torch.float16: 1e-2,
-    torch.bfloat16: 5e-2,
+    torch.float16: 2e-3,  # a few units of its 2⁻¹⁰ rounding step
+    torch.bfloat16: 2e-2,  # a few units of its 2⁻⁷ rounding step
 }
+
+
+class SameRandomness:
+    """Lets a second run draw the random numbers a first run drew.
+
+    Create it before the first run and call :meth:`replay` before the second:
+    the global CPU generator (and CUDA's, where it is in use) starts again from
+    where the first run started, so dropout masks and the like agree.
+    """
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
 
 
 @dataclass(frozen=True)
@@ -130,20 +163,28 @@ def compare_tensors(
             f"missing on the {side}",
         )
     shape, dtype = tuple(reference.shape), reference.dtype
+    mismatch = None
     if tuple(actual.shape) != shape:
-        return ComparedTensor(
-            name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False,
-            f"shape {tuple(actual.shape)} where the reference has {shape}",
-        )
-    if actual.dtype != dtype:
-        return ComparedTensor(
-            name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False,
-            f"dtype {actual.dtype} where the reference has {dtype}",
-        )
-    rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
+        mismatch = f"shape {tuple(actual.shape)} where the reference has {shape}"
+    elif actual.dtype != dtype:
+        mismatch = f"dtype {actual.dtype} where the reference has {dtype}"
+    elif actual.device != reference.device:
+        mismatch = f"device {actual.device} where the reference has {reference.device}"
+    if mismatch is not None:
+        return ComparedTensor(name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False, mismatch)
+    if dtype.is_complex:
+        actual, reference = torch.view_as_real(actual), torch.view_as_real(reference)
+    exact = not (dtype.is_floating_point or dtype.is_complex)
+    rtol = (0.0 if exact else DEFAULT_RTOL.get(dtype, 0.0)) if rtol is None else rtol
     atol = 0.0 if atol is None else atol
-    a = actual.detach().to(torch.float64)
-    b = reference.detach().to(device=a.device, dtype=torch.float64)
+    a = actual.detach().to(torch.float64) if not exact else actual.detach()
+    b = reference.detach().to(torch.float64) if not exact else reference.detach()
+    if exact:  # integers and booleans: equal or not, with no rounding through float64
+        ok = bool(torch.equal(a, b))
+        max_abs = 0.0 if ok else float((a.long() - b.long()).abs().max().item())
+        reference_max = float(b.long().abs().max().item()) if b.numel() else 0.0
+        max_rel = max_abs / reference_max if reference_max else (0.0 if ok else float("inf"))
+        return ComparedTensor(name, shape, dtype, max_abs, max_rel, 0.0, reference_max, ok, "" if ok else "not equal")
     finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
     nonfinite_agree = bool(torch.equal(finite_a, finite_b)) and bool(
         torch.all(finite_b | (a == b) | (torch.isnan(a) & torch.isnan(b)))
@@ -183,16 +224,24 @@ def check_function(
     gradient through both, and compare the outputs and the gradient of every input
     that requires grad.
 
-    ``grad_output`` is the upstream gradient, one per output; when not given, it is
-    drawn from a normal distribution with a fixed seed. Copies keep each input's
-    strides, so a non-contiguous input stays non-contiguous. Works for any pair of
-    callables: pass your own autograd Function's ``apply`` as ``fn``.
+    When no input requires grad, every floating-point tensor input is
+    differentiated, so a check of gradients cannot quietly become a check of
+    outputs alone. ``grad_output`` is the upstream gradient, one per output;
+    when not given, it is drawn from a normal distribution with a fixed seed.
+    Copies keep each input's strides, so a non-contiguous input stays
+    non-contiguous, and both sides draw the same random numbers. Works for any
+    pair of callables: pass your own autograd Function's ``apply`` as ``fn``.
     """
     fn_name = getattr(fn, "__qualname__", type(fn).__name__)
     report = Report(f"check_function({fn_name})")
-    actual_inputs = [_copy_leaf(x) for x in inputs]
-    reference_inputs = [_copy_leaf(x) for x in inputs]
+    wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
+    if not wrt:
+        wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    actual_inputs = [_copy_leaf(x, requires_grad=i in wrt) for i, x in enumerate(inputs)]
+    reference_inputs = [_copy_leaf(x, requires_grad=i in wrt) for i, x in enumerate(inputs)]
+    randomness = SameRandomness()
     actual_outputs = _as_tuple(fn(*actual_inputs))
+    randomness.replay()
     reference_outputs = _as_tuple(reference(*reference_inputs))
 
     count = max(len(actual_outputs), len(reference_outputs))
@@ -203,7 +252,6 @@ def check_function(
         )
 
     grad_outputs = _grad_outputs(grad_output, reference_outputs)
-    wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
     actual_grads = _gradients(actual_outputs, grad_outputs, [actual_inputs[i] for i in wrt])
     reference_grads = _gradients(reference_outputs, grad_outputs, [reference_inputs[i] for i in wrt])
     for i, mine, theirs in zip(wrt, actual_grads, reference_grads):
@@ -224,17 +272,32 @@ def check_model(
     ``model`` may be given in either form; neither it nor ``loss_fn`` is changed.
     A ``loss_fn`` that is a module is converted too (a plain function is used
     as it is on both sides). Both copies run forward, loss and backward on the
-    same ``inputs`` and ``target``; the report compares the output, the loss, the
-    gradient with respect to the input and every parameter's gradient by name.
+    same ``inputs`` and ``target``, drawing the same random numbers; the report
+    compares the output, the loss, the gradient with respect to the input and
+    every parameter's gradient by name. A model and loss with no layer that
+    torchbp replaces raise ValueError: both sides would run native code.
     """
+    require_hand_derived_layers("check_model", model, loss_fn)
     report = Report(f"check_model({type(model).__name__})")
+    randomness = SameRandomness()
     hand = _run_model(convert, model, loss_fn, inputs, target)
+    randomness.replay()
     native = _run_model(to_native, model, loss_fn, inputs, target)
     for name in ("output", "loss"):
         report.rows.append(compare_tensors(name, hand[name], native[name], rtol, atol))
     for name, reference_grad in native["grads"].items():
         report.rows.append(compare_tensors(name, hand["grads"].get(name), reference_grad, rtol, atol))
     return report
+
+
+def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:
+    """Refuse a model (and loss) in which torchbp would replace nothing."""
+    modules = [*model.modules(), *(loss_fn.modules() if isinstance(loss_fn, torch.nn.Module) else [])]
+    if not any(type(m) in HAND_DERIVED or type(m) in HAND_DERIVED.values() for m in modules):
+        raise ValueError(
+            f"{caller}: {type(model).__name__} holds no layer that torchbp replaces "
+            f"({', '.join(cls.__name__ for cls in HAND_DERIVED)}), so both sides would run native code"
+        )
 
 
 def _run_model(to_side, model, loss_fn, inputs, target) -> dict:

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from torchbp.compare import DEFAULT_RTOL, Report, compare_tensors
+from torchbp.compare import DEFAULT_RTOL, Report, SameRandomness, compare_tensors, require_hand_derived_layers
 from torchbp.convert import convert, to_native
 from torchbp.per_sample import PerSampleGradients, reduction_scale
 from torchbp.tensorboard_log import TensorBoardLog
@@ -122,6 +122,7 @@ class LockstepTrainer:
             raise ValueError(f"check_every must be a positive number of steps, got {check_every}")
         if metric_every < 1:
             raise ValueError(f"metric_every must be a positive number of steps, got {metric_every}")
+        require_hand_derived_layers("LockstepTrainer", model, loss_fn)
         self.hand_model = convert(model)
         self.native_model = to_native(model)
         self.hand_loss_fn, self.native_loss_fn = (
@@ -153,10 +154,12 @@ class LockstepTrainer:
         if self.per_sample_every is not None and step % self.per_sample_every == 0:
             scale = reduction_scale(self.hand_loss_fn, len(inputs))
             per_sample = PerSampleGradients(self.hand_model, scale)
+        randomness = SameRandomness()  # dropout and the like draw alike on both sides
         with per_sample or nullcontext():
             hand_loss = self._forward_backward(
                 self.hand_model, self.hand_loss_fn, self.hand_optimizer, inputs, target
             )
+        randomness.replay()
         native_loss = self._forward_backward(
             self.native_model, self.native_loss_fn, self.native_optimizer, inputs, target
         )
@@ -208,8 +211,8 @@ class LockstepTrainer:
         result.hand_loss, result.autograd_loss = hand, native
         if report is not None:
             result.checks += 1
-            result.max_loss_difference = max(result.max_loss_difference, loss_difference)
-            result.max_grad_error = max(result.max_grad_error, max_grad_error)
+            result.max_loss_difference = _max_keeping_nan(result.max_loss_difference, loss_difference)
+            result.max_grad_error = _max_keeping_nan(result.max_grad_error, max_grad_error)
         return StepRecord(step, hand, native, loss_difference, max_grad_error, report, per_sample)
 
     def _log_step(self, record: StepRecord) -> None:
@@ -225,7 +228,8 @@ class LockstepTrainer:
     # -- metrics and the whole loop ------------------------------------------------------
 
     def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
-        """Every metric on both models, logged at ``step`` (default: the current step)."""
+        """Every metric on both models, logged at ``step``; by default the number of steps taken,
+        which is the step whose loss is taken at the current parameters."""
         step = self.result.steps if step is None else step
         values = {}
         for name, metric in self.metrics.items():
@@ -247,13 +251,13 @@ class LockstepTrainer:
         started = time.perf_counter()
         try:
             for inputs, target in self._schedule(batches, steps):
+                if self.metrics and self.result.steps % self.metric_every == 0:
+                    self.evaluate()  # at the parameters this step's loss is taken at
                 record = self.step(inputs, target)
-                if self.metrics and record.step % self.metric_every == 0:
-                    self.evaluate(record.step)
                 if on_step is not None:
                     on_step(record)
             if self.metrics:
-                self.evaluate()
+                self.evaluate()  # after the last update
         finally:
             self.result.seconds += time.perf_counter() - started
             if self.log is not None:
@@ -294,3 +298,8 @@ def _epochs(batches: Iterable[Batch]):
             yield batch
         if empty:
             return
+
+
+def _max_keeping_nan(a: float, b: float) -> float:
+    """max() that lets a NaN through, so a run that diverged does not show an error of 0."""
+    return float("nan") if a != a or b != b else max(a, b)

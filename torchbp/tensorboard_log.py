@@ -5,7 +5,8 @@ A run folder holds three event streams:
 - ``hand/`` and ``autograd/``: the same tags (``loss``, metrics) for the torchbp
   model and its native twin, so TensorBoard draws the two curves on one chart;
 - the folder itself: what belongs to the pair, the differences between the
-  two (``check/...``) and the hyperparameters.
+  two (``check/...``), and, in an event file of their own written at the end,
+  the hyperparameters.
 
 TensorBoard draws zigzag curves from a folder written twice, so a log only
 ever opens a folder that holds no event files, and :func:`new_run_dir` makes

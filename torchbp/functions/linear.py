@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from torchbp.functions.validation import check_floating_and_matching, check_linear_shapes
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(*, f) -> (n, f), n the product of the leading sizes (explicit, so that f = 0 works)."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
 class LinearFunction(torch.autograd.Function):
     r"""z = a_prev Wᵀ + b, with the backward derived by hand.
 
@@ -54,9 +59,9 @@ class LinearFunction(torch.autograd.Function):
         if need_a_prev:
             grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
         if need_W or need_b:
-            delta_n = delta.reshape(-1, delta.shape[-1])  # every leading dimension is a sample: (n, o)
+            delta_n = _rows(delta)  # every leading dimension is a sample: (n, o)
         if need_W:
-            a_prev_n = a_prev.reshape(-1, a_prev.shape[-1])  # (n, i)
+            a_prev_n = _rows(a_prev)  # (n, i)
             grad_W = delta_n.T @ a_prev_n  # δᵀ a_prev = Σ_n δ_n a_prev,nᵀ: (o, i)
         if need_b:
             grad_b = delta_n.sum(0)  # Σ_n δ_n: (o,)
@@ -74,17 +79,24 @@ def _rows_per_sample(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], math.prod(t.shape[1:-1]), t.shape[-1])
 
 
-def per_sample_weight_grads(delta: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
-    """δ_n a_prev,nᵀ for every sample n: shape (n, o, i), summed over any middle dimensions."""
+def per_sample_weight_grads(
+    delta: torch.Tensor, a_prev: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """δ_n a_prev,nᵀ for every sample n: shape (n, o, i), summed over any middle dimensions.
+
+    ``out``, when given, receives the result: reusing one buffer across calls
+    spares the operating system from handing out (and zeroing) fresh memory,
+    which for large layers costs more than the arithmetic.
+    """
     if delta.dim() == 2:
-        return delta[:, :, None] * a_prev[:, None, :]  # outer products, no reduction to do
+        return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)  # outer products
     delta_n, a_prev_n = _rows_per_sample(delta), _rows_per_sample(a_prev)  # (n, t, o), (n, t, i)
-    return delta_n.transpose(1, 2) @ a_prev_n  # Σ_t δ_n,t a_prev,n,tᵀ
+    return torch.matmul(delta_n.transpose(1, 2), a_prev_n, out=out)  # Σ_t δ_n,t a_prev,n,tᵀ
 
 
-def per_sample_bias_grads(delta: torch.Tensor) -> torch.Tensor:
+def per_sample_bias_grads(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """δ_n for every sample n: shape (n, o), summed over any middle dimensions."""
-    return _rows_per_sample(delta).sum(1)
+    return torch.sum(_rows_per_sample(delta), dim=1, out=out)
 
 
 def per_sample_weight_grad_norms_squared(delta: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:

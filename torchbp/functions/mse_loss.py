@@ -25,8 +25,8 @@ class MSELossFunction(torch.autograd.Function):
     - ∂J/∂ŷ = (ŷ − y) · 2/N ⊙ g   with N = 1 for "sum" and "none"
     - ∂J/∂y = −∂J/∂ŷ
 
-    The factors are multiplied in the order native torch uses, so the two
-    agree to the last bit.
+    The factors are multiplied in the order native torch uses, so in float32
+    and float64 the two agree to the last bit (float16 and bfloat16 to rounding).
 
     The derivation's cost J = ½ Σ (y − ŷ)² is ``0.5 * mse_loss(ŷ, y, reduction="sum")``,
     whose gradient is the familiar ŷ − y.
