@@ -47,7 +47,9 @@ def mlp_data(width: int, batch: int, seed: int = 1):
     return torch.randn(batch, width, generator=generator), torch.randn(batch, width, generator=generator)
 
 
-def per_sample_against_torch_func(width: int, layers: int, batch: int):
+def per_sample_against_torch_func(width: int, layers: int, batch: int, reuse: bool = False):
+    """torchbp's per-sample gradients (into reused buffers with ``reuse``) against torch.func's."""
+
     def make():
         native = sigmoid_mlp(width, layers)
         hand = torchbp.convert(native)
@@ -59,7 +61,8 @@ def per_sample_against_torch_func(width: int, layers: int, batch: int):
             return F.mse_loss(torch.func.functional_call(native, params, (x_n[None],)), y_n[None], reduction="sum")
 
         vmapped = torch.func.vmap(torch.func.grad(one_sample_loss), in_dims=(None, 0, 0))
-        return (lambda: per_sample_grads(hand, loss_fn, x, y)), (lambda: vmapped(params, x, y))
+        buffers = per_sample_grads(hand, loss_fn, x, y) if reuse else None
+        return (lambda: per_sample_grads(hand, loss_fn, x, y, out=buffers)), (lambda: vmapped(params, x, y))
 
     return make
 
@@ -79,15 +82,48 @@ def norms_against_formed_gradients(width: int, layers: int, batch: int):
     return make
 
 
+def training_after_per_sample_use(width: int, layers: int, batch: int):
+    """A torchbp training step on a model that per-sample gradients were taken from, against
+    the same step on an untouched twin: what ordinary training pays for the feature."""
+
+    def make():
+        used, untouched = torchbp.convert(sigmoid_mlp(width, layers)), torchbp.convert(sigmoid_mlp(width, layers))
+        x, y = mlp_data(width, batch)
+        loss_fn = torchbp.nn.MSELoss()
+        per_sample_grads(used, loss_fn, x, y)
+        per_sample_grad_norms(used, loss_fn, x, y)
+
+        def train_step(model, optimizer):
+            def step():
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+
+            return step
+
+        return (
+            train_step(used, torch.optim.SGD(used.parameters(), lr=0.1)),
+            train_step(untouched, torch.optim.SGD(untouched.parameters(), lr=0.1)),
+        )
+
+    return make
+
+
 CASES = [
     Case("per-sample grads, 3×256 MLP, batch 256", "torchbp.per_sample_grads", "torch.func vmap(grad)",
          per_sample_against_torch_func(256, 3, 256), 0.5),
     Case("per-sample grads, 2×512 MLP, batch 1024", "torchbp.per_sample_grads", "torch.func vmap(grad)",
          per_sample_against_torch_func(512, 2, 1024), 0.5),
+    Case("per-sample grads into reused buffers, 3×256 MLP, batch 256", "torchbp.per_sample_grads(out=)",
+         "torch.func vmap(grad)", per_sample_against_torch_func(256, 3, 256, reuse=True), 0.5),
+    Case("per-sample grads into reused buffers, 2×512 MLP, batch 1024", "torchbp.per_sample_grads(out=)",
+         "torch.func vmap(grad)", per_sample_against_torch_func(512, 2, 1024, reuse=True), 0.5),
     Case("per-sample norms, 3×256 MLP, batch 256", "torchbp.per_sample_grad_norms", "norms of formed grads",
          norms_against_formed_gradients(256, 3, 256), 0.2),
     Case("per-sample norms, 2×512 MLP, batch 1024", "torchbp.per_sample_grad_norms", "norms of formed grads",
          norms_against_formed_gradients(512, 2, 1024), 0.2),
+    Case("training step after per-sample use, 3×256 MLP, batch 64", "model per-sample grads were taken from",
+         "untouched twin", training_after_per_sample_use(256, 3, 64), 1.05),
 ]
 
 

@@ -198,6 +198,26 @@ def test_inside_the_context_the_ordinary_backward_still_gives_native_gradients()
     assert_matches({k: v.sum(0) for k, v in recorder.grads().items()}, summed_reference(mlp(), "sum", x, y))
 
 
+def test_out_receives_the_results_in_place():
+    model = mlp()
+    x, y = data(5, (), torch.float64)
+    first = per_sample_grads(model, torch.nn.MSELoss(), x, y)
+    buffers = {name: torch.full_like(g, float("nan")) for name, g in first.items()}
+    second = per_sample_grads(model, torch.nn.MSELoss(), x, y, out=buffers)
+    assert all(second[name] is buffers[name] for name in first)
+    assert_matches(second, first)
+
+
+def test_out_accumulates_a_layer_used_twice_from_scratch():
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(3, 3).double()
+    model = torch.nn.Sequential(shared, torch.nn.Sigmoid(), shared)
+    x, y = data(4, (), torch.float64, widths=(3, 3))
+    expected = per_sample_grads(model, torch.nn.MSELoss(reduction="sum"), x, y)
+    stale = {name: torch.full_like(g, 7.0) for name, g in expected.items()}
+    assert_matches(per_sample_grads(model, torch.nn.MSELoss(reduction="sum"), x, y, out=stale), expected)
+
+
 BAD_CALLS = {
     "a layer without a per-sample rule": (
         lambda: per_sample_grads(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)).double(),
@@ -211,6 +231,16 @@ BAD_CALLS = {
     "a loss with reduction none": (
         lambda: per_sample_grads(mlp(), torch.nn.MSELoss(reduction="none"), *data(4, (), torch.float64)),
         ValueError, "'none'",
+    ),
+    "out of the wrong shape": (
+        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), *data(4, (), torch.float64),
+                                 out={"0.weight": torch.zeros(5, 4, 3, dtype=torch.float64)}),
+        torchbp.ShapeError, "(4, 4, 3)",
+    ),
+    "out naming no parameter": (
+        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), *data(4, (), torch.float64),
+                                 out={"weight": torch.zeros(4, 4, 3, dtype=torch.float64)}),
+        KeyError, "weight",
     ),
     "inputs without a sample dimension": (
         lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)),

@@ -6,6 +6,7 @@ The chain, in the order data flows:
 - ``torchbp.functional`` and ``torchbp.nn``: drop-in wrappers with torch's signatures;
 - ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way;
 - ``torchbp.compare``: check a function or model against native autograd;
+- ``torchbp.per_sample``: per-sample gradients from the hand-derived backward;
 - ``torchbp.lockstep``: train a torchbp model and its native twin side by side,
   checking them at every step and logging both to TensorBoard.
 """
@@ -15,6 +16,7 @@ from torchbp.compare import ComparedTensor, Report, check_function, check_model,
 from torchbp.convert import convert, to_native
 from torchbp.functions import DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
+from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
 from torchbp.tensorboard_log import new_run_dir
 
 __version__ = "0.1.0"
@@ -35,6 +37,9 @@ __all__ = [
     "LockstepResult",
     "StepRecord",
     "new_run_dir",
+    "per_sample_grads",
+    "per_sample_grad_norms",
+    "PerSampleGradients",
     "ShapeError",
     "DTypeError",
     "DeviceError",

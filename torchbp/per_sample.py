@@ -35,7 +35,7 @@ from torchbp.nn import HAND_DERIVED
 
 
 class PerSampleRule(Protocol):
-    def grads(self, module, a_prev, delta) -> dict[str, torch.Tensor]: ...
+    def grads(self, module, a_prev, delta, out: dict) -> dict[str, torch.Tensor]: ...
 
     def norms_squared(self, module, a_prev, delta) -> torch.Tensor: ...
 
@@ -57,12 +57,12 @@ def per_sample_rule(layer: type[torch.nn.Module]):
 class LinearPerSample:
     """weight: δ_n a_prev,nᵀ; bias: δ_n (see torchbp.functions.linear)."""
 
-    def grads(self, module, a_prev, delta):
+    def grads(self, module, a_prev, delta, out):
         grads = {}
         if module.weight.requires_grad:
-            grads["weight"] = per_sample_weight_grads(delta, a_prev)
+            grads["weight"] = per_sample_weight_grads(delta, a_prev, out=out.get("weight"))
         if module.bias is not None and module.bias.requires_grad:
-            grads["bias"] = per_sample_bias_grads(delta)
+            grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
         return grads
 
     def norms_squared(self, module, a_prev, delta):
@@ -142,7 +142,10 @@ class PerSampleGradients:
             torch.autograd.grad(loss, self.outputs, allow_unused=True)
 
     def _calls(self) -> dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Each recorded layer's calls as (a_prev, δ); δ = 0 where none arrived."""
+        """Each recorded layer's calls as (a_prev, scale · δ); δ = 0 where none arrived.
+
+        The scale goes onto δ, (N, out), rather than onto the (N, out, in) results.
+        """
         calls, batch_sizes = {}, set()
         for module, records in self.records.items():
             for a_prev, delta in records:
@@ -154,31 +157,51 @@ class PerSampleGradients:
                 batch_sizes.add(a_prev.shape[0])
                 if delta is None:
                     delta = a_prev.new_zeros(*a_prev.shape[:-1], module.weight.shape[0])
-                calls.setdefault(module, []).append((a_prev, delta))
+                calls.setdefault(module, []).append((a_prev, delta * self.scale if self.scale != 1 else delta))
         if len(batch_sizes) > 1:
             raise ShapeError(f"per-sample gradients: layers saw different sample counts {sorted(batch_sizes)}")
         return calls
 
-    def _layer_grads(self, module, calls) -> dict[str, torch.Tensor]:
+    def _layer_grads(self, module, calls, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rule = PER_SAMPLE_RULES[type(module)]
-        grads = rule.grads(module, *calls[0])
+        grads = rule.grads(module, *calls[0], out)
         for a_prev, delta in calls[1:]:  # a layer used several times: its contributions add up
-            for local, grad in rule.grads(module, a_prev, delta).items():
-                grads[local] = grads[local] + grad
+            for local, grad in rule.grads(module, a_prev, delta, {}).items():
+                grads[local].add_(grad)
         return grads
 
-    def grads(self) -> dict[str, torch.Tensor]:
-        """Each parameter's per-sample gradients, (N, *param.shape), by parameter name."""
-        result = {}
-        for module, calls in self._calls().items():
-            prefix = self.layers[module]
-            for local, grad in self._layer_grads(module, calls).items():
-                result[f"{prefix}.{local}" if prefix else local] = grad * self.scale
-        return dict(sorted(result.items(), key=lambda item: self._order[item[0]]))
+    def grads(self, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Each parameter's per-sample gradients, (N, *param.shape), by parameter name.
 
-    @property
-    def _order(self) -> dict[str, int]:
-        return {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
+        ``out``: tensors to write into, by the same names (an earlier result, say);
+        see :func:`per_sample_grads`.
+        """
+        calls = self._calls()
+        self._check_out(out or {}, calls)
+        result = {}
+        for module, layer_calls in calls.items():
+            prefix = self.layers[module]
+            full = {local: f"{prefix}.{local}" if prefix else local for local, _ in module.named_parameters()}
+            layer_out = {local: out[name] for local, name in full.items() if out and name in out}
+            for local, grad in self._layer_grads(module, layer_calls, layer_out).items():
+                result[full[local]] = grad
+        order = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
+        return dict(sorted(result.items(), key=lambda item: order[item[0]]))
+
+    def _check_out(self, out: dict[str, torch.Tensor], calls) -> None:
+        if not out:
+            return
+        batch = next(iter(calls.values()))[0][0].shape[0] if calls else 0
+        parameters = dict(self.model.named_parameters())
+        for name, tensor in out.items():
+            if name not in parameters:
+                raise KeyError(f"per-sample gradients: out names {name!r}, which is not a parameter of the model")
+            p = parameters[name]
+            if tensor.shape != (batch, *p.shape) or tensor.dtype != p.dtype or tensor.device != p.device:
+                raise ShapeError(
+                    f"per-sample gradients: out[{name!r}] is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}, "
+                    f"expected {(batch, *p.shape)} {p.dtype} on {p.device}"
+                )
 
     def grad_norms(self) -> torch.Tensor:
         """Each sample's total gradient norm over all parameters, (N,).
@@ -192,11 +215,11 @@ class PerSampleGradients:
             if len(calls) == 1:
                 layer = PER_SAMPLE_RULES[type(module)].norms_squared(module, *calls[0])
             else:
-                layer = sum(g.flatten(1).square().sum(1) for g in self._layer_grads(module, calls).values())
+                layer = sum(g.flatten(1).square().sum(1) for g in self._layer_grads(module, calls, {}).values())
             squared = layer if squared is None else squared + layer
         if squared is None:
             return torch.zeros(0)
-        return squared.sqrt() * abs(self.scale)
+        return squared.sqrt()
 
 
 def _torchbp_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -219,7 +242,12 @@ def _record(model, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor
 
 
 def per_sample_grads(
-    model: torch.nn.Module, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    out: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every parameter's per-sample gradients: {name: (N, *param.shape)}, N = ``inputs.shape[0]``.
 
@@ -229,8 +257,14 @@ def per_sample_grads(
     the gradient of that sample's own loss and their mean is the parameters'
     gradient. ``model`` may be native (a converted copy is used); its ``.grad``
     is left alone.
+
+    ``out`` takes tensors to write the results into, by parameter name, each of
+    shape (N, *param.shape): pass the previous call's result in a loop. Large
+    per-sample gradients are dominated by the cost of fresh memory (the
+    operating system zeroes every new page), which reuse avoids; the returned
+    tensors are then those buffers, overwritten by the next call.
     """
-    return _record(model, loss_fn, inputs, target).grads()
+    return _record(model, loss_fn, inputs, target).grads(out)
 
 
 def per_sample_grad_norms(
