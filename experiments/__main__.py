@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from experiments import seed, xor, spiral, digits  # noqa: F401, I001  (each registers itself, in this order)
 from experiments.registry import EXPERIMENTS, Config
@@ -129,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
+    rank, world = start_processes(chosen)
+    chosen = {name: on_this_process(config, world) for name, config in chosen.items()}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # close the logs on the way out
     try:
-        outcomes = run_all(chosen, args.logdir, progress=sys.stderr.isatty())
+        outcomes = run_all(chosen, args.logdir if rank == 0 else None, sys.stderr.isatty() and rank == 0, rank, world)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the logs written so far are in {args.logdir}", file=sys.stderr)
         return 130
@@ -141,17 +145,41 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-    print(summary_table(outcomes))
-    print(f"\nTensorBoard logs: {args.logdir}/<experiment>/<run-id> (view with: tensorboard --logdir {args.logdir})")
+    if world > 1:  # after a failure the process just exits, and torchrun stops the others
+        dist.barrier()  # every process done with the group before any tears it down
+        dist.destroy_process_group()
+    if rank == 0:
+        print(summary_table(outcomes))
+        where = f"{args.logdir}/<experiment>/<run-id>"
+        print(f"\nTensorBoard logs: {where} (view with: tensorboard --logdir {args.logdir})")
     return 0 if all(outcome.matched for outcome in outcomes) else 1
 
 
-def run_all(chosen: dict[str, Config], logdir: str, progress: bool) -> list:
+def start_processes(chosen: dict[str, Config]) -> tuple[int, int]:
+    """(rank, world size): under torchrun, join its process group (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    on_gpu = any(config.device == "cuda" for config in chosen.values())
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if on_gpu else "gloo")
+    return dist.get_rank(), world
+
+
+def on_this_process(config: Config, world: int) -> Config:
+    """Under torchrun with CUDA, each process trains on its own GPU."""
+    if world > 1 and config.device == "cuda":
+        return dataclasses.replace(config, device=f"cuda:{torch.cuda.current_device()}")
+    return config
+
+
+def run_all(chosen: dict[str, Config], logdir: str | None, progress: bool, rank: int, world: int) -> list:
     outcomes = []
     for name, config in chosen.items():
-        outcome = run_experiment(EXPERIMENTS[name], config, logdir, progress)
+        outcome = run_experiment(EXPERIMENTS[name], config, logdir, progress, rank, world)
         outcomes.append(outcome)
-        if outcome.mismatch is not None:
+        if outcome.mismatch is not None and rank == 0:
             print(f"{name}: {outcome.mismatch}\n")
     return outcomes
 

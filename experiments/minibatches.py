@@ -33,3 +33,18 @@ def split(inputs: torch.Tensor, target: torch.Tensor, held_out: float, seed: int
     cut = len(inputs) - int(len(inputs) * held_out)
     train, test = order[:cut], order[cut:]
     return inputs[train], target[train], inputs[test], target[test]
+
+
+class Shards:
+    """This process's share of every batch of ``batches``, for training under torchrun.
+
+    Every process iterates the same batches (same seed) and keeps the
+    ``rank``-th of ``world`` nearly equal contiguous parts of each.
+    """
+
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for inputs, target in self.batches:
+            yield torch.tensor_split(inputs, self.world)[self.rank], torch.tensor_split(target, self.world)[self.rank]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from experiments.minibatches import Shards
 from experiments.registry import Config, Experiment
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer
 from torchbp.tensorboard_log import new_run_dir
@@ -17,7 +18,7 @@ class Outcome:
     name: str
     result: LockstepResult
     headline_metric: str | None
-    run_dir: Path
+    run_dir: Path | None
     mismatch: LockstepMismatch | None = None
 
     @property
@@ -26,10 +27,15 @@ class Outcome:
         return self.mismatch is None and self.result.checks > 0
 
 
-def run_experiment(experiment: Experiment, config: Config, logdir: str | Path, progress: bool) -> Outcome:
-    """Train ``experiment`` in lockstep under ``config``, logging to a fresh folder under ``logdir``."""
+def run_experiment(
+    experiment: Experiment, config: Config, logdir: str | Path | None, progress: bool, rank: int = 0, world: int = 1
+) -> Outcome:
+    """Train ``experiment`` in lockstep under ``config``, logging to a fresh folder under ``logdir``
+    (None: no log, as on every process but the first under torchrun). With ``world`` processes,
+    this one trains on its ``rank``-th shard of every batch."""
     setup = experiment.build(config)
-    run_dir = new_run_dir(logdir, experiment.name)
+    run_dir = new_run_dir(logdir, experiment.name) if logdir is not None else None
+    batches = Shards(setup.batches, rank, world) if world > 1 else setup.batches
     trainer = LockstepTrainer(
         setup.model,
         setup.loss_fn,
@@ -51,7 +57,7 @@ def run_experiment(experiment: Experiment, config: Config, logdir: str | Path, p
 
     outcome = Outcome(experiment.name, trainer.result, setup.headline_metric, run_dir)
     try:
-        trainer.train(setup.batches, config.steps, on_step=on_step)
+        trainer.train(batches, config.steps, on_step=on_step)
     except LockstepMismatch as mismatch:
         outcome.mismatch = mismatch
     finally:

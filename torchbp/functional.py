@@ -5,11 +5,17 @@ from __future__ import annotations
 import torch
 from torch.nn import _reduction
 
+from torchbp.autocast import FLOAT32, LOWER_PRECISION, cast_as_autocast_would
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = input weightᵀ + bias, as torch.nn.functional.linear, backward by LinearFunction."""
+    """y = input weightᵀ + bias, as torch.nn.functional.linear, backward by LinearFunction.
+
+    Under ``torch.autocast`` it runs in the autocast dtype, as the native one does.
+    """
+    if isinstance(input, torch.Tensor):
+        input, weight, bias = cast_as_autocast_would(LOWER_PRECISION, input, weight, bias)
     return LinearFunction.apply(input, weight, bias)
 
 
@@ -29,10 +35,13 @@ def mse_loss(
     """Squared error, as torch.nn.functional.mse_loss, backward by MSELossFunction.
 
     Unlike the native loss, a target whose shape differs from the input's is
-    refused with a ShapeError (a ValueError) instead of being broadcast.
+    refused with a ShapeError (a ValueError) instead of being broadcast. Under
+    ``torch.autocast`` it runs in float32, as the native one does.
     """
     if weight is not None:
         raise NotImplementedError("torchbp.functional.mse_loss has no hand-derived backward for weight=")
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
+    if isinstance(input, torch.Tensor):
+        input, target = cast_as_autocast_would(FLOAT32, input, target)
     return MSELossFunction.apply(input, target, reduction)

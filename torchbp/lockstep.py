@@ -31,8 +31,16 @@ from typing import Callable, Iterable
 
 import torch
 
-from torchbp.compare import DEFAULT_RTOL, Report, SameRandomness, compare_tensors, require_hand_derived_layers
+from torchbp.compare import (
+    DEFAULT_RTOL,
+    ComparedTensor,
+    Report,
+    SameRandomness,
+    compare_tensors,
+    require_hand_derived_layers,
+)
 from torchbp.convert import convert, to_native
+from torchbp.distributed import across_processes, data_parallel, process_group_active
 from torchbp.per_sample import PerSampleGradients, reduction_scale
 from torchbp.tensorboard_log import TensorBoardLog
 
@@ -96,6 +104,10 @@ class LockstepTrainer:
         per_sample_every: record the torchbp model's per-sample gradients every this many
             steps (None: never), from the step's own backward; their norms are logged as a
             histogram and the record carries them (``StepRecord.per_sample``).
+        distributed: wrap both models in DistributedDataParallel (default: when a process
+            group of more than one process is initialised). Each process then passes its own
+            shard of every batch; losses are averaged over the processes and every process
+            stops at the same step. Give ``log_dir`` on one process only.
 
     Example::
 
@@ -117,6 +129,7 @@ class LockstepTrainer:
         metrics: dict[str, Metric] | None = None,
         metric_every: int = 100,
         per_sample_every: int | None = None,
+        distributed: bool | None = None,
     ):
         if check_every < 1:
             raise ValueError(f"check_every must be a positive number of steps, got {check_every}")
@@ -125,6 +138,10 @@ class LockstepTrainer:
         require_hand_derived_layers("LockstepTrainer", model, loss_fn)
         self.hand_model = convert(model)
         self.native_model = to_native(model)
+        self.distributed = process_group_active() if distributed is None else distributed
+        # What a step runs: the models themselves, or their DDP wrappers.
+        self.hand_runner = data_parallel(self.hand_model) if self.distributed else self.hand_model
+        self.native_runner = data_parallel(self.native_model) if self.distributed else self.native_model
         self.hand_loss_fn, self.native_loss_fn = (
             (convert(loss_fn), to_native(loss_fn)) if isinstance(loss_fn, torch.nn.Module) else (loss_fn, loss_fn)
         )
@@ -157,13 +174,15 @@ class LockstepTrainer:
         randomness = SameRandomness()  # dropout and the like draw alike on both sides
         with per_sample or nullcontext():
             hand_loss = self._forward_backward(
-                self.hand_model, self.hand_loss_fn, self.hand_optimizer, inputs, target
+                self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target
             )
         randomness.replay()
         native_loss = self._forward_backward(
-            self.native_model, self.native_loss_fn, self.native_optimizer, inputs, target
+            self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target
         )
         report = self._check(step, hand_loss, native_loss) if checked else None
+        if self.distributed:
+            hand_loss, native_loss, report = self._across_processes(hand_loss, native_loss, report)
         record = self._record(step, hand_loss, native_loss, report, per_sample)
         self._log_step(record)
         if report is not None and not report.ok:
@@ -171,6 +190,16 @@ class LockstepTrainer:
         self.hand_optimizer.step()
         self.native_optimizer.step()
         return record
+
+    @staticmethod
+    def _across_processes(hand_loss, native_loss, report):
+        hand_loss, native_loss, every_process_ok = across_processes(hand_loss, native_loss, report is None or report.ok)
+        if report is not None and report.ok and not every_process_ok:
+            report.rows.append(ComparedTensor(
+                "other processes", None, None, float("nan"), float("nan"), 0.0, 0.0, False,
+                "another process's check failed at this step; its report is in its own output",
+            ))
+        return hand_loss, native_loss, report
 
     def _sync_native_to_hand(self) -> None:
         with torch.no_grad():

@@ -1,0 +1,33 @@
+"""The lockstep trainer across processes (torchrun, DistributedDataParallel).
+
+Each process trains DDP-wrapped copies of both models on its own shard of
+every batch; DDP averages the gradients, so every process holds the same
+gradients and compares the same numbers. What differs between processes (the
+loss of each shard, a verdict that rests on it) is combined here, so that all
+of them log the same figures and stop at the same step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+def process_group_active() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def data_parallel(model: torch.nn.Module) -> DistributedDataParallel:
+    parameter = next(model.parameters(), None)
+    on_gpu = parameter is not None and parameter.device.type == "cuda"
+    return DistributedDataParallel(model, device_ids=[parameter.device] if on_gpu else None)
+
+
+def across_processes(hand_loss: torch.Tensor, native_loss: torch.Tensor, ok: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The mean of each loss over the processes, and whether every process's check passed."""
+    figures = torch.stack([hand_loss.double(), native_loss.double(), torch.tensor(0.0 if ok else 1.0, device=hand_loss.device, dtype=torch.float64)])
+    dist.all_reduce(figures)
+    world = dist.get_world_size()
+    return (figures[0] / world).to(hand_loss.dtype), (figures[1] / world).to(native_loss.dtype), bool(figures[2] == 0)
