@@ -32,6 +32,7 @@ class Case:
     b: str  # what B is
     make: Callable[[], tuple[Callable[[], object], Callable[[], object]]]
     target: float  # A / B at most
+    memory_target: float | None = None  # peak memory A / B at most, where measured
 
 
 def sigmoid_mlp(width: int, layers: int, seed: int = 0) -> torch.nn.Sequential:
@@ -109,6 +110,57 @@ def training_after_per_sample_use(width: int, layers: int, batch: int):
     return make
 
 
+def derivation_network(seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, 3, bias=False), torch.nn.Sigmoid(), torch.nn.Linear(3, 1, bias=False), torch.nn.Sigmoid()
+    ).double()
+
+
+class HalfSumSquaredError(torch.nn.Module):
+    """J = ½ Σ (y − ŷ)²."""
+
+    def __init__(self):
+        super().__init__()
+        self.sum_squared_error = torch.nn.MSELoss(reduction="sum")
+
+    def forward(self, y_hat, y):
+        return 0.5 * self.sum_squared_error(y_hat, y)
+
+
+TRAINING_SETUPS = {
+    # name: (model, loss, inputs, target)
+    "derivation": lambda: (derivation_network(), HalfSumSquaredError(),
+                           *(t.double() for t in mlp_data(2, 5)[:1]), torch.rand(5, 1, dtype=torch.float64)),
+    "mid": lambda: (sigmoid_mlp(256, 3), torch.nn.MSELoss(), *mlp_data(256, 64)),
+    "compute-bound": lambda: (sigmoid_mlp(1024, 3), torch.nn.MSELoss(), *mlp_data(1024, 512)),
+}
+
+
+def training_step(model, loss_fn, x, y) -> Callable[[], None]:
+    """Forward, loss, backward and an SGD update."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def steps_against_native(setup: str, to_torchbp: Callable = torchbp.convert):
+    """A training step of the torchbp model (per-layer, or as ``to_torchbp`` makes it) against native."""
+
+    def make():
+        model, loss_fn, x, y = TRAINING_SETUPS[setup]()
+        hand = training_step(to_torchbp(model), torchbp.convert(loss_fn), x, y)
+        native = training_step(model, loss_fn, x, y)
+        return hand, native
+
+    return make
+
+
 CASES = [
     Case("per-sample grads, 3×256 MLP, batch 256", "torchbp.per_sample_grads", "torch.func vmap(grad)",
          per_sample_against_torch_func(256, 3, 256), 0.5),
@@ -124,7 +176,39 @@ CASES = [
          norms_against_formed_gradients(512, 2, 1024), 0.2),
     Case("training step after per-sample use, 3×256 MLP, batch 64", "model per-sample grads were taken from",
          "untouched twin", training_after_per_sample_use(256, 3, 64), 1.05),
+    Case("training step, derivation's 2-3-1 network, float64", "torchbp per-layer", "native autograd",
+         steps_against_native("derivation"), 1.0, 1.05),
+    Case("training step, derivation's 2-3-1 network, float64, fused", "torchbp.fuse", "native autograd",
+         steps_against_native("derivation", torchbp.fuse), 1.0, 1.05),
+    Case("training step, mid MLP (3×256, batch 64)", "torchbp per-layer", "native autograd",
+         steps_against_native("mid"), 1.15, 1.05),
+    Case("training step, mid MLP (3×256, batch 64), fused", "torchbp.fuse", "native autograd",
+         steps_against_native("mid", torchbp.fuse), 1.15, 1.05),
+    Case("training step, compute-bound MLP (3×1024, batch 512)", "torchbp per-layer", "native autograd",
+         steps_against_native("compute-bound"), 1.03, 1.05),
+    Case("training step, compute-bound MLP (3×1024, batch 512), fused", "torchbp.fuse", "native autograd",
+         steps_against_native("compute-bound", torchbp.fuse), 1.03, 1.05),
 ]
+
+
+def in_blocks(a: Callable, b: Callable, seconds: float) -> tuple[Callable, Callable]:
+    """``a`` and ``b`` each run the same number of times per call, enough for ``b`` to take about
+    ``seconds``: fast steps are timed in blocks, and a ratio of blocks is a ratio of steps."""
+    b()
+    start = time.perf_counter()
+    b()
+    count = max(1, round(seconds / max(time.perf_counter() - start, 1e-9)))
+    if count == 1:
+        return a, b
+
+    def block(fn):
+        def run():
+            for _ in range(count):
+                fn()
+
+        return run
+
+    return block(a), block(b)
 
 
 def paired_times(a: Callable, b: Callable, repeats: int, warmup: int) -> list[tuple[float, float]]:
@@ -141,6 +225,24 @@ def paired_times(a: Callable, b: Callable, repeats: int, warmup: int) -> list[tu
     return times
 
 
+def peak_memory(fn: Callable) -> int:
+    """Peak bytes allocated during one call of ``fn`` above what was allocated before it.
+
+    From the profiler's memory accounting: each operation's own allocations and
+    each free, in time order; works on CPU, where no allocator statistics exist.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        fn()
+    events = sorted(
+        (e for e in profile.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
+    )
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
 def quantiles(values: list[float]) -> tuple[float, float, float]:
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, median, q3
@@ -151,19 +253,25 @@ def run(cases: list[Case], repeats: int, warmup: int) -> str:
         f"torchbp benchmark: torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
         f"{repeats} paired repetitions after {warmup} warm-up",
         "",
-        "| case | A | B | A median | B median | A / B median | A / B p25–p75 | target | met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | A | B | A median | B median | A / B median | A / B p25–p75 | target | met | peak memory A / B |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         a, b = case.make()
+        memory = "-"
+        if case.memory_target is not None:
+            a(), b()  # lazily created state (optimizer, caches) is not the step's
+            ratio_memory = peak_memory(a) / max(peak_memory(b), 1)
+            memory = f"{ratio_memory:.3f} (≤ {case.memory_target}: {'yes' if ratio_memory <= case.memory_target else 'NO'})"
+        a, b = in_blocks(a, b, 0.02)
         times = paired_times(a, b, repeats, warmup)
         ratio = quantiles([ta / tb for ta, tb in times])
         a_median = statistics.median(t for t, _ in times)
         b_median = statistics.median(t for _, t in times)
         met = "yes" if ratio[1] <= case.target else "NO"
         lines.append(
-            f"| {case.name} | {case.a} | {case.b} | {a_median * 1e3:.1f} ms | {b_median * 1e3:.1f} ms "
-            f"| {ratio[1]:.3f} | {ratio[0]:.3f}–{ratio[2]:.3f} | ≤ {case.target} | {met} |"
+            f"| {case.name} | {case.a} | {case.b} | {a_median * 1e3:.2f} ms | {b_median * 1e3:.2f} ms "
+            f"| {ratio[1]:.3f} | {ratio[0]:.3f}–{ratio[2]:.3f} | ≤ {case.target} | {met} | {memory} |"
         )
         print(lines[-1], file=sys.stderr)
     return "\n".join(lines)

@@ -68,7 +68,7 @@ def run_experiment(
 
 SUMMARY_COLUMNS = (
     "experiment", "steps", "checks", "loss hand", "loss autograd", "max |Δloss|", "max grad err", "metric", "time",
-    "result",
+    "check+log", "result",
 )
 
 
@@ -90,12 +90,20 @@ def summary_table(outcomes: list[Outcome]) -> str:
             f"{result.max_grad_error:.1e}",
             metric,
             f"{result.seconds:.1f}s",
+            f"{_share_checking_and_logging(result):.0%}",
             "MATCH" if outcome.matched else "MISMATCH",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def _share_checking_and_logging(result: LockstepResult) -> float:
+    """The share of the steps' time spent comparing the two models and writing the log."""
+    split = result.time_split
+    total = sum(split.values())
+    return (split["checking"] + split["logging"]) / total if total else 0.0
 
 
 def _number(value: float) -> str:

@@ -13,7 +13,7 @@ The chain, in the order data flows:
 
 from torchbp import functional, functions, nn
 from torchbp.compare import ComparedTensor, Report, check_function, check_model, compare_tensors
-from torchbp.convert import convert, to_native
+from torchbp.convert import convert, fuse, to_native
 from torchbp.functions import DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
 from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
@@ -26,6 +26,7 @@ __all__ = [
     "functions",
     "nn",
     "convert",
+    "fuse",
     "to_native",
     "check_function",
     "check_model",

@@ -50,3 +50,8 @@ def cast_as_autocast_would(policy: str, *tensors: torch.Tensor | None) -> tuple:
         else t
         for t in tensors
     )
+
+
+def autocast_active(tensor: torch.Tensor) -> bool:
+    """Is autocast on for ``tensor``'s device?"""
+    return _enabled(tensor.device.type)

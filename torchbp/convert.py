@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from torchbp.nn import HAND_DERIVED
+from torchbp.nn import FUSED, HAND_DERIVED
 
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
@@ -24,9 +24,16 @@ def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     return _swap_classes(module, HAND_DERIVED, inplace)
 
 
+def fuse(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
+    """:func:`convert`, and every torch.nn.Sequential becomes a :class:`torchbp.nn.Sequential`,
+    which runs a chain of Linear and Sigmoid layers as one Function (and falls back to
+    the per-layer path where that does not apply). Parameters and state_dict keys stay."""
+    return _swap_classes(module, {**HAND_DERIVED, **FUSED}, inplace)
+
+
 def to_native(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
-    """The reverse of :func:`convert`: every torchbp layer becomes its torch.nn class."""
-    return _swap_classes(module, {hand: native for native, hand in HAND_DERIVED.items()}, inplace)
+    """The reverse of :func:`convert` and :func:`fuse`: every torchbp layer becomes its torch.nn class."""
+    return _swap_classes(module, {hand: native for native, hand in {**HAND_DERIVED, **FUSED}.items()}, inplace)
 
 
 def _swap_classes(

@@ -83,6 +83,9 @@ class LockstepResult:
     max_grad_error: float = 0.0
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (hand, autograd)
     seconds: float = 0.0
+    # Where step() spent its time: both models' forward, backward and update; comparing them;
+    # writing the log (metric evaluation included).
+    time_split: dict[str, float] = field(default_factory=lambda: {"training": 0.0, "checking": 0.0, "logging": 0.0})
 
 
 class LockstepTrainer:
@@ -163,10 +166,13 @@ class LockstepTrainer:
 
     def step(self, inputs: torch.Tensor, target: torch.Tensor) -> StepRecord:
         """One forward, backward and optimizer step on both sides; checked when due."""
+        clock, split = time.perf_counter, self.result.time_split
+        started = clock()
         step = self.result.steps
         checked = step % self.check_every == 0
         if checked and not self.free_running:
             self._sync_native_to_hand()
+        synced = clock()
         per_sample = None
         if self.per_sample_every is not None and step % self.per_sample_every == 0:
             scale = reduction_scale(self.hand_loss_fn, len(inputs))
@@ -180,15 +186,21 @@ class LockstepTrainer:
         native_loss = self._forward_backward(
             self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target
         )
+        trained = clock()
         report = self._check(step, hand_loss, native_loss) if checked else None
         if self.distributed:
             hand_loss, native_loss, report = self._across_processes(hand_loss, native_loss, report)
         record = self._record(step, hand_loss, native_loss, report, per_sample)
+        compared = clock()
         self._log_step(record)
+        logged = clock()
         if report is not None and not report.ok:
             raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
         self.hand_optimizer.step()
         self.native_optimizer.step()
+        split["training"] += trained - synced + clock() - logged
+        split["checking"] += synced - started + compared - trained
+        split["logging"] += logged - compared
         return record
 
     @staticmethod
@@ -260,6 +272,7 @@ class LockstepTrainer:
         """Every metric on both models, logged at ``step``; by default the number of steps taken,
         which is the step whose loss is taken at the current parameters."""
         step = self.result.steps if step is None else step
+        started = time.perf_counter()
         values = {}
         for name, metric in self.metrics.items():
             with torch.no_grad():
@@ -267,6 +280,7 @@ class LockstepTrainer:
             if self.log is not None:
                 self.log.both(name, *values[name], step)
         self.result.metrics = values
+        self.result.time_split["logging"] += time.perf_counter() - started
         return values
 
     def train(

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import torch
 
+from torch.nn.modules import module as module_hooks
+
 from torchbp import functional
+from torchbp.autocast import autocast_active
+from torchbp.functions import SequentialFunction
+from torchbp.functions.sequential import LINEAR, SIGMOID
 
 HAND_DERIVED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {}
+FUSED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {}  # containers torchbp.fuse replaces
 
 
 def hand_derived_version_of(native: type[torch.nn.Module]):
@@ -87,3 +93,54 @@ class MSELoss(HandDerived, torch.nn.MSELoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.mse_loss(input, target, reduction=self.reduction)
+
+
+class Sequential(HandDerived, torch.nn.Sequential):
+    r"""torch.nn.Sequential that runs a chain of torchbp Linear and Sigmoid layers as one Function.
+
+    The whole chain's backward is :class:`torchbp.functions.SequentialFunction`:
+    the derivation run layer by layer as one algorithm, with one autograd node
+    instead of one per layer, which is what small networks spend their time on.
+    Children, parameters and state_dict keys are the native container's.
+
+    It falls back to running its children one by one (the per-layer path)
+    whenever the fused path would behave differently: a child that is not a
+    torchbp Linear or Sigmoid, a hook on a child or a global module hook
+    (``torchbp.PerSampleGradients`` uses one), autocast, or an input that is
+    not a tensor. Made by :func:`torchbp.fuse`.
+    """
+
+    def forward(self, input):
+        plan = self._fused_plan(input)
+        if plan is None:
+            return super().forward(input)
+        kinds, params = plan
+        return SequentialFunction.apply(input, kinds, *params)[-1]
+
+    def _fused_plan(self, input):
+        if not isinstance(input, torch.Tensor) or len(self) == 0 or _global_hooks() or autocast_active(input):
+            return None
+        kinds, params = [], []
+        for layer in self._modules.values():
+            if layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks:
+                return None
+            kind = _FUSABLE.get(type(layer))
+            if kind is None:
+                return None
+            kinds.append(kind)
+            if kind == LINEAR:
+                params += [layer.weight, layer.bias]
+        return tuple(kinds), params
+
+
+_FUSABLE = {Linear: LINEAR, Sigmoid: SIGMOID}
+FUSED[torch.nn.Sequential] = Sequential
+
+
+def _global_hooks() -> bool:
+    return bool(
+        module_hooks._global_forward_hooks
+        or module_hooks._global_forward_pre_hooks
+        or module_hooks._global_backward_hooks
+        or module_hooks._global_backward_pre_hooks
+    )

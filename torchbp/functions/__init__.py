@@ -2,6 +2,7 @@
 
 from torchbp.functions.linear import LinearFunction
 from torchbp.functions.mse_loss import MSELossFunction
+from torchbp.functions.sequential import SequentialFunction
 from torchbp.functions.sigmoid import SigmoidFunction
 from torchbp.functions.validation import DeviceError, DTypeError, ShapeError
 
@@ -9,6 +10,7 @@ __all__ = [
     "LinearFunction",
     "SigmoidFunction",
     "MSELossFunction",
+    "SequentialFunction",
     "ShapeError",
     "DTypeError",
     "DeviceError",

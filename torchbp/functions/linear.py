@@ -12,15 +12,37 @@ import math
 import torch
 import torch.nn.functional as F
 
+from torchbp.functions.base import HandDerivedFunction
 from torchbp.functions.validation import check_floating_and_matching, check_linear_shapes
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(*, f) -> (n, f), n the product of the leading sizes (explicit, so that f = 0 works)."""
-    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+    return t if t.dim() == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
-class LinearFunction(torch.autograd.Function):
+def linear_backward(
+    delta: torch.Tensor,
+    a_prev: torch.Tensor | None,
+    W: torch.Tensor | None,
+    need_a_prev: bool,
+    need_W: bool,
+    need_b: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Given δ = ∂J/∂z, the gradients (∂J/∂a_prev, ∂J/∂W, ∂J/∂b), each only when needed."""
+    grad_a_prev = grad_W = grad_b = None
+    if need_a_prev:
+        grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
+    if need_W or need_b:
+        delta_n = _rows(delta)  # every leading dimension is a sample: (n, o)
+    if need_W:
+        grad_W = delta_n.T @ _rows(a_prev)  # δᵀ a_prev = Σ_n δ_n a_prev,nᵀ: (o, i)
+    if need_b:
+        grad_b = delta_n.sum(0)  # Σ_n δ_n: (o,)
+    return grad_a_prev, grad_W, grad_b
+
+
+class LinearFunction(HandDerivedFunction):
     r"""z = a_prev Wᵀ + b, with the backward derived by hand.
 
     Given δ = ∂J/∂z:
@@ -53,19 +75,7 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, delta: torch.Tensor):
         a_prev, W = ctx.saved_tensors
-        need_a_prev, need_W, need_b = ctx.needs_input_grad
-        grad_a_prev = grad_W = grad_b = None
-
-        if need_a_prev:
-            grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
-        if need_W or need_b:
-            delta_n = _rows(delta)  # every leading dimension is a sample: (n, o)
-        if need_W:
-            a_prev_n = _rows(a_prev)  # (n, i)
-            grad_W = delta_n.T @ a_prev_n  # δᵀ a_prev = Σ_n δ_n a_prev,nᵀ: (o, i)
-        if need_b:
-            grad_b = delta_n.sum(0)  # Σ_n δ_n: (o,)
-        return grad_a_prev, grad_W, grad_b
+        return linear_backward(delta, a_prev, W, *ctx.needs_input_grad)
 
 
 # -- the per-sample view ---------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from torchbp.functions.base import HandDerivedFunction
 from torchbp.functions.validation import check_floating_and_matching, check_same_shape
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -16,7 +17,7 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
-class MSELossFunction(torch.autograd.Function):
+class MSELossFunction(HandDerivedFunction):
     r"""ℓ = reduce((ŷ − y)²) over every element, with the backward derived by hand.
 
     reduce is a mean over the N elements ("mean"), a sum ("sum") or nothing

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from torchbp.functions.base import HandDerivedFunction
 from torchbp.functions.validation import check_floating_and_matching
 
 
-class SigmoidFunction(torch.autograd.Function):
+def sigmoid_backward(grad_output: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """∂J/∂z = g ⊙ σ'(z), with σ'(z) = (1 − a) a from the output a = σ(z)."""
+    return grad_output * (1 - a) * a
+
+
+class SigmoidFunction(HandDerivedFunction):
     r"""a = σ(z) = 1 / (1 + e^(−z)), with the backward derived by hand.
 
     Given g = ∂J/∂a:
@@ -36,4 +42,4 @@ class SigmoidFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (a,) = ctx.saved_tensors
-        return grad_output * (1 - a) * a  # g ⊙ σ'(z), with σ'(z) = (1 − a) a
+        return sigmoid_backward(grad_output, a)
