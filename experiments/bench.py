@@ -10,8 +10,10 @@ ratios A / B, with the 25th and 75th percentiles as the spread.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ class Case:
     make: Callable[[], tuple[Callable[[], object], Callable[[], object]]]
     target: float  # A / B at most
     memory_target: float | None = None  # peak memory A / B at most, where measured
+    memory: tuple[str, str] | None = None  # (training setup, torchbp variant) whose peak memory to measure
 
 
 def sigmoid_mlp(width: int, layers: int, seed: int = 0) -> torch.nn.Sequential:
@@ -149,16 +152,25 @@ def training_step(model, loss_fn, x, y) -> Callable[[], None]:
     return step
 
 
-def steps_against_native(setup: str, to_torchbp: Callable = torchbp.convert):
-    """A training step of the torchbp model (per-layer, or as ``to_torchbp`` makes it) against native."""
+VARIANTS = {"native": lambda m: m, "per-layer": torchbp.convert, "fused": torchbp.fuse}
+
+
+def steps_against_native(setup: str, variant: str = "per-layer"):
+    """A training step of the torchbp model (per-layer or fused) against native."""
 
     def make():
         model, loss_fn, x, y = TRAINING_SETUPS[setup]()
-        hand = training_step(to_torchbp(model), torchbp.convert(loss_fn), x, y)
+        hand = training_step(VARIANTS[variant](model), torchbp.convert(loss_fn), x, y)
         native = training_step(model, loss_fn, x, y)
         return hand, native
 
     return make
+
+
+def training_case(title: str, setup: str, variant: str, target: float) -> Case:
+    return Case(f"training step, {title}" + (", fused" if variant == "fused" else ""),
+                "torchbp.fuse" if variant == "fused" else "torchbp per-layer", "native autograd",
+                steps_against_native(setup, variant), target, 1.05, (setup, variant))
 
 
 CASES = [
@@ -176,18 +188,12 @@ CASES = [
          norms_against_formed_gradients(512, 2, 1024), 0.2),
     Case("training step after per-sample use, 3×256 MLP, batch 64", "model per-sample grads were taken from",
          "untouched twin", training_after_per_sample_use(256, 3, 64), 1.05),
-    Case("training step, derivation's 2-3-1 network, float64", "torchbp per-layer", "native autograd",
-         steps_against_native("derivation"), 1.0, 1.05),
-    Case("training step, derivation's 2-3-1 network, float64, fused", "torchbp.fuse", "native autograd",
-         steps_against_native("derivation", torchbp.fuse), 1.0, 1.05),
-    Case("training step, mid MLP (3×256, batch 64)", "torchbp per-layer", "native autograd",
-         steps_against_native("mid"), 1.15, 1.05),
-    Case("training step, mid MLP (3×256, batch 64), fused", "torchbp.fuse", "native autograd",
-         steps_against_native("mid", torchbp.fuse), 1.15, 1.05),
-    Case("training step, compute-bound MLP (3×1024, batch 512)", "torchbp per-layer", "native autograd",
-         steps_against_native("compute-bound"), 1.03, 1.05),
-    Case("training step, compute-bound MLP (3×1024, batch 512), fused", "torchbp.fuse", "native autograd",
-         steps_against_native("compute-bound", torchbp.fuse), 1.03, 1.05),
+    training_case("derivation's 2-3-1 network, float64", "derivation", "per-layer", 1.0),
+    training_case("derivation's 2-3-1 network, float64", "derivation", "fused", 1.0),
+    training_case("mid MLP (3×256, batch 64)", "mid", "per-layer", 1.15),
+    training_case("mid MLP (3×256, batch 64)", "mid", "fused", 1.15),
+    training_case("compute-bound MLP (3×1024, batch 512)", "compute-bound", "per-layer", 1.03),
+    training_case("compute-bound MLP (3×1024, batch 512)", "compute-bound", "fused", 1.03),
 ]
 
 
@@ -225,22 +231,48 @@ def paired_times(a: Callable, b: Callable, repeats: int, warmup: int) -> list[tu
     return times
 
 
-def peak_memory(fn: Callable) -> int:
-    """Peak bytes allocated during one call of ``fn`` above what was allocated before it.
+def peak_memory(setup: str, variant: str) -> int:
+    """Peak bytes in use during one training step, measured in a fresh process.
 
-    From the profiler's memory accounting: each operation's own allocations and
-    each free, in time order; works on CPU, where no allocator statistics exist.
+    The process loads torch's lazily loaded parts with a small step, notes its
+    resident memory, builds the model and data, takes two warm-up steps, resets the
+    kernel's high-water mark of its resident memory (/proc/self/clear_refs),
+    takes one step and reports the high-water mark less the resident memory
+    noted before the model was built: parameters, data, gradients, activations
+    and temporaries. Allocations of 64 KiB and more are mapped and unmapped one by
+    one (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set at
+    once. Linux only.
     """
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
-        fn()
-    events = sorted(
-        (e for e in profile.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
-    )
-    current = peak = 0
-    for event in events:
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
+    command = [sys.executable, "-m", "experiments.bench", "--peak-memory-of", setup, variant]
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    completed = subprocess.run(command, capture_output=True, text=True, check=True, env=environment,
+                               cwd=Path(__file__).resolve().parent.parent)
+    return int(completed.stdout.split()[-1])
+
+
+def _resident(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
+
+
+def measure_peak_memory_here(setup: str, variant: str) -> int:
+    """The measurement :func:`peak_memory` runs in its fresh process."""
+    # A first small step of the same variant loads what torch loads lazily (kernels, thread pools),
+    # which is no part of a step's memory.
+    tiny_model, tiny_loss, tiny_x, tiny_y = sigmoid_mlp(8, 3), torch.nn.MSELoss(), *mlp_data(8, 4)
+    if variant != "native":
+        tiny_model, tiny_loss = VARIANTS[variant](tiny_model), torchbp.convert(tiny_loss)
+    training_step(tiny_model, tiny_loss, tiny_x, tiny_y)()
+    baseline = _resident("VmRSS:")
+    model, loss_fn, x, y = TRAINING_SETUPS[setup]()
+    if variant != "native":
+        model, loss_fn = VARIANTS[variant](model), torchbp.convert(loss_fn)
+    step = training_step(model, loss_fn, x, y)
+    step(), step()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident size
+    step()
+    return _resident("VmHWM:") - baseline
 
 
 def quantiles(values: list[float]) -> tuple[float, float, float]:
@@ -259,10 +291,12 @@ def run(cases: list[Case], repeats: int, warmup: int) -> str:
     for case in cases:
         a, b = case.make()
         memory = "-"
-        if case.memory_target is not None:
-            a(), b()  # lazily created state (optimizer, caches) is not the step's
-            ratio_memory = peak_memory(a) / max(peak_memory(b), 1)
-            memory = f"{ratio_memory:.3f} (≤ {case.memory_target}: {'yes' if ratio_memory <= case.memory_target else 'NO'})"
+        if case.memory is not None:
+            setup, variant = case.memory
+            ours, native = peak_memory(setup, variant), peak_memory(setup, "native")
+            ratio_memory = ours / max(native, 1)
+            met_memory = "yes" if ratio_memory <= case.memory_target else "NO"
+            memory = f"{ours / 2**20:.1f} / {native / 2**20:.1f} MiB = {ratio_memory:.3f} (≤ {case.memory_target}: {met_memory})"
         a, b = in_blocks(a, b, 0.02)
         times = paired_times(a, b, repeats, warmup)
         ratio = quantiles([ta / tb for ta, tb in times])
@@ -283,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="warm-up runs of each side (default 3)")
     parser.add_argument("--out", default="runs/bench.md", help="markdown file for the table (default runs/bench.md)")
     parser.add_argument("--only", metavar="TEXT", help="run the cases whose name contains TEXT")
+    parser.add_argument("--peak-memory-of", nargs=2, metavar=("SETUP", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak_memory_of:  # the fresh process of peak_memory()
+        print(measure_peak_memory_here(*args.peak_memory_of))
+        return 0
     if args.repeats < 4:
         parser.error("--repeats must be at least 4 (quartiles need them)")
     cases = [case for case in CASES if args.only is None or args.only in case.name]

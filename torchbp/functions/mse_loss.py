@@ -56,7 +56,10 @@ class MSELossFunction(HandDerivedFunction):
             return None, None, None
         # max(·, 1): an empty batch has an empty gradient, and 2/0 must not stop it.
         N = max(y_hat.numel(), 1) if ctx.reduction == "mean" else 1
-        grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
+        if torch.is_grad_enabled():  # double backward: every product stays a recorded operation
+            grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
+        else:  # the same products into one buffer, in place
+            grad_y_hat = (y_hat - y).mul_(2 / N).mul_(g)
         return (
             grad_y_hat if need_y_hat else None,
             -grad_y_hat if need_y else None,
