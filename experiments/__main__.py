@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from experiments import seed, xor, spiral, digits  # noqa: F401, I001  (each registers itself, in this order)
+from experiments.explain import worked_example
 from experiments.registry import EXPERIMENTS, Config
 from experiments.runner import run_experiment, summary_table
 
@@ -74,6 +75,8 @@ def parser() -> Parser:
     p.add_argument("--logdir", default="runs", help="TensorBoard log folder (default runs)")
     p.add_argument("--check-every", type=positive_int, default=1, help="compare gradients every N steps (default 1)")
     p.add_argument("--free-running", action="store_true", help="let both models train on their own and report their drift")
+    p.add_argument("--explain", action="store_true",
+                   help="with seed: print the derivation worked through on its network (docs/derivation.md), then exit")
     return p
 
 
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         chosen = configs(args)
+        if args.explain:
+            if list(chosen) != ["seed"] or not args.names:
+                raise UsageError("--explain goes with the seed experiment alone: python -m experiments seed --explain")
+            print(worked_example(args.seed))
+            return 0
         if args.list:
             print(list_experiments(chosen))
             return 0

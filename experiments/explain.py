@@ -1,0 +1,207 @@
+"""The worked example of the derivation, on the seed experiment's network, computed three ways.
+
+NumPy (experiments/numpy_derivation.py, the formulas alone), torchbp (the
+hand-derived Functions) and native autograd must give the same numbers; they
+are checked against one another every time they are computed.
+
+- ``python -m experiments seed --explain`` prints the example;
+- ``python -m experiments.explain --write docs/derivation.md`` refreshes the
+  generated blocks of the document (numbers and code references);
+- tests/test_derivation_doc.py fails when the document is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import torchbp
+from experiments.numpy_derivation import derive, gradient_descent_step
+from experiments.seed import HalfSumSquaredError, network, samples
+
+ROOT = Path(__file__).resolve().parent.parent
+LR = 0.5  # the seed experiment's learning rate
+AGREEMENT = 1e-12  # float64: the three ways differ by rounding only
+
+
+def torchbp_way(x, y, model) -> dict[str, np.ndarray]:
+    hand = torchbp.convert(model)
+    loss_fn = torchbp.convert(HalfSumSquaredError())
+    with torchbp.PerSampleGradients(hand) as recorder:
+        J = loss_fn(hand(x), y)
+        J.backward()
+    (_, delta1), = recorder.records[hand[0]]
+    (a1, delta2), = recorder.records[hand[2]]
+    with torch.no_grad():
+        z1 = hand[0](x)
+        z2 = hand[2](a1)
+        y_hat = hand[3](z2)
+    values = dict(z1=z1, a1=a1, z2=z2, y_hat=y_hat, J=J, delta2=delta2, delta1=delta1,
+                  dJ_dW2=hand[2].weight.grad, dJ_dW1=hand[0].weight.grad,
+                  per_sample_dJ_dW2=recorder.grads()["2.weight"])
+    return {k: v.detach().numpy() for k, v in values.items()}
+
+
+def autograd_way(x, y, model) -> dict[str, np.ndarray]:
+    native = torchbp.to_native(model)
+    z1 = native[0](x)
+    a1 = native[1](z1)
+    z2 = native[2](a1)
+    y_hat = native[3](z2)
+    z1.retain_grad(), z2.retain_grad()
+    J = 0.5 * torch.nn.functional.mse_loss(y_hat, y, reduction="sum")
+    J.backward()
+    params = {name: p.detach() for name, p in native.named_parameters()}
+
+    def one_sample(params, x_n, y_n):
+        out = torch.func.functional_call(native, params, (x_n,))
+        return 0.5 * torch.nn.functional.mse_loss(out, y_n, reduction="sum")
+
+    per_sample = torch.func.vmap(torch.func.grad(one_sample), in_dims=(None, 0, 0))(params, x, y)
+    values = dict(z1=z1, a1=a1, z2=z2, y_hat=y_hat, J=J, delta2=z2.grad, delta1=z1.grad,
+                  dJ_dW2=native[2].weight.grad, dJ_dW1=native[0].weight.grad,
+                  per_sample_dJ_dW2=per_sample["2.weight"])
+    return {k: v.detach().numpy() for k, v in values.items()}
+
+
+def three_ways(seed: int = 0) -> dict:
+    """Every quantity of the worked example, NumPy, torchbp and autograd, checked to agree."""
+    x, y = samples(seed, torch.float64, "cpu")
+    model = network(seed, torch.float64, "cpu")
+    W1, W2 = model[0].weight.detach().numpy(), model[2].weight.detach().numpy()
+    ways = {
+        "NumPy": derive(x.numpy(), y.numpy(), W1, W2),
+        "torchbp": torchbp_way(x, y, model),
+        "autograd": autograd_way(x, y, model),
+    }
+    differences = {
+        name: max(float(np.abs(np.asarray(ways[way][name]) - np.asarray(ways["NumPy"][name])).max())
+                  for way in ("torchbp", "autograd"))
+        for name in ways["NumPy"]
+    }
+    disagreeing = {name: d for name, d in differences.items() if not d <= AGREEMENT}
+    if disagreeing:
+        raise AssertionError(f"the three ways disagree beyond {AGREEMENT}: {disagreeing}")
+    W1_next, W2_next = gradient_descent_step(W1, W2, ways["NumPy"]["dJ_dW1"], ways["NumPy"]["dJ_dW2"], LR)
+    after = derive(x.numpy(), y.numpy(), W1_next, W2_next)
+    return dict(x=x.numpy(), y=y.numpy(), W1=W1, W2=W2, values=ways["NumPy"], differences=differences,
+                W1_next=W1_next, W2_next=W2_next, J_next=after["J"])
+
+
+def matrix(name: str, value) -> str:
+    """A named matrix, one row a line; small entries in scientific notation, so that they keep their digits."""
+    value = np.asarray(value)
+    if value.ndim == 0:
+        return f"{name} = {value:.6f}"
+    small = 0 < np.abs(value).max() < 1e-2
+    number = "{: .5e}" if small else "{: .6f}"
+    rows = value.reshape(-1, value.shape[-1])
+    shape = "×".join(map(str, value.shape))
+    return f"{name}  ({shape})\n" + "\n".join("   " + "  ".join(number.format(v) for v in row) for row in rows)
+
+
+def blocks(numbers: dict) -> dict[str, str]:
+    """The document's generated blocks, by name."""
+    v = numbers["values"]
+    per_sample = v["per_sample_dJ_dW2"]
+    contributions = "\n".join(
+        f"sample {n + 1}:  δ2,{n + 1} a1,{n + 1}ᵀ = " + "  ".join(f"{c:+.6f}" for c in per_sample[n, 0])
+        for n in range(per_sample.shape[0])
+    )
+    total = "  ".join(f"{c:+.6f}" for c in per_sample.sum(0)[0])
+    full = "  ".join(f"{c:+.6f}" for c in v["dJ_dW2"][0])
+    return {
+        "samples": "\n\n".join([matrix("x", numbers["x"]), matrix("y", numbers["y"]),
+                                matrix("W1", numbers["W1"]), matrix("W2", numbers["W2"])]),
+        "forward": "\n\n".join([matrix("z1 = x W1ᵀ", v["z1"]), matrix("a1 = σ(z1)", v["a1"]),
+                                matrix("z2 = a1 W2ᵀ", v["z2"]), matrix("ŷ = σ(z2)", v["y_hat"]),
+                                matrix("J = ½ Σ (y − ŷ)²", v["J"])]),
+        "backward": "\n\n".join([matrix("δ2 = (ŷ − y) ⊙ ŷ(1 − ŷ)", v["delta2"]),
+                                 matrix("∂J/∂W2 = δ2ᵀ a1", v["dJ_dW2"]),
+                                 matrix("δ1 = (δ2 W2) ⊙ a1(1 − a1)", v["delta1"]),
+                                 matrix("∂J/∂W1 = δ1ᵀ x", v["dJ_dW1"])]),
+        "per-sample": f"{contributions}\n{'sum:':>10}                 {total}\n{'∂J/∂W2:':>10}                 {full}",
+        "update": "\n\n".join([matrix(f"W1 − {LR} ∂J/∂W1", numbers["W1_next"]),
+                               matrix(f"W2 − {LR} ∂J/∂W2", numbers["W2_next"]),
+                               matrix("J after the step", numbers["J_next"])]),
+        "three-ways": "\n".join(
+            [f"| quantity | NumPy, torchbp and autograd agree to {AGREEMENT:g} |", "|---|---|"]
+            + [f"| {name} | {'yes' if d <= AGREEMENT else 'NO'} |" for name, d in numbers["differences"].items()]
+        ),
+        "code": code_references(),
+    }
+
+
+# formula, file, text that is on the implementing line
+CODE = [
+    ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "return F.linear(input, weight, bias)"),
+    ("a = σ(z)", "torchbp/functions/sigmoid.py", "return torch.sigmoid(input)"),
+    ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
+    ("∂J/∂ŷ (mse_loss: (ŷ − y)·2/N ⊙ g)", "torchbp/functions/mse_loss.py", "grad_y_hat = (y_hat - y) * (2 / N) * g"),
+    ("δ = g ⊙ σ'(z), σ' = (1 − a) a", "torchbp/functions/sigmoid.py", "return grad_output * (1 - a) * a"),
+    ("∂J/∂W = δᵀ a_prev", "torchbp/functions/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
+    ("∂J/∂b = Σ_n δ_n", "torchbp/functions/linear.py", "grad_b = delta_n.sum(0)"),
+    ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/functions/linear.py", "grad_a_prev = delta @ W"),
+    ("the same, layer after layer, as one algorithm", "torchbp/functions/sequential.py", "for l in reversed(range(len(kinds))):"),
+    ("per-sample δ_n a_prev,nᵀ", "torchbp/functions/linear.py", "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
+    ("W ← W − η ∂J/∂W (NumPy)", "experiments/numpy_derivation.py", "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
+]
+
+
+def code_references() -> str:
+    rows = ["| formula | implemented at |", "|---|---|"]
+    for formula, path, text in CODE:
+        lines = (ROOT / path).read_text().splitlines()
+        (number,) = [i + 1 for i, line in enumerate(lines) if text in line]  # exactly one line holds it
+        rows.append(f"| {formula} | [`{path}:{number}`](../{path}#L{number}) |")
+    return "\n".join(rows)
+
+
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.DOTALL)
+
+
+def render(document: str, seed: int = 0) -> str:
+    """``document`` with every generated block filled from the code."""
+    generated = blocks(three_ways(seed))
+
+    def fill(match):
+        body = generated[match["name"]]
+        fence = "" if match["name"] in ("three-ways", "code") else "```text\n"
+        return f"{match[1]}{fence}{body}\n{'```' + chr(10) if fence else ''}{match[4]}"
+
+    return BLOCK.sub(fill, document)
+
+
+def worked_example(seed: int = 0) -> str:
+    numbers = three_ways(seed)
+    generated = blocks(numbers)
+    generated["three-ways"] += "\n\nlargest differences from NumPy: " + ", ".join(
+        f"{name} {d:.1e}" for name, d in numbers["differences"].items()
+    )
+    titles = {"samples": "The five samples and the initial weights", "forward": "Forward pass",
+              "backward": "Backward pass", "per-sample": "Each sample's contribution to ∂J/∂W2",
+              "update": f"One gradient-descent step (η = {LR})",
+              "three-ways": "NumPy, torchbp and autograd agree", "code": "Where each formula lives"}
+    return "\n\n".join(f"== {titles[name]} ==\n\n{body}" for name, body in generated.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.explain", description=__doc__.splitlines()[0])
+    parser.add_argument("--write", metavar="DOCUMENT", help="refresh the generated blocks of DOCUMENT in place")
+    args = parser.parse_args(argv)
+    if args.write:
+        path = Path(args.write)
+        path.write_text(render(path.read_text()))
+        print(f"refreshed {path}")
+    else:
+        print(worked_example())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

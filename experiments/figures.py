@@ -1,0 +1,113 @@
+"""python -m experiments.figures [--out docs]: the figures of docs/derivation.md, as PNG files.
+
+Needs matplotlib (``pip install matplotlib``), which nothing else in torchbp uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments.explain import three_ways
+from experiments.registry import EXPERIMENTS
+from torchbp.lockstep import LockstepTrainer
+
+
+def network_diagram(plt, path: Path) -> None:
+    """The 2-3-1 network: nodes by layer, every weight an edge, the shapes beside."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    layers = [("input x", 2, "5×2"), ("hidden z1, a1 = σ(z1)", 3, "5×3"), ("output z2, ŷ = σ(z2)", 1, "5×1")]
+    positions = []
+    for column, (_, count, _) in enumerate(layers):
+        ys = np.linspace(-(count - 1) / 2, (count - 1) / 2, count)
+        positions.append([(column * 3.0, y) for y in ys])
+    for left, right, label in ((positions[0], positions[1], "W1: 3×2"), (positions[1], positions[2], "W2: 1×3")):
+        for x0, y0 in left:
+            for x1, y1 in right:
+                axes.plot([x0, x1], [y0, y1], color="0.6", linewidth=1, zorder=1)
+        axes.text((left[0][0] + right[0][0]) / 2, 1.55, label, ha="center", fontsize=11)
+    for (name, _, shape), nodes in zip(layers, positions):
+        for x, y in nodes:
+            axes.add_patch(plt.Circle((x, y), 0.28, color="#4C72B0", zorder=2))
+        axes.text(nodes[0][0], -1.75, f"{name}\n{shape}", ha="center", va="top", fontsize=10)
+    axes.text(7.2, 0, "J = ½ Σ (y − ŷ)²", va="center", fontsize=11)
+    axes.annotate("", xy=(7.1, 0), xytext=(6.35, 0), arrowprops=dict(arrowstyle="->"))
+    axes.set_xlim(-1, 10)
+    axes.set_ylim(-2.6, 2)
+    axes.set_aspect("equal")
+    axes.axis("off")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def seed_loss_curve(plt, path: Path) -> None:
+    """The seed experiment with its defaults, both models free-running (each on its own gradients,
+    so coinciding curves mean agreeing gradients all along): both curves on one chart."""
+    experiment = EXPERIMENTS["seed"]
+    setup = experiment.build(experiment.defaults)
+    trainer = LockstepTrainer(setup.model, setup.loss_fn, lr=experiment.defaults.lr, free_running=True)
+    hand, autograd = [], []
+    trainer.train(setup.batches, experiment.defaults.steps,
+                  on_step=lambda r: (hand.append(r.hand_loss), autograd.append(r.autograd_loss)))
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.plot(hand, label="torchbp (hand-derived)", linewidth=3, alpha=0.5)
+    axes.plot(autograd, label="native autograd", linewidth=1, linestyle="--")
+    axes.set_xlabel("gradient-descent step")
+    axes.set_ylabel("J = ½ Σ (y − ŷ)²")
+    axes.set_title("seed experiment: the two curves coincide")
+    axes.legend()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def per_sample_heat_map(plt, path: Path) -> None:
+    """δ2,n a1,nᵀ for the five samples and their sum, ∂J/∂W2, at the initial weights."""
+    per_sample = three_ways()["values"]["per_sample_dJ_dW2"][:, 0, :]
+    rows = np.vstack([per_sample, per_sample.sum(0, keepdims=True)])
+    scale = np.abs(rows).max()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    image = axes.imshow(rows, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+    for (i, j), value in np.ndenumerate(rows):
+        color = "white" if abs(value) > 0.6 * scale else "black"
+        axes.text(j, i, f"{value:+.4f}", ha="center", va="center", fontsize=9, color=color)
+    axes.axhline(len(per_sample) - 0.5, color="black", linewidth=1.5)
+    axes.set_xticks(range(3), ["W2[0, 0]", "W2[0, 1]", "W2[0, 2]"])
+    axes.set_yticks(range(len(rows)), [f"sample {n + 1}" for n in range(len(per_sample))] + ["sum = ∂J/∂W2"])
+    axes.set_title("δ2,n a1,nᵀ: each sample's share of ∂J/∂W2")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+FIGURES = {
+    "network.png": network_diagram,
+    "seed_loss.png": seed_loss_curve,
+    "per_sample_contributions.png": per_sample_heat_map,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs", help="folder for the PNG files (default docs)")
+    args = parser.parse_args(argv)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("python -m experiments.figures: error: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, draw in FIGURES.items():
+        draw(plt, out / name)
+        print(out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
