@@ -13,13 +13,15 @@ The per-layer formulas are the layer files' own; this file only orders them.
 One autograd node instead of one per layer is what makes small networks
 fast: for them the cost of a node exceeds the arithmetic.
 
-Every h_l is an output of the Function, so the tensors its backward reads
-are either its inputs or its outputs, and the backward, made of
+Every h_l the backward reads is returned by the Function, so the tensors its
+backward reads are its inputs or its outputs, and the backward, made of
 differentiable operations, can be differentiated again (a gradient arriving
-at an intermediate h_l joins δ there).
+at a returned h_l joins δ there).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,27 +34,26 @@ from torchbp.functions.validation import check_floating_and_matching, check_line
 LINEAR, SIGMOID = "linear", "sigmoid"
 
 
-def _params_per_layer(kinds: tuple[str, ...]) -> list[int]:
-    """Index of each layer's first parameter in the flat parameter list (weight, bias per linear)."""
+class Plan(NamedTuple):
+    """What a chain of layer kinds implies for the forward and the backward."""
+
+    starts: tuple[int, ...]  # each layer's first parameter in the flat list (weight, bias per linear)
+    read: tuple[bool, ...]  # which of h_0 … h_L the backward reads
+    returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
+
+
+def plan(kinds: tuple[str, ...]) -> Plan:
     starts, index = [], 0
     for kind in kinds:
         starts.append(index)
         index += 2 if kind == LINEAR else 0
-    return starts
-
-
-def _saved_outputs(kinds: tuple[str, ...]) -> list[bool]:
-    """Which of h_0 … h_L the backward reads: a linear layer's input, a sigmoid's output.
-
-    Layer l (counted from 0) reads h_l and writes h_{l+1}.
-    """
-    needed = [False] * (len(kinds) + 1)
+    # Layer l (counted from 0) reads h_l and writes h_{l+1}: a linear layer reads its input
+    # (δᵀ h_l), a sigmoid its own output (σ' = (1 − a) a).
+    read = [False] * (len(kinds) + 1)
     for l, kind in enumerate(kinds):
-        if kind == LINEAR:
-            needed[l] = True  # δᵀ h_l
-        else:
-            needed[l + 1] = True  # σ' from its own output
-    return needed
+        read[l if kind == LINEAR else l + 1] = True
+    returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
+    return Plan(tuple(starts), tuple(read), returned)
 
 
 class SequentialFunction(HandDerivedFunction):
@@ -60,61 +61,65 @@ class SequentialFunction(HandDerivedFunction):
 
     Called as ``SequentialFunction.apply(x, kinds, *params)`` with ``kinds`` a tuple
     of "linear" and "sigmoid" and ``params`` each linear layer's weight and bias
-    (None without one), in order. Returns every h_1 … h_L.
+    (None without one), in order. Returns the h_l its backward reads, then h_L
+    last (``plan(kinds).returned`` lists which).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, kinds: tuple[str, ...], *params):
-        h, outputs = x, []
-        for kind, start in zip(kinds, _params_per_layer(kinds)):
+        chain = plan(kinds)
+        hs = [x]
+        for kind, start in zip(kinds, chain.starts):
+            h = hs[-1]
             if kind == LINEAR:
                 W, b = params[start], params[start + 1]
                 check_floating_and_matching("linear", input=h, weight=W, bias=b)
                 check_linear_shapes(h, W, b)
-                h = F.linear(h, W, b)
+                hs.append(F.linear(h, W, b))
             else:
-                h = torch.sigmoid(h)
-            outputs.append(h)
-        return tuple(outputs)
+                hs.append(torch.sigmoid(h))
+        return tuple(hs[l] for l in chain.returned)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         x, kinds, *params = inputs
-        hs = (x, *output)
-        needed = _saved_outputs(kinds)
-        ctx.kinds = kinds
+        chain = plan(kinds)
+        hs = [x] + [None] * len(kinds)
+        for l, h in zip(chain.returned, output):
+            hs[l] = h
         need_x, _, *need_params = ctx.needs_input_grad
-        starts = _params_per_layer(kinds)
         # Is a gradient wanted anywhere below layer l (its input, or an earlier parameter)?
-        ctx.wanted_below = [need_x or any(need_params[: starts[l]]) for l in range(len(kinds))]
-        ctx.starts = starts
-        ctx.set_materialize_grads(False)  # most h_l receive no gradient; skip their zeros
-        ctx.save_for_backward(*params, *(h if need else None for h, need in zip(hs, needed)))
+        ctx.wanted_below = [need_x or any(need_params[: chain.starts[l]]) for l in range(len(kinds))]
+        ctx.kinds = kinds
+        ctx.set_materialize_grads(False)  # the h_l returned for the backward's sake get no gradient, mostly
+        ctx.save_for_backward(*params, *(h if read else None for h, read in zip(hs, chain.read)))
 
     @staticmethod
     def backward(ctx, *grads):
         kinds = ctx.kinds
+        chain = plan(kinds)
         saved = ctx.saved_tensors
-        n_params = 2 * kinds.count(LINEAR)
+        n_params = len(saved) - len(kinds) - 1
         params, hs = saved[:n_params], saved[n_params:]
         need_x, _, *need_params = ctx.needs_input_grad
-        starts, wanted_below = ctx.starts, ctx.wanted_below
+        arriving = dict(zip(chain.returned, grads))  # ∂J/∂h_l from outside the chain
         grad_params = [None] * n_params
         delta = None
         for l in reversed(range(len(kinds))):
-            delta = _join(delta, grads[l])  # ∂J/∂h_{l+1}, from above and from outside
+            delta = _join(delta, arriving.get(l + 1))  # ∂J/∂h_{l+1}, from above and from outside
             if delta is None:
                 continue
             if kinds[l] == SIGMOID:
                 delta = sigmoid_backward(delta, hs[l + 1])
             else:
-                W, b, start = params[starts[l]], params[starts[l] + 1], starts[l]
+                start = chain.starts[l]
+                W, b = params[start], params[start + 1]
                 delta, grad_params[start], grad_params[start + 1] = linear_backward(
-                    delta, hs[l], W, wanted_below[l], need_params[start], b is not None and need_params[start + 1]
+                    delta, hs[l], W, ctx.wanted_below[l], need_params[start], b is not None and need_params[start + 1]
                 )
-            if not wanted_below[l]:
+            if not ctx.wanted_below[l]:
                 break
         return (delta if need_x else None, None, *grad_params)
 
