@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import torchbp
+from experiments import seed
+from experiments.registry import EXPERIMENTS
 from torchbp.per_sample import per_sample_grad_norms, per_sample_grads
 
 
@@ -113,28 +115,10 @@ def training_after_per_sample_use(width: int, layers: int, batch: int):
     return make
 
 
-def derivation_network(seed: int = 0) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(2, 3, bias=False), torch.nn.Sigmoid(), torch.nn.Linear(3, 1, bias=False), torch.nn.Sigmoid()
-    ).double()
-
-
-class HalfSumSquaredError(torch.nn.Module):
-    """J = ½ Σ (y − ŷ)²."""
-
-    def __init__(self):
-        super().__init__()
-        self.sum_squared_error = torch.nn.MSELoss(reduction="sum")
-
-    def forward(self, y_hat, y):
-        return 0.5 * self.sum_squared_error(y_hat, y)
-
-
 TRAINING_SETUPS = {
     # name: (model, loss, inputs, target)
-    "derivation": lambda: (derivation_network(), HalfSumSquaredError(),
-                           *(t.double() for t in mlp_data(2, 5)[:1]), torch.rand(5, 1, dtype=torch.float64)),
+    "derivation": lambda: (seed.network(EXPERIMENTS["seed"].defaults), seed.HalfSumSquaredError(),
+                           *seed.samples(0, torch.float64, "cpu")),
     "mid": lambda: (sigmoid_mlp(256, 3), torch.nn.MSELoss(), *mlp_data(256, 64)),
     "compute-bound": lambda: (sigmoid_mlp(1024, 3), torch.nn.MSELoss(), *mlp_data(1024, 512)),
 }

@@ -6,6 +6,7 @@ import torch
 
 from experiments.metrics import accuracy
 from experiments.minibatches import Minibatches, split
+from experiments.models import sigmoid_mlp
 from experiments.registry import Config, Setup, experiment
 
 
@@ -27,12 +28,8 @@ def build(config: Config) -> Setup:
     options = dict(dtype=config.torch_dtype, device=config.device)
     x_train, label_train, x_test, label_test = split(pixels.to(**options), labels.to(config.device), 0.2, config.seed)
     one_hot = torch.nn.functional.one_hot(label_train, 10).to(config.torch_dtype)
-    torch.manual_seed(config.seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 32), torch.nn.Sigmoid(), torch.nn.Linear(32, 10), torch.nn.Sigmoid()
-    ).to(**options)
     return Setup(
-        model=model,
+        model=sigmoid_mlp((64, 32, 10), config),
         loss_fn=torch.nn.MSELoss(),
         batches=Minibatches(x_train, one_hot, config.batch_size, config.seed),
         metrics={"held_out_accuracy": accuracy(x_test, label_test)},

@@ -22,6 +22,7 @@ import torch
 
 import torchbp
 from experiments.numpy_derivation import derive, gradient_descent_step
+from experiments.registry import Config
 from experiments.seed import HalfSumSquaredError, network, samples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def autograd_way(x, y, model) -> dict[str, np.ndarray]:
 def three_ways(seed: int = 0) -> dict:
     """Every quantity of the worked example, NumPy, torchbp and autograd, checked to agree."""
     x, y = samples(seed, torch.float64, "cpu")
-    model = network(seed, torch.float64, "cpu")
+    model = network(Config(steps=1, lr=LR, batch_size=None, dtype="float64", seed=seed))
     W1, W2 = model[0].weight.detach().numpy(), model[2].weight.detach().numpy()
     ways = {
         "NumPy": derive(x.numpy(), y.numpy(), W1, W2),

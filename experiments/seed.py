@@ -17,6 +17,7 @@ import torch
 
 from experiments.heatmap import heat_map
 from experiments.minibatches import Minibatches
+from experiments.models import sigmoid_mlp
 from experiments.registry import Config, Setup, experiment
 from torchbp.lockstep import LockstepTrainer, StepRecord
 
@@ -36,14 +37,9 @@ class HalfSumSquaredError(torch.nn.Module):
         return 0.5 * self.sum_squared_error(y_hat, y)
 
 
-def network(seed: int, dtype: torch.dtype, device: str) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(2, 3, bias=False),
-        torch.nn.Sigmoid(),
-        torch.nn.Linear(3, 1, bias=False),
-        torch.nn.Sigmoid(),
-    ).to(dtype=dtype, device=device)
+def network(config: Config) -> torch.nn.Sequential:
+    """The derivation's 2-3-1 sigmoid network, without biases."""
+    return sigmoid_mlp((2, 3, 1), config, bias=False)
 
 
 def samples(seed: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +76,7 @@ def log_contributions(trainer: LockstepTrainer):
 def build(config: Config) -> Setup:
     x, y = samples(config.seed, config.torch_dtype, config.device)
     return Setup(
-        model=network(config.seed, config.torch_dtype, config.device),
+        model=network(config),
         loss_fn=HalfSumSquaredError(),
         batches=Minibatches(x, y, batch_size=None),
         per_sample_every=max(config.steps // 4, 1),

@@ -8,6 +8,7 @@ import torch
 
 from experiments.metrics import accuracy
 from experiments.minibatches import Minibatches, split
+from experiments.models import sigmoid_mlp
 from experiments.registry import Config, Setup, experiment
 
 POINTS = 2000
@@ -33,15 +34,9 @@ def build(config: Config) -> Setup:
     xy, labels = two_spirals(POINTS, config.seed)
     options = dict(dtype=config.torch_dtype, device=config.device)
     x_train, label_train, x_test, label_test = split(xy.to(**options), labels.to(config.device), 0.2, config.seed)
-    torch.manual_seed(config.seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(2, 32), torch.nn.Sigmoid(),
-        torch.nn.Linear(32, 32), torch.nn.Sigmoid(),
-        torch.nn.Linear(32, 1), torch.nn.Sigmoid(),
-    ).to(**options)
     target = label_train[:, None].to(config.torch_dtype)
     return Setup(
-        model=model,
+        model=sigmoid_mlp((2, 32, 32, 1), config),
         loss_fn=torch.nn.MSELoss(),
         batches=Minibatches(x_train, target, config.batch_size, config.seed),
         metrics={"accuracy": accuracy(x_test, label_test)},

@@ -6,6 +6,7 @@ import torch
 
 from experiments.metrics import accuracy
 from experiments.minibatches import Minibatches
+from experiments.models import sigmoid_mlp
 from experiments.registry import Config, Setup, experiment
 
 
@@ -19,12 +20,8 @@ def build(config: Config) -> Setup:
     options = dict(dtype=config.torch_dtype, device=config.device)
     x = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], **options)
     y = torch.tensor([[0], [1], [1], [0]], **options)
-    torch.manual_seed(config.seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(2, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 1), torch.nn.Sigmoid()
-    ).to(**options)
     return Setup(
-        model=model,
+        model=sigmoid_mlp((2, 4, 1), config),
         loss_fn=torch.nn.MSELoss(),
         batches=Minibatches(x, y, batch_size=None),
         metrics={"accuracy": accuracy(x, y[:, 0].long())},
