@@ -260,3 +260,8 @@ def test_sigmoid_saves_its_output_not_its_input():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         a = sigmoid(z)
     assert len(saved) == 1 and torch.equal(saved[0], a) and not torch.equal(saved[0], z)
+
+
+def test_apply_accepts_keyword_arguments_as_torch_does():
+    x, w = leaf(5, 4), leaf(3, 4)
+    torch.testing.assert_close(torchbp.functions.LinearFunction.apply(x, w, bias=None), F.linear(x, w))

@@ -276,3 +276,28 @@ def test_the_trainer_records_per_sample_gradients_on_due_steps(tmp_path):
 def test_the_trainer_refuses_per_sample_gradients_for_a_loss_without_reduction():
     with pytest.raises(ValueError, match="reduction"):
         LockstepTrainer(mlp(), lambda out, y: ((out - y) ** 2).sum(), per_sample_every=1)
+
+
+BAD_BUFFERS = {
+    "an expanded buffer": lambda good: {**good, "0.bias": torch.zeros(1, 4, dtype=torch.float64).expand(5, 4)},
+    "one buffer under two names": lambda good: {**good, "2.bias": good["0.bias"][:, :2]},
+    "a transposed buffer": lambda good: {**good, "0.weight": torch.zeros(5, 3, 4, dtype=torch.float64).transpose(1, 2)},
+}
+
+
+@pytest.mark.parametrize("case", BAD_BUFFERS)
+def test_out_buffers_that_would_be_written_over_are_refused(case):
+    model, loss_fn = mlp(), torch.nn.MSELoss()
+    x, y = data(5, (), torch.float64)
+    good = per_sample_grads(model, loss_fn, x, y)
+    with pytest.raises(ValueError, match="out\\["):
+        per_sample_grads(model, loss_fn, x, y, out=BAD_BUFFERS[case](good))
+
+
+def test_out_naming_a_frozen_parameter_is_refused():
+    model = mlp()
+    x, y = data(5, (), torch.float64)
+    good = per_sample_grads(model, torch.nn.MSELoss(), x, y)
+    model[0].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="does not require grad"):
+        per_sample_grads(model, torch.nn.MSELoss(), x, y, out=good)

@@ -92,3 +92,33 @@ def test_autograd_functional_hessian_of_the_derivations_network_matches_native()
     for row_ours, row_theirs in zip(ours, theirs):
         for block_ours, block_theirs in zip(row_ours, row_theirs):
             torch.testing.assert_close(block_ours, block_theirs, rtol=1e-12, atol=1e-14)
+
+
+def loss_of_input(loss_cls, model):
+    y = torch.full((5, 1), 0.3, dtype=torch.float64)
+    return lambda x: 0.5 * loss_cls(reduction="sum")(model(x), y)
+
+
+BATCHED_GRADIENTS = {
+    "autograd.grad(is_grads_batched=True)": lambda f, x: torch.autograd.grad(
+        f(x.requires_grad_()), x, torch.eye(1, dtype=torch.float64).reshape(1).repeat(3), is_grads_batched=True
+    )[0],
+    "autograd.functional.jacobian(vectorize=True)": lambda f, x: torch.autograd.functional.jacobian(f, x, vectorize=True),
+    "autograd.functional.hessian(vectorize=True)": lambda f, x: torch.autograd.functional.hessian(f, x, vectorize=True),
+    "jacrev under no_grad": lambda f, x: _no_grad(lambda: jacrev(f)(x)),
+    "jacrev(jacrev) under no_grad": lambda f, x: _no_grad(lambda: jacrev(jacrev(f))(x)),
+}
+
+
+def _no_grad(fn):
+    with torch.no_grad():
+        return fn()
+
+
+@pytest.mark.parametrize("how", BATCHED_GRADIENTS)
+def test_batched_and_vectorised_gradients_match_native(how):
+    native = network()
+    x, _ = data()
+    ours = BATCHED_GRADIENTS[how](loss_of_input(torchbp.nn.MSELoss, torchbp.convert(native)), x.clone())
+    theirs = BATCHED_GRADIENTS[how](loss_of_input(torch.nn.MSELoss, native), x.clone())
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)

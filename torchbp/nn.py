@@ -105,9 +105,9 @@ class Sequential(HandDerived, torch.nn.Sequential):
 
     It falls back to running its children one by one (the per-layer path)
     whenever the fused path would behave differently: a child that is not a
-    torchbp Linear or Sigmoid, a hook on a child or a global module hook
-    (``torchbp.PerSampleGradients`` uses one), autocast, or an input that is
-    not a tensor. Made by :func:`torchbp.fuse`.
+    torchbp Linear or Sigmoid, a hook on a child (``torchbp.PerSampleGradients``
+    registers one on each Linear) or a global module hook, autocast, or an
+    input that is not a tensor. Made by :func:`torchbp.fuse`.
     """
 
     def forward(self, input):

@@ -193,15 +193,26 @@ class PerSampleGradients:
             return
         batch = next(iter(calls.values()))[0][0].shape[0] if calls else 0
         parameters = dict(self.model.named_parameters())
+        storages = {}
         for name, tensor in out.items():
             if name not in parameters:
                 raise KeyError(f"per-sample gradients: out names {name!r}, which is not a parameter of the model")
             p = parameters[name]
+            if not p.requires_grad:
+                raise ValueError(f"per-sample gradients: out names {name!r}, a parameter that does not require grad")
             if tensor.shape != (batch, *p.shape) or tensor.dtype != p.dtype or tensor.device != p.device:
                 raise ShapeError(
                     f"per-sample gradients: out[{name!r}] is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}, "
                     f"expected {(batch, *p.shape)} {p.dtype} on {p.device}"
                 )
+            # Every sample's gradient needs memory of its own: an expanded or overlapping
+            # buffer, or one shared by two names, would be written over without an error.
+            if not tensor.is_contiguous():
+                raise ValueError(f"per-sample gradients: out[{name!r}] must be contiguous (a fresh or earlier result)")
+            storage = tensor.untyped_storage().data_ptr()
+            if tensor.numel() and storage in storages:
+                raise ValueError(f"per-sample gradients: out[{name!r}] shares its memory with out[{storages[storage]!r}]")
+            storages[storage] = name
 
     def grad_norms(self) -> torch.Tensor:
         """Each sample's total gradient norm over all parameters, (N,).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchbp.functions.base import HandDerivedFunction
+from torchbp.functions.base import HandDerivedFunction, products_in_place
 from torchbp.functions.validation import check_floating_and_matching, check_same_shape
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -56,10 +56,10 @@ class MSELossFunction(HandDerivedFunction):
             return None, None, None
         # max(·, 1): an empty batch has an empty gradient, and 2/0 must not stop it.
         N = max(y_hat.numel(), 1) if ctx.reduction == "mean" else 1
-        if torch.is_grad_enabled():  # double backward: every product stays a recorded operation
-            grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
-        else:  # the same products into one buffer, in place
+        if products_in_place(g):  # the same products, into one buffer
             grad_y_hat = (y_hat - y).mul_(2 / N).mul_(g)
+        else:
+            grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
         return (
             grad_y_hat if need_y_hat else None,
             -grad_y_hat if need_y else None,

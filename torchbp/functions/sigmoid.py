@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from torchbp.functions.base import HandDerivedFunction
+from torchbp.functions.base import HandDerivedFunction, products_in_place
 from torchbp.functions.validation import check_floating_and_matching
 
 
 def sigmoid_backward(grad_output: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """∂J/∂z = g ⊙ σ'(z), with σ'(z) = (1 − a) a from the output a = σ(z).
 
-    Computed as g (1 − a) a, left to right. Where the backward is not itself
-    being differentiated (grad mode is off inside a backward unless
-    ``create_graph=True``), the products go into one buffer in place, so the
+    Computed as g (1 − a) a, left to right. Where it may (see
+    ``products_in_place``), the products go into one buffer in place, so the
     backward holds one temporary of a's size, as native torch's does.
     """
-    if torch.is_grad_enabled():  # double backward: every product stays a recorded operation
-        return grad_output * (1 - a) * a
-    return (1 - a).mul_(grad_output).mul_(a)  # the same products; (1 − a) g = g (1 − a) exactly
+    if products_in_place(grad_output):
+        return (1 - a).mul_(grad_output).mul_(a)  # the same products; (1 − a) g = g (1 − a) exactly
+    return grad_output * (1 - a) * a
 
 
 class SigmoidFunction(HandDerivedFunction):
