@@ -20,7 +20,12 @@ from distributed_worker import data, model  # noqa: E402
 def torchrun(*args, processes=2) -> subprocess.CompletedProcess:
     # --standalone: a rendezvous on this machine's loopback, on a port the launcher picks free
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if completed.returncode != 0 and "terminate called without an active exception" in completed.stderr:
+        # gloo's threads can abort a process as it exits (a race in PyTorch's teardown, seen
+        # rarely on 2 cores); the run is repeated once, and a second abort fails the test.
+        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return completed
 
 
 def test_one_ddp_step_equals_a_single_process_full_batch_step(tmp_path):
