@@ -40,7 +40,8 @@ class Case:
     memory: tuple[str, str] | None = None  # (training setup, torchbp variant) whose peak memory to measure
 
 
-def sigmoid_mlp(width: int, layers: int, seed: int = 0) -> torch.nn.Sequential:
+def square_mlp(width: int, layers: int, seed: int = 0) -> torch.nn.Sequential:
+    """``layers`` linear layers of width × width with sigmoids between them (none after the last)."""
     torch.manual_seed(seed)
     modules = []
     for _ in range(layers):
@@ -57,7 +58,7 @@ def per_sample_against_torch_func(width: int, layers: int, batch: int, reuse: bo
     """torchbp's per-sample gradients (into reused buffers with ``reuse``) against torch.func's."""
 
     def make():
-        native = sigmoid_mlp(width, layers)
+        native = square_mlp(width, layers)
         hand = torchbp.convert(native)
         x, y = mlp_data(width, batch)
         loss_fn = torchbp.nn.MSELoss(reduction="sum")
@@ -75,7 +76,7 @@ def per_sample_against_torch_func(width: int, layers: int, batch: int, reuse: bo
 
 def norms_against_formed_gradients(width: int, layers: int, batch: int):
     def make():
-        hand = torchbp.convert(sigmoid_mlp(width, layers))
+        hand = torchbp.convert(square_mlp(width, layers))
         x, y = mlp_data(width, batch)
         loss_fn = torchbp.nn.MSELoss(reduction="sum")
 
@@ -93,7 +94,7 @@ def training_after_per_sample_use(width: int, layers: int, batch: int):
     the same step on an untouched twin: what ordinary training pays for the feature."""
 
     def make():
-        used, untouched = torchbp.convert(sigmoid_mlp(width, layers)), torchbp.convert(sigmoid_mlp(width, layers))
+        used, untouched = torchbp.convert(square_mlp(width, layers)), torchbp.convert(square_mlp(width, layers))
         x, y = mlp_data(width, batch)
         loss_fn = torchbp.nn.MSELoss()
         per_sample_grads(used, loss_fn, x, y)
@@ -119,8 +120,8 @@ TRAINING_SETUPS = {
     # name: (model, loss, inputs, target)
     "derivation": lambda: (seed.network(EXPERIMENTS["seed"].defaults), seed.HalfSumSquaredError(),
                            *seed.samples(0, torch.float64, "cpu")),
-    "mid": lambda: (sigmoid_mlp(256, 3), torch.nn.MSELoss(), *mlp_data(256, 64)),
-    "compute-bound": lambda: (sigmoid_mlp(1024, 3), torch.nn.MSELoss(), *mlp_data(1024, 512)),
+    "mid": lambda: (square_mlp(256, 3), torch.nn.MSELoss(), *mlp_data(256, 64)),
+    "compute-bound": lambda: (square_mlp(1024, 3), torch.nn.MSELoss(), *mlp_data(1024, 512)),
 }
 
 
@@ -243,7 +244,7 @@ def measure_peak_memory_here(setup: str, variant: str) -> int:
     """The measurement :func:`peak_memory` runs in its fresh process."""
     # A first small step of the same variant loads what torch loads lazily (kernels, thread pools),
     # which is no part of a step's memory.
-    tiny_model, tiny_loss, tiny_x, tiny_y = sigmoid_mlp(8, 3), torch.nn.MSELoss(), *mlp_data(8, 4)
+    tiny_model, tiny_loss, tiny_x, tiny_y = square_mlp(8, 3), torch.nn.MSELoss(), *mlp_data(8, 4)
     if variant != "native":
         tiny_model, tiny_loss = VARIANTS[variant](tiny_model), torchbp.convert(tiny_loss)
     training_step(tiny_model, tiny_loss, tiny_x, tiny_y)()
