@@ -172,19 +172,14 @@ def compare_tensors(
         mismatch = f"device {actual.device} where the reference has {reference.device}"
     if mismatch is not None:
         return ComparedTensor(name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False, mismatch)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return _compare_exactly(name, actual.detach(), reference.detach())
     if dtype.is_complex:
         actual, reference = torch.view_as_real(actual), torch.view_as_real(reference)
-    exact = not (dtype.is_floating_point or dtype.is_complex)
-    rtol = (0.0 if exact else DEFAULT_RTOL.get(dtype, 0.0)) if rtol is None else rtol
+    rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
     atol = 0.0 if atol is None else atol
-    a = actual.detach().to(torch.float64) if not exact else actual.detach()
-    b = reference.detach().to(torch.float64) if not exact else reference.detach()
-    if exact:  # integers and booleans: equal or not, with no rounding through float64
-        ok = bool(torch.equal(a, b))
-        max_abs = 0.0 if ok else float((a.long() - b.long()).abs().max().item())
-        reference_max = float(b.long().abs().max().item()) if b.numel() else 0.0
-        max_rel = max_abs / reference_max if reference_max else (0.0 if ok else float("inf"))
-        return ComparedTensor(name, shape, dtype, max_abs, max_rel, 0.0, reference_max, ok, "" if ok else "not equal")
+    a = actual.detach().to(torch.float64)
+    b = reference.detach().to(torch.float64)
     finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
     nonfinite_agree = bool(torch.equal(finite_a, finite_b)) and bool(
         torch.all(finite_b | (a == b) | (torch.isnan(a) & torch.isnan(b)))
@@ -203,6 +198,16 @@ def compare_tensors(
     if not ok and nonfinite_agree:
         note = _where(error, finite, max_abs)
     return ComparedTensor(name, shape, dtype, max_abs, max_rel, tolerance, reference_max, ok, note)
+
+
+def _compare_exactly(name: str, actual: torch.Tensor, reference: torch.Tensor) -> ComparedTensor:
+    """Integers and booleans: equal or not, with no rounding through float64."""
+    shape, dtype = tuple(reference.shape), reference.dtype
+    ok = bool(torch.equal(actual, reference))
+    max_abs = 0.0 if ok else float((actual.long() - reference.long()).abs().max().item())
+    reference_max = float(reference.long().abs().max().item()) if reference.numel() else 0.0
+    max_rel = max_abs / reference_max if reference_max else (0.0 if ok else float("inf"))
+    return ComparedTensor(name, shape, dtype, max_abs, max_rel, 0.0, reference_max, ok, "" if ok else "not equal")
 
 
 def _where(error: torch.Tensor, finite: torch.Tensor, max_abs: float) -> str:

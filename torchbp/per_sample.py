@@ -240,7 +240,8 @@ def _torchbp_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _record(model, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor) -> PerSampleGradients:
+def _recorded_pass(model, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor) -> PerSampleGradients:
+    """One forward and a backward that stops at the recorded layers, of a torchbp version of ``model``."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ..., in_features), got {shape}")
@@ -275,7 +276,7 @@ def per_sample_grads(
     operating system zeroes every new page), which reuse avoids; the returned
     tensors are then those buffers, overwritten by the next call.
     """
-    return _record(model, loss_fn, inputs, target).grads(out)
+    return _recorded_pass(model, loss_fn, inputs, target).grads(out)
 
 
 def per_sample_grad_norms(
@@ -286,4 +287,4 @@ def per_sample_grad_norms(
     For a linear layer on (N, in) inputs, ‖δ_n a_nᵀ‖ = ‖δ_n‖ ‖a_n‖: the (N, out, in)
     gradients are never formed.
     """
-    return _record(model, loss_fn, inputs, target).grad_norms()
+    return _recorded_pass(model, loss_fn, inputs, target).grad_norms()
