@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import torchbp
-from torchbp.compare import DEFAULT_RTOL, check_function, check_model, compare_tensors
+from hypothesis import given
+from hypothesis import strategies as st
+
+from torchbp.compare import DEFAULT_RTOL, check_function, check_model, compare_many, compare_tensors
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
 
 
@@ -312,3 +315,67 @@ def test_check_model_accepts_a_plain_loss_function():
     half_sse = lambda out, y: 0.5 * ((out - y) ** 2).sum()  # noqa: E731
     report = check_model(network(bias=False), half_sse, torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
     assert report.ok, str(report)
+
+
+# compare_many decides the common case in a few tensor operations; its rows must be
+# exactly those of compare_tensors, pair by pair, whatever the pairs hold.
+MANY_CASES = {
+    **{f"non-finite: {k}": (torch.tensor(a), torch.tensor(r)) for k, (a, r, _) in NONFINITE_CASES.items()},
+    **{f"metadata: {k}": (a, r) for k, (a, r, _) in MISMATCHED_METADATA.items()},
+    **{f"exact kinds: {k}": (a, r) for k, (a, r, _) in EXACT_KINDS.items()},
+    "empty": (torch.zeros(0, 3), torch.zeros(0, 3)),
+    "absent on both sides": (None, None),
+    "bit-identical float32": (torch.linspace(-1, 1, 7), torch.linspace(-1, 1, 7)),
+    "within float32 tolerance": (torch.ones(3) * (1 + 1e-6), torch.ones(3)),
+    "outside float32 tolerance": (torch.ones(3) * (1 + 1e-4), torch.ones(3)),
+    "all-zero reference, zero actual": (torch.zeros(4), torch.zeros(4)),
+    "all-zero reference, tiny actual": (torch.full((4,), 1e-30), torch.zeros(4)),
+    "float64 scalar": (torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.5 + 1e-12, dtype=torch.float64)),
+    "float16": (torch.tensor([1.0, 2.0], dtype=torch.float16), torch.tensor([1.0, 2.001], dtype=torch.float16)),
+    "bfloat16": (torch.tensor([1.0, 2.0], dtype=torch.bfloat16), torch.tensor([1.0, 2.5], dtype=torch.bfloat16)),
+    "complex, close": (torch.tensor([1 + 1j]), torch.tensor([1 + (1 + 1e-7) * 1j])),
+    "float64 overflow in the difference": (
+        torch.tensor([1.7e308], dtype=torch.float64), torch.tensor([-1.7e308], dtype=torch.float64),
+    ),
+    "non-contiguous": (torch.randn(4, 3).T, torch.randn(4, 3).T),
+}
+
+
+@pytest.mark.parametrize("tolerances", [dict(), dict(rtol=0.0, atol=1e-3), dict(rtol=1e-2)])
+def test_compare_many_gives_the_rows_compare_tensors_gives(tolerances):
+    pairs = [(name, actual, reference) for name, (actual, reference) in MANY_CASES.items()]
+    expected = [compare_tensors(name, actual, reference, **tolerances) for name, actual, reference in pairs]
+    assert compare_many(pairs, **tolerances) == expected
+
+
+@given(
+    shape=st.lists(st.integers(0, 4), min_size=0, max_size=3),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]),
+    relative_error=st.sampled_from([0.0, 1e-9, 1e-6, 1e-4, 1e-2, 1.0]),
+    nonfinite=st.sampled_from([None, "nan", "inf"]),
+)
+def test_compare_many_agrees_with_compare_tensors_on_any_shape(shape, dtype, relative_error, nonfinite):
+    reference = torch.randn(shape, dtype=torch.float64)
+    actual = reference * (1 + relative_error * torch.randn(shape, dtype=torch.float64))
+    if nonfinite is not None and actual.numel():
+        actual.view(-1)[0] = float(nonfinite)
+    pair = ("t", actual.to(dtype), reference.to(dtype))
+    assert compare_many([pair]) == [compare_tensors(*pair)]
+
+
+def test_compare_many_decides_pairs_within_tolerance_without_the_detailed_analysis(monkeypatch):
+    def detailed(*args, **kwargs):
+        raise AssertionError("the common case took the detailed path")
+
+    monkeypatch.setattr(torchbp.compare, "compare_tensors", detailed)
+    pairs = [(f"t{i}", torch.randn(3, 2) * i, None) for i in range(4)]
+    pairs = [(name, actual, actual.clone()) for name, actual, _ in pairs]
+    assert all(row.ok and row.verdict == "exact" for row in compare_many(pairs))
+
+
+def test_compare_many_explains_a_mismatch_as_compare_tensors_does():
+    reference = torch.zeros(2, 3)
+    actual = reference.clone()
+    actual[1, 2] = 1.0
+    (row,) = compare_many([("t", actual, reference)])
+    assert not row.ok and row.note == "largest error 1.000e+00 at index (1, 2)"

@@ -30,8 +30,10 @@ Both sides of a comparison draw the same random numbers (see
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -152,7 +154,12 @@ def compare_tensors(
     rtol: float | None = None,
     atol: float | None = None,
 ) -> ComparedTensor:
-    """Compare one tensor with its reference; see the module docstring for the criterion."""
+    """Compare one tensor with its reference; see the module docstring for the criterion.
+
+    This is the detailed analysis: non-finite values, metadata, the index of the
+    largest error. :func:`compare_many` decides the common case faster and calls
+    this for everything else.
+    """
     if actual is None or reference is None:
         present = reference if actual is None else actual
         if present is None:
@@ -174,12 +181,7 @@ def compare_tensors(
         return ComparedTensor(name, shape, dtype, float("inf"), float("inf"), 0.0, 0.0, False, mismatch)
     if not (dtype.is_floating_point or dtype.is_complex):
         return _compare_exactly(name, actual.detach(), reference.detach())
-    if dtype.is_complex:
-        actual, reference = torch.view_as_real(actual), torch.view_as_real(reference)
-    rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
-    atol = 0.0 if atol is None else atol
-    a = actual.detach().to(torch.float64)
-    b = reference.detach().to(torch.float64)
+    a, b = _as_float64(actual), _as_float64(reference)
     finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
     nonfinite_agree = bool(torch.equal(finite_a, finite_b)) and bool(
         torch.all(finite_b | (a == b) | (torch.isnan(a) & torch.isnan(b)))
@@ -188,16 +190,117 @@ def compare_tensors(
     error = (a - b).abs()[finite]
     max_abs = error.max().item() if error.numel() else 0.0
     reference_max = b.abs()[finite].max().item() if error.numel() else 0.0
+    row = _row(name, shape, dtype, max_abs, reference_max, rtol, atol)
+    if not nonfinite_agree:
+        note = "NaN or Inf at places where the reference has none, or the other way round"
+        return dataclasses.replace(row, ok=False, note=note)
+    if not row.ok:
+        return dataclasses.replace(row, note=_where(error, finite, max_abs))
+    return row
+
+
+def compare_many(
+    pairs: Sequence[tuple[str, torch.Tensor | None, torch.Tensor | None]],
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> list[ComparedTensor]:
+    """``[compare_tensors(name, actual, reference, rtol, atol) for name, actual, reference in pairs]``, faster.
+
+    The common case (same shape, dtype and device, every value finite) needs only
+    each pair's max |actual − reference| and max |reference|. Those are computed
+    for all such pairs together in their own dtype and read back with one
+    synchronisation per device and dtype: a difference of zero there means equal
+    bits, and a maximum of magnitudes is exact in any dtype. Only where a
+    difference is not zero is it computed again in float64, the precision every
+    error is reported in. Any pair outside the common case, or outside its
+    tolerance, gets the detailed analysis of :func:`compare_tensors`, so the rows
+    are those of the loop in every case.
+    """
+    rows = []
+    for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs)):
+        row = None
+        if figures is not None and math.isfinite(figures[0]) and math.isfinite(figures[1]):
+            row = _row(name, tuple(reference.shape), reference.dtype, *figures, rtol, atol)
+        rows.append(row if row is not None and row.ok else compare_tensors(name, actual, reference, rtol, atol))
+    return rows
+
+
+def _common_case_figures(pairs) -> list[tuple[float, float] | None]:
+    """(max |actual − reference|, max |reference|) for each pair of the common case, None for the others.
+
+    A figure that is not finite means a NaN or an infinity somewhere in the pair."""
+    figures: list[tuple[float, float] | None] = [None] * len(pairs)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, (_, actual, reference) in enumerate(pairs):
+        if _summarisable(actual, reference):
+            groups.setdefault((reference.device, reference.dtype), []).append(i)
+    for (_, dtype), indices in groups.items():
+        actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
+        if dtype.is_complex:
+            actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
+        errors, largest = _max_abs_differences(actual, reference)
+        if dtype not in (torch.float64, torch.complex128):
+            inexact = [k for k, error in enumerate(errors) if error != 0]
+            if inexact:  # not equal bits: the error itself, in float64
+                in_float64 = _max_abs_differences(
+                    [actual[k].double() for k in inexact], [reference[k].double() for k in inexact]
+                )[0]
+                for k, error in zip(inexact, in_float64):
+                    errors[k] = error
+        for i, error, maximum in zip(indices, errors, largest):
+            figures[i] = (error, maximum)
+    return figures
+
+
+def _max_abs_differences(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[list[float], list[float]]:
+    """([max |a − b| for each pair], [max |b| for each pair]), read back in one synchronisation."""
+    with torch.no_grad():  # parameters compared as values, not recorded
+        differences = torch._foreach_abs_(torch._foreach_sub(actual, reference))
+        maxima = torch.stack([*_foreach_max(differences), *_foreach_max(torch._foreach_abs(reference))]).tolist()
+    return maxima[: len(actual)], maxima[len(actual) :]
+
+
+def _foreach_max(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's largest element (one call where this PyTorch has torch._foreach_max)."""
+    if hasattr(torch, "_foreach_max"):
+        return torch._foreach_max(tensors)
+    return [t.amax() for t in tensors]
+
+
+def _summarisable(actual, reference) -> bool:
+    """Can this pair take compare_many's common case?"""
+    return (
+        isinstance(actual, torch.Tensor)
+        and isinstance(reference, torch.Tensor)
+        and actual.shape == reference.shape
+        and actual.dtype == reference.dtype
+        and actual.device == reference.device
+        and (reference.dtype.is_floating_point or reference.dtype.is_complex)
+        and reference.numel() > 0
+    )
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as its real and imaginary parts; a real one as it is."""
+    t = t.detach()
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _as_float64(t: torch.Tensor) -> torch.Tensor:
+    """Real values in float64, the precision every error is computed in."""
+    return _real(t).to(torch.float64)
+
+
+def _row(name, shape, dtype, max_abs: float, reference_max: float, rtol, atol) -> ComparedTensor:
+    """The verdict on finite figures: max_abs ≤ atol + rtol · reference_max."""
+    rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
+    atol = 0.0 if atol is None else atol
     if reference_max > 0:
         max_rel = max_abs / reference_max
     else:
         max_rel = 0.0 if max_abs == 0 else float("inf")
     tolerance = atol + rtol * reference_max
-    ok = nonfinite_agree and max_abs <= tolerance
-    note = "" if nonfinite_agree else "NaN or Inf at places where the reference has none, or the other way round"
-    if not ok and nonfinite_agree:
-        note = _where(error, finite, max_abs)
-    return ComparedTensor(name, shape, dtype, max_abs, max_rel, tolerance, reference_max, ok, note)
+    return ComparedTensor(name, shape, dtype, max_abs, max_rel, tolerance, reference_max, max_abs <= tolerance)
 
 
 def _compare_exactly(name: str, actual: torch.Tensor, reference: torch.Tensor) -> ComparedTensor:
@@ -250,17 +353,15 @@ def check_function(
     reference_outputs = _as_tuple(reference(*reference_inputs))
 
     count = max(len(actual_outputs), len(reference_outputs))
-    for i in range(count):
-        name = "output" if count == 1 else f"output[{i}]"
-        report.rows.append(
-            compare_tensors(name, _get(actual_outputs, i), _get(reference_outputs, i), rtol, atol)
-        )
-
+    pairs = [
+        ("output" if count == 1 else f"output[{i}]", _get(actual_outputs, i), _get(reference_outputs, i))
+        for i in range(count)
+    ]
     grad_outputs = _grad_outputs(grad_output, reference_outputs)
     actual_grads = _gradients(actual_outputs, grad_outputs, [actual_inputs[i] for i in wrt])
     reference_grads = _gradients(reference_outputs, grad_outputs, [reference_inputs[i] for i in wrt])
-    for i, mine, theirs in zip(wrt, actual_grads, reference_grads):
-        report.rows.append(compare_tensors(f"inputs[{i}].grad", mine, theirs, rtol, atol))
+    pairs += [(f"inputs[{i}].grad", mine, theirs) for i, mine, theirs in zip(wrt, actual_grads, reference_grads)]
+    report.rows = compare_many(pairs, rtol, atol)
     return report
 
 
@@ -283,16 +384,58 @@ def check_model(
     torchbp replaces raise ValueError: both sides would run native code.
     """
     require_hand_derived_layers("check_model", model, loss_fn)
-    report = Report(f"check_model({type(model).__name__})")
     randomness = SameRandomness()
     hand = _run_model(convert, model, loss_fn, inputs, target)
     randomness.replay()
     native = _run_model(to_native, model, loss_fn, inputs, target)
-    for name in ("output", "loss"):
-        report.rows.append(compare_tensors(name, hand[name], native[name], rtol, atol))
-    for name, reference_grad in native["grads"].items():
-        report.rows.append(compare_tensors(name, hand["grads"].get(name), reference_grad, rtol, atol))
-    return report
+    return ModelPair(hand.model, native.model).compare(
+        f"check_model({type(model).__name__})", (hand.loss, native.loss),
+        outputs=(hand.output, native.output), inputs=(hand.input, native.input), rtol=rtol, atol=atol,
+    )
+
+
+class ModelPair:
+    """A torchbp model and its native twin of the same structure, matched parameter by parameter.
+
+    The matching is made once, so comparing the two again and again (as
+    :class:`torchbp.LockstepTrainer` does at every step) costs only the comparison.
+    """
+
+    def __init__(self, hand: torch.nn.Module, native: torch.nn.Module):
+        self.hand, self.native = hand, native
+        named = list(hand.named_parameters())
+        self.names = [name for name, _ in named]
+        self.hand_parameters = [parameter for _, parameter in named]
+        self.native_parameters = list(native.parameters())
+
+    def compare(
+        self,
+        title: str,
+        losses: tuple[torch.Tensor, torch.Tensor],
+        *,
+        outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        parameters: bool = False,
+        rtol: float | None = None,
+        atol: float | None = None,
+    ) -> Report:
+        """Compare the two after both ran forward, loss and backward.
+
+        Rows, in order: the output (when ``outputs`` is given), the loss, the input's
+        gradient (when ``inputs`` is given and requires grad), then for each parameter
+        by name its value (with ``parameters``) and its ``.grad``. :func:`check_model`
+        and :class:`torchbp.LockstepTrainer` both report through this.
+        """
+        pairs = [("output", *outputs)] if outputs is not None else []
+        pairs.append(("loss", *losses))
+        if inputs is not None and inputs[1].requires_grad:
+            pairs.append(("input.grad", inputs[0].grad, inputs[1].grad))
+        for name, mine, theirs in zip(self.names, self.hand_parameters, self.native_parameters):
+            if parameters:
+                pairs.append((name, mine, theirs))
+            if mine.requires_grad or theirs.requires_grad:
+                pairs.append((f"{name}.grad", mine.grad, theirs.grad))
+        return Report(title, compare_many(pairs, rtol, atol))
 
 
 def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:
@@ -305,17 +448,24 @@ def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) ->
         )
 
 
-def _run_model(to_side, model, loss_fn, inputs, target) -> dict:
-    """Forward, loss and backward on one side's copy; gradients keyed by report row name."""
+class _SideRun(NamedTuple):
+    model: torch.nn.Module
+    input: torch.Tensor
+    output: torch.Tensor
+    loss: torch.Tensor
+
+
+def _run_model(to_side, model, loss_fn, inputs, target) -> _SideRun:
+    """Forward, loss and backward on one side's copy, the gradients left in ``.grad``."""
     side_model = to_side(model)
+    side_model.zero_grad(set_to_none=True)  # the copy's own gradients only
     side_loss = to_side(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
     x = _copy_leaf(inputs, requires_grad=inputs.is_floating_point())
     output = side_model(x)
     loss = side_loss(output, target)
-    wrt = {"input.grad": x} if x.requires_grad else {}
-    wrt.update((f"{name}.grad", p) for name, p in side_model.named_parameters() if p.requires_grad)
-    grads = _gradients((loss,), (torch.ones_like(loss),), list(wrt.values()))
-    return {"output": output, "loss": loss, "grads": dict(zip(wrt, grads))}
+    if loss.requires_grad:
+        loss.backward(torch.ones_like(loss))
+    return _SideRun(side_model, x, output, loss)
 
 
 def _copy_leaf(x, requires_grad: bool | None = None):
