@@ -16,13 +16,26 @@ a fresh one for every invocation.
 from __future__ import annotations
 
 import datetime
+import time
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
+from torchbp.event_records import with_fast_checksums
+
+if TYPE_CHECKING:
+    from torchbp.lockstep import StepRecord
+
 SIDES = ("hand", "autograd")
+PAIR = "."  # the run folder itself: what belongs to the pair
+QUEUE = 1000  # events a writer thread may hold: handing over 2 s of steps does not wait on the disk
 
 
 def new_run_dir(logdir: str | Path, experiment: str) -> Path:
@@ -55,8 +68,11 @@ class TensorBoardLog:
 
     Scalars are written as float32 ``simple_value``s, the form every TensorBoard
     reader keeps (float64 tensor scalars are dropped by its default data server).
-    Events reach the disk at least every ``flush_secs`` seconds, so a run that is
-    killed leaves readable files with all but its last moments.
+    A step's scalars are held in memory and written together, one event per run
+    and step, at least every ``flush_secs`` seconds and on :meth:`flush` and
+    :meth:`close`: a TensorBoard call per scalar would cost more than a small
+    network's training step. A run that is killed leaves readable files with
+    all but its last moments.
     """
 
     def __init__(self, run_dir: str | Path, flush_secs: int = 2):
@@ -66,32 +82,69 @@ class TensorBoardLog:
                 f"{self.run_dir} already holds TensorBoard event files; writing into it again "
                 "would make TensorBoard draw zigzag curves. Use torchbp.new_run_dir() for a fresh folder."
             )
-        self.pair = SummaryWriter(self.run_dir, flush_secs=flush_secs)
-        self.sides = {side: SummaryWriter(self.run_dir / side, flush_secs=flush_secs) for side in SIDES}
+        self.flush_secs = flush_secs
+        self.writers = {
+            run: with_fast_checksums(SummaryWriter(self.run_dir / run, flush_secs=flush_secs, max_queue=QUEUE))
+            for run in (PAIR, *SIDES)
+        }
+        self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in self.writers}
+        self.next_write = time.monotonic() + flush_secs
+
+    def step(self, record: StepRecord) -> None:
+        """What one lockstep step measured: both losses; on a checked step the differences;
+        on a step that recorded them, the per-sample gradient norms."""
+        self.both("loss", record.hand_loss, record.autograd_loss, record.step)
+        if record.report is not None:
+            self.difference("abs_loss_difference", record.loss_difference, record.step)
+            self.difference("max_grad_error", record.max_grad_error, record.step)
+        if record.per_sample is not None:
+            self.histogram("hand", "per_sample/grad_norm", record.per_sample.grad_norms(), record.step)
+
+    def scalar(self, run: str, tag: str, value: float, step: int) -> None:
+        """``tag`` at ``step`` in ``run`` ("hand", "autograd", or PAIR for the run folder itself)."""
+        self.pending[run].append((step, time.time(), tag, float(value)))
+        if time.monotonic() >= self.next_write:
+            self.flush()
 
     def both(self, tag: str, hand: float, autograd: float, step: int) -> None:
         """One tag in both runs, so TensorBoard overlays the two curves."""
-        self.sides["hand"].add_scalar(tag, float(hand), step)
-        self.sides["autograd"].add_scalar(tag, float(autograd), step)
+        self.scalar("hand", tag, hand, step)
+        self.scalar("autograd", tag, autograd, step)
 
     def difference(self, tag: str, value: float, step: int) -> None:
-        self.pair.add_scalar(f"check/{tag}", float(value), step)
+        self.scalar(PAIR, f"check/{tag}", value, step)
 
     def image(self, side: str, tag: str, image_hwc: np.ndarray, step: int) -> None:
-        self.sides[side].add_image(tag, image_hwc, step, dataformats="HWC")
+        self._write_pending()  # events reach the files in the order they were logged
+        self.writers[side].add_image(tag, image_hwc, step, dataformats="HWC")
 
     def histogram(self, side: str, tag: str, values: torch.Tensor, step: int) -> None:
-        self.sides[side].add_histogram(tag, values.detach().float().cpu(), step)
+        self._write_pending()
+        self.writers[side].add_histogram(tag, values.detach().float().cpu(), step)
 
     def hparams(self, hparams: dict, metrics: dict) -> None:
         """Hyperparameters and final metrics, in the run folder itself (run_name ".")."""
+        self._write_pending()
         metrics = {f"hparam/{name}": float(value) for name, value in metrics.items()}
-        self.pair.add_hparams(hparams, metrics, run_name=".")
+        self.writers[PAIR].add_hparams(hparams, metrics, run_name=".")
+
+    def _write_pending(self) -> None:
+        """The held scalars as events, one per run and step, each carrying that step's tags."""
+        for run, pending in self.pending.items():
+            file_writer = self.writers[run]._get_file_writer()
+            for step, group in groupby(pending, key=itemgetter(0)):
+                group = list(group)
+                summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for _, _, tag, value in group])
+                file_writer.add_event(Event(summary=summary), step, group[0][1])
+            pending.clear()
 
     def flush(self) -> None:
-        for writer in (self.pair, *self.sides.values()):
+        self._write_pending()
+        for writer in self.writers.values():
             writer.flush()
+        self.next_write = time.monotonic() + self.flush_secs
 
     def close(self) -> None:
-        for writer in (self.pair, *self.sides.values()):
+        self._write_pending()
+        for writer in self.writers.values():
             writer.close()
