@@ -200,3 +200,27 @@ def test_dropout_draws_the_same_mask_on_both_sides():
 def test_a_model_torchbp_would_not_change_is_refused():
     with pytest.raises(ValueError, match="no layer that torchbp replaces"):
         LockstepTrainer(torch.nn.Sequential(torch.nn.Tanh()), lambda out, y: (out - y).sum())
+
+
+def test_the_time_split_accounts_for_training_checking_and_logging(tmp_path):
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, log_dir=new_run_dir(tmp_path, "t"),
+                              metrics={"loss_sum": lambda model: 0.0}, metric_every=2)
+    result = trainer.train(batches(), steps=6)
+    trainer.close()
+    split = result.time_split
+    assert set(split) == {"training", "checking", "logging"} and all(seconds > 0 for seconds in split.values())
+    assert sum(split.values()) <= result.seconds
+
+
+def test_the_comparison_is_the_one_check_model_uses(monkeypatch):
+    titles = []
+    original = torchbp.compare.ModelPair.compare
+
+    def recording(self, title, *args, **kwargs):
+        titles.append(title)
+        return original(self, title, *args, **kwargs)
+
+    monkeypatch.setattr(torchbp.compare.ModelPair, "compare", recording)
+    LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5).step(*batches()[0])
+    torchbp.check_model(users_model(), torch.nn.MSELoss(), *batches()[0])
+    assert titles == ["lockstep step 0 (synced)", "check_model(Sequential)"]

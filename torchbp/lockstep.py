@@ -2,7 +2,7 @@
 
 Both copies start from identical parameters, see the same batches in the same
 order and take the same optimizer steps. After each checked backward the loss
-and every parameter's gradient go through :func:`torchbp.compare_tensors`; the
+and every parameter's gradient go through :meth:`torchbp.compare.ModelPair.compare`; the
 first mismatch stops training with :class:`LockstepMismatch`, which carries the
 step and the report.
 
@@ -31,14 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from torchbp.compare import (
-    DEFAULT_RTOL,
-    ComparedTensor,
-    Report,
-    SameRandomness,
-    compare_tensors,
-    require_hand_derived_layers,
-)
+from torchbp.compare import DEFAULT_RTOL, ComparedTensor, Report, SameRandomness, ModelPair, require_hand_derived_layers
 from torchbp.convert import convert, to_native
 from torchbp.distributed import across_processes, data_parallel, process_group_active
 from torchbp.per_sample import PerSampleGradients, reduction_scale
@@ -141,6 +134,7 @@ class LockstepTrainer:
         require_hand_derived_layers("LockstepTrainer", model, loss_fn)
         self.hand_model = convert(model)
         self.native_model = to_native(model)
+        self.models = ModelPair(self.hand_model, self.native_model)
         self.distributed = process_group_active() if distributed is None else distributed
         # What a step runs: the models themselves, or their DDP wrappers.
         self.hand_runner = data_parallel(self.hand_model) if self.distributed else self.hand_model
@@ -161,47 +155,59 @@ class LockstepTrainer:
         self.per_sample_every = per_sample_every
         self.log = TensorBoardLog(log_dir) if log_dir is not None else None
         self.result = LockstepResult()
+        self.stopwatch = Stopwatch(self.result.time_split)
 
     # -- one step -----------------------------------------------------------------
 
     def step(self, inputs: torch.Tensor, target: torch.Tensor) -> StepRecord:
-        """One forward, backward and optimizer step on both sides; checked when due."""
-        clock, split = time.perf_counter, self.result.time_split
-        started = clock()
+        """Sync, forward and backward on both sides, check, log, update (checked when due)."""
         step = self.result.steps
         checked = step % self.check_every == 0
-        if checked and not self.free_running:
-            self._sync_native_to_hand()
-        synced = clock()
-        per_sample = None
-        if self.per_sample_every is not None and step % self.per_sample_every == 0:
-            scale = reduction_scale(self.hand_loss_fn, len(inputs))
-            per_sample = PerSampleGradients(self.hand_model, scale)
-        randomness = SameRandomness()  # dropout and the like draw alike on both sides
-        with per_sample or nullcontext():
-            hand_loss = self._forward_backward(
-                self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target
-            )
-        randomness.replay()
-        native_loss = self._forward_backward(
-            self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target
-        )
-        trained = clock()
-        report = self._check(step, hand_loss, native_loss) if checked else None
-        if self.distributed:
-            hand_loss, native_loss, report = self._across_processes(hand_loss, native_loss, report)
-        record = self._record(step, hand_loss, native_loss, report, per_sample)
-        compared = clock()
-        self._log_step(record)
-        logged = clock()
+        with self.stopwatch("checking"):
+            if checked and not self.free_running:
+                self._sync_native_to_hand()
+        with self.stopwatch("training"):
+            hand_loss, native_loss, per_sample = self._forward_backward_both(step, inputs, target)
+        with self.stopwatch("checking"):
+            report = self._compare(step, hand_loss, native_loss) if checked else None
+            if self.distributed:
+                hand_loss, native_loss, report = self._across_processes(hand_loss, native_loss, report)
+            record = self._record(step, hand_loss, native_loss, report, per_sample)
+        with self.stopwatch("logging"):
+            if self.log is not None:
+                self.log.step(record)
         if report is not None and not report.ok:
             raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
-        self.hand_optimizer.step()
-        self.native_optimizer.step()
-        split["training"] += trained - synced + clock() - logged
-        split["checking"] += synced - started + compared - trained
-        split["logging"] += logged - compared
+        with self.stopwatch("training"):
+            self.hand_optimizer.step()
+            self.native_optimizer.step()
         return record
+
+    def _forward_backward_both(self, step: int, inputs: torch.Tensor, target: torch.Tensor):
+        """Both losses, each side's gradients in its ``.grad``, and the torchbp side's per-sample record when due."""
+        per_sample = None
+        if self.per_sample_every is not None and step % self.per_sample_every == 0:
+            per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs)))
+        randomness = SameRandomness()  # dropout and the like draw alike on both sides
+        with per_sample or nullcontext():
+            hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
+        randomness.replay()
+        native_loss = _forward_backward(self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target)
+        return hand_loss, native_loss, per_sample
+
+    def _compare(self, step: int, hand_loss: torch.Tensor, native_loss: torch.Tensor) -> Report:
+        mode = "free-running" if self.free_running else "synced"
+        rtol = self.rtol
+        if self.free_running and rtol is None:
+            rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
+        return self.models.compare(
+            f"lockstep step {step} ({mode})", (hand_loss, native_loss),
+            parameters=self.free_running, rtol=rtol, atol=self.atol,
+        )
+
+    def _sync_native_to_hand(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.models.native_parameters, self.models.hand_parameters)
 
     @staticmethod
     def _across_processes(hand_loss, native_loss, report):
@@ -213,35 +219,8 @@ class LockstepTrainer:
             ))
         return hand_loss, native_loss, report
 
-    def _sync_native_to_hand(self) -> None:
-        with torch.no_grad():
-            for mine, theirs in zip(self.hand_model.parameters(), self.native_model.parameters()):
-                theirs.copy_(mine)
-
-    @staticmethod
-    def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), target)
-        loss.backward()
-        return loss.detach()
-
-    def _check(self, step: int, hand_loss: torch.Tensor, native_loss: torch.Tensor) -> Report:
-        mode = "free-running" if self.free_running else "synced"
-        report = Report(f"lockstep step {step} ({mode})")
-        rtol = self.rtol
-        if self.free_running and rtol is None:
-            rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
-        report.rows.append(compare_tensors("loss", hand_loss, native_loss, rtol, self.atol))
-        pairs = zip(self.hand_model.named_parameters(), self.native_model.parameters())
-        for (name, mine), theirs in pairs:
-            if self.free_running:
-                report.rows.append(compare_tensors(name, mine, theirs, rtol, self.atol))
-            if mine.requires_grad or theirs.requires_grad:
-                report.rows.append(compare_tensors(f"{name}.grad", mine.grad, theirs.grad, rtol, self.atol))
-        return report
-
     def _record(self, step, hand_loss, native_loss, report, per_sample) -> StepRecord:
-        hand, native = hand_loss.item(), native_loss.item()
+        hand, native = torch.stack([hand_loss, native_loss]).tolist()
         if report is None:
             loss_difference = max_grad_error = float("nan")
         else:
@@ -256,31 +235,19 @@ class LockstepTrainer:
             result.max_grad_error = _max_keeping_nan(result.max_grad_error, max_grad_error)
         return StepRecord(step, hand, native, loss_difference, max_grad_error, report, per_sample)
 
-    def _log_step(self, record: StepRecord) -> None:
-        if self.log is None:
-            return
-        self.log.both("loss", record.hand_loss, record.autograd_loss, record.step)
-        if record.report is not None:
-            self.log.difference("abs_loss_difference", record.loss_difference, record.step)
-            self.log.difference("max_grad_error", record.max_grad_error, record.step)
-        if record.per_sample is not None:
-            self.log.histogram("hand", "per_sample/grad_norm", record.per_sample.grad_norms(), record.step)
-
     # -- metrics and the whole loop ------------------------------------------------------
 
     def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
         """Every metric on both models, logged at ``step``; by default the number of steps taken,
         which is the step whose loss is taken at the current parameters."""
         step = self.result.steps if step is None else step
-        started = time.perf_counter()
         values = {}
-        for name, metric in self.metrics.items():
-            with torch.no_grad():
+        with self.stopwatch("logging"), torch.no_grad():
+            for name, metric in self.metrics.items():
                 values[name] = (float(metric(self.hand_model)), float(metric(self.native_model)))
-            if self.log is not None:
-                self.log.both(name, *values[name], step)
+                if self.log is not None:
+                    self.log.both(name, *values[name], step)
         self.result.metrics = values
-        self.result.time_split["logging"] += time.perf_counter() - started
         return values
 
     def train(
@@ -330,6 +297,30 @@ class LockstepTrainer:
             final.update({name: hand for name, (hand, _) in result.metrics.items()})
             self.log.hparams(hparams, final)
         self.log.close()
+
+
+def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(inputs), target)
+    loss.backward()
+    return loss.detach()
+
+
+class Stopwatch:
+    """Adds the seconds spent in each named part of a step: ``with stopwatch("checking"): ...``."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+
+    def __call__(self, part: str) -> Stopwatch:
+        self.part = part
+        return self
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds[self.part] += time.perf_counter() - self.started
 
 
 def _epochs(batches: Iterable[Batch]):
