@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from experiments import seed, xor, spiral, digits  # noqa: F401, I001  (each registers itself, in this order)
-from experiments.explain import worked_example
+from experiments.derivation.explain import worked_example
 from experiments.registry import EXPERIMENTS, Config
 from experiments.runner import run_experiment, summary_table
 

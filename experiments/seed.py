@@ -13,9 +13,9 @@ torchbp.PerSampleGradients, recorded during the training step's own backward.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from experiments.heatmap import heat_map
 from experiments.minibatches import Minibatches
 from experiments.models import sigmoid_mlp
 from experiments.registry import Config, Setup, experiment
@@ -48,6 +48,26 @@ def samples(seed: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, t
     x = torch.rand(SAMPLES, 2, generator=generator, dtype=torch.float64)
     y = torch.rand(SAMPLES, 1, generator=generator, dtype=torch.float64)
     return x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
+
+
+def heat_map(values: np.ndarray, cell: int = 24) -> np.ndarray:
+    """Render a 2-D array as an (H, W, 3) uint8 image for TensorBoard: red positive, blue negative, white zero.
+
+    The colour scale is symmetric around zero and set by the largest |value|,
+    so cells compare by colour within one image. A one-pixel grey grid
+    separates the cells.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    scale = np.abs(values).max() or 1.0
+    t = np.clip(values / scale, -1.0, 1.0)
+    red = np.where(t < 0, 1 + t, 1.0)
+    green = 1 - np.abs(t)
+    blue = np.where(t > 0, 1 - t, 1.0)
+    rgb = np.stack([red, green, blue], axis=-1)
+    image = np.kron(rgb, np.ones((cell, cell, 1)))
+    image[::cell, :, :] = 0.6
+    image[:, ::cell, :] = 0.6
+    return (image * 255).round().astype(np.uint8)
 
 
 def log_contributions(trainer: LockstepTrainer):

@@ -1,6 +1,6 @@
 """python -m experiments.bench runs and writes its table. It asserts no time: benchmarks are not tests."""
 
-from experiments.bench import main
+from experiments.bench.__main__ import main
 
 
 def test_the_benchmark_runs_a_case_and_writes_its_table(tmp_path):

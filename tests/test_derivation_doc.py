@@ -7,7 +7,7 @@ import pytest
 
 import torchbp.functions.sigmoid
 from experiments.__main__ import main
-from experiments.explain import render, three_ways
+from experiments.derivation.explain import render, three_ways
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "derivation.md"
@@ -16,7 +16,7 @@ DOCUMENT = ROOT / "docs" / "derivation.md"
 def test_the_document_is_what_the_code_computes_now():
     document = DOCUMENT.read_text()
     assert render(document) == document, (
-        "docs/derivation.md is stale: run python -m experiments.explain --write docs/derivation.md"
+        "docs/derivation.md is stale: run python -m experiments.derivation.explain --write docs/derivation.md"
     )
 
 
@@ -73,8 +73,8 @@ def test_explain_goes_with_seed_alone(argv, capsys):
 
 def test_the_figure_script_draws_every_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from experiments.figures import FIGURES
-    from experiments.figures import main as figures_main
+    from experiments.derivation.figures import FIGURES
+    from experiments.derivation.figures import main as figures_main
 
     assert figures_main(["--out", str(tmp_path)]) == 0
     for name in FIGURES:

@@ -1,11 +1,11 @@
 """The worked example of the derivation, on the seed experiment's network, computed three ways.
 
-NumPy (experiments/numpy_derivation.py, the formulas alone), torchbp (the
+NumPy (experiments/derivation/numpy_derivation.py, the formulas alone), torchbp (the
 hand-derived Functions) and native autograd must give the same numbers; they
 are checked against one another every time they are computed.
 
 - ``python -m experiments seed --explain`` prints the example;
-- ``python -m experiments.explain --write docs/derivation.md`` refreshes the
+- ``python -m experiments.derivation.explain --write docs/derivation.md`` refreshes the
   generated blocks of the document (numbers and code references);
 - tests/test_derivation_doc.py fails when the document is stale.
 """
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 import torchbp
-from experiments.numpy_derivation import derive, gradient_descent_step
+from experiments.derivation.numpy_derivation import derive, gradient_descent_step
 from experiments.registry import Config
 from experiments.seed import HalfSumSquaredError, network, samples
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 LR = 0.5  # the seed experiment's learning rate
 AGREEMENT = 1e-12  # float64: the three ways differ by rounding only
 
@@ -150,7 +150,7 @@ CODE = [
     ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/functions/linear.py", "grad_a_prev = delta @ W"),
     ("the same, layer after layer, as one algorithm", "torchbp/functions/sequential.py", "for l in reversed(range(len(kinds))):"),
     ("per-sample δ_n a_prev,nᵀ", "torchbp/functions/linear.py", "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
-    ("W ← W − η ∂J/∂W (NumPy)", "experiments/numpy_derivation.py", "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
+    ("W ← W − η ∂J/∂W (NumPy)", "experiments/derivation/numpy_derivation.py", "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
 ]
 
 
@@ -192,7 +192,7 @@ def worked_example(seed: int = 0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.explain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.derivation.explain", description=__doc__.splitlines()[0])
     parser.add_argument("--write", metavar="DOCUMENT", help="refresh the generated blocks of DOCUMENT in place")
     args = parser.parse_args(argv)
     if args.write:

@@ -1,4 +1,4 @@
-"""python -m experiments.figures [--out docs]: the figures of docs/derivation.md, as PNG files.
+"""python -m experiments.derivation.figures [--out docs]: the figures of docs/derivation.md, as PNG files.
 
 Needs matplotlib (``pip install matplotlib``), which nothing else in torchbp uses.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.explain import three_ways
+from experiments.derivation.explain import three_ways
 from experiments.registry import EXPERIMENTS
 from torchbp.lockstep import LockstepTrainer
 
@@ -90,7 +90,7 @@ FIGURES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.figures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.derivation.figures", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs", help="folder for the PNG files (default docs)")
     args = parser.parse_args(argv)
     try:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("python -m experiments.figures: error: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        print("python -m experiments.derivation.figures: error: needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
