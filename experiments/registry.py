@@ -38,6 +38,8 @@ class Setup:
     model: torch.nn.Module
     loss_fn: torch.nn.Module
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    # Parameters -> optimizer, called once per side; None: plain SGD at config.lr.
+    optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None
     metrics: dict[str, Callable[[torch.nn.Module], float]] = field(default_factory=dict)
     headline_metric: str | None = None  # the metric the summary table shows
     metric_every: int = 100

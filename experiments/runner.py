@@ -39,6 +39,7 @@ def run_experiment(
     trainer = LockstepTrainer(
         setup.model,
         setup.loss_fn,
+        optimizer=setup.optimizer,
         lr=config.lr,
         check_every=config.check_every,
         free_running=config.free_running,

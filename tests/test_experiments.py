@@ -246,6 +246,14 @@ def test_digits_reaches_over_90_percent_held_out_accuracy(tmp_path, capsys):
     assert hand == autograd and hand[-1][1] > 0.90
 
 
+def test_spiral_reaches_97_percent_held_out_accuracy_with_the_default_command(tmp_path, capsys):
+    assert main(["spiral", "--logdir", str(tmp_path)]) == 0
+    run_dir = only_run(tmp_path, "spiral")
+    hand, autograd = scalars(run_dir / "hand", "held_out_accuracy"), scalars(run_dir / "autograd", "held_out_accuracy")
+    assert hand == autograd and hand[-1][1] >= 0.97
+    assert f"held_out_accuracy {hand[-1][1]:.1%}" in capsys.readouterr().out  # the summary shows the held-out figure
+
+
 def test_spiral_trains_on_minibatches_in_float32(tmp_path, capsys):
     assert main(["spiral", "--steps", "200", "--batch-size", "16", "--logdir", str(tmp_path)]) == 0
     assert "float32" in EXPERIMENTS["spiral"].defaults.dtype
