@@ -1,5 +1,7 @@
 """The comparison API: what a report holds, and that it catches each planted bug."""
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -341,8 +343,16 @@ MANY_CASES = {
 }
 
 
+@pytest.fixture(params=["torch.equal", "differences on the device"])
+def equal_bits_found_by(request, monkeypatch):
+    """compare_many finds equal bits with torch.equal on the CPU and by differences on a GPU: test both here."""
+    if request.param == "differences on the device":
+        monkeypatch.setattr(torchbp.compare, "READING_A_BOOLEAN_IS_FREE", set())
+    return request.param
+
+
 @pytest.mark.parametrize("tolerances", [dict(), dict(rtol=0.0, atol=1e-3), dict(rtol=1e-2)])
-def test_compare_many_gives_the_rows_compare_tensors_gives(tolerances):
+def test_compare_many_gives_the_rows_compare_tensors_gives(tolerances, equal_bits_found_by):
     pairs = [(name, actual, reference) for name, (actual, reference) in MANY_CASES.items()]
     expected = [compare_tensors(name, actual, reference, **tolerances) for name, actual, reference in pairs]
     assert compare_many(pairs, **tolerances) == expected
@@ -354,16 +364,18 @@ def test_compare_many_gives_the_rows_compare_tensors_gives(tolerances):
     relative_error=st.sampled_from([0.0, 1e-9, 1e-6, 1e-4, 1e-2, 1.0]),
     nonfinite=st.sampled_from([None, "nan", "inf"]),
 )
-def test_compare_many_agrees_with_compare_tensors_on_any_shape(shape, dtype, relative_error, nonfinite):
+@pytest.mark.parametrize("on_the_cpu", [True, False], ids=["torch.equal", "differences on the device"])
+def test_compare_many_agrees_with_compare_tensors_on_any_shape(shape, dtype, relative_error, nonfinite, on_the_cpu):
     reference = torch.randn(shape, dtype=torch.float64)
     actual = reference * (1 + relative_error * torch.randn(shape, dtype=torch.float64))
     if nonfinite is not None and actual.numel():
         actual.view(-1)[0] = float(nonfinite)
     pair = ("t", actual.to(dtype), reference.to(dtype))
-    assert compare_many([pair]) == [compare_tensors(*pair)]
+    with mock.patch.object(torchbp.compare, "READING_A_BOOLEAN_IS_FREE", {"cpu"} if on_the_cpu else set()):
+        assert compare_many([pair]) == [compare_tensors(*pair)]
 
 
-def test_compare_many_decides_pairs_within_tolerance_without_the_detailed_analysis(monkeypatch):
+def test_compare_many_decides_pairs_within_tolerance_without_the_detailed_analysis(monkeypatch, equal_bits_found_by):
     def detailed(*args, **kwargs):
         raise AssertionError("the common case took the detailed path")
 

@@ -30,7 +30,6 @@ Both sides of a comparison draw the same random numbers (see
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
@@ -66,8 +65,7 @@ class SameRandomness:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-@dataclass(frozen=True)
-class ComparedTensor:
+class ComparedTensor(NamedTuple):
     """One row of a report: a tensor and its reference."""
 
     name: str
@@ -193,9 +191,9 @@ def compare_tensors(
     row = _row(name, shape, dtype, max_abs, reference_max, rtol, atol)
     if not nonfinite_agree:
         note = "NaN or Inf at places where the reference has none, or the other way round"
-        return dataclasses.replace(row, ok=False, note=note)
+        return row._replace(ok=False, note=note)
     if not row.ok:
-        return dataclasses.replace(row, note=_where(error, finite, max_abs))
+        return row._replace(note=_where(error, finite, max_abs))
     return row
 
 
@@ -207,14 +205,10 @@ def compare_many(
     """``[compare_tensors(name, actual, reference, rtol, atol) for name, actual, reference in pairs]``, faster.
 
     The common case (same shape, dtype and device, every value finite) needs only
-    each pair's max |actual − reference| and max |reference|. Those are computed
-    for all such pairs together in their own dtype and read back with one
-    synchronisation per device and dtype: a difference of zero there means equal
-    bits, and a maximum of magnitudes is exact in any dtype. Only where a
-    difference is not zero is it computed again in float64, the precision every
-    error is reported in. Any pair outside the common case, or outside its
-    tolerance, gets the detailed analysis of :func:`compare_tensors`, so the rows
-    are those of the loop in every case.
+    each pair's max |actual − reference| and max |reference|, worked out for all
+    such pairs together (see :func:`_common_case_figures`). Any pair outside it,
+    or outside its tolerance, gets the detailed analysis of :func:`compare_tensors`,
+    so the rows are those of the loop in every case.
     """
     rows = []
     for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs)):
@@ -225,39 +219,55 @@ def compare_many(
     return rows
 
 
+READING_A_BOOLEAN_IS_FREE = {"cpu"}  # device types where torch.equal does not wait on a queue of work
+
+
 def _common_case_figures(pairs) -> list[tuple[float, float] | None]:
     """(max |actual − reference|, max |reference|) for each pair of the common case, None for the others.
 
-    A figure that is not finite means a NaN or an infinity somewhere in the pair."""
+    Equal bits need no arithmetic: on the CPU, where reading a boolean costs
+    nothing (``READING_A_BOOLEAN_IS_FREE``), torch.equal finds them; elsewhere a difference of zero, computed
+    in the tensors' own dtype on their device, does. Only where the bits differ
+    is the difference computed in float64, the precision every error is
+    reported in. A maximum of magnitudes is exact in any dtype. The figures of
+    each device and dtype are read back in one synchronisation (two where some
+    bits differ). A figure that is not finite means a NaN or an infinity.
+    """
     figures: list[tuple[float, float] | None] = [None] * len(pairs)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, (_, actual, reference) in enumerate(pairs):
         if _summarisable(actual, reference):
             groups.setdefault((reference.device, reference.dtype), []).append(i)
-    for (_, dtype), indices in groups.items():
-        actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
-        if dtype.is_complex:
-            actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
-        errors, largest = _max_abs_differences(actual, reference)
-        if dtype not in (torch.float64, torch.complex128):
-            inexact = [k for k, error in enumerate(errors) if error != 0]
-            if inexact:  # not equal bits: the error itself, in float64
-                in_float64 = _max_abs_differences(
-                    [actual[k].double() for k in inexact], [reference[k].double() for k in inexact]
-                )[0]
-                for k, error in zip(inexact, in_float64):
+    with torch.no_grad():  # parameters are compared as values, not recorded
+        for (device, dtype), indices in groups.items():
+            actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
+            if dtype.is_complex:
+                actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
+            if device.type in READING_A_BOOLEAN_IS_FREE:
+                errors = [0.0 if torch.equal(a, b) else math.nan for a, b in zip(actual, reference)]
+                largest = _maxima(torch._foreach_abs(reference))
+            else:
+                maxima = _maxima(_absolute_differences(actual, reference) + list(torch._foreach_abs(reference)))
+                errors, largest = maxima[: len(indices)], maxima[len(indices) :]
+            unequal = [k for k, error in enumerate(errors) if error != 0]
+            if unequal and (device.type in READING_A_BOOLEAN_IS_FREE or dtype not in (torch.float64, torch.complex128)):
+                in_float64 = _maxima(_absolute_differences(
+                    [actual[k].double() for k in unequal], [reference[k].double() for k in unequal]
+                ))
+                for k, error in zip(unequal, in_float64):
                     errors[k] = error
-        for i, error, maximum in zip(indices, errors, largest):
-            figures[i] = (error, maximum)
+            for i, error, maximum in zip(indices, errors, largest):
+                figures[i] = (error, maximum)
     return figures
 
 
-def _max_abs_differences(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[list[float], list[float]]:
-    """([max |a − b| for each pair], [max |b| for each pair]), read back in one synchronisation."""
-    with torch.no_grad():  # parameters compared as values, not recorded
-        differences = torch._foreach_abs_(torch._foreach_sub(actual, reference))
-        maxima = torch.stack([*_foreach_max(differences), *_foreach_max(torch._foreach_abs(reference))]).tolist()
-    return maxima[: len(actual)], maxima[len(actual) :]
+def _absolute_differences(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch._foreach_abs_(torch._foreach_sub(actual, reference)))
+
+
+def _maxima(tensors: list[torch.Tensor]) -> list[float]:
+    """Each tensor's largest element, read back in one synchronisation."""
+    return torch.stack(_foreach_max(tensors)).tolist()
 
 
 def _foreach_max(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -220,7 +220,7 @@ class LockstepTrainer:
         return hand_loss, native_loss, report
 
     def _record(self, step, hand_loss, native_loss, report, per_sample) -> StepRecord:
-        hand, native = torch.stack([hand_loss, native_loss]).tolist()
+        hand, native = hand_loss.item(), native_loss.item()  # on a GPU the first waits, the second is ready
         if report is None:
             loss_difference = max_grad_error = float("nan")
         else:

@@ -28,7 +28,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
-from torchbp.event_records import with_fast_checksums
+from torchbp.event_records import add_events, with_fast_checksums
 
 if TYPE_CHECKING:
     from torchbp.lockstep import StepRecord
@@ -131,11 +131,14 @@ class TensorBoardLog:
     def _write_pending(self) -> None:
         """The held scalars as events, one per run and step, each carrying that step's tags."""
         for run, pending in self.pending.items():
-            file_writer = self.writers[run]._get_file_writer()
+            if not pending:
+                continue
+            events = []
             for step, group in groupby(pending, key=itemgetter(0)):
                 group = list(group)
                 summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for _, _, tag, value in group])
-                file_writer.add_event(Event(summary=summary), step, group[0][1])
+                events.append(Event(step=step, wall_time=group[0][1], summary=summary))
+            add_events(self.writers[run], events)
             pending.clear()
 
     def flush(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -137,6 +140,27 @@ def steps_against_native(setup: str, variant: str = "per-layer"):
     return make
 
 
+def lockstep_against_two_steps(setup: str):
+    """One LockstepTrainer step (checked, logging to TensorBoard) against a native training step plus a torchbp one:
+    what checking and logging add to training the two models."""
+
+    def make():
+        model, loss_fn, x, y = TRAINING_SETUPS[setup]()
+        log_dir = tempfile.mkdtemp(prefix="torchbp-bench-")
+        atexit.register(shutil.rmtree, log_dir, ignore_errors=True)
+        trainer = torchbp.LockstepTrainer(model, loss_fn, lr=1e-3, log_dir=torchbp.new_run_dir(log_dir, setup))
+        hand = training_step(torchbp.convert(model), torchbp.convert(loss_fn), x, y)
+        native = training_step(model, loss_fn, x, y)
+
+        def both():
+            hand()
+            native()
+
+        return (lambda: trainer.step(x, y)), both
+
+    return make
+
+
 def training_case(title: str, setup: str, variant: str, target: float) -> Case:
     return Case(f"training step, {title}" + (", fused" if variant == "fused" else ""),
                 "torchbp.fuse" if variant == "fused" else "torchbp per-layer", "native autograd",
@@ -158,6 +182,10 @@ CASES = [
          norms_against_formed_gradients(512, 2, 1024), 0.2),
     Case("training step after per-sample use, 3×256 MLP, batch 64", "model per-sample grads were taken from",
          "untouched twin", training_after_per_sample_use(256, 3, 64), 1.05),
+    Case("lockstep step, derivation's 2-3-1 network, float64", "LockstepTrainer.step, logging on",
+         "native step + torchbp step", lockstep_against_two_steps("derivation"), 1.25),
+    Case("lockstep step, mid MLP (3×256, batch 64)", "LockstepTrainer.step, logging on",
+         "native step + torchbp step", lockstep_against_two_steps("mid"), 1.25),
     training_case("derivation's 2-3-1 network, float64", "derivation", "per-layer", 1.0),
     training_case("derivation's 2-3-1 network, float64", "derivation", "fused", 1.0),
     training_case("mid MLP (3×256, batch 64)", "mid", "per-layer", 1.15),
