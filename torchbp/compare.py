@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
@@ -85,26 +84,65 @@ class ComparedTensor(NamedTuple):
         return "exact" if self.max_abs_error == 0 else "close"
 
 
-@dataclass
+class Settled(NamedTuple):
+    """A pair decided in the common case (finite, within tolerance): its row, built only when read."""
+
+    name: str
+    shape: torch.Size
+    dtype: torch.dtype
+    max_abs_error: float
+    reference_max: float
+    rtol: float | None
+    atol: float | None
+    ok: bool = True
+
+    @property
+    def max_rel_error(self) -> float:
+        return self.max_abs_error / self.reference_max if self.reference_max > 0 else (0.0 if self.max_abs_error == 0 else math.inf)
+
+    def row(self) -> ComparedTensor:
+        return _row(self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol)
+
+
 class Report:
     """The outcome of a comparison: one row per compared tensor.
 
     ``bool(report)`` is ``report.ok``, so ``assert check_model(...)`` means what it says.
+    Rows decided in the common case are built when ``rows`` is first read: a
+    lockstep step that matches pays for its verdict, not for its table.
     """
 
-    title: str
-    rows: list[ComparedTensor] = field(default_factory=list)
+    def __init__(self, title: str, rows: Iterable[ComparedTensor | Settled] = ()):
+        self.title = title
+        self._entries = list(rows)
+
+    @property
+    def rows(self) -> list[ComparedTensor]:
+        if any(type(entry) is Settled for entry in self._entries):
+            self._entries = [entry.row() if type(entry) is Settled else entry for entry in self._entries]
+        return self._entries
+
+    @rows.setter
+    def rows(self, rows: Iterable[ComparedTensor | Settled]) -> None:
+        self._entries = list(rows)
 
     @property
     def ok(self) -> bool:
-        return all(row.ok for row in self.rows)
+        return all(entry.ok for entry in self._entries)
 
     def __bool__(self) -> bool:
         return self.ok
 
+    def __repr__(self) -> str:
+        return f"Report(title={self.title!r}, rows={self.rows!r})"
+
     @property
     def max_abs_error(self) -> float:
-        return max((row.max_abs_error for row in self.rows), default=0.0)
+        return max((entry.max_abs_error for entry in self._entries), default=0.0)
+
+    def max_rel_error(self, suffix: str = "") -> float:
+        """The largest max_rel_error over the rows whose names end with ``suffix``."""
+        return max((entry.max_rel_error for entry in self._entries if entry.name.endswith(suffix)), default=0.0)
 
     @property
     def mismatches(self) -> list[ComparedTensor]:
@@ -210,13 +248,21 @@ def compare_many(
     or outside its tolerance, gets the detailed analysis of :func:`compare_tensors`,
     so the rows are those of the loop in every case.
     """
-    rows = []
+    return Report("", settle(pairs, rtol, atol)).rows
+
+
+def settle(pairs, rtol: float | None = None, atol: float | None = None) -> list[ComparedTensor | Settled]:
+    """What :func:`compare_many` returns, with the rows of the common case not yet built."""
+    entries = []
     for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs)):
-        row = None
-        if figures is not None and math.isfinite(figures[0]) and math.isfinite(figures[1]):
-            row = _row(name, tuple(reference.shape), reference.dtype, *figures, rtol, atol)
-        rows.append(row if row is not None and row.ok else compare_tensors(name, actual, reference, rtol, atol))
-    return rows
+        if figures is not None:
+            error, largest = figures
+            tolerance = (0.0 if atol is None else atol) + (DEFAULT_RTOL.get(reference.dtype, 0.0) if rtol is None else rtol) * largest
+            if error <= tolerance and math.isfinite(largest):  # within tolerance: every element was finite
+                entries.append(Settled(name, reference.shape, reference.dtype, error, largest, rtol, atol))
+                continue
+        entries.append(compare_tensors(name, actual, reference, rtol, atol))
+    return entries
 
 
 READING_A_BOOLEAN_IS_FREE = {"cpu"}  # device types where torch.equal does not wait on a queue of work
@@ -371,7 +417,7 @@ def check_function(
     actual_grads = _gradients(actual_outputs, grad_outputs, [actual_inputs[i] for i in wrt])
     reference_grads = _gradients(reference_outputs, grad_outputs, [reference_inputs[i] for i in wrt])
     pairs += [(f"inputs[{i}].grad", mine, theirs) for i, mine, theirs in zip(wrt, actual_grads, reference_grads)]
-    report.rows = compare_many(pairs, rtol, atol)
+    report.rows = settle(pairs, rtol, atol)
     return report
 
 
@@ -415,6 +461,7 @@ class ModelPair:
         self.hand, self.native = hand, native
         named = list(hand.named_parameters())
         self.names = [name for name, _ in named]
+        self.grad_names = [f"{name}.grad" for name in self.names]
         self.hand_parameters = [parameter for _, parameter in named]
         self.native_parameters = list(native.parameters())
 
@@ -440,12 +487,12 @@ class ModelPair:
         pairs.append(("loss", *losses))
         if inputs is not None and inputs[1].requires_grad:
             pairs.append(("input.grad", inputs[0].grad, inputs[1].grad))
-        for name, mine, theirs in zip(self.names, self.hand_parameters, self.native_parameters):
+        for name, grad_name, mine, theirs in zip(self.names, self.grad_names, self.hand_parameters, self.native_parameters):
             if parameters:
                 pairs.append((name, mine, theirs))
             if mine.requires_grad or theirs.requires_grad:
-                pairs.append((f"{name}.grad", mine.grad, theirs.grad))
-        return Report(title, compare_many(pairs, rtol, atol))
+                pairs.append((grad_name, mine.grad, theirs.grad))
+        return Report(title, settle(pairs, rtol, atol))
 
 
 def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:

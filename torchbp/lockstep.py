@@ -225,7 +225,7 @@ class LockstepTrainer:
             loss_difference = max_grad_error = float("nan")
         else:
             loss_difference = abs(hand - native)
-            max_grad_error = max((row.max_rel_error for row in report.rows if row.name.endswith(".grad")), default=0.0)
+            max_grad_error = report.max_rel_error(".grad")
         result = self.result
         result.steps += 1
         result.hand_loss, result.autograd_loss = hand, native
