@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from torchbp.functions.fast_apply import ctx_in_forward_twin, is_batched, transforms_active, unwrap_dead_wrappers
+from torchbp.functions.shortcuts import (
+    ctx_in_forward_twin,
+    is_batchedtensor,
+    is_legacy_batchedtensor,
+    transforms_active,
+    unwrap_dead_wrappers,
+)
 
 
 def products_in_place(grad_output: torch.Tensor) -> bool:
@@ -17,11 +23,12 @@ def products_in_place(grad_output: torch.Tensor) -> bool:
     one in place. Not while torch.compile traces the backward: the compiler fuses
     the products anyway.
     """
-    return (
-        not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not transforms_active()
-        and not is_batched(grad_output)
+    return not (
+        torch.compiler.is_compiling()  # first: the compiler is not to trace the private checks below
+        or torch.is_grad_enabled()
+        or transforms_active()
+        or is_batchedtensor(grad_output)
+        or is_legacy_batchedtensor(grad_output)
     )
 
 
@@ -30,7 +37,7 @@ class HandDerivedFunction(torch.autograd.Function):
 
     Outside torch.func transforms and torch.compile, and with every argument
     positional (as torchbp always calls them), a Function runs through its
-    twin with ``ctx`` in forward (see ``torchbp.functions.fast_apply``);
+    twin with ``ctx`` in forward (see ``torchbp.functions.shortcuts``);
     otherwise through the full ``Function.apply`` and ``setup_context``.
     """
 
