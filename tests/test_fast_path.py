@@ -18,6 +18,11 @@ def chain_arguments(bias):
     return [x, ("linear", "sigmoid", "linear", "sigmoid"), w1, b1 if bias else None, w2, b2 if bias else None]
 
 
+def chain_and_loss_arguments(reduction):
+    x, w1, w2, y = tensors((5, 2), (3, 2), (1, 3), (5, 1))
+    return [x, ("linear", "sigmoid", "linear", "sigmoid", "mse_loss", "scale"), w1, None, w2, None, y, reduction, 0.5]
+
+
 # name: (Function, a function of nothing returning its arguments)
 CASES = {
     "linear with bias": (LinearFunction, lambda: tensors((5, 2), (3, 2), (3,))),
@@ -30,6 +35,12 @@ CASES = {
     },
     "sequential with biases": (SequentialFunction, lambda: chain_arguments(bias=True)),
     "sequential without biases": (SequentialFunction, lambda: chain_arguments(bias=False)),
+    **{
+        f"sequential ending in the loss ({reduction}) and a scale": (
+            SequentialFunction, lambda reduction=reduction: chain_and_loss_arguments(reduction)
+        )
+        for reduction in ("mean", "sum", "none")
+    },
 }
 
 
