@@ -88,23 +88,23 @@ class SequentialFunction(HandDerivedFunction):
     def setup_context(ctx, inputs, output) -> None:
         x, kinds, *args = inputs
         chain = plan(kinds)
-        ctx.chain, ctx.constants = chain, [args[i] for i in chain.constants]
+        ctx.chain, ctx.constants = chain, {i: args[i] for i in chain.constants}
         for i in chain.constants:
-            args[i] = None  # not a tensor: kept apart from the saved ones
-        ctx.wanted_below = wanted_below(kinds, ctx.needs_input_grad)
+            args[i] = None  # not a tensor: kept on ctx, apart from the saved tensors
         ctx.set_materialize_grads(False)  # the h_l returned for the backward's sake get no gradient, mostly
         x_and_output = (x, *output)
         ctx.save_for_backward(*args, *[None if i is None else x_and_output[i] for i in chain.saved])
 
     @staticmethod
     def backward(ctx, *grads):
-        chain, wanted = ctx.chain, ctx.wanted_below
+        chain, constants, needs = ctx.chain, ctx.constants, ctx.needs_input_grad
         kinds, starts, arriving = chain.kinds, chain.starts, chain.arriving
         saved = ctx.saved_tensors
-        args, hs = list(saved[: -len(kinds) - 1]), saved[-len(kinds) - 1 :]
-        for i, constant in zip(chain.constants, ctx.constants):
-            args[i] = constant
-        need_x, _, *need_args = ctx.needs_input_grad
+        args, hs = saved[: -len(kinds) - 1], saved[-len(kinds) - 1 :]
+        # needs is (x, kinds, *args): the lowest argument whose gradient is wanted, x counted as -2.
+        # A gradient is wanted below step l while lowest < starts[l] (δ W of a linear layer only then);
+        # past that the backward stops.
+        lowest = needs.index(True) - 2
         grad_args = [None] * len(args)
         delta = None
         for l in reversed(range(len(kinds))):
@@ -117,15 +117,15 @@ class SequentialFunction(HandDerivedFunction):
                 delta = sigmoid_backward(delta, hs[l + 1])
             elif kind == LINEAR:
                 delta, grad_args[i], grad_args[i + 1] = linear_backward(
-                    delta, hs[l], args[i], wanted[l], need_args[i], args[i + 1] is not None and need_args[i + 1]
+                    delta, hs[l], args[i], lowest < i, needs[i + 2], needs[i + 3]
                 )
             elif kind == MSE_LOSS:
-                delta, grad_args[i] = mse_loss_backward(delta, hs[l], args[i], args[i + 1], wanted[l], need_args[i])
+                delta, grad_args[i] = mse_loss_backward(delta, hs[l], args[i], constants[i + 1], lowest < i, needs[i + 2])
             else:
-                delta = delta * args[i]  # c δ
-            if not wanted[l]:
+                delta = delta * constants[i]  # c δ
+            if lowest >= i:
                 break
-        return (delta if need_x else None, None, *grad_args)
+        return (delta if needs[0] else None, None, *grad_args)
 
 
 def cached_while_eager(function):
@@ -153,13 +153,6 @@ def plan(kinds: tuple[str, ...]) -> Plan:
     arriving = tuple(returned.index(l) if l in returned else None for l in range(len(kinds) + 1))
     saved = tuple((0 if l == 0 else arriving[l] + 1) if read[l] else None for l in range(len(kinds) + 1))
     return Plan(kinds, steps, tuple(starts), constants, saved, returned, arriving)
-
-
-@cached_while_eager
-def wanted_below(kinds: tuple[str, ...], needs_input_grad: tuple[bool, ...]) -> tuple[bool, ...]:
-    """For each step l: is a gradient wanted below it (for x, or for an earlier step's argument)?"""
-    need_x, _, *need_arguments = needs_input_grad
-    return tuple(need_x or any(need_arguments[:start]) for start in plan(kinds).starts)
 
 
 def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

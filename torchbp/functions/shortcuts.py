@@ -91,8 +91,9 @@ def ctx_in_forward_twin(function: type[torch.autograd.Function]):
 
 def unwrap_dead_wrappers(args: tuple) -> tuple:
     """``args`` with every tensor that a finished torch.func transform left wrapped unwrapped, as
-    ``Function.apply`` does (torch._functorch.utils.unwrap_dead_wrappers, less a generator)."""
-    return tuple([unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
+    ``Function.apply`` does (torch._functorch.utils.unwrap_dead_wrappers). A transform wraps every
+    tensor, a parameter too, as a plain ``torch.Tensor``, so only those are asked."""
+    return tuple([unwrap_if_dead(a) if type(a) is torch.Tensor else a for a in args])
 
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
