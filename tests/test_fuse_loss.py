@@ -265,3 +265,22 @@ def test_compiled_fused_loss_has_no_graph_break_and_native_gradients():
     for name, a, b in zip(["loss", "0.weight", "0.bias", "2.weight", "2.bias", "input", "target"], ours, theirs):
         row = compare_tensors(name, a, b)
         assert row.ok, row
+
+
+@pytest.mark.parametrize("kinds", [("mse_loss", "linear"), ("linear", "tanh")], ids=["a layer after the loss", "an unknown step"])
+def test_a_chain_that_is_no_chain_of_known_steps_is_refused(kinds):
+    with pytest.raises(ValueError, match="expected steps of"):
+        SequentialFunction.apply(torch.randn(5, 2), kinds, torch.randn(5, 2), "sum", torch.randn(3, 2), None)
+
+
+def test_a_fused_loss_survives_deepcopy_pickle_and_to_native():
+    import copy
+    import pickle
+
+    fused = torchbp.fuse_loss(chain(), torch.nn.MSELoss(reduction="sum"), scale=0.5)
+    x, y = data(5, (2, 3, 1))
+    expected = fused(x, y)
+    for other in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        assert torch.equal(other(x, y), expected)
+    native = torchbp.to_native(fused)
+    assert type(native.model) is torch.nn.Sequential and torch.equal(native(x, y), expected)
