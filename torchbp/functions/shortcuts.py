@@ -1,6 +1,6 @@
 """Leans on private PyTorch internals: torch._C._FunctionBase.apply, _SingleLevelFunction.setup_context,
-torch._C._are_functorch_transforms_active, torch._C._is_any_autocast_enabled, torch._C._functorch.is_batchedtensor / is_legacy_batchedtensor /
-unwrap_if_dead, torch._C._nn.mse_loss.
+torch._C._are_functorch_transforms_active, torch._C._is_any_autocast_enabled, torch._C._nn.mse_loss,
+torch._C._functorch.is_batchedtensor, is_legacy_batchedtensor and unwrap_if_dead.
 
 Shortcuts around PyTorch's per-call costs, which for a small layer exceed its arithmetic.
 
@@ -29,12 +29,17 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from torch._C import _are_functorch_transforms_active, _is_any_autocast_enabled
+    from torch._C import _are_functorch_transforms_active
     from torch._C._functorch import is_batchedtensor, is_legacy_batchedtensor, unwrap_if_dead
     from torch._C._nn import mse_loss as _mse_loss_kernel
     from torch.autograd.function import _SingleLevelFunction
 except ImportError:  # pragma: no cover - a PyTorch without these internals takes the full path
-    _are_functorch_transforms_active = _is_any_autocast_enabled = _mse_loss_kernel = None
+    _are_functorch_transforms_active = _mse_loss_kernel = None
+    is_batchedtensor = is_legacy_batchedtensor = unwrap_if_dead = None  # never asked: transforms_active() is True
+try:
+    from torch._C import _is_any_autocast_enabled
+except ImportError:  # pragma: no cover - then autocast is asked for the input's device every time
+    _is_any_autocast_enabled = None
 
 # Called on every layer's every call, so the C functions themselves where they exist.
 if _are_functorch_transforms_active is not None:
@@ -51,11 +56,6 @@ else:  # pragma: no cover
 
     def any_autocast_enabled() -> bool:
         return True
-
-
-def is_batched(tensor: torch.Tensor) -> bool:
-    """Is ``tensor`` a batched tensor of torch.func's vmap or of a batched gradient?"""
-    return is_batchedtensor(tensor) or is_legacy_batchedtensor(tensor)
 
 
 def ctx_in_forward_twin(function: type[torch.autograd.Function]):
