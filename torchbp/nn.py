@@ -122,7 +122,9 @@ class Sequential(HandDerived, torch.nn.Sequential):
     def _fused_chain(self, input):
         """The kinds and args of SequentialFunction for ``input`` (two lists), or None where the chain
         cannot be fused. Walked on every call: hooks, layers and parameters may change between calls."""
-        if not isinstance(input, torch.Tensor) or _global_hooks() or (any_autocast_enabled() and autocast_active(input)):
+        if not isinstance(input, torch.Tensor) or _global_hooks():
+            return None
+        if any_autocast_enabled() and autocast_active(input):  # the per-layer path makes autocast's casts
             return None
         kinds, args = [], []
         for layer in self._modules.values():

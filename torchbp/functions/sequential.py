@@ -120,7 +120,9 @@ class SequentialFunction(HandDerivedFunction):
                     delta, hs[l], args[i], lowest < i, needs[i + 2], needs[i + 3]
                 )
             elif kind == MSE_LOSS:
-                delta, grad_args[i] = mse_loss_backward(delta, hs[l], args[i], constants[i + 1], lowest < i, needs[i + 2])
+                delta, grad_args[i] = mse_loss_backward(
+                    delta, hs[l], args[i], constants[i + 1], lowest < i, needs[i + 2]
+                )
             else:
                 delta = delta * constants[i]  # c δ
             if lowest >= i:

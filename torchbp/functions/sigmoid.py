@@ -16,7 +16,7 @@ def sigmoid_backward(grad_output: torch.Tensor, a: torch.Tensor) -> torch.Tensor
     backward holds one temporary of a's size, as native torch's does.
     """
     if products_in_place(grad_output):
-        return torch.rsub(a, 1).mul_(grad_output).mul_(a)  # 1 − a without Tensor.__rsub__'s Python; (1 − a) g = g (1 − a)
+        return torch.rsub(a, 1).mul_(grad_output).mul_(a)  # 1 − a, less __rsub__'s Python; (1 − a) g = g (1 − a)
     return grad_output * (1 - a) * a
 
 
