@@ -4,7 +4,8 @@ The chain, in the order data flows:
 
 - ``torchbp.functions``: the autograd Functions, one file per layer, holding the math;
 - ``torchbp.functional`` and ``torchbp.nn``: drop-in wrappers with torch's signatures;
-- ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way;
+- ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way; ``torchbp.fuse`` and
+  ``torchbp.fuse_loss`` run a chain (and its loss) as one Function;
 - ``torchbp.compare``: check a function or model against native autograd;
 - ``torchbp.per_sample``: per-sample gradients from the hand-derived backward;
 - ``torchbp.lockstep``: train a torchbp model and its native twin side by side,
@@ -13,7 +14,7 @@ The chain, in the order data flows:
 
 from torchbp import functional, functions, nn
 from torchbp.compare import ComparedTensor, Report, check_function, check_model, compare_tensors
-from torchbp.convert import convert, fuse, to_native
+from torchbp.convert import convert, fuse, fuse_loss, to_native
 from torchbp.functions import DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
 from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
@@ -27,6 +28,7 @@ __all__ = [
     "nn",
     "convert",
     "fuse",
+    "fuse_loss",
     "to_native",
     "check_function",
     "check_model",

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from torchbp.nn import FUSED, HAND_DERIVED
+from torchbp.nn import FUSED, HAND_DERIVED, FusedLoss
 
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
@@ -29,6 +29,16 @@ def fuse(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     which runs a chain of Linear and Sigmoid layers as one Function (and falls back to
     the per-layer path where that does not apply). Parameters and state_dict keys stay."""
     return _swap_classes(module, {**HAND_DERIVED, **FUSED}, inplace)
+
+
+def fuse_loss(
+    model: torch.nn.Module, loss_fn: torch.nn.Module, scale: float = 1.0, inplace: bool = False
+) -> FusedLoss:
+    """``scale * loss_fn(model(input), target)`` as one module, a :class:`torchbp.nn.FusedLoss` of
+    :func:`fuse` of ``model`` and :func:`convert` of ``loss_fn`` (copies of both, unless ``inplace``).
+    A chain of Linear and Sigmoid layers with an MSELoss then runs as one Function, network and loss
+    together: the derivation's J = ½ Σ (y − ŷ)² is ``fuse_loss(net, MSELoss(reduction="sum"), scale=0.5)``."""
+    return FusedLoss(fuse(model, inplace), convert(loss_fn, inplace), scale)
 
 
 def to_native(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:

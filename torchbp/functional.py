@@ -7,6 +7,7 @@ from torch.nn import _reduction
 
 from torchbp.autocast import FLOAT32, LOWER_PRECISION, cast_as_autocast_would
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
+from torchbp.functions.shortcuts import any_autocast_enabled
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -14,7 +15,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     Under ``torch.autocast`` it runs in the autocast dtype, as the native one does.
     """
-    if isinstance(input, torch.Tensor):
+    if any_autocast_enabled() and isinstance(input, torch.Tensor):  # one cheap call when autocast is off
         input, weight, bias = cast_as_autocast_would(LOWER_PRECISION, input, weight, bias)
     return LinearFunction.apply(input, weight, bias)
 
@@ -42,6 +43,6 @@ def mse_loss(
         raise NotImplementedError("torchbp.functional.mse_loss has no hand-derived backward for weight=")
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
-    if isinstance(input, torch.Tensor):
+    if any_autocast_enabled() and isinstance(input, torch.Tensor):
         input, target = cast_as_autocast_would(FLOAT32, input, target)
     return MSELossFunction.apply(input, target, reduction)

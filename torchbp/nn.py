@@ -16,7 +16,9 @@ from torch.nn.modules import module as module_hooks
 from torchbp import functional
 from torchbp.autocast import autocast_active
 from torchbp.functions import SequentialFunction
-from torchbp.functions.sequential import LINEAR, SIGMOID
+from torchbp.functions.sequential import LINEAR, MSE_LOSS, SCALE, SIGMOID
+from torchbp.functions.shortcuts import any_autocast_enabled
+from torchbp.functions.validation import check_scale
 
 HAND_DERIVED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {}
 FUSED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {}  # containers torchbp.fuse replaces
@@ -111,30 +113,108 @@ class Sequential(HandDerived, torch.nn.Sequential):
     """
 
     def forward(self, input):
-        plan = self._fused_plan(input)
-        if plan is None:
+        chain = self._fused_chain(input)
+        if chain is None:
             return super().forward(input)
-        kinds, params = plan
-        return SequentialFunction.apply(input, kinds, *params)[-1]
+        kinds, args = chain
+        return SequentialFunction.apply(input, tuple(kinds), *args)[-1]
 
-    def _fused_plan(self, input):
-        if not isinstance(input, torch.Tensor) or len(self) == 0 or _global_hooks() or autocast_active(input):
+    def _fused_chain(self, input):
+        """The kinds and args of SequentialFunction for ``input`` (two lists), or None where the chain
+        cannot be fused. Walked on every call: hooks, layers and parameters may change between calls."""
+        if not isinstance(input, torch.Tensor) or _global_hooks():
             return None
-        kinds, params = [], []
+        if any_autocast_enabled() and autocast_active(input):  # the per-layer path makes autocast's casts
+            return None
+        kinds, args = [], []
         for layer in self._modules.values():
-            if layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks:
-                return None
             kind = _FUSABLE.get(type(layer))
-            if kind is None:
+            if kind is None or _has_hooks(layer):  # a hook would not see the fused chain's layers run
                 return None
             kinds.append(kind)
             if kind == LINEAR:
-                params += [layer.weight, layer.bias]
-        return tuple(kinds), params
+                parameters = layer._parameters  # layer.weight would pass through Module.__getattr__
+                args += (parameters["weight"], parameters["bias"])
+        return (kinds, args) if kinds else None
+
+
+class FusedLoss(HandDerived, torch.nn.Module):
+    r"""``scale * loss_fn(model(input), target)``, as one Function where the chain and the loss allow.
+
+    When ``model`` is a :class:`torchbp.nn.Sequential` of Linear and Sigmoid layers
+    and ``loss_fn`` an MSELoss (native or torchbp, any reduction), the network, the
+    loss and the constant ``scale`` run as one :class:`torchbp.functions.SequentialFunction`
+    node whose last steps are the squared error and the scale: for the smallest
+    networks, where every autograd node costs more than its arithmetic, torchbp's
+    fastest path. Elsewhere, and under the fused chain's own fallbacks (hooks,
+    autocast, a non-tensor input), it computes ``scale * loss_fn(model(input), target)``
+    (without the product when ``scale`` is 1). Made by :func:`torchbp.fuse_loss`.
+
+    Args:
+        model: the network; its parameters are this module's (state_dict keys ``model.*``).
+        loss_fn: the loss, called as ``loss_fn(output, target)``.
+        scale: a constant factor of the loss, such as the ½ of J = ½ Σ (y − ŷ)². Default: 1.
+
+    Shape:
+        - Input: as ``model``'s. Target: the output's shape (no broadcasting).
+        - Output: as ``loss_fn``'s.
+
+    Examples::
+
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1))
+        >>> half_sse = torchbp.fuse_loss(net, torch.nn.MSELoss(reduction="sum"), scale=0.5)
+        >>> half_sse(torch.randn(5, 2), torch.randn(5, 1)).backward()
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, scale: float = 1.0):
+        super().__init__()
+        check_scale(scale)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.scale = scale
+
+    def forward(self, input, target):
+        chain = self._fused_chain(input, target)
+        if chain is None:
+            loss = self.loss_fn(self.model(input), target)
+            return loss if self.scale == 1 else self.scale * loss
+        kinds, args = chain
+        return SequentialFunction.apply(input, tuple(kinds), *args)[-1]
+
+    def _fused_chain(self, input, target):
+        model, loss_fn = self._modules["model"], self._modules["loss_fn"]
+        if (
+            type(loss_fn) not in _FUSABLE_LOSSES
+            or type(model) is not Sequential
+            or not isinstance(target, torch.Tensor)
+            or _has_hooks(model)
+            or _has_hooks(loss_fn)
+        ):
+            return None
+        chain = model._fused_chain(input)
+        if chain is None:
+            return None
+        kinds, args = chain
+        kinds.append(MSE_LOSS)
+        args += (target, loss_fn.reduction)
+        if self.scale != 1:
+            kinds.append(SCALE)
+            args.append(self.scale)
+        return kinds, args
+
+    def extra_repr(self) -> str:
+        return "" if self.scale == 1 else f"scale={self.scale}"
 
 
 _FUSABLE = {Linear: LINEAR, Sigmoid: SIGMOID}
+_FUSABLE_LOSSES = {MSELoss, torch.nn.MSELoss}
 FUSED[torch.nn.Sequential] = Sequential
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
 
 
 def _global_hooks() -> bool:

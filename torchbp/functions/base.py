@@ -1,31 +1,16 @@
-"""What every hand-derived Function shares: a cheaper ``apply``.
-
-``torch.autograd.Function.apply`` binds its arguments to ``forward``'s
-signature with ``inspect`` on every call of a ``setup_context``-style Function,
-which costs about 20 µs: more than the arithmetic of a small layer. torchbp's
-Functions are always called with every argument given positionally, so the
-binding changes nothing and is skipped. Under torch.func transforms and while
-torch.compile traces, the full ``Function.apply`` runs as usual.
-
-The shortcut uses two private hooks of PyTorch; where a version lacks them,
-every call takes the full path.
-"""
+"""What every hand-derived Function shares: how it is applied, and when its backward may multiply in place."""
 
 from __future__ import annotations
 
 import torch
 
-try:
-    from torch._C import _are_functorch_transforms_active
-    from torch._C._functorch import is_batchedtensor, is_legacy_batchedtensor
-    from torch._functorch.utils import unwrap_dead_wrappers
-except ImportError:  # pragma: no cover - a PyTorch without these hooks takes the full path
-    _are_functorch_transforms_active = None
-
-
-def transforms_active() -> bool:
-    """Is a torch.func transform (vmap, grad, jacrev, batched gradients) running?"""
-    return _are_functorch_transforms_active is None or _are_functorch_transforms_active()
+from torchbp.functions.shortcuts import (
+    ctx_in_forward_twin,
+    is_batchedtensor,
+    is_legacy_batchedtensor,
+    transforms_active,
+    unwrap_dead_wrappers,
+)
 
 
 def products_in_place(grad_output: torch.Tensor) -> bool:
@@ -38,23 +23,31 @@ def products_in_place(grad_output: torch.Tensor) -> bool:
     one in place. Not while torch.compile traces the backward: the compiler fuses
     the products anyway.
     """
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.is_grad_enabled()
-        and not transforms_active()
-        and not is_batchedtensor(grad_output)
-        and not is_legacy_batchedtensor(grad_output)
+    return not (
+        torch.compiler.is_compiling()  # first: the compiler is not to trace the private checks below
+        or torch.is_grad_enabled()
+        or transforms_active()
+        or is_batchedtensor(grad_output)
+        or is_legacy_batchedtensor(grad_output)
     )
 
 
 class HandDerivedFunction(torch.autograd.Function):
-    """Base of the torchbp Functions; see the module docstring."""
+    """Base of the torchbp Functions: ``apply`` runs the cheapest form that behaves the same.
+
+    Outside torch.func transforms and torch.compile, and with every argument
+    positional (as torchbp always calls them), a Function runs through its
+    twin with ``ctx`` in forward (see ``torchbp.functions.shortcuts``);
+    otherwise through the full ``Function.apply`` and ``setup_context``.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_eager_twin_of" not in cls.__dict__:
+            cls._apply_eagerly = ctx_in_forward_twin(cls)
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        if kwargs:
+        if kwargs or torch.compiler.is_compiling() or transforms_active():
             return super().apply(*args, **kwargs)
-        if torch.compiler.is_compiling() or transforms_active():
-            return super().apply(*args)
-        # What Function.apply does outside transforms, less the signature binding.
-        return super(torch.autograd.Function, cls).apply(*unwrap_dead_wrappers(args))
+        return cls._apply_eagerly(*unwrap_dead_wrappers(args))

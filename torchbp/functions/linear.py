@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from torchbp.functions.base import HandDerivedFunction
-from torchbp.functions.validation import check_floating_and_matching, check_linear_shapes
+from torchbp.functions.validation import check_linear
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -61,8 +61,8 @@ class LinearFunction(HandDerivedFunction):
 
     @staticmethod
     def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        check_floating_and_matching("linear", input=input, weight=weight, bias=bias)
-        check_linear_shapes(input, weight, bias)
+        # Floating point, one dtype and device, shapes (*, i), (o, i) and (o,): see validation.py.
+        check_linear(input, weight, bias)
         return F.linear(input, weight, bias)
 
     @staticmethod

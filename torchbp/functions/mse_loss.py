@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from torchbp.functions.base import HandDerivedFunction, products_in_place
-from torchbp.functions.validation import check_floating_and_matching, check_same_shape
+from torchbp.functions.shortcuts import mse_loss_of_equal_shapes
+from torchbp.functions.validation import check_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -38,9 +38,9 @@ class MSELossFunction(HandDerivedFunction):
     @staticmethod
     def forward(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         check_reduction(reduction)
-        check_floating_and_matching("mse_loss", input=input, target=target)
-        check_same_shape("mse_loss", input, target)
-        return F.mse_loss(input, target, reduction=reduction)
+        # Floating point, one dtype and device, and one shape: no silent broadcast of the target.
+        check_loss("mse_loss", input, target)
+        return mse_loss_of_equal_shapes(input, target, reduction)  # F.mse_loss, less its broadcast
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -52,16 +52,19 @@ class MSELossFunction(HandDerivedFunction):
     def backward(ctx, g: torch.Tensor):
         y_hat, y = ctx.saved_tensors
         need_y_hat, need_y, _ = ctx.needs_input_grad
-        if not (need_y_hat or need_y):
-            return None, None, None
-        # max(·, 1): an empty batch has an empty gradient, and 2/0 must not stop it.
-        N = max(y_hat.numel(), 1) if ctx.reduction == "mean" else 1
-        if products_in_place(g):  # the same products, into one buffer
-            grad_y_hat = (y_hat - y).mul_(2 / N).mul_(g)
-        else:
-            grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
-        return (
-            grad_y_hat if need_y_hat else None,
-            -grad_y_hat if need_y else None,
-            None,
-        )
+        return (*mse_loss_backward(g, y_hat, y, ctx.reduction, need_y_hat, need_y), None)
+
+
+def mse_loss_backward(
+    g: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor, reduction: str, need_y_hat: bool, need_y: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Given g = ∂J/∂ℓ, the gradients (∂J/∂ŷ, ∂J/∂y), each only when needed."""
+    if not (need_y_hat or need_y):
+        return None, None
+    # max(·, 1): an empty batch has an empty gradient, and 2/0 must not stop it.
+    N = max(y_hat.numel(), 1) if reduction == "mean" else 1
+    if products_in_place(g):  # the same products, into one buffer
+        grad_y_hat = (y_hat - y).mul_(2 / N).mul_(g)
+    else:
+        grad_y_hat = (y_hat - y) * (2 / N) * g  # (ŷ − y) · 2/N ⊙ g
+    return grad_y_hat if need_y_hat else None, -grad_y_hat if need_y else None

@@ -1,127 +1,160 @@
-"""A chain of linear and sigmoid layers as one Function: the derivation run as one algorithm.
+"""A chain of linear and sigmoid layers, ending perhaps in the squared-error loss, as one Function:
+the derivation run as one algorithm.
 
-Forward: h_0 = x, and h_l = f_l(h_{l-1}) for each layer l = 1..L, with f_l a
-linear layer (z = h Wᵀ + b) or a sigmoid (a = σ(z)).
+Forward: h_0 = x, and h_l = f_l(h_{l-1}) for each step l = 1..L, with f_l a linear
+layer (z = h Wᵀ + b), a sigmoid (a = σ(z)), the loss ℓ = reduce((h − y)²) (then
+nothing but scales), or a constant scale c h (the ½ of J = ½ Σ (y − ŷ)²).
 
-Backward, from δ = ∂J/∂h_L down to the input, layer after layer:
+Backward, from δ = ∂J/∂h_L down to the input, step after step:
 
+- scale:    δ ← c δ
+- loss:     δ ← (h − y) · 2/N ⊙ δ,  ∂J/∂y = −δ       (mse_loss_backward)
 - sigmoid:  δ ← δ ⊙ σ'(z) = δ ⊙ (1 − a) a          (sigmoid_backward)
 - linear:   ∂J/∂W = δᵀ h_{l-1},  ∂J/∂b = Σ_n δ_n,  δ ← δ W   (linear_backward)
 
 so across a linear layer and the sigmoid before it, δ_prev = (δ W) ⊙ σ'(z_prev).
-The per-layer formulas are the layer files' own; this file only orders them.
-One autograd node instead of one per layer is what makes small networks
-fast: for them the cost of a node exceeds the arithmetic.
-
-Every h_l the backward reads is returned by the Function, so the tensors its
-backward reads are its inputs or its outputs, and the backward, made of
-differentiable operations, can be differentiated again (a gradient arriving
-at a returned h_l joins δ there).
+The layers' formulas, forward and backward, are the layer files' own; this file
+orders them. One autograd node instead of one per layer is what makes small
+networks fast: for them the cost of a node exceeds the arithmetic. Every h_l the
+backward reads is returned, so that the backward, made of differentiable
+operations, can be differentiated again (a gradient arriving at one joins δ).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from torchbp.functions.base import HandDerivedFunction
-from torchbp.functions.linear import linear_backward
-from torchbp.functions.sigmoid import sigmoid_backward
-from torchbp.functions.validation import check_floating_and_matching, check_linear_shapes
+from torchbp.functions.linear import LinearFunction, linear_backward
+from torchbp.functions.mse_loss import MSELossFunction, mse_loss_backward
+from torchbp.functions.sigmoid import SigmoidFunction, sigmoid_backward
+from torchbp.functions.validation import check_scale
 
-LINEAR, SIGMOID = "linear", "sigmoid"
+LINEAR, SIGMOID, MSE_LOSS, SCALE = "linear", "sigmoid", "mse_loss", "scale"
+
+
+def scale(h: torch.Tensor, c: float) -> torch.Tensor:
+    """c h, for a constant c: native torch's ``c * h``, to the bit."""
+    check_scale(c)
+    return h * c
+
+
+# Each step's forward (a layer's is its Function's own, checks included), and its arguments after
+# its input, of which the constants (not tensors) are kept apart from the saved tensors.
+FORWARD = {LINEAR: LinearFunction.forward, SIGMOID: SigmoidFunction.forward, MSE_LOSS: MSELossFunction.forward,
+           SCALE: scale}
+ARGUMENTS = {LINEAR: ("weight", "bias"), SIGMOID: (), MSE_LOSS: ("target", "reduction"), SCALE: ("c",)}
+CONSTANTS = {"reduction", "c"}
 
 
 class Plan(NamedTuple):
-    """What a chain of layer kinds implies for the forward and the backward."""
+    """What a chain of step kinds implies for the forward and the backward."""
 
-    starts: tuple[int, ...]  # each layer's first parameter in the flat list (weight, bias per linear)
-    read: tuple[bool, ...]  # which of h_0 … h_L the backward reads
+    kinds: tuple[str, ...]
+    steps: tuple[tuple, ...]  # each step's (forward, its arguments' slice of the flat list)
+    starts: tuple[int, ...]  # each step's first argument in the flat list
+    constants: tuple[int, ...]  # where in the flat list the arguments that are not tensors are
+    saved: tuple[int | None, ...]  # for h_0 … h_L: where in (x, *returned) the backward reads it, or None
     returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
-
-
-def plan(kinds: tuple[str, ...]) -> Plan:
-    starts, index = [], 0
-    for kind in kinds:
-        starts.append(index)
-        index += 2 if kind == LINEAR else 0
-    # Layer l (counted from 0) reads h_l and writes h_{l+1}: a linear layer reads its input
-    # (δᵀ h_l), a sigmoid its own output (σ' = (1 − a) a).
-    read = [False] * (len(kinds) + 1)
-    for l, kind in enumerate(kinds):
-        read[l if kind == LINEAR else l + 1] = True
-    returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
-    return Plan(tuple(starts), tuple(read), returned)
+    arriving: tuple[int | None, ...]  # for h_0 … h_L: where its gradient is among the outputs' gradients
 
 
 class SequentialFunction(HandDerivedFunction):
-    """h_L = f_L(… f_1(x)) for linear and sigmoid layers; see the module docstring.
+    """h_L = f_L(… f_1(x)) for linear and sigmoid layers, a loss and scales; see the module docstring.
 
-    Called as ``SequentialFunction.apply(x, kinds, *params)`` with ``kinds`` a tuple
-    of "linear" and "sigmoid" and ``params`` each linear layer's weight and bias
-    (None without one), in order. Returns the h_l its backward reads, then h_L
-    last (``plan(kinds).returned`` lists which).
+    Called as ``SequentialFunction.apply(x, kinds, *args)`` with ``kinds`` a tuple of
+    "linear", "sigmoid", "mse_loss" and "scale", and ``args`` each step's arguments
+    after its input, in order, as its own Function takes them: a linear layer's
+    weight and bias (None without one), the loss's target and reduction, a scale's
+    constant. Returns the h_l its backward reads, then h_L last (``plan(kinds).returned``).
+    Ending in the loss (and a scale), one node computes J itself: what :func:`torchbp.fuse_loss`
+    builds, for the smallest networks the fastest path.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, kinds: tuple[str, ...], *params):
+    def forward(x: torch.Tensor, kinds: tuple[str, ...], *args):
         chain = plan(kinds)
         hs = [x]
-        for kind, start in zip(kinds, chain.starts):
-            h = hs[-1]
-            if kind == LINEAR:
-                W, b = params[start], params[start + 1]
-                check_floating_and_matching("linear", input=h, weight=W, bias=b)
-                check_linear_shapes(h, W, b)
-                hs.append(F.linear(h, W, b))
-            else:
-                hs.append(torch.sigmoid(h))
-        return tuple(hs[l] for l in chain.returned)
+        for forward, arguments in chain.steps:
+            hs.append(forward(hs[-1], *args[arguments]))
+        return tuple([hs[l] for l in chain.returned])
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, kinds, *params = inputs
+        x, kinds, *args = inputs
         chain = plan(kinds)
-        hs = [x] + [None] * len(kinds)
-        for l, h in zip(chain.returned, output):
-            hs[l] = h
-        need_x, _, *need_params = ctx.needs_input_grad
-        # Is a gradient wanted anywhere below layer l (its input, or an earlier parameter)?
-        ctx.wanted_below = [need_x or any(need_params[: chain.starts[l]]) for l in range(len(kinds))]
-        ctx.kinds = kinds
+        ctx.chain, ctx.constants = chain, {i: args[i] for i in chain.constants}
+        for i in chain.constants:
+            args[i] = None  # not a tensor: kept on ctx, apart from the saved tensors
         ctx.set_materialize_grads(False)  # the h_l returned for the backward's sake get no gradient, mostly
-        ctx.save_for_backward(*params, *(h if read else None for h, read in zip(hs, chain.read)))
+        x_and_output = (x, *output)
+        ctx.save_for_backward(*args, *[None if i is None else x_and_output[i] for i in chain.saved])
 
     @staticmethod
     def backward(ctx, *grads):
-        kinds = ctx.kinds
-        chain = plan(kinds)
+        chain, constants, needs = ctx.chain, ctx.constants, ctx.needs_input_grad
+        kinds, starts, arriving = chain.kinds, chain.starts, chain.arriving
         saved = ctx.saved_tensors
-        n_params = len(saved) - len(kinds) - 1
-        params, hs = saved[:n_params], saved[n_params:]
-        need_x, _, *need_params = ctx.needs_input_grad
-        arriving = dict(zip(chain.returned, grads))  # ∂J/∂h_l from outside the chain
-        grad_params = [None] * n_params
+        args, hs = saved[: -len(kinds) - 1], saved[-len(kinds) - 1 :]
+        # needs is (x, kinds, *args): the lowest argument whose gradient is wanted, x counted as -2.
+        # A gradient is wanted below step l while lowest < starts[l] (δ W of a linear layer only then);
+        # past that the backward stops.
+        lowest = needs.index(True) - 2
+        grad_args = [None] * len(args)
         delta = None
         for l in reversed(range(len(kinds))):
-            delta = _join(delta, arriving.get(l + 1))  # ∂J/∂h_{l+1}, from above and from outside
+            if arriving[l + 1] is not None:  # ∂J/∂h_{l+1} from outside the chain joins the one from above
+                delta = _join(delta, grads[arriving[l + 1]])
             if delta is None:
                 continue
-            if kinds[l] == SIGMOID:
+            i, kind = starts[l], kinds[l]
+            if kind == SIGMOID:
                 delta = sigmoid_backward(delta, hs[l + 1])
-            else:
-                start = chain.starts[l]
-                W, b = params[start], params[start + 1]
-                delta, grad_params[start], grad_params[start + 1] = linear_backward(
-                    delta, hs[l], W, ctx.wanted_below[l], need_params[start], b is not None and need_params[start + 1]
+            elif kind == LINEAR:
+                delta, grad_args[i], grad_args[i + 1] = linear_backward(
+                    delta, hs[l], args[i], lowest < i, needs[i + 2], needs[i + 3]
                 )
-            if not ctx.wanted_below[l]:
+            elif kind == MSE_LOSS:
+                delta, grad_args[i] = mse_loss_backward(
+                    delta, hs[l], args[i], constants[i + 1], lowest < i, needs[i + 2]
+                )
+            else:
+                delta = delta * constants[i]  # c δ
+            if lowest >= i:
                 break
-        return (delta if need_x else None, None, *grad_params)
+        return (delta if needs[0] else None, None, *grad_args)
+
+
+def cached_while_eager(function):
+    """``functools.cache`` of ``function``, except while the compiler traces: it warns about caches."""
+    cached = functools.cache(function)
+    return functools.wraps(function)(lambda *args: function(*args) if torch.compiler.is_compiling() else cached(*args))
+
+
+@cached_while_eager
+def plan(kinds: tuple[str, ...]) -> Plan:
+    after_loss = kinds[kinds.index(MSE_LOSS) + 1 :] if MSE_LOSS in kinds else ()
+    if any(kind not in ARGUMENTS for kind in kinds) or any(kind != SCALE for kind in after_loss):
+        raise ValueError(f"expected steps of {tuple(ARGUMENTS)}, and after {MSE_LOSS!r} only {SCALE!r}; got {kinds}")
+    names = [name for kind in kinds for name in ARGUMENTS[kind]]
+    starts = [sum(len(ARGUMENTS[kind]) for kind in kinds[:l]) for l in range(len(kinds))]
+    steps = tuple((FORWARD[kind], slice(start, start + len(ARGUMENTS[kind]))) for kind, start in zip(kinds, starts))
+    constants = tuple(i for i, name in enumerate(names) if name in CONSTANTS)
+    # Step l (counted from 0) reads h_l and writes h_{l+1}: a linear layer and the loss read their
+    # input (δᵀ h_l, h_l − y), a sigmoid its own output (σ' = (1 − a) a), a scale nothing.
+    read = [False] * (len(kinds) + 1)
+    for l, kind in enumerate(kinds):
+        if kind != SCALE:
+            read[l + 1 if kind == SIGMOID else l] = True
+    returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
+    arriving = tuple(returned.index(l) if l in returned else None for l in range(len(kinds) + 1))
+    saved = tuple((0 if l == 0 else arriving[l] + 1) if read[l] else None for l in range(len(kinds) + 1))
+    return Plan(kinds, steps, tuple(starts), constants, saved, returned, arriving)
 
 
 def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from torchbp.functions.base import HandDerivedFunction, products_in_place
-from torchbp.functions.validation import check_floating_and_matching
+from torchbp.functions.validation import check_activation
 
 
 def sigmoid_backward(grad_output: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -16,7 +16,7 @@ def sigmoid_backward(grad_output: torch.Tensor, a: torch.Tensor) -> torch.Tensor
     backward holds one temporary of a's size, as native torch's does.
     """
     if products_in_place(grad_output):
-        return (1 - a).mul_(grad_output).mul_(a)  # the same products; (1 − a) g = g (1 − a) exactly
+        return torch.rsub(a, 1).mul_(grad_output).mul_(a)  # 1 − a, less __rsub__'s Python; (1 − a) g = g (1 − a)
     return grad_output * (1 - a) * a
 
 
@@ -39,7 +39,7 @@ class SigmoidFunction(HandDerivedFunction):
 
     @staticmethod
     def forward(input: torch.Tensor) -> torch.Tensor:
-        check_floating_and_matching("sigmoid", input=input)
+        check_activation("sigmoid", input)
         return torch.sigmoid(input)
 
     @staticmethod

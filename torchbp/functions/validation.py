@@ -94,3 +94,57 @@ def check_same_shape(op: str, input: torch.Tensor, target: torch.Tensor) -> None
             f"{op}: expected target of the input's shape {_shape(input)}, got {_shape(target)}; "
             "reshape one of them explicitly (torchbp does not broadcast a loss target)"
         )
+
+
+# Each layer's checks in one call: the common case decided in a few comparisons, the checks above explaining the rest.
+
+
+def check_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """:func:`check_floating_and_matching` and :func:`check_linear_shapes` for linear's arguments."""
+    if (
+        isinstance(input, torch.Tensor)
+        and isinstance(weight, torch.Tensor)
+        and input.dtype in FLOATING
+        and weight.dtype == input.dtype
+        and weight.device == input.device
+        and weight.dim() == 2
+        and input.dim() > 0
+        and input.shape[-1] == weight.shape[1]
+        and (
+            bias is None
+            or isinstance(bias, torch.Tensor)
+            and bias.dtype == input.dtype
+            and bias.device == input.device
+            and bias.shape == weight.shape[:1]
+        )
+    ):
+        return
+    check_floating_and_matching("linear", input=input, weight=weight, bias=bias)
+    check_linear_shapes(input, weight, bias)
+
+
+def check_activation(op: str, input: torch.Tensor) -> None:
+    """:func:`check_floating_and_matching` for an elementwise activation's input."""
+    if not (isinstance(input, torch.Tensor) and input.dtype in FLOATING):
+        check_floating_and_matching(op, input=input)
+
+
+def check_loss(op: str, input: torch.Tensor, target: torch.Tensor) -> None:
+    """:func:`check_floating_and_matching` and :func:`check_same_shape` for a loss's input and target."""
+    if (
+        isinstance(input, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and input.dtype in FLOATING
+        and target.dtype == input.dtype
+        and target.device == input.device
+        and target.shape == input.shape
+    ):
+        return
+    check_floating_and_matching(op, input=input, target=target)
+    check_same_shape(op, input, target)
+
+
+def check_scale(c: float) -> None:
+    """A constant scale is a Python int or float (a tensor would want a gradient of its own)."""
+    if isinstance(c, bool) or not isinstance(c, (int, float)):
+        raise TypeError(f"scale: expected a Python float, got {type(c).__name__}")
