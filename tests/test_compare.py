@@ -1,5 +1,6 @@
 """The comparison API: what a report holds, and that it catches each planted bug."""
 
+import math
 from unittest import mock
 
 import pytest
@@ -391,3 +392,25 @@ def test_compare_many_explains_a_mismatch_as_compare_tensors_does():
     actual[1, 2] = 1.0
     (row,) = compare_many([("t", actual, reference)])
     assert not row.ok and row.note == "largest error 1.000e+00 at index (1, 2)"
+
+
+def test_deferred_equal_pairs_give_the_eager_rows_while_their_tensors_live():
+    pairs = [(f"t{i}", torch.randn(3, 2) * i, None) for i in range(3)]
+    pairs = [(name, actual, actual.clone()) for name, actual, _ in pairs] + [("off", torch.ones(2), torch.zeros(2))]
+    deferred = torchbp.compare.Report("r", torchbp.compare.settle(pairs, defer_equal=True))
+    assert deferred.ok is False and deferred.max_rel_error("") == math.inf
+    assert deferred.rows == compare_many(pairs)
+
+
+@pytest.mark.parametrize("how", ["freed", "changed in place"])
+def test_a_deferred_row_whose_reference_is_gone_says_so_instead_of_showing_another_figure(how):
+    actual = torch.tensor([1.0, -2.0])
+    reference = actual.clone()
+    report = torchbp.compare.Report("r", torchbp.compare.settle([("t", actual, reference)], defer_equal=True))
+    if how == "freed":
+        del reference
+    else:
+        reference.mul_(10)
+    (row,) = report.rows
+    assert row.ok and row.verdict == "exact" and math.isnan(row.reference_max)
+    assert "freed or changed" in row.note

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
@@ -104,6 +105,35 @@ class Settled(NamedTuple):
         return _row(self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol)
 
 
+class Identical(NamedTuple):
+    """A pair whose bits are equal, left unmeasured: exact, with max |reference| read when the row is built.
+
+    The reference is held weakly, so a kept report does not keep a model's
+    gradients alive; if it has been freed or changed in place (its version
+    counter moved) by then, the row says so rather than show another tensor's figure.
+    """
+
+    name: str
+    shape: torch.Size
+    dtype: torch.dtype
+    reference: weakref.ref
+    version: int
+    rtol: float | None
+    atol: float | None
+    ok: bool = True
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+
+    def row(self) -> ComparedTensor:
+        reference = self.reference()
+        if reference is not None and reference._version == self.version:
+            return compare_tensors(self.name, reference, reference, self.rtol, self.atol)
+        return ComparedTensor(
+            self.name, tuple(self.shape), self.dtype, 0.0, 0.0, math.nan, math.nan, True,
+            "equal bits; max |ref| unknown: the tensor was freed or changed before this row was read",
+        )
+
+
 class Report:
     """The outcome of a comparison: one row per compared tensor.
 
@@ -112,18 +142,18 @@ class Report:
     lockstep step that matches pays for its verdict, not for its table.
     """
 
-    def __init__(self, title: str, rows: Iterable[ComparedTensor | Settled] = ()):
+    def __init__(self, title: str, rows: Iterable[ComparedTensor | Settled | Identical] = ()):
         self.title = title
         self._entries = list(rows)
 
     @property
     def rows(self) -> list[ComparedTensor]:
-        if any(type(entry) is Settled for entry in self._entries):
-            self._entries = [entry.row() if type(entry) is Settled else entry for entry in self._entries]
+        if any(type(entry) is not ComparedTensor for entry in self._entries):
+            self._entries = [entry if type(entry) is ComparedTensor else entry.row() for entry in self._entries]
         return self._entries
 
     @rows.setter
-    def rows(self, rows: Iterable[ComparedTensor | Settled]) -> None:
+    def rows(self, rows: Iterable[ComparedTensor | Settled | Identical]) -> None:
         self._entries = list(rows)
 
     @property
@@ -251,10 +281,20 @@ def compare_many(
     return Report("", settle(pairs, rtol, atol)).rows
 
 
-def settle(pairs, rtol: float | None = None, atol: float | None = None) -> list[ComparedTensor | Settled]:
-    """What :func:`compare_many` returns, with the rows of the common case not yet built."""
+def settle(
+    pairs, rtol: float | None = None, atol: float | None = None, defer_equal: bool = False
+) -> list[ComparedTensor | Settled | Identical]:
+    """What :func:`compare_many` returns, with the rows of the common case not yet built.
+
+    With ``defer_equal``, a pair with equal bits on the CPU is not even measured:
+    its verdict (exact) needs no figure, and max |reference| is read from the
+    reference tensor when the row is built (see :class:`Identical`).
+    """
     entries = []
-    for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs)):
+    for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs, defer_equal)):
+        if figures is EQUAL_BITS:
+            entries.append(Identical(name, reference.shape, reference.dtype, weakref.ref(reference), reference._version, rtol, atol))
+            continue
         if figures is not None:
             error, largest = figures
             tolerance = (0.0 if atol is None else atol) + (DEFAULT_RTOL.get(reference.dtype, 0.0) if rtol is None else rtol) * largest
@@ -266,20 +306,23 @@ def settle(pairs, rtol: float | None = None, atol: float | None = None) -> list[
 
 
 READING_A_BOOLEAN_IS_FREE = {"cpu"}  # device types where torch.equal does not wait on a queue of work
+EQUAL_BITS = "equal bits"  # a figure left unmeasured: the pair is exact
 
 
-def _common_case_figures(pairs) -> list[tuple[float, float] | None]:
+def _common_case_figures(pairs, defer_equal: bool = False) -> list[tuple[float, float] | str | None]:
     """(max |actual − reference|, max |reference|) for each pair of the common case, None for the others.
 
     Equal bits need no arithmetic: on the CPU, where reading a boolean costs
-    nothing (``READING_A_BOOLEAN_IS_FREE``), torch.equal finds them; elsewhere a difference of zero, computed
-    in the tensors' own dtype on their device, does. Only where the bits differ
-    is the difference computed in float64, the precision every error is
-    reported in. A maximum of magnitudes is exact in any dtype. The figures of
-    each device and dtype are read back in one synchronisation (two where some
-    bits differ). A figure that is not finite means a NaN or an infinity.
+    nothing (``READING_A_BOOLEAN_IS_FREE``), torch.equal finds them (and with
+    ``defer_equal`` their figures are left as ``EQUAL_BITS``); elsewhere a
+    difference of zero, computed in the tensors' own dtype on their device,
+    does. Only where the bits differ is the difference computed in float64,
+    the precision every error is reported in. A maximum of magnitudes is exact
+    in any dtype. The figures of each device and dtype are read back in one
+    synchronisation (two where some bits differ). A figure that is not finite
+    means a NaN or an infinity.
     """
-    figures: list[tuple[float, float] | None] = [None] * len(pairs)
+    figures: list[tuple[float, float] | str | None] = [None] * len(pairs)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, (_, actual, reference) in enumerate(pairs):
         if _summarisable(actual, reference):
@@ -291,7 +334,16 @@ def _common_case_figures(pairs) -> list[tuple[float, float] | None]:
                 actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
             if device.type in READING_A_BOOLEAN_IS_FREE:
                 errors = [0.0 if torch.equal(a, b) else math.nan for a, b in zip(actual, reference)]
-                largest = _maxima(torch._foreach_abs(reference))
+                if defer_equal:
+                    for i, error in zip(indices, errors):
+                        if error == 0:
+                            figures[i] = EQUAL_BITS
+                    indices = [i for i, error in zip(indices, errors) if error != 0]
+                    actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
+                    if dtype.is_complex:
+                        actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
+                    errors = [math.nan] * len(indices)
+                largest = _maxima(torch._foreach_abs(reference)) if indices else []
             else:
                 maxima = _maxima(_absolute_differences(actual, reference) + list(torch._foreach_abs(reference)))
                 errors, largest = maxima[: len(indices)], maxima[len(indices) :]
@@ -475,13 +527,15 @@ class ModelPair:
         parameters: bool = False,
         rtol: float | None = None,
         atol: float | None = None,
+        defer_equal: bool = False,
     ) -> Report:
         """Compare the two after both ran forward, loss and backward.
 
         Rows, in order: the output (when ``outputs`` is given), the loss, the input's
         gradient (when ``inputs`` is given and requires grad), then for each parameter
         by name its value (with ``parameters``) and its ``.grad``. :func:`check_model`
-        and :class:`torchbp.LockstepTrainer` both report through this.
+        and :class:`torchbp.LockstepTrainer` both report through this; the trainer
+        passes ``defer_equal`` (see :func:`settle`), as most of its reports are never read.
         """
         pairs = [("output", *outputs)] if outputs is not None else []
         pairs.append(("loss", *losses))
@@ -492,7 +546,7 @@ class ModelPair:
                 pairs.append((name, mine, theirs))
             if mine.requires_grad or theirs.requires_grad:
                 pairs.append((grad_name, mine.grad, theirs.grad))
-        return Report(title, settle(pairs, rtol, atol))
+        return Report(title, settle(pairs, rtol, atol, defer_equal))
 
 
 def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:

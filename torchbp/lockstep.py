@@ -23,11 +23,10 @@ Two modes:
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 
@@ -51,8 +50,7 @@ class LockstepMismatch(AssertionError):
         super().__init__(f"lockstep mismatch at step {step}\n{report}")
 
 
-@dataclass(frozen=True)
-class StepRecord:
+class StepRecord(NamedTuple):
     """What one lockstep step measured. Errors are NaN on a step that was not checked."""
 
     step: int
@@ -161,26 +159,26 @@ class LockstepTrainer:
 
     def step(self, inputs: torch.Tensor, target: torch.Tensor) -> StepRecord:
         """Sync, forward and backward on both sides, check, log, update (checked when due)."""
-        step = self.result.steps
+        step, lap = self.result.steps, self.stopwatch.start()
         checked = step % self.check_every == 0
-        with self.stopwatch("checking"):
-            if checked and not self.free_running:
-                self._sync_native_to_hand()
-        with self.stopwatch("training"):
-            hand_loss, native_loss, per_sample = self._forward_backward_both(step, inputs, target)
-        with self.stopwatch("checking"):
-            report = self._compare(step, hand_loss, native_loss) if checked else None
-            if self.distributed:
-                hand_loss, native_loss, report = self._across_processes(hand_loss, native_loss, report)
-            record = self._record(step, hand_loss, native_loss, report, per_sample)
-        with self.stopwatch("logging"):
-            if self.log is not None:
-                self.log.step(record)
+        if checked and not self.free_running:
+            self._sync_native_to_hand()
+        lap("checking")
+        hand_loss, native_loss, per_sample = self._forward_backward_both(step, inputs, target)
+        lap("training")
+        report = self._compare(step, hand_loss, native_loss) if checked else None
+        if self.distributed:
+            hand_loss, native_loss, report = self._across_processes(hand_loss, native_loss, report)
+        record = self._record(step, hand_loss, native_loss, report, per_sample)
+        lap("checking")
+        if self.log is not None:
+            self.log.step(record)
+        lap("logging")
         if report is not None and not report.ok:
             raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
-        with self.stopwatch("training"):
-            self.hand_optimizer.step()
-            self.native_optimizer.step()
+        self.hand_optimizer.step()
+        self.native_optimizer.step()
+        lap("training")
         return record
 
     def _forward_backward_both(self, step: int, inputs: torch.Tensor, target: torch.Tensor):
@@ -189,8 +187,11 @@ class LockstepTrainer:
         if self.per_sample_every is not None and step % self.per_sample_every == 0:
             per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs)))
         randomness = SameRandomness()  # dropout and the like draw alike on both sides
-        with per_sample or nullcontext():
+        if per_sample is None:
             hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
+        else:
+            with per_sample:
+                hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
         randomness.replay()
         native_loss = _forward_backward(self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target)
         return hand_loss, native_loss, per_sample
@@ -202,7 +203,7 @@ class LockstepTrainer:
             rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
         return self.models.compare(
             f"lockstep step {step} ({mode})", (hand_loss, native_loss),
-            parameters=self.free_running, rtol=rtol, atol=self.atol,
+            parameters=self.free_running, rtol=rtol, atol=self.atol, defer_equal=True,
         )
 
     def _sync_native_to_hand(self) -> None:
@@ -241,12 +242,13 @@ class LockstepTrainer:
         """Every metric on both models, logged at ``step``; by default the number of steps taken,
         which is the step whose loss is taken at the current parameters."""
         step = self.result.steps if step is None else step
-        values = {}
-        with self.stopwatch("logging"), torch.no_grad():
+        values, lap = {}, self.stopwatch.start()
+        with torch.no_grad():
             for name, metric in self.metrics.items():
                 values[name] = (float(metric(self.hand_model)), float(metric(self.native_model)))
                 if self.log is not None:
                     self.log.both(name, *values[name], step)
+        lap("logging")
         self.result.metrics = values
         return values
 
@@ -307,20 +309,24 @@ def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor
 
 
 class Stopwatch:
-    """Adds the seconds spent in each named part of a step: ``with stopwatch("checking"): ...``."""
+    """Adds up the seconds spent in each named part of a step, lap by lap::
+
+        lap = stopwatch.start()
+        ...  # some checking
+        lap("checking")  # the time since start() (or the last lap) goes to "checking"
+    """
 
     def __init__(self, seconds: dict[str, float]):
         self.seconds = seconds
 
-    def __call__(self, part: str) -> Stopwatch:
-        self.part = part
-        return self
+    def start(self) -> Callable[[str], None]:
+        self.last = time.perf_counter()
+        return self.lap
 
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.seconds[self.part] += time.perf_counter() - self.started
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.seconds[part] += now - self.last
+        self.last = now
 
 
 def _epochs(batches: Iterable[Batch]):

@@ -93,12 +93,16 @@ class TensorBoardLog:
     def step(self, record: StepRecord) -> None:
         """What one lockstep step measured: both losses; on a checked step the differences;
         on a step that recorded them, the per-sample gradient norms."""
-        self.both("loss", record.hand_loss, record.autograd_loss, record.step)
+        now, step = time.time(), record.step
+        self.pending["hand"].append((step, now, "loss", record.hand_loss))
+        self.pending["autograd"].append((step, now, "loss", record.autograd_loss))
         if record.report is not None:
-            self.difference("abs_loss_difference", record.loss_difference, record.step)
-            self.difference("max_grad_error", record.max_grad_error, record.step)
+            self.pending[PAIR].append((step, now, "check/abs_loss_difference", record.loss_difference))
+            self.pending[PAIR].append((step, now, "check/max_grad_error", record.max_grad_error))
         if record.per_sample is not None:
             self.histogram("hand", "per_sample/grad_norm", record.per_sample.grad_norms(), record.step)
+        if time.monotonic() >= self.next_write:
+            self.flush()
 
     def scalar(self, run: str, tag: str, value: float, step: int) -> None:
         """``tag`` at ``step`` in ``run`` ("hand", "autograd", or PAIR for the run folder itself)."""

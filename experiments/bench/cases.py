@@ -140,6 +140,25 @@ def steps_against_native(setup: str, variant: str = "per-layer"):
     return make
 
 
+def fused_loss_against_native():
+    """The derivation network's training step through torchbp's fastest path, network and ½ SSE as one node
+    (torchbp.fuse_loss), against native autograd."""
+
+    def make():
+        model, loss_fn, x, y = TRAINING_SETUPS["derivation"]()
+        objective = torchbp.fuse_loss(model, torch.nn.MSELoss(reduction="sum"), scale=0.5)  # J = ½ Σ (y − ŷ)²
+        optimizer = torch.optim.SGD(objective.parameters(), lr=1e-3)
+
+        def hand():
+            optimizer.zero_grad(set_to_none=True)
+            objective(x, y).backward()
+            optimizer.step()
+
+        return hand, training_step(model, loss_fn, x, y)
+
+    return make
+
+
 def lockstep_against_two_steps(setup: str):
     """One LockstepTrainer step (checked, logging to TensorBoard) against a native training step plus a torchbp one:
     what checking and logging add to training the two models."""
@@ -188,6 +207,8 @@ CASES = [
          "native step + torchbp step", lockstep_against_two_steps("mid"), 1.25),
     training_case("derivation's 2-3-1 network, float64", "derivation", "per-layer", 1.0),
     training_case("derivation's 2-3-1 network, float64", "derivation", "fused", 1.0),
+    Case("training step, derivation's 2-3-1 network, float64, network and loss as one node", "torchbp.fuse_loss",
+         "native autograd", fused_loss_against_native(), 1.0),
     training_case("mid MLP (3×256, batch 64)", "mid", "per-layer", 1.15),
     training_case("mid MLP (3×256, batch 64)", "mid", "fused", 1.15),
     training_case("compute-bound MLP (3×1024, batch 512)", "compute-bound", "per-layer", 1.03),
