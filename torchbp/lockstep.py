@@ -23,6 +23,7 @@ Two modes:
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -37,6 +38,7 @@ from torchbp.per_sample import PerSampleGradients, reduction_scale
 from torchbp.tensorboard_log import TensorBoardLog
 
 DRIFT_FACTOR = 100.0
+NOT_RECORDING = nullcontext()  # in place of a PerSampleGradients on steps that record none
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[torch.nn.Module], float]
@@ -187,11 +189,8 @@ class LockstepTrainer:
         if self.per_sample_every is not None and step % self.per_sample_every == 0:
             per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs)))
         randomness = SameRandomness()  # dropout and the like draw alike on both sides
-        if per_sample is None:
+        with per_sample or NOT_RECORDING:
             hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
-        else:
-            with per_sample:
-                hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
         randomness.replay()
         native_loss = _forward_backward(self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target)
         return hand_loss, native_loss, per_sample
