@@ -110,12 +110,9 @@ def blocks(numbers: dict) -> dict[str, str]:
     """The document's generated blocks, by name."""
     v = numbers["values"]
     per_sample = v["per_sample_dJ_dW2"]
-    contributions = "\n".join(
-        f"sample {n + 1}:  δ2,{n + 1} a1,{n + 1}ᵀ = " + "  ".join(f"{c:+.6f}" for c in per_sample[n, 0])
-        for n in range(per_sample.shape[0])
-    )
-    total = "  ".join(f"{c:+.6f}" for c in per_sample.sum(0)[0])
-    full = "  ".join(f"{c:+.6f}" for c in v["dJ_dW2"][0])
+    labels = [f"sample {n + 1}:  δ2,{n + 1} a1,{n + 1}ᵀ =" for n in range(per_sample.shape[0])] + ["sum:", "∂J/∂W2:"]
+    rows = list(per_sample[:, 0]) + [per_sample.sum(0)[0], v["dJ_dW2"][0]]
+    width = max(map(len, labels))  # the numbers of every line in the same columns
     return {
         "samples": "\n\n".join([matrix("x", numbers["x"]), matrix("y", numbers["y"]),
                                 matrix("W1", numbers["W1"]), matrix("W2", numbers["W2"])]),
@@ -126,7 +123,8 @@ def blocks(numbers: dict) -> dict[str, str]:
                                  matrix("∂J/∂W2 = δ2ᵀ a1", v["dJ_dW2"]),
                                  matrix("δ1 = (δ2 W2) ⊙ a1(1 − a1)", v["delta1"]),
                                  matrix("∂J/∂W1 = δ1ᵀ x", v["dJ_dW1"])]),
-        "per-sample": f"{contributions}\n{'sum:':>10}                 {total}\n{'∂J/∂W2:':>10}                 {full}",
+        "per-sample": "\n".join(f"{label:>{width}}  " + "  ".join(f"{c:+.6f}" for c in row)
+                                for label, row in zip(labels, rows)),
         "update": "\n\n".join([matrix(f"W1 − {LR} ∂J/∂W1", numbers["W1_next"]),
                                matrix(f"W2 − {LR} ∂J/∂W2", numbers["W2_next"]),
                                matrix("J after the step", numbers["J_next"])]),
@@ -143,8 +141,8 @@ CODE = [
     ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "return F.linear(input, weight, bias)"),
     ("a = σ(z)", "torchbp/functions/sigmoid.py", "return torch.sigmoid(input)"),
     ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
-    ("∂J/∂ŷ (mse_loss: (ŷ − y)·2/N ⊙ g)", "torchbp/functions/mse_loss.py", "def backward(ctx, g"),
-    ("δ = g ⊙ σ'(z), σ' = (1 − a) a", "torchbp/functions/sigmoid.py", "def sigmoid_backward("),
+    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def backward(ctx, g"),
+    ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/functions/sigmoid.py", "def sigmoid_backward("),
     ("∂J/∂W = δᵀ a_prev", "torchbp/functions/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
     ("∂J/∂b = Σ_n δ_n", "torchbp/functions/linear.py", "grad_b = delta_n.sum(0)"),
     ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/functions/linear.py", "grad_a_prev = delta @ W"),
@@ -154,13 +152,18 @@ CODE = [
 ]
 
 
-def code_references() -> str:
-    rows = ["| formula | implemented at |", "|---|---|"]
+def code_references(markdown: bool = True) -> str:
+    """A table for the document (links relative to docs/), or plain path:line columns for a terminal."""
+    places = []
     for formula, path, text in CODE:
         lines = (ROOT / path).read_text().splitlines()
         (number,) = [i + 1 for i, line in enumerate(lines) if text in line]  # exactly one line holds it
-        rows.append(f"| {formula} | [`{path}:{number}`](../{path}#L{number}) |")
-    return "\n".join(rows)
+        places.append((formula, path, number))
+    if not markdown:
+        width = max(len(formula) for formula, _, _ in places)
+        return "\n".join(f"{formula:<{width}}  {path}:{number}" for formula, path, number in places)
+    return "\n".join(["| formula | implemented at |", "|---|---|"]
+                     + [f"| {formula} | [`{path}:{number}`](../{path}#L{number}) |" for formula, path, number in places])
 
 
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.DOTALL)
@@ -181,6 +184,7 @@ def render(document: str, seed: int = 0) -> str:
 def worked_example(seed: int = 0) -> str:
     numbers = three_ways(seed)
     generated = blocks(numbers)
+    generated["code"] = code_references(markdown=False)
     generated["three-ways"] += "\n\nlargest differences from NumPy: " + ", ".join(
         f"{name} {d:.1e}" for name, d in numbers["differences"].items()
     )
@@ -188,7 +192,9 @@ def worked_example(seed: int = 0) -> str:
               "backward": "Backward pass", "per-sample": "Each sample's contribution to ∂J/∂W2",
               "update": f"One gradient-descent step (η = {LR})",
               "three-ways": "NumPy, torchbp and autograd agree", "code": "Where each formula lives"}
-    return "\n\n".join(f"== {titles[name]} ==\n\n{body}" for name, body in generated.items())
+    notation = ("The notation of docs/derivation.md: a batch holds its samples as rows, z = a_prev Wᵀ, and δ = ∂J/∂z;\n"
+                "one sample's vectors (a1,n, δ2,n) are columns, so δ2,n a1,nᵀ is an outer product shaped like W2.")
+    return notation + "\n\n" + "\n\n".join(f"== {titles[name]} ==\n\n{body}" for name, body in generated.items())
 
 
 def main(argv: list[str] | None = None) -> int:

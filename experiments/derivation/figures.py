@@ -18,25 +18,29 @@ from torchbp.lockstep import LockstepTrainer
 
 def network_diagram(plt, path: Path) -> None:
     """The 2-3-1 network: nodes by layer, every weight an edge, the shapes beside."""
-    figure, axes = plt.subplots(figsize=(7, 4))
-    layers = [("input x", 2, "5×2"), ("hidden z1, a1 = σ(z1)", 3, "5×3"), ("output z2, ŷ = σ(z2)", 1, "5×1")]
+    figure, axes = plt.subplots(figsize=(8, 4))
+    spacing = 4.0  # between layers: wide enough for each layer's label to sit under it alone
+    layers = [("input", "x", 2, "5×2"), ("hidden", "z1, a1 = σ(z1)", 3, "5×3 each"),
+              ("output", "z2, ŷ = σ(z2)", 1, "5×1 each")]
     positions = []
-    for column, (_, count, _) in enumerate(layers):
+    for column, (_, _, count, _) in enumerate(layers):
         ys = np.linspace(-(count - 1) / 2, (count - 1) / 2, count)
-        positions.append([(column * 3.0, y) for y in ys])
+        positions.append([(column * spacing, y) for y in ys])
     for left, right, label in ((positions[0], positions[1], "W1: 3×2"), (positions[1], positions[2], "W2: 1×3")):
         for x0, y0 in left:
             for x1, y1 in right:
                 axes.plot([x0, x1], [y0, y1], color="0.6", linewidth=1, zorder=1)
         axes.text((left[0][0] + right[0][0]) / 2, 1.55, label, ha="center", fontsize=11)
-    for (name, _, shape), nodes in zip(layers, positions):
+    for (role, tensors, _, shape), nodes in zip(layers, positions):
         for x, y in nodes:
             axes.add_patch(plt.Circle((x, y), 0.28, color="#4C72B0", zorder=2))
-        axes.text(nodes[0][0], -1.75, f"{name}\n{shape}", ha="center", va="top", fontsize=10)
-    axes.text(7.2, 0, "J = ½ Σ (y − ŷ)²", va="center", fontsize=11)
-    axes.annotate("", xy=(7.1, 0), xytext=(6.35, 0), arrowprops=dict(arrowstyle="->"))
-    axes.set_xlim(-1, 10)
-    axes.set_ylim(-2.6, 2)
+        axes.text(nodes[0][0], -2.9, f"{role}\n{tensors}\n{shape}", ha="center", va="baseline", fontsize=10,
+                  linespacing=1.5)
+    output_x = positions[2][0][0]
+    axes.annotate("", xy=(output_x + 1.2, 0), xytext=(output_x + 0.35, 0), arrowprops=dict(arrowstyle="->"))
+    axes.text(output_x + 1.3, 0, "J = ½ Σ (y − ŷ)²\ntargets y: 5×1", va="center", fontsize=11, linespacing=1.5)
+    axes.set_xlim(-1, output_x + 4.5)
+    axes.set_ylim(-3.1, 2)
     axes.set_aspect("equal")
     axes.axis("off")
     figure.savefig(path, dpi=120, bbox_inches="tight")
