@@ -19,6 +19,7 @@ class Outcome:
     result: LockstepResult
     headline_metric: str | None
     run_dir: Path | None
+    layers: str = ""  # which layers are hand-derived, which native
     mismatch: LockstepMismatch | None = None
 
     @property
@@ -44,6 +45,7 @@ def run_experiment(
         check_every=config.check_every,
         free_running=config.free_running,
         log_dir=run_dir,
+        log_name=experiment.name,
         metrics=setup.metrics,
         metric_every=setup.metric_every,
         per_sample_every=setup.per_sample_every,
@@ -56,7 +58,7 @@ def run_experiment(
             after_step(record)
         bar.update()
 
-    outcome = Outcome(experiment.name, trainer.result, setup.headline_metric, run_dir)
+    outcome = Outcome(experiment.name, trainer.result, setup.headline_metric, run_dir, trainer.layers)
     try:
         trainer.train(batches, config.steps, on_step=on_step)
     except LockstepMismatch as mismatch:
@@ -97,6 +99,7 @@ def summary_table(outcomes: list[Outcome]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    lines += ["", "Compared:"] + [f"  {outcome.name}: {outcome.layers}" for outcome in outcomes]
     return "\n".join(lines)
 
 

@@ -80,9 +80,9 @@ def log_contributions(trainer: LockstepTrainer):
         per_sample = record.per_sample.grads()["2.weight"]  # (5, 1, 3): one W2-shaped term per sample
         total = per_sample.sum(0)
         error = (total - trainer.hand_model[2].weight.grad).abs().max().item()
-        trainer.log.difference("per_sample_sum_error", error, record.step)
+        trainer.log.match("per_sample_sum_error", error, record.step)
         rows = torch.cat([per_sample[:, 0, :], total], dim=0)  # one row per sample, then Σ
-        trainer.log.image("hand", "per_sample/W2_gradient_contributions", heat_map(rows.cpu().numpy()), record.step)
+        trainer.log.image("hand", trainer.log.tag("per_sample", "W2_gradient_contributions"), heat_map(rows.cpu().numpy()), record.step)
 
     return after_step
 

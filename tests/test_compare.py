@@ -414,3 +414,13 @@ def test_a_deferred_row_whose_reference_is_gone_says_so_instead_of_showing_anoth
     (row,) = report.rows
     assert row.ok and row.verdict == "exact" and math.isnan(row.reference_max)
     assert "freed or changed" in row.note
+
+
+def test_check_model_names_what_it_replaced_and_what_it_left_native():
+    report = check_model(torch.nn.Sequential(torch.nn.ReLU()), torch.nn.MSELoss(), torch.randn(3, 2), torch.randn(3, 2))
+    assert report.ok and str(report).splitlines()[1] == "hand-derived: loss MSELoss; native: 0 ReLU"
+
+
+def test_check_function_names_the_function_whose_apply_it_checked():
+    report = check_function(SigmoidFunction.apply, torch.sigmoid, leaf(3))
+    assert report.title == "check_function(SigmoidFunction.apply)"

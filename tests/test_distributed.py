@@ -61,7 +61,7 @@ def test_the_runner_under_torchrun_logs_once_and_summarises_once(tmp_path):
 
     events = EventAccumulator(str(run_dir / "hand"), size_guidance={"scalars": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("loss")] == list(range(30))
+    assert [e.step for e in events.Scalars("loss/digits")] == list(range(30))
     assert len(list(run_dir.glob("hand/events.out.tfevents.*"))) == 1  # one process wrote
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from experiments.__main__ import main
@@ -61,30 +62,66 @@ def test_list_names_every_experiment(capsys):
 def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys):
     assert main(["seed", "--steps", "30", "--logdir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path, "seed")
-    hand, autograd = scalars(run_dir / "hand", "loss"), scalars(run_dir / "autograd", "loss")
+    hand, autograd = scalars(run_dir / "hand", "loss/seed"), scalars(run_dir / "autograd", "loss/seed")
     assert [step for step, _ in hand] == list(range(30))
     assert hand == autograd
-    for tag in ("check/abs_loss_difference", "check/max_grad_error"):
+    for tag in ("match/seed/abs_loss_difference", "match/seed/max_grad_error"):
         assert [step for step, _ in scalars(run_dir, tag)] == list(range(30))
-    assert all(value == 0 for _, value in scalars(run_dir, "check/abs_loss_difference"))
-    assert accumulator(run_dir / "hand").Tags()["images"] == ["per_sample/W2_gradient_contributions"]
+    assert all(value == 0 for _, value in scalars(run_dir, "match/seed/abs_loss_difference"))
+    assert accumulator(run_dir / "hand").Tags()["images"] == ["per_sample/seed/W2_gradient_contributions"]
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"hand", "autograd"}  # no stray hparams run
     printed = capsys.readouterr().out
     assert re.search(r"^seed\s+30\s+30\s.*\sMATCH$", printed, flags=re.MULTILINE)
+    assert "  seed: hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid" in printed  # the summary names what was compared
 
 
-def test_hyperparameters_are_logged_in_the_run_folder(tmp_path):
+def test_hyperparameters_are_logged_as_text_in_the_run_folder_without_charts_of_their_own(tmp_path):
     assert main(["seed", "--steps", "3", "--lr", "0.25", "--logdir", str(tmp_path)]) == 0
     events = accumulator(only_run(tmp_path, "seed"))
-    assert "hparam/hand_loss" in events.Tags()["scalars"]
+    assert all(tag.startswith("match/seed/") for tag in events.Tags()["scalars"])
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = HParamsPluginData.FromString(content).session_start_info.hparams
-    assert hparams["lr"].number_value == 0.25 and hparams["experiment"].string_value == "seed"
+    assert {name: value.WhichOneof("kind") for name, value in hparams.items()} == dict.fromkeys(hparams, "string_value")
+    assert hparams["lr"].string_value == "0.25" and hparams["batch_size"].string_value == "full"
+    assert hparams["check_every"].string_value == "1" and hparams["experiment"].string_value == "seed"
+
+
+def test_each_run_has_a_verdict_card_naming_the_hand_derived_layers(tmp_path):
+    assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 0
+    events = accumulator(only_run(tmp_path, "seed"))
+    (card,) = events.Tensors("verdict/seed")
+    text = card.tensor_proto.string_val[0].decode()
+    assert text.startswith("**MATCH**: the two models agreed at every one of 3 checked steps.")
+    assert "hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid, loss.sum_squared_error MSELoss; native: none" in text
+
+
+def test_a_mismatching_runs_verdict_card_says_where(tmp_path, monkeypatch):
+    original = LinearFunction.backward
+
+    def wrong(ctx, delta):
+        grad_a_prev, grad_W, grad_b = original(ctx, delta)
+        return grad_a_prev, None if grad_W is None else grad_W * 1.01, grad_b
+
+    monkeypatch.setattr(LinearFunction, "backward", staticmethod(wrong))
+    assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 1
+    (card,) = accumulator(only_run(tmp_path, "seed")).Tensors("verdict/seed")
+    assert card.tensor_proto.string_val[0].decode().startswith("**MISMATCH** at step 0")
+
+
+def test_charts_say_that_coinciding_curves_are_the_expected_picture(tmp_path):
+    assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 0
+    (path,) = (only_run(tmp_path, "seed") / "hand").glob("events.out.tfevents.*")
+    descriptions = {
+        value.tag: value.metadata.summary_description
+        for event in LegacyEventFileLoader(str(path)).Load() for value in event.summary.value
+        if value.metadata.summary_description  # carried by a tag's first event
+    }
+    assert "coincide" in descriptions["loss/seed"] and "switch a run off" in descriptions["loss/seed"]
 
 
 def test_seed_loss_decreases(tmp_path):
     assert main(["seed", "--steps", "300", "--logdir", str(tmp_path)]) == 0
-    losses = [value for _, value in scalars(only_run(tmp_path, "seed") / "hand", "loss")]
+    losses = [value for _, value in scalars(only_run(tmp_path, "seed") / "hand", "loss/seed")]
     assert losses[-1] < 0.9 * losses[0]
     assert all(later <= earlier for earlier, later in zip(losses, losses[1:]))  # full-batch GD, small steps
 
@@ -102,9 +139,9 @@ def test_seed_per_sample_contributions_sum_to_the_full_gradient():
 
 def test_seed_logs_the_per_sample_sum_error(tmp_path):
     assert main(["seed", "--steps", "20", "--logdir", str(tmp_path)]) == 0
-    errors = scalars(only_run(tmp_path, "seed"), "check/per_sample_sum_error")
+    errors = scalars(only_run(tmp_path, "seed"), "match/seed/per_sample_sum_error")
     assert [step for step, _ in errors] == [0, 5, 10, 15] and all(value < 1e-12 for _, value in errors)
-    images = accumulator(only_run(tmp_path, "seed") / "hand").Images("per_sample/W2_gradient_contributions")
+    images = accumulator(only_run(tmp_path, "seed") / "hand").Images("per_sample/seed/W2_gradient_contributions")
     assert [image.step for image in images] == [0, 5, 10, 15]
 
 
@@ -120,7 +157,7 @@ def test_a_wrong_backward_exits_1_with_the_parameter_and_the_step(tmp_path, caps
     printed = capsys.readouterr().out
     assert "lockstep mismatch at step 0" in printed and "0.weight.grad" in printed
     assert re.search(r"^seed\s+1\s+1\s.*\sMISMATCH$", printed, flags=re.MULTILINE)
-    assert scalars(only_run(tmp_path, "seed") / "hand", "loss")  # the failing step is in the log
+    assert scalars(only_run(tmp_path, "seed") / "hand", "loss/seed")  # the failing step is in the log
 
 
 USAGE_ERRORS = {
@@ -176,7 +213,7 @@ def test_two_invocations_never_share_a_folder(tmp_path):
     folders = list((tmp_path / "seed").iterdir())
     assert len(folders) == 2
     for folder in folders:
-        assert [step for step, _ in scalars(folder / "hand", "loss")] == [0, 1]
+        assert [step for step, _ in scalars(folder / "hand", "loss/seed")] == [0, 1]
 
 
 def test_no_progress_bar_when_output_is_not_a_terminal(tmp_path):
@@ -226,7 +263,7 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
         process.wait(timeout=60)
     assert process.returncode == (143 if how == signal.SIGTERM else -signal.SIGKILL)
     run_dir = only_run(tmp_path, "digits")
-    hand, autograd = scalars(run_dir / "hand", "loss"), scalars(run_dir / "autograd", "loss")
+    hand, autograd = scalars(run_dir / "hand", "loss/digits"), scalars(run_dir / "autograd", "loss/digits")
     assert len(hand) > 10 and len(autograd) > 10
     common = min(len(hand), len(autograd))
     assert hand[:common] == autograd[:common]
@@ -234,22 +271,22 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
 
 def test_xor_learns_to_a_loss_under_one_hundredth(tmp_path, capsys):
     assert main(["xor", "--logdir", str(tmp_path)]) == 0
-    losses = scalars(only_run(tmp_path, "xor") / "hand", "loss")
+    losses = scalars(only_run(tmp_path, "xor") / "hand", "loss/xor")
     assert losses[-1][1] < 0.01
-    assert scalars(only_run(tmp_path, "xor") / "hand", "accuracy")[-1][1] == 1.0
+    assert scalars(only_run(tmp_path, "xor") / "hand", "metrics/xor/accuracy")[-1][1] == 1.0
 
 
 def test_digits_reaches_over_90_percent_held_out_accuracy(tmp_path, capsys):
     assert main(["digits", "--logdir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path, "digits")
-    hand, autograd = scalars(run_dir / "hand", "held_out_accuracy"), scalars(run_dir / "autograd", "held_out_accuracy")
+    hand, autograd = scalars(run_dir / "hand", "metrics/digits/held_out_accuracy"), scalars(run_dir / "autograd", "metrics/digits/held_out_accuracy")
     assert hand == autograd and hand[-1][1] > 0.90
 
 
 def test_spiral_reaches_97_percent_held_out_accuracy_with_the_default_command(tmp_path, capsys):
     assert main(["spiral", "--logdir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path, "spiral")
-    hand, autograd = scalars(run_dir / "hand", "held_out_accuracy"), scalars(run_dir / "autograd", "held_out_accuracy")
+    hand, autograd = scalars(run_dir / "hand", "metrics/spiral/held_out_accuracy"), scalars(run_dir / "autograd", "metrics/spiral/held_out_accuracy")
     assert hand == autograd and hand[-1][1] >= 0.97
     shown = re.search(r"held_out_accuracy (\d+\.\d)%", capsys.readouterr().out)  # the summary shows the held-out figure
     assert shown and float(shown.group(1)) >= 97.0
@@ -259,10 +296,10 @@ def test_spiral_trains_on_minibatches_in_float32(tmp_path, capsys):
     assert main(["spiral", "--steps", "200", "--batch-size", "16", "--logdir", str(tmp_path)]) == 0
     assert "float32" in EXPERIMENTS["spiral"].defaults.dtype
     hand = only_run(tmp_path, "spiral") / "hand"
-    assert len(scalars(hand, "loss")) == 200
+    assert len(scalars(hand, "loss/spiral")) == 200
     histograms = EventAccumulator(str(hand), size_guidance={"histograms": 0})
     histograms.Reload()
-    assert [h.step for h in histograms.Histograms("per_sample/grad_norm")] == [0, 100]
+    assert [h.step for h in histograms.Histograms("per_sample/spiral/grad_norm")] == [0, 100]
     autograd = accumulator(only_run(tmp_path, "spiral") / "autograd")
     assert autograd.Tags()["histograms"] == []  # autograd has no per-sample quantity
 
@@ -287,7 +324,7 @@ def test_tensorboard_serves_both_loss_curves(tmp_path):
         deadline = time.monotonic() + 90
         while len(curves) < 2 and time.monotonic() < deadline:
             for side in ("hand", "autograd"):
-                query = urllib.parse.urlencode({"run": f"{run}/{side}", "tag": "loss"})
+                query = urllib.parse.urlencode({"run": f"{run}/{side}", "tag": "loss/seed"})
                 try:
                     with urllib.request.urlopen(f"{address}/data/plugin/scalars/scalars?{query}", timeout=10) as response:
                         points = json.loads(response.read())
@@ -310,7 +347,7 @@ def test_free_running_curves_overlay_because_the_gradients_agree(tmp_path, capsy
     assert main(["seed", "--steps", "20", "--free-running", "--logdir", str(tmp_path)]) == 0
     assert re.search(r"^seed\s+20\s+20\s.*\sMATCH$", capsys.readouterr().out, flags=re.MULTILINE)
     run_dir = only_run(tmp_path, "seed")
-    assert scalars(run_dir / "hand", "loss") == scalars(run_dir / "autograd", "loss")
+    assert scalars(run_dir / "hand", "loss/seed") == scalars(run_dir / "autograd", "loss/seed")
 
 
 def test_an_unexpected_failure_exits_3_with_its_traceback(tmp_path, capsys, monkeypatch):

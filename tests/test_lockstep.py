@@ -224,3 +224,10 @@ def test_the_comparison_is_the_one_check_model_uses(monkeypatch):
     LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5).step(*batches()[0])
     torchbp.check_model(users_model(), torch.nn.MSELoss(), *batches()[0])
     assert titles == ["lockstep step 0 (synced)", "check_model(Sequential)"]
+
+
+def test_a_mismatch_report_names_the_hand_derived_and_the_native_layers(planted_weight_bug):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    with pytest.raises(LockstepMismatch) as raised:
+        LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5).step(*batches()[0])
+    assert "hand-derived: 0 Linear, 2 Linear, loss MSELoss; native: 1 ReLU" in str(raised.value)

@@ -44,24 +44,32 @@ def test_a_framed_record_reads_back_and_a_corrupted_one_is_refused(tmp_path):
 
 
 def test_a_steps_scalars_share_one_event_per_run_and_all_reach_the_files(tmp_path):
-    log = TensorBoardLog(tmp_path)
+    log = TensorBoardLog(tmp_path, name="mine")
     for step in range(3):
-        log.both("loss", 1.0 + step, 2.0 + step, step)
-        log.difference("abs_loss_difference", 0.5 * step, step)
-        log.difference("max_grad_error", 0.25 * step, step)
+        log.metric("accuracy", 1.0 + step, 2.0 + step, step)
+        log.match("abs_loss_difference", 0.5 * step, step)
+        log.match("max_grad_error", 0.25 * step, step)
     log.close()
-    assert scalar_events(tmp_path / "hand") == [(s, {"loss": 1.0 + s}) for s in range(3)]
-    assert scalar_events(tmp_path / "autograd") == [(s, {"loss": 2.0 + s}) for s in range(3)]
+    assert scalar_events(tmp_path / "hand") == [(s, {"metrics/mine/accuracy": 1.0 + s}) for s in range(3)]
+    assert scalar_events(tmp_path / "autograd") == [(s, {"metrics/mine/accuracy": 2.0 + s}) for s in range(3)]
     assert scalar_events(tmp_path) == [
-        (s, {"check/abs_loss_difference": 0.5 * s, "check/max_grad_error": 0.25 * s}) for s in range(3)
+        (s, {"match/mine/abs_loss_difference": 0.5 * s, "match/mine/max_grad_error": 0.25 * s}) for s in range(3)
     ]
+
+
+@pytest.mark.parametrize("name, tag", [(None, "loss"), ("seed", "loss/seed")])
+def test_tags_are_grouped_by_quantity_then_by_the_runs_name(name, tag):
+    log = TensorBoardLog.__new__(TensorBoardLog)
+    log.name = name
+    assert log.tag("loss") == tag
+    assert log.tag("match", "max_grad_error") == tag.replace("loss", "match") + "/max_grad_error"
 
 
 def test_scalars_reach_the_disk_within_flush_secs_without_a_close(tmp_path):
     log = TensorBoardLog(tmp_path, flush_secs=1)
-    log.both("loss", 1.0, 1.0, 0)
+    log.metric("accuracy", 1.0, 1.0, 0)
     time.sleep(1.1)
-    log.both("loss", 2.0, 2.0, 1)  # due: the held scalars are written and the files flushed
+    log.metric("accuracy", 2.0, 2.0, 1)  # due: the held scalars are written and the files flushed
     assert [step for step, _ in scalar_events(tmp_path / "hand")] == [0, 1]
     log.close()
 
@@ -70,12 +78,12 @@ def test_a_histogram_after_held_scalars_keeps_the_order_they_were_logged_in(tmp_
     import torch
 
     log = TensorBoardLog(tmp_path, flush_secs=3600)
-    log.both("loss", 1.0, 1.0, 0)
+    log.metric("accuracy", 1.0, 1.0, 0)
     log.histogram("hand", "per_sample/grad_norm", torch.ones(3), 0)
     log.close()
     (path,) = [p for p in event_files(tmp_path / "hand")]
     tags = [v.tag for event in LegacyEventFileLoader(str(path)).Load() for v in event.summary.value]
-    assert tags == ["loss", "per_sample/grad_norm"]
+    assert tags == ["metrics/accuracy", "per_sample/grad_norm"]
 
 
 def test_the_logs_writers_frame_records_with_the_checksums_computed_in_c(tmp_path):

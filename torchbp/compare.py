@@ -142,9 +142,10 @@ class Report:
     lockstep step that matches pays for its verdict, not for its table.
     """
 
-    def __init__(self, title: str, rows: Iterable[ComparedTensor | Settled | Identical] = ()):
+    def __init__(self, title: str, rows: Iterable[ComparedTensor | Settled | Identical] = (), layers: str = ""):
         self.title = title
         self._entries = list(rows)
+        self.layers = layers  # what was compared: which layers are hand-derived, which native (see describe_layers)
 
     @property
     def rows(self) -> list[ComparedTensor]:
@@ -207,7 +208,7 @@ class Report:
             for row in self.rows
         ]
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-        lines = [headline]
+        lines = [headline] + ([self.layers] if self.layers else [])
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]]
         lines += [f"  {row.name}: {row.note}" for row in self.rows if row.note]
         return "\n".join(lines)
@@ -448,8 +449,7 @@ def check_function(
     non-contiguous, and both sides draw the same random numbers. Works for any
     pair of callables: pass your own autograd Function's ``apply`` as ``fn``.
     """
-    fn_name = getattr(fn, "__qualname__", type(fn).__name__)
-    report = Report(f"check_function({fn_name})")
+    report = Report(f"check_function({_callable_name(fn)})")
     wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
     if not wrt:
         wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
@@ -496,10 +496,12 @@ def check_model(
     hand = _run_model(convert, model, loss_fn, inputs, target)
     randomness.replay()
     native = _run_model(to_native, model, loss_fn, inputs, target)
-    return ModelPair(hand.model, native.model).compare(
+    report = ModelPair(hand.model, native.model).compare(
         f"check_model({type(model).__name__})", (hand.loss, native.loss),
         outputs=(hand.output, native.output), inputs=(hand.input, native.input), rtol=rtol, atol=atol,
     )
+    report.layers = describe_layers(model, loss_fn)
+    return report
 
 
 class ModelPair:
@@ -547,6 +549,33 @@ class ModelPair:
             if mine.requires_grad or theirs.requires_grad:
                 pairs.append((grad_name, mine.grad, theirs.grad))
         return Report(title, settle(pairs, rtol, atol, defer_equal))
+
+
+def describe_layers(model: torch.nn.Module, loss_fn=None) -> str:
+    """One line naming the layers of ``model`` (and of a loss module) torchbp replaces and those it leaves native.
+
+    For example ``hand-derived: 0 Linear, 1 Sigmoid, loss MSELoss; native: 2 ReLU``.
+    """
+    def layers(module: torch.nn.Module, prefix: str) -> list[tuple[str, type]]:
+        return [
+            (f"{prefix}.{name}" if prefix and name else prefix or name, type(m))
+            for name, m in module.named_modules()
+            if not any(True for _ in m.children())  # leaves: the containers only arrange them
+        ]
+
+    found = layers(model, "") + (layers(loss_fn, "loss") if isinstance(loss_fn, torch.nn.Module) else [])
+    torchbp_classes = set(HAND_DERIVED) | set(HAND_DERIVED.values())
+    hand = [f"{name} {cls.__name__}" for name, cls in found if cls in torchbp_classes]
+    native = [f"{name} {cls.__name__}" for name, cls in found if cls not in torchbp_classes]
+    return f"hand-derived: {', '.join(hand) or 'none'}; native: {', '.join(native) or 'none'}"
+
+
+def _callable_name(fn) -> str:
+    """``Cube.apply`` for a Function's apply (whose __qualname__ is ``Function.apply``), else the qualified name."""
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type):
+        return f"{owner.__name__}.{fn.__name__}"
+    return getattr(fn, "__qualname__", type(fn).__name__)
 
 
 def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:

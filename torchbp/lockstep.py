@@ -31,7 +31,15 @@ from typing import Callable, Iterable, NamedTuple
 
 import torch
 
-from torchbp.compare import DEFAULT_RTOL, ComparedTensor, Report, SameRandomness, ModelPair, require_hand_derived_layers
+from torchbp.compare import (
+    DEFAULT_RTOL,
+    ComparedTensor,
+    ModelPair,
+    Report,
+    SameRandomness,
+    describe_layers,
+    require_hand_derived_layers,
+)
 from torchbp.convert import convert, to_native
 from torchbp.distributed import across_processes, data_parallel, process_group_active
 from torchbp.per_sample import PerSampleGradients, reduction_scale
@@ -75,6 +83,7 @@ class LockstepResult:
     max_loss_difference: float = 0.0
     max_grad_error: float = 0.0
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (hand, autograd)
+    mismatch_step: int | None = None  # the step whose check failed, if one did
     seconds: float = 0.0
     # Where step() spent its time: both models' forward, backward and update; comparing them;
     # writing the log (metric evaluation included).
@@ -94,6 +103,9 @@ class LockstepTrainer:
         free_running: see the module docstring.
         rtol, atol: the comparison's tolerances (see :mod:`torchbp.compare`).
         log_dir: a fresh run folder for TensorBoard (see :func:`torchbp.new_run_dir`); None logs nothing.
+        log_name: the name the run's charts are grouped under (``loss/<log_name>``; see
+            :mod:`torchbp.tensorboard_log`), so that several models' runs in one log folder
+            each get charts of their own. None: plain ``loss``.
         metrics: name -> function of a model, evaluated on both sides every ``metric_every``
             steps and at the end, logged under the same tag in both runs.
         metric_every: how often to evaluate metrics.
@@ -122,6 +134,7 @@ class LockstepTrainer:
         rtol: float | None = None,
         atol: float | None = None,
         log_dir: str | Path | None = None,
+        log_name: str | None = None,
         metrics: dict[str, Metric] | None = None,
         metric_every: int = 100,
         per_sample_every: int | None = None,
@@ -135,6 +148,7 @@ class LockstepTrainer:
         self.hand_model = convert(model)
         self.native_model = to_native(model)
         self.models = ModelPair(self.hand_model, self.native_model)
+        self.layers = describe_layers(model, loss_fn)  # what is compared: named in every report
         self.distributed = process_group_active() if distributed is None else distributed
         # What a step runs: the models themselves, or their DDP wrappers.
         self.hand_runner = data_parallel(self.hand_model) if self.distributed else self.hand_model
@@ -153,7 +167,7 @@ class LockstepTrainer:
                 raise ValueError(f"per_sample_every must be a positive number of steps, got {per_sample_every}")
             reduction_scale(self.hand_loss_fn, 1)  # refuses a loss whose per-sample scale is unknown
         self.per_sample_every = per_sample_every
-        self.log = TensorBoardLog(log_dir) if log_dir is not None else None
+        self.log = TensorBoardLog(log_dir, log_name) if log_dir is not None else None
         self.result = LockstepResult()
         self.stopwatch = Stopwatch(self.result.time_split)
 
@@ -177,6 +191,7 @@ class LockstepTrainer:
             self.log.step(record)
         lap("logging")
         if report is not None and not report.ok:
+            self.result.mismatch_step = step
             raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
         self.hand_optimizer.step()
         self.native_optimizer.step()
@@ -200,10 +215,12 @@ class LockstepTrainer:
         rtol = self.rtol
         if self.free_running and rtol is None:
             rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
-        return self.models.compare(
+        report = self.models.compare(
             f"lockstep step {step} ({mode})", (hand_loss, native_loss),
             parameters=self.free_running, rtol=rtol, atol=self.atol, defer_equal=True,
         )
+        report.layers = self.layers
+        return report
 
     def _sync_native_to_hand(self) -> None:
         with torch.no_grad():
@@ -246,7 +263,7 @@ class LockstepTrainer:
             for name, metric in self.metrics.items():
                 values[name] = (float(metric(self.hand_model)), float(metric(self.native_model)))
                 if self.log is not None:
-                    self.log.both(name, *values[name], step)
+                    self.log.metric(name, *values[name], step)
         lap("logging")
         self.result.metrics = values
         return values
@@ -284,20 +301,34 @@ class LockstepTrainer:
         return islice(_epochs(batches), steps)
 
     def close(self, hparams: dict | None = None) -> None:
-        """Write the hyperparameters with the final figures, and close the log."""
+        """Write the verdict (a text card) and the hyperparameters, and close the log."""
         if self.log is None:
             return
+        self.log.text("verdict", self.verdict(), self.result.steps)
         if hparams is not None:
-            result = self.result
-            final = {
-                "hand_loss": result.hand_loss,
-                "autograd_loss": result.autograd_loss,
-                "max_loss_difference": result.max_loss_difference,
-                "max_grad_error": result.max_grad_error,
-            }
-            final.update({name: hand for name, (hand, _) in result.metrics.items()})
-            self.log.hparams(hparams, final)
+            self.log.hparams(hparams)
         self.log.close()
+
+    def verdict(self) -> str:
+        """The run's result in a few lines of markdown: MATCH or MISMATCH, what was checked, what was compared."""
+        result = self.result
+        if result.mismatch_step is not None:
+            headline = f"**MISMATCH** at step {result.mismatch_step}: the report is in the program's output."
+        elif result.checks == 0:
+            headline = "**NOT CHECKED**: no step was compared."
+        else:
+            headline = f"**MATCH**: the two models agreed at every one of {result.checks} checked steps."
+        mode = "free-running" if self.free_running else "synced"
+        return "\n".join([
+            headline,
+            "",
+            "| | |",
+            "|---|---|",
+            f"| steps taken, checked | {result.steps}, {result.checks} (every {self.check_every}, {mode}) |",
+            f"| largest \\|Δloss\\| | {result.max_loss_difference:.1e} |",
+            f"| largest relative gradient error | {result.max_grad_error:.1e} (0: bit for bit) |",
+            f"| layers | {self.layers} |",
+        ])
 
 
 def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor:

@@ -1,12 +1,18 @@
-"""TensorBoard logging for a lockstep run: two runs that overlay, and their differences.
+"""TensorBoard logging for a lockstep run: two runs that overlay, their differences, and the verdict.
 
 A run folder holds three event streams:
 
-- ``hand/`` and ``autograd/``: the same tags (``loss``, metrics) for the torchbp
-  model and its native twin, so TensorBoard draws the two curves on one chart;
-- the folder itself: what belongs to the pair, the differences between the
-  two (``check/...``), and, in an event file of their own written at the end,
-  the hyperparameters.
+- ``hand/`` and ``autograd/``: the same tags for the torchbp model and its
+  native twin, so TensorBoard draws the two curves on one chart;
+- the folder itself: what belongs to the pair: how far apart the two are
+  (``match/...``), the verdict as a text card, and the hyperparameters.
+
+Tags are grouped by quantity, then by the run's ``name`` (an experiment's):
+``loss/seed``, ``match/seed/max_grad_error``, ``metrics/digits/held_out_accuracy``.
+TensorBoard makes one section per group, in alphabetical order, and one chart
+per tag, on which exactly the runs that wrote that tag overlay: the ``loss``
+section comes first, with one chart per experiment showing its hand and
+autograd curves, and the ``match`` charts follow.
 
 TensorBoard draws zigzag curves from a folder written twice, so a log only
 ever opens a folder that holds no event files, and :func:`new_run_dir` makes
@@ -25,7 +31,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard import SummaryWriter
 
 from torchbp.event_records import add_events, with_fast_checksums
@@ -63,6 +71,20 @@ def event_files(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob("**/events.out.tfevents.*"))
 
 
+DESCRIPTIONS = {
+    "loss": (
+        "The loss of the torchbp model (run hand) and of its native twin (run autograd). Where the hand-derived "
+        "backward agrees with autograd the two curves coincide, so one visible line is the expected picture; "
+        "switch a run off in the run list to see the other. The match charts and the verdict (Text tab) give the figures."
+    ),
+    "metrics": "The same metric on both models (runs hand and autograd); coinciding curves are the expected picture.",
+    "match": (
+        "How far apart the two models are at each checked step: abs_loss_difference is |loss(hand) − loss(autograd)|, "
+        "max_grad_error the largest gradient error relative to the gradient's largest magnitude. 0 means bit for bit."
+    ),
+}
+
+
 class TensorBoardLog:
     """Writers for one lockstep run; see the module docstring for the layout.
 
@@ -75,8 +97,8 @@ class TensorBoardLog:
     all but its last moments.
     """
 
-    def __init__(self, run_dir: str | Path, flush_secs: int = 2):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, name: str | None = None, flush_secs: int = 2):
+        self.run_dir, self.name = Path(run_dir), name
         if event_files(self.run_dir):
             raise FileExistsError(
                 f"{self.run_dir} already holds TensorBoard event files; writing into it again "
@@ -88,19 +110,26 @@ class TensorBoardLog:
             for run in (PAIR, *SIDES)
         }
         self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in self.writers}
+        self.described: set[tuple[str, str]] = set()  # (run, tag) whose first event carried its description
         self.next_write = time.monotonic() + flush_secs
+        self.loss_tag, self.max_grad_error_tag = self.tag("loss"), self.tag("match", "max_grad_error")
+        self.abs_loss_difference_tag = self.tag("match", "abs_loss_difference")
+
+    def tag(self, group: str, quantity: str | None = None) -> str:
+        """``group/name/quantity``, leaving out what is None: ``tag("loss")`` is ``loss/seed`` in a run named seed."""
+        return "/".join(part for part in (group, self.name, quantity) if part is not None)
 
     def step(self, record: StepRecord) -> None:
-        """What one lockstep step measured: both losses; on a checked step the differences;
+        """What one lockstep step measured: both losses; on a checked step how far apart they are;
         on a step that recorded them, the per-sample gradient norms."""
         now, step = time.time(), record.step
-        self.pending["hand"].append((step, now, "loss", record.hand_loss))
-        self.pending["autograd"].append((step, now, "loss", record.autograd_loss))
+        self.pending["hand"].append((step, now, self.loss_tag, record.hand_loss))
+        self.pending["autograd"].append((step, now, self.loss_tag, record.autograd_loss))
         if record.report is not None:
-            self.pending[PAIR].append((step, now, "check/abs_loss_difference", record.loss_difference))
-            self.pending[PAIR].append((step, now, "check/max_grad_error", record.max_grad_error))
+            self.pending[PAIR].append((step, now, self.abs_loss_difference_tag, record.loss_difference))
+            self.pending[PAIR].append((step, now, self.max_grad_error_tag, record.max_grad_error))
         if record.per_sample is not None:
-            self.histogram("hand", "per_sample/grad_norm", record.per_sample.grad_norms(), record.step)
+            self.histogram("hand", self.tag("per_sample", "grad_norm"), record.per_sample.grad_norms(), record.step)
         if time.monotonic() >= self.next_write:
             self.flush()
 
@@ -110,13 +139,15 @@ class TensorBoardLog:
         if time.monotonic() >= self.next_write:
             self.flush()
 
-    def both(self, tag: str, hand: float, autograd: float, step: int) -> None:
-        """One tag in both runs, so TensorBoard overlays the two curves."""
+    def metric(self, quantity: str, hand: float, autograd: float, step: int) -> None:
+        """A metric of both models, under one tag in both runs, so TensorBoard overlays the two curves."""
+        tag = self.tag("metrics", quantity)
         self.scalar("hand", tag, hand, step)
         self.scalar("autograd", tag, autograd, step)
 
-    def difference(self, tag: str, value: float, step: int) -> None:
-        self.scalar(PAIR, f"check/{tag}", value, step)
+    def match(self, quantity: str, value: float, step: int) -> None:
+        """How far apart the two models are, by some measure, in the run folder itself."""
+        self.scalar(PAIR, self.tag("match", quantity), value, step)
 
     def image(self, side: str, tag: str, image_hwc: np.ndarray, step: int) -> None:
         self._write_pending()  # events reach the files in the order they were logged
@@ -126,11 +157,21 @@ class TensorBoardLog:
         self._write_pending()
         self.writers[side].add_histogram(tag, values.detach().float().cpu(), step)
 
-    def hparams(self, hparams: dict, metrics: dict) -> None:
-        """Hyperparameters and final metrics, in the run folder itself (run_name ".")."""
+    def text(self, quantity: str, markdown: str, step: int = 0) -> None:
+        """A text card (TensorBoard's Text tab) in the run folder itself."""
         self._write_pending()
-        metrics = {f"hparam/{name}": float(value) for name, value in metrics.items()}
-        self.writers[PAIR].add_hparams(hparams, metrics, run_name=".")
+        self.writers[PAIR]._get_file_writer().add_summary(text_pb(self.tag(quantity), markdown), step)
+
+    def hparams(self, hparams: dict) -> None:
+        """The run's settings, for TensorBoard's HParams tab, in the run folder itself.
+
+        Values are written as text (``32``, ``full``, ``0.5``), so one setting never
+        shows as a number in one run and a word in another. The metric columns are
+        the runs' own charts (TensorBoard finds them); no chart of its own is added.
+        """
+        self._write_pending()
+        summary = hparams_pb({key: _as_text(value) for key, value in hparams.items()})
+        self.writers[PAIR]._get_file_writer().add_summary(summary)
 
     def _write_pending(self) -> None:
         """The held scalars as events, one per run and step, each carrying that step's tags."""
@@ -140,10 +181,21 @@ class TensorBoardLog:
             events = []
             for step, group in groupby(pending, key=itemgetter(0)):
                 group = list(group)
-                summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for _, _, tag, value in group])
-                events.append(Event(step=step, wall_time=group[0][1], summary=summary))
+                values = [
+                    Summary.Value(tag=tag, simple_value=value, metadata=self._description(run, tag))
+                    for _, _, tag, value in group
+                ]
+                events.append(Event(step=step, wall_time=group[0][1], summary=Summary(value=values)))
             add_events(self.writers[run], events)
             pending.clear()
+
+    def _description(self, run: str, tag: str) -> SummaryMetadata | None:
+        """The chart's description, on the first event of a tag in a run (TensorBoard reads it from there)."""
+        if (run, tag) in self.described:
+            return None
+        self.described.add((run, tag))
+        description = DESCRIPTIONS.get(tag.split("/", 1)[0])
+        return SummaryMetadata(summary_description=description) if description else None
 
     def flush(self) -> None:
         self._write_pending()
@@ -155,3 +207,7 @@ class TensorBoardLog:
         self._write_pending()
         for writer in self.writers.values():
             writer.close()
+
+
+def _as_text(value) -> str:
+    return "full" if value is None else str(value)
