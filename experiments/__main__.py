@@ -192,5 +192,10 @@ def run_all(chosen: dict[str, Config], logdir: str | None, progress: bool, rank:
     return outcomes
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The torchbp-experiments command: python -m experiments under another name."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -6,6 +6,7 @@ import os
 import pty
 import dataclasses
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -370,3 +371,12 @@ def test_list_shows_the_named_experiments_only(capsys):
     assert main(["--list", "xor"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("xor") and "digits" not in printed
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "experiments"], ["torchbp-experiments"]],
+                         ids=["python -m experiments", "torchbp-experiments"])
+def test_the_main_job_runs_from_any_folder_and_logs_to_its_runs(tmp_path, command):
+    assert shutil.which(command[0]), f"{command[0]} is not installed: pip install -e '.[experiments]'"
+    completed = subprocess.run([*command, "seed", "--steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert [step for step, _ in scalars(only_run(tmp_path / "runs", "seed") / "hand", "loss/seed")] == [0, 1]
