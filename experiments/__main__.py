@@ -97,6 +97,9 @@ def configs(args) -> dict[str, Config]:
     chosen = {}
     for name in dict.fromkeys(args.names or EXPERIMENTS):  # in order, without repeats
         experiment = EXPERIMENTS[name]
+        if experiment.full_batch and args.batch_size is not None:
+            print(f"{PROG}: note: --batch-size does not apply to {name}, which trains on all its samples at once",
+                  file=sys.stderr)
         batch = {} if experiment.full_batch or args.batch_size is None else {"batch_size": args.batch_size}
         chosen[name] = dataclasses.replace(experiment.defaults, **overrides, **batch)
     return chosen

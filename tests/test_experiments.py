@@ -380,3 +380,9 @@ def test_the_main_job_runs_from_any_folder_and_logs_to_its_runs(tmp_path, comman
     completed = subprocess.run([*command, "seed", "--steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert [step for step, _ in scalars(only_run(tmp_path / "runs", "seed") / "hand", "loss/seed")] == [0, 1]
+
+
+def test_batch_size_given_to_a_full_batch_experiment_says_it_does_not_apply(tmp_path, capsys):
+    assert main(["seed", "spiral", "--steps", "2", "--batch-size", "16", "--logdir", str(tmp_path)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--batch-size" in line]
+    assert notes == ["python -m experiments: note: --batch-size does not apply to seed, which trains on all its samples at once"]

@@ -1,6 +1,7 @@
 """Drop-in modules and the converter: the same classes, parameters and state as torch.nn."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -19,10 +20,15 @@ MODULE_PAIRS = {
 
 def build_pair(case, seed=0):
     native_cls, ours_cls, args, kwargs = MODULE_PAIRS[case]
-    torch.manual_seed(seed)
-    native = native_cls(*args, **kwargs)
-    torch.manual_seed(seed)
-    ours = ours_cls(*args, **kwargs)
+    legacy = "size_average" in kwargs or "reduce" in kwargs
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        torch.manual_seed(seed)
+        native = native_cls(*args, **kwargs)
+        torch.manual_seed(seed)
+        ours = ours_cls(*args, **kwargs)
+    # Drop-in down to the warnings: legacy arguments draw torch's deprecation warning from both alike.
+    assert [str(w.message) for w in warned] == ([str(warned[0].message)] * 2 if legacy else [])
     return native, ours
 
 

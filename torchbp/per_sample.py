@@ -108,11 +108,14 @@ class PerSampleGradients:
             module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES
         }
         covered = {id(p) for module in self.layers for p in module.parameters(recurse=False)}
-        uncovered = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        owners = {id(p): f"{name or 'the model'} ({type(module).__name__})"
+                  for name, module in model.named_modules() for p in module.parameters(recurse=False)}
+        uncovered = [owners[id(p)] for p in model.parameters() if p.requires_grad and id(p) not in covered]
         if uncovered:
             raise NotImplementedError(
-                f"no per-sample rule for the layers holding {', '.join(uncovered)}; "
-                f"supported: {', '.join(cls.__name__ for cls in PER_SAMPLE_RULES)} (torchbp.convert the model first)"
+                f"per-sample gradients: no per-sample rule for {', '.join(dict.fromkeys(uncovered))}; "
+                f"torchbp has rules for {', '.join(cls.__name__ for cls in PER_SAMPLE_RULES)} only "
+                "(freeze those parameters with requires_grad_(False) to take the others' per-sample gradients)"
             )
         self.records: dict[torch.nn.Module, list[list]] = {}  # layer: one [a_prev, δ] per call
         self.outputs: list[torch.Tensor] = []  # each call's z, for a backward that stops at them
