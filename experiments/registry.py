@@ -46,6 +46,8 @@ class Setup:
     per_sample_every: int | None = 100  # per-sample gradient norms, as a histogram
     # Given the trainer before training, returns what to do after each step (extra logging).
     watch: Callable[[LockstepTrainer], Callable[[StepRecord], None]] | None = None
+    # Given the trainer once training has ended, however it ended (a mismatch, SIGTERM), before its log closes.
+    finish: Callable[[LockstepTrainer], None] | None = None
 
 
 @dataclass(frozen=True)

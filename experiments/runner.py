@@ -65,7 +65,11 @@ def run_experiment(
         outcome.mismatch = mismatch
     finally:
         bar.close()
-        trainer.close(hparams={"experiment": experiment.name, **config.hparams()})
+        try:
+            if setup.finish is not None:
+                setup.finish(trainer)
+        finally:
+            trainer.close(hparams={"experiment": experiment.name, **config.hparams()})
     return outcome
 
 

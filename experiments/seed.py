@@ -6,22 +6,27 @@ to the second layer's weight gradient,
 
     ∂J/∂W2 = Σ_n δ2,n a1,nᵀ        (each term 1×3, W2's shape in torch's (out, in) convention)
 
-as a heat map: one row per sample and a last row with their sum, which is the
-full gradient (checked at every logged step). The terms come from
-torchbp.PerSampleGradients, recorded during the training step's own backward.
+as heat maps (see :class:`ContributionHeatMaps`): one row per sample and a last
+row with their sum, which is the full gradient (checked at every recorded
+step). The terms come from torchbp.PerSampleGradients, recorded during the
+training step's own backward, and from torchbp.per_sample_grads at the end.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import numpy as np
 import torch
 
+import torchbp
 from experiments.minibatches import Minibatches
 from experiments.models import sigmoid_mlp
 from experiments.registry import Config, Setup, experiment
 from torchbp.lockstep import LockstepTrainer, StepRecord
 
 SAMPLES = 5
+HEAT_MAP = ("per_sample", "W2_gradient_contributions")  # tag per_sample/seed/W2_gradient_contributions
 
 
 class HalfSumSquaredError(torch.nn.Module):
@@ -50,41 +55,86 @@ def samples(seed: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, t
     return x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
 
 
-def heat_map(values: np.ndarray, cell: int = 24) -> np.ndarray:
-    """Render a 2-D array as an (H, W, 3) uint8 image for TensorBoard: red positive, blue negative, white zero.
+def common_scale(contributions: Iterable[np.ndarray]) -> float:
+    """The largest |value| over all the arrays: the colour scale −scale … +scale clips none of them."""
+    return max((float(np.abs(rows).max()) for rows in contributions), default=0.0) or 1.0
 
-    The colour scale is symmetric around zero and set by the largest |value|,
-    so cells compare by colour within one image. A one-pixel grey grid
-    separates the cells.
+
+def heat_map_figure(rows: np.ndarray, scale: float, step: int):
+    """The samples' terms δ2,n a1,nᵀ and, below a line, their sum, as a matplotlib Figure.
+
+    Diverging colours from −scale (blue) through white at zero to +scale (red), every
+    cell's value printed. The Figure has its own Agg canvas, outside pyplot: nothing global.
     """
-    values = np.asarray(values, dtype=np.float64)
-    scale = np.abs(values).max() or 1.0
-    t = np.clip(values / scale, -1.0, 1.0)
-    red = np.where(t < 0, 1 + t, 1.0)
-    green = 1 - np.abs(t)
-    blue = np.where(t > 0, 1 - t, 1.0)
-    rgb = np.stack([red, green, blue], axis=-1)
-    image = np.kron(rgb, np.ones((cell, cell, 1)))
-    image[::cell, :, :] = 0.6
-    image[:, ::cell, :] = 0.6
-    return (image * 255).round().astype(np.uint8)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    samples, units = rows.shape[0] - 1, rows.shape[1]
+    figure = Figure(figsize=(7.2, 4.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(rows, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+    for (i, j), value in np.ndenumerate(rows):
+        color = "white" if abs(value) > 0.6 * scale else "black"
+        axes.text(j, i, f"{value:+#.3g}", ha="center", va="center", fontsize=10, color=color)
+    axes.axhline(samples - 0.5, color="black", linewidth=2.5)  # the sum apart from its terms
+    axes.set_xticks(range(units), [f"hidden unit {j + 1}\nW2[0, {j}]" for j in range(units)])
+    axes.set_yticks(range(samples + 1), [f"sample {n + 1}" for n in range(samples)] + ["Σ = ∂J/∂W2"])
+    axes.set_title(f"step {step}: each sample's share δ2,n a1,nᵀ of ∂J/∂W2")
+    figure.colorbar(image, ax=axes, label="δ2,n a1,nᵀ (one scale for the whole run)")
+    return figure
 
 
-def log_contributions(trainer: LockstepTrainer):
-    """After each step that recorded per-sample gradients: δ2,n a1,nᵀ as a heat map, and their sum's distance
-    from the full gradient ∂J/∂W2."""
+def heat_map(rows: np.ndarray, scale: float, step: int) -> np.ndarray:
+    """:func:`heat_map_figure` as an (H, W, 3) uint8 image, for TensorBoardLog.image."""
+    figure = heat_map_figure(rows, scale, step)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
-    def after_step(record: StepRecord) -> None:
-        if record.per_sample is None or trainer.log is None:
+
+def with_sum(per_sample: torch.Tensor) -> np.ndarray:
+    """(N, 1, 3) W2-shaped terms -> (N + 1, 3): one row per sample, then their sum."""
+    terms = per_sample[:, 0, :]
+    return torch.cat([terms, terms.sum(0, keepdim=True)]).cpu().numpy()
+
+
+class ContributionHeatMaps:
+    """δ2,n a1,nᵀ at every step that records per-sample gradients and at the final parameters,
+    drawn on ONE colour scale for the whole run (:func:`common_scale`), so the images compare
+    across steps.
+
+    That scale is known only once training ends, so the steps' contributions (6×3 each)
+    are kept and the images drawn by :meth:`finish`, which the runner calls however the run
+    ends (done, mismatch, Ctrl-C, SIGTERM), before the log closes; a run killed by SIGKILL
+    has none.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+        self.rows: dict[int, np.ndarray] = {}  # step: with_sum(terms)
+        self.updates = 0  # steps completed; a step that fails its check updates nothing
+
+    def watch(self, trainer: LockstepTrainer) -> Callable[[StepRecord], None]:
+        def after_step(record: StepRecord) -> None:
+            self.updates = record.step + 1
+            if record.per_sample is None or trainer.log is None:
+                return
+            per_sample = record.per_sample.grads()["2.weight"]  # (5, 1, 3): one W2-shaped term per sample
+            error = (per_sample.sum(0) - trainer.hand_model[2].weight.grad).abs().max().item()
+            trainer.log.match("per_sample_sum_error", error, record.step)
+            self.rows[record.step] = with_sum(per_sample)
+
+        return after_step
+
+    def finish(self, trainer: LockstepTrainer) -> None:
+        """Add the final parameters' contributions, at the step that would take its loss there, then log every image."""
+        if trainer.log is None:
             return
-        per_sample = record.per_sample.grads()["2.weight"]  # (5, 1, 3): one W2-shaped term per sample
-        total = per_sample.sum(0)
-        error = (total - trainer.hand_model[2].weight.grad).abs().max().item()
-        trainer.log.match("per_sample_sum_error", error, record.step)
-        rows = torch.cat([per_sample[:, 0, :], total], dim=0)  # one row per sample, then Σ
-        trainer.log.image("hand", trainer.log.tag("per_sample", "W2_gradient_contributions"), heat_map(rows.cpu().numpy()), record.step)
-
-    return after_step
+        final = torchbp.per_sample_grads(trainer.hand_model, trainer.hand_loss_fn, self.x, self.y)["2.weight"]
+        self.rows[self.updates] = with_sum(final)
+        scale = common_scale(self.rows.values())
+        for step, rows in sorted(self.rows.items()):
+            trainer.log.image("hand", trainer.log.tag(*HEAT_MAP), heat_map(rows, scale, step), step)
 
 
 @experiment(
@@ -95,10 +145,12 @@ def log_contributions(trainer: LockstepTrainer):
 )
 def build(config: Config) -> Setup:
     x, y = samples(config.seed, config.torch_dtype, config.device)
+    heat_maps = ContributionHeatMaps(x, y)
     return Setup(
         model=network(config),
         loss_fn=HalfSumSquaredError(),
         batches=Minibatches(x, y, batch_size=None),
         per_sample_every=max(config.steps // 4, 1),
-        watch=log_contributions,
+        watch=heat_maps.watch,
+        finish=heat_maps.finish,
     )

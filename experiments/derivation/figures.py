@@ -1,6 +1,6 @@
 """python -m experiments.derivation.figures [--out docs]: the figures of docs/derivation.md, as PNG files.
 
-Needs matplotlib (``pip install matplotlib``), which nothing else in torchbp uses.
+Needs matplotlib (``pip install matplotlib``, or the ``figures`` extra).
 """
 
 from __future__ import annotations
