@@ -33,6 +33,7 @@ import torch
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from tensorboard.plugins.scalar.metadata import create_summary_metadata as scalar_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard import SummaryWriter
 
@@ -195,7 +196,7 @@ class TensorBoardLog:
             return None
         self.described.add((run, tag))
         description = DESCRIPTIONS.get(tag.split("/", 1)[0])
-        return SummaryMetadata(summary_description=description) if description else None
+        return scalar_metadata(display_name=tag, description=description) if description else None
 
     def flush(self) -> None:
         self._write_pending()
