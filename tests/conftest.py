@@ -8,6 +8,23 @@ settings.load_profile("torchbp")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def chain(widths=(2, 3, 1), bias=True, dtype=torch.float64, last_sigmoid=True):
+    """A torch.nn.Sequential of Linear layers of the given widths, each followed by a Sigmoid (the last one optional)."""
+    torch.manual_seed(0)
+    layers = []
+    for n_in, n_out in zip(widths, widths[1:]):
+        layers += [torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.Sigmoid()]
+    return torch.nn.Sequential(*(layers if last_sigmoid else layers[:-1])).to(dtype)
+
+
+def chain_data(n, widths, dtype=torch.float64, middle=()):
+    """Inputs and targets for :func:`chain`: n samples (with optional middle dimensions)."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *middle, widths[0], generator=generator, dtype=torch.float64)
+    y = torch.rand(n, *middle, widths[-1], generator=generator, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="no CUDA device on this machine")
     for item in items:

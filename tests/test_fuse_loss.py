@@ -7,23 +7,10 @@ from hypothesis import strategies as st
 
 import torchbp
 import torchbp.functions.sequential
+from conftest import chain, chain_data
 from torchbp.compare import compare_tensors
 from torchbp.functions import DTypeError, SequentialFunction, ShapeError
 
-
-def chain(widths=(2, 3, 1), bias=True, dtype=torch.float64, last_sigmoid=True):
-    torch.manual_seed(0)
-    layers = []
-    for n_in, n_out in zip(widths, widths[1:]):
-        layers += [torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.Sigmoid()]
-    return torch.nn.Sequential(*(layers if last_sigmoid else layers[:-1])).to(dtype)
-
-
-def data(n, widths, dtype=torch.float64, middle=()):
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(n, *middle, widths[0], generator=generator, dtype=torch.float64)
-    y = torch.rand(n, *middle, widths[-1], generator=generator, dtype=torch.float64)
-    return x.to(dtype), y.to(dtype)
 
 
 def loss_and_gradients(loss_fn, parameters, x, y):
@@ -74,7 +61,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_loss_and_every_gradient_equal_native_autograd_to_the_bit(case):
     ours, theirs = native_and_fused(**{k: v for k, v in case.items() if k not in ("middle", "n")})
-    x, y = data(case["n"], case["widths"], case["dtype"], case["middle"])
+    x, y = chain_data(case["n"], case["widths"], case["dtype"], case["middle"])
     assert_identical(loss_and_gradients(*ours, x, y), loss_and_gradients(*theirs, x, y))
 
 
@@ -84,13 +71,13 @@ def test_loss_and_every_gradient_equal_native_autograd_for_any_shape(widths, n, 
     # Within the project's tolerance: for some shapes (an input of width 1) native torch's linear
     # backward reaches a matrix product of other strides, which may add in another order.
     ours, theirs = native_and_fused(tuple(widths), reduction=reduction)
-    x, y = data(n, widths)
+    x, y = chain_data(n, widths)
     assert_within_tolerance(loss_and_gradients(*ours, x, y), loss_and_gradients(*theirs, x, y))
 
 
 def test_the_derivations_cost_is_one_node():
     fused = torchbp.fuse_loss(chain(bias=False), torch.nn.MSELoss(reduction="sum"), scale=0.5)
-    loss = fused(*data(5, (2, 3, 1)))
+    loss = fused(*chain_data(5, (2, 3, 1)))
     assert type(loss.grad_fn).__name__ == "SequentialFunctionEagerBackward"
     assert {type(node).__name__ for node, _ in loss.grad_fn.next_functions if node is not None} == {"AccumulateGrad"}
 
@@ -115,7 +102,7 @@ def test_inplace_fuses_the_given_model():
 def test_training_steps_follow_native_training_to_the_bit():
     native = chain(bias=False)
     fused = torchbp.fuse_loss(native, torch.nn.MSELoss(reduction="sum"), scale=0.5)
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
     steps = []
     for loss_fn, model in ((fused, fused), (lambda x, y: 0.5 * torch.nn.MSELoss(reduction="sum")(native(x), y), native)):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -129,7 +116,7 @@ def test_training_steps_follow_native_training_to_the_bit():
 
 def test_double_backward_matches_native():
     (fused, params), (reference, native_params) = native_and_fused(reduction="sum", scale=0.5)
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
 
     def gradient_norm_gradient(loss_fn, parameters):
         grads = torch.autograd.grad(loss_fn(x, y), parameters, create_graph=True)
@@ -161,7 +148,7 @@ def test_a_wrong_loss_step_in_the_chain_is_caught(monkeypatch):
 
     monkeypatch.setattr(torchbp.functions.sequential, "mse_loss_backward", two_over_n_dropped)
     ours, theirs = native_and_fused(reduction="mean")
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
     with pytest.raises(AssertionError):
         assert_identical(loss_and_gradients(*ours, x, y), loss_and_gradients(*theirs, x, y))
 
@@ -188,7 +175,7 @@ def test_falls_back_to_loss_of_model_and_stays_equal_to_native(case, monkeypatch
     chains = []
     original = SequentialFunction.apply
     monkeypatch.setattr(SequentialFunction, "apply", lambda x, kinds, *a: chains.append(kinds) or original(x, kinds, *a))
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
 
     def reference(x, y):
         return 0.5 * loss_fn(model(x), y)
@@ -202,7 +189,7 @@ def test_under_autocast_the_per_layer_path_runs(monkeypatch):
     fused = torchbp.fuse_loss(chain(dtype=torch.float32), torch.nn.MSELoss())
     calls = []
     monkeypatch.setattr(SequentialFunction, "apply", lambda *a: calls.append(1))
-    x, y = data(4, (2, 3, 1), torch.float32)
+    x, y = chain_data(4, (2, 3, 1), torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = fused(x, y)
     assert calls == [] and loss.dtype == torch.float32  # mse_loss runs in float32 under autocast
@@ -221,7 +208,7 @@ BAD_INPUT = {
 def test_bad_input_is_refused_with_the_per_layer_message(case):
     make, error, message = BAD_INPUT[case]
     fused = torchbp.fuse_loss(chain(), torch.nn.MSELoss())
-    x, y = make(*data(5, (2, 3, 1)))
+    x, y = make(*chain_data(5, (2, 3, 1)))
     with pytest.raises(error, match=message):
         fused(x, y)
 
@@ -235,7 +222,7 @@ def test_a_scale_that_is_no_python_number_is_refused(scale):
 def test_torch_func_grad_and_vmap_of_grad_match_native():
     native = chain()
     fused = torchbp.fuse_loss(native, torch.nn.MSELoss(reduction="sum"), scale=0.5)
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
     params = {name: p.detach() for name, p in native.named_parameters()}
 
     def fused_loss(params, x, y):
@@ -256,7 +243,7 @@ def test_torch_func_grad_and_vmap_of_grad_match_native():
 def test_compiled_fused_loss_has_no_graph_break_and_native_gradients():
     native = chain(dtype=torch.float32)
     fused = torchbp.fuse_loss(native, torch.nn.MSELoss(reduction="sum"), scale=0.5)
-    x, y = data(5, (2, 3, 1), torch.float32)
+    x, y = chain_data(5, (2, 3, 1), torch.float32)
     assert torch._dynamo.explain(fused)(x, y).graph_break_count == 0
     compiled = torch.compile(fused, fullgraph=True, backend="inductor")
     ours = loss_and_gradients(compiled, list(fused.parameters()), x, y)
@@ -278,7 +265,7 @@ def test_a_fused_loss_survives_deepcopy_pickle_and_to_native():
     import pickle
 
     fused = torchbp.fuse_loss(chain(), torch.nn.MSELoss(reduction="sum"), scale=0.5)
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
     expected = fused(x, y)
     for other in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
         assert torch.equal(other(x, y), expected)

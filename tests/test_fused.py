@@ -10,22 +10,8 @@ import torchbp.functions.sequential
 from torchbp.compare import check_model
 from torchbp.functions import SequentialFunction
 
-from conftest import DEVICES
+from conftest import DEVICES, chain, chain_data
 
-
-def chain(widths=(2, 3, 1), bias=True, dtype=torch.float64, last_sigmoid=True):
-    torch.manual_seed(0)
-    layers = []
-    for n_in, n_out in zip(widths, widths[1:]):
-        layers += [torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.Sigmoid()]
-    return torch.nn.Sequential(*(layers if last_sigmoid else layers[:-1])).to(dtype)
-
-
-def data(n, widths, dtype=torch.float64, middle=()):
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(n, *middle, widths[0], generator=generator, dtype=torch.float64)
-    y = torch.rand(n, *middle, widths[-1], generator=generator, dtype=torch.float64)
-    return x.to(dtype), y.to(dtype)
 
 
 def test_fuse_makes_a_torchbp_sequential_and_to_native_reverses_it():
@@ -52,7 +38,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_fused_model_matches_native(case):
     model = torchbp.fuse(chain(case["widths"], case["bias"], case["dtype"], case["last_sigmoid"]))
-    x, y = data(case["n"], case["widths"], case["dtype"], case["middle"])
+    x, y = chain_data(case["n"], case["widths"], case["dtype"], case["middle"])
     report = check_model(model, torchbp.nn.MSELoss(reduction="sum"), x, y)
     assert report.ok, str(report)
 
@@ -60,12 +46,12 @@ def test_fused_model_matches_native(case):
 @given(widths=st.lists(st.integers(1, 5), min_size=2, max_size=5), n=st.integers(0, 4))
 def test_fused_model_matches_native_for_any_shape(widths, n):
     model = torchbp.fuse(chain(tuple(widths)))
-    report = check_model(model, torchbp.nn.MSELoss(reduction="sum"), *data(n, widths))
+    report = check_model(model, torchbp.nn.MSELoss(reduction="sum"), *chain_data(n, widths))
     assert report.ok, str(report)
 
 
 def test_fused_and_per_layer_paths_give_identical_gradients():
-    x, y = data(5, (4, 5, 3))
+    x, y = chain_data(5, (4, 5, 3))
     grads = []
     for make in (torchbp.convert, torchbp.fuse):
         model = make(chain((4, 5, 3)))
@@ -94,7 +80,7 @@ def test_gradcheck_and_gradgradcheck(fn):
 
 def test_a_wrong_step_in_the_chain_is_caught(monkeypatch):
     monkeypatch.setattr(torchbp.functions.sequential, "sigmoid_backward", lambda g, a: g * a)  # (1 − a) dropped
-    report = check_model(torchbp.fuse(chain()), torchbp.nn.MSELoss(), *data(5, (2, 3, 1)))
+    report = check_model(torchbp.fuse(chain()), torchbp.nn.MSELoss(), *chain_data(5, (2, 3, 1)))
     assert not report.ok and "0.weight.grad" in [row.name for row in report.mismatches]
 
 
@@ -109,13 +95,13 @@ def test_falls_back_to_the_per_layer_path_and_stays_correct(case, monkeypatch):
     model = torchbp.fuse(FALLBACKS[case](chain()))
     calls = []
     monkeypatch.setattr(SequentialFunction, "apply", lambda *a: calls.append(1))
-    report = check_model(model, torchbp.nn.MSELoss(), *data(5, (2, 3, 1)))
+    report = check_model(model, torchbp.nn.MSELoss(), *chain_data(5, (2, 3, 1)))
     assert report.ok and calls == []
 
 
 def test_per_sample_gradients_of_a_fused_model():
     model = torchbp.fuse(chain())
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
     grads = torchbp.per_sample_grads(model, torchbp.nn.MSELoss(reduction="sum"), x, y)
     model.zero_grad()
     torchbp.nn.MSELoss(reduction="sum")(model(x), y).backward()
@@ -135,7 +121,7 @@ def test_under_autocast_the_per_layer_path_runs(monkeypatch):
 def test_vmap_of_grad_over_a_fused_model():
     model = torchbp.fuse(chain())
     native = chain()
-    x, y = data(5, (2, 3, 1))
+    x, y = chain_data(5, (2, 3, 1))
     params = {name: p.detach() for name, p in native.named_parameters()}
 
     def per_sample(m):
@@ -150,7 +136,7 @@ def test_vmap_of_grad_over_a_fused_model():
 def test_a_frozen_first_layer_ends_the_backward_early():
     model = torchbp.fuse(chain((4, 5, 3)))
     model[0].requires_grad_(False)
-    x, y = data(5, (4, 5, 3))
+    x, y = chain_data(5, (4, 5, 3))
     torchbp.nn.MSELoss()(model(x), y).backward()
     assert model[0].weight.grad is None and model[2].weight.grad is not None
     assert check_model(model, torchbp.nn.MSELoss(), x, y).ok
@@ -159,12 +145,12 @@ def test_a_frozen_first_layer_ends_the_backward_early():
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_model_on_each_device(device):
     model = torchbp.fuse(chain()).to(device)
-    x, y = (t.to(device) for t in data(5, (2, 3, 1)))
+    x, y = (t.to(device) for t in chain_data(5, (2, 3, 1)))
     assert check_model(model, torchbp.nn.MSELoss(), x, y).ok
 
 
 def test_compiled_fused_model_has_no_graph_break():
     model = torchbp.fuse(chain(dtype=torch.float32))
-    x, y = data(5, (2, 3, 1), torch.float32)
+    x, y = chain_data(5, (2, 3, 1), torch.float32)
     explanation = torch._dynamo.explain(lambda x, y: torchbp.nn.MSELoss()(model(x), y))(x, y)
     assert explanation.graph_break_count == 0
