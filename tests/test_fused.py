@@ -154,3 +154,33 @@ def test_compiled_fused_model_has_no_graph_break():
     x, y = chain_data(5, (2, 3, 1), torch.float32)
     explanation = torch._dynamo.explain(lambda x, y: torchbp.nn.MSELoss()(model(x), y))(x, y)
     assert explanation.graph_break_count == 0
+
+
+def test_a_forward_set_on_a_layer_instance_is_run_not_fused_past():
+    fused, per_layer = torchbp.fuse(chain()), torchbp.convert(chain())
+    for model in (fused, per_layer):
+        original = model[0].forward
+        model[0].forward = lambda x, original=original: original(x) * 0  # as layer-wrapping libraries do
+    x, _ = chain_data(5, (2, 3, 1))
+    assert torch.equal(fused(x), per_layer(x))
+
+
+def test_a_weight_reassigned_as_a_plain_tensor_is_used():
+    fused, per_layer = torchbp.fuse(chain()), torchbp.convert(chain())
+    for model in (fused, per_layer):
+        weight = model[0].weight.detach() * 2
+        del model[0].weight
+        model[0].weight = weight
+    x, _ = chain_data(5, (2, 3, 1))
+    assert torch.equal(fused(x), per_layer(x))
+
+
+def test_a_fused_loss_built_on_a_native_mse_loss_runs_it_as_native(monkeypatch):
+    # A native MSELoss broadcasts a target of another shape; torchbp's refuses it. Fusing it into the
+    # chain only sometimes (not under a hook) would switch between the two: it is never fused.
+    objective = torchbp.nn.FusedLoss(torchbp.fuse(chain()), torch.nn.MSELoss())
+    kinds, original = [], SequentialFunction.apply
+    monkeypatch.setattr(SequentialFunction, "apply", lambda x, k, *a: (kinds.append(k), original(x, k, *a))[1])
+    x, y = chain_data(5, (2, 3, 1))
+    assert torch.equal(objective(x, y), torch.nn.MSELoss()(chain()(x), y))
+    assert kinds == [("linear", "sigmoid", "linear", "sigmoid")]  # the chain fused, the loss run as itself

@@ -129,11 +129,13 @@ class Sequential(HandDerived, torch.nn.Sequential):
         kinds, args = [], []
         for layer in self._modules.values():
             kind = _FUSABLE.get(type(layer))
-            if kind is None or _has_hooks(layer):  # a hook would not see the fused chain's layers run
+            if kind is None or _runs_other_code(layer):  # the fused chain would not run it
                 return None
             kinds.append(kind)
             if kind == LINEAR:
                 parameters = layer._parameters  # layer.weight would pass through Module.__getattr__
+                if "weight" not in parameters or "bias" not in parameters:  # reassigned as a plain attribute
+                    return None
                 args += (parameters["weight"], parameters["bias"])
         return (kinds, args) if kinds else None
 
@@ -142,7 +144,7 @@ class FusedLoss(HandDerived, torch.nn.Module):
     r"""``scale * loss_fn(model(input), target)``, as one Function where the chain and the loss allow.
 
     When ``model`` is a :class:`torchbp.nn.Sequential` of Linear and Sigmoid layers
-    and ``loss_fn`` an MSELoss (native or torchbp, any reduction), the network, the
+    and ``loss_fn`` a torchbp MSELoss (any reduction), the network, the
     loss and the constant ``scale`` run as one :class:`torchbp.functions.SequentialFunction`
     node whose last steps are the squared error and the scale: for the smallest
     networks, where every autograd node costs more than its arithmetic, torchbp's
@@ -187,8 +189,8 @@ class FusedLoss(HandDerived, torch.nn.Module):
             type(loss_fn) not in _FUSABLE_LOSSES
             or type(model) is not Sequential
             or not isinstance(target, torch.Tensor)
-            or _has_hooks(model)
-            or _has_hooks(loss_fn)
+            or _runs_other_code(model)
+            or _runs_other_code(loss_fn)
         ):
             return None
         chain = model._fused_chain(input)
@@ -207,13 +209,16 @@ class FusedLoss(HandDerived, torch.nn.Module):
 
 
 _FUSABLE = {Linear: LINEAR, Sigmoid: SIGMOID}
-_FUSABLE_LOSSES = {MSELoss, torch.nn.MSELoss}
+_FUSABLE_LOSSES = {MSELoss}  # a native MSELoss broadcasts its target, so it runs as itself (fuse_loss converts it)
 FUSED[torch.nn.Sequential] = Sequential
 
 
-def _has_hooks(module: torch.nn.Module) -> bool:
+def _runs_other_code(module: torch.nn.Module) -> bool:
+    """Would calling ``module`` run more than its class's forward: a hook, or a forward set on the instance
+    (as libraries that wrap layers do)?"""
     return bool(
         module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or "forward" in module.__dict__
     )
 
 
