@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rank, world = start_processes(chosen)
     chosen = {name: on_this_process(config, world) for name, config in chosen.items()}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # close the logs on the way out
+    def terminate(*_):
+        print(f"{PROG}: terminated; the logs written so far are in {args.logdir}", file=sys.stderr)
+        sys.exit(143)  # unwinds through the trainer, which writes its verdict and closes its log
+
+    previous_handler = signal.signal(signal.SIGTERM, terminate)
     try:
         outcomes = run_all(chosen, args.logdir if rank == 0 else None, sys.stderr.isatty() and rank == 0, rank, world)
     except KeyboardInterrupt:

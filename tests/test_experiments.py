@@ -266,6 +266,11 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
     assert len(hand) > 10 and len(autograd) > 10
     common = min(len(hand), len(autograd))
     assert hand[:common] == autograd[:common]
+    if how == signal.SIGTERM:  # the trainer closed its log on the way out, with a verdict that says so
+        (card,) = accumulator(run_dir).Tensors("verdict/digits")
+        assert card.tensor_proto.string_val[0].decode().startswith(
+            "**STOPPED** by an exit with status 143 (SIGTERM) after "
+        ) and " of 1000000 steps;" in card.tensor_proto.string_val[0].decode()
 
 
 def test_xor_learns_to_a_loss_under_one_hundredth(tmp_path, capsys):

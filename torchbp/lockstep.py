@@ -84,6 +84,8 @@ class LockstepResult:
     max_grad_error: float = 0.0
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (hand, autograd)
     mismatch_step: int | None = None  # the step whose check failed, if one did
+    steps_planned: int | None = None  # what train() was asked to reach (None: one pass over the batches)
+    stopped_by: str | None = None  # what ended train() early, if something did
     seconds: float = 0.0
     # Where step() spent its time: both models' forward, backward and update; comparing them;
     # writing the log (metric evaluation included).
@@ -277,6 +279,7 @@ class LockstepTrainer:
         """Run ``steps`` lockstep steps over ``batches`` (re-iterated as epochs), or one pass when
         ``steps`` is None. ``on_step`` sees each record (a progress bar, extra logging)."""
         started = time.perf_counter()
+        self.result.steps_planned = None if steps is None else self.result.steps + steps
         try:
             for inputs, target in self._schedule(batches, steps):
                 if self.metrics and self.result.steps % self.metric_every == 0:
@@ -286,6 +289,17 @@ class LockstepTrainer:
                     on_step(record)
             if self.metrics:
                 self.evaluate()  # after the last update
+        except LockstepMismatch:
+            raise
+        except KeyboardInterrupt:
+            self.result.stopped_by = "an interrupt"
+            raise
+        except SystemExit as stop:
+            self.result.stopped_by = f"an exit with status {stop.code}" + (" (SIGTERM)" if stop.code == 143 else "")
+            raise
+        except Exception as error:
+            self.result.stopped_by = f"an error ({type(error).__name__})"
+            raise
         finally:
             self.result.seconds += time.perf_counter() - started
             if self.log is not None:
@@ -314,6 +328,10 @@ class LockstepTrainer:
         result = self.result
         if result.mismatch_step is not None:
             headline = f"**MISMATCH** at step {result.mismatch_step}: the report is in the program's output."
+        elif result.stopped_by is not None:
+            planned = "" if result.steps_planned is None else f" of {result.steps_planned}"
+            headline = (f"**STOPPED** by {result.stopped_by} after {result.steps}{planned} steps; "
+                        f"the {result.checks} checked steps before it agreed.")
         elif result.checks == 0:
             headline = "**NOT CHECKED**: no step was compared."
         else:
