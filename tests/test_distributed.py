@@ -59,9 +59,9 @@ def test_the_runner_under_torchrun_logs_once_and_summarises_once(tmp_path):
     (run_dir,) = (tmp_path / "digits").iterdir()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "hand"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run_dir / "hand"), size_guidance={"tensors": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("loss/digits")] == list(range(30))
+    assert [e.step for e in events.Tensors("loss/digits")] == list(range(30))
     assert len(list(run_dir.glob("hand/events.out.tfevents.*"))) == 1  # one process wrote
 
 

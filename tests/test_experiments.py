@@ -22,6 +22,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from tensorboard.util.tensor_util import make_ndarray
 
 from experiments.__main__ import main
 from experiments.registry import EXPERIMENTS
@@ -33,13 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def accumulator(folder: Path) -> EventAccumulator:
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
     return events
 
 
 def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
-    return [(event.step, event.value) for event in accumulator(folder).Scalars(tag)]
+    """A scalar chart's points, as the log writes them: float32 tensors of the scalars plugin."""
+    return [(event.step, float(make_ndarray(event.tensor_proto))) for event in accumulator(folder).Tensors(tag)]
 
 
 def only_run(logdir: Path, experiment: str) -> Path:
@@ -76,12 +78,15 @@ def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys)
     assert "  seed: hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid" in printed  # the summary names what was compared
 
 
-def test_hyperparameters_are_logged_as_text_in_the_run_folder_without_charts_of_their_own(tmp_path):
+def test_hyperparameters_are_logged_as_text_in_the_hand_run_without_charts_of_their_own(tmp_path):
     assert main(["seed", "--steps", "3", "--lr", "0.25", "--logdir", str(tmp_path)]) == 0
-    events = accumulator(only_run(tmp_path, "seed"))
-    assert all(tag.startswith("match/seed/") for tag in events.Tags()["scalars"])
+    run_dir = only_run(tmp_path, "seed")
+    events = accumulator(run_dir / "hand")
+    assert set(events.PluginTagToContent("scalars")) == {"loss/seed"}
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    hparams = HParamsPluginData.FromString(content).session_start_info.hparams
+    start = HParamsPluginData.FromString(content).session_start_info
+    assert start.group_name == f"seed/{run_dir.name}"  # the trial is named after the run, not a hash
+    hparams = start.hparams
     assert {name: value.WhichOneof("kind") for name, value in hparams.items()} == dict.fromkeys(hparams, "string_value")
     assert hparams["lr"].string_value == "0.25" and hparams["batch_size"].string_value == "full"
     assert hparams["check_every"].string_value == "1" and hparams["experiment"].string_value == "seed"
@@ -118,6 +123,19 @@ def test_charts_say_that_coinciding_curves_are_the_expected_picture(tmp_path):
         if value.metadata.summary_description  # carried by a tag's first event
     }
     assert "coincide" in descriptions["loss/seed"] and "switch a run off" in descriptions["loss/seed"]
+
+
+def test_tensorboards_own_reader_serves_the_charts_with_their_descriptions(tmp_path):
+    from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
+
+    assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 0
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    (run,) = [run for run in multiplexer.Runs() if run.endswith("/hand")]
+    metadata = multiplexer.SummaryMetadata(run, "loss/seed")
+    assert metadata.plugin_data.plugin_name == "scalars" and "coincide" in metadata.summary_description
+    assert [event.step for event in multiplexer.Tensors(run, "loss/seed")] == [0, 1, 2]
 
 
 def test_seed_loss_decreases(tmp_path):

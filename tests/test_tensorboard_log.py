@@ -9,6 +9,8 @@ from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboards_checksum
 
+from tensorboard.util.tensor_util import make_ndarray
+
 from torchbp.event_records import frame, masked_crc32c
 from torchbp.tensorboard_log import TensorBoardLog, event_files
 
@@ -17,9 +19,9 @@ def scalar_events(folder):
     """[(step, {tag: value})] of the events in ``folder``'s own event file that carry scalars."""
     (path,) = [p for p in event_files(folder) if p.parent == folder]
     return [
-        (event.step, {value.tag: value.simple_value for value in event.summary.value})
+        (event.step, {value.tag: float(make_ndarray(value.tensor)) for value in event.summary.value})
         for event in LegacyEventFileLoader(str(path)).Load()
-        if event.summary.value and event.summary.value[0].HasField("simple_value")
+        if event.summary.value and event.summary.value[0].HasField("tensor")
     ]
 
 

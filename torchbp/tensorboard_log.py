@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.compat.proto.types_pb2 import DT_FLOAT
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.scalar.metadata import create_summary_metadata as scalar_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
@@ -89,8 +92,10 @@ DESCRIPTIONS = {
 class TensorBoardLog:
     """Writers for one lockstep run; see the module docstring for the layout.
 
-    Scalars are written as float32 ``simple_value``s, the form every TensorBoard
-    reader keeps (float64 tensor scalars are dropped by its default data server).
+    Scalars are written as float32 tensors with the scalars plugin's metadata, the
+    form tensorboard's own summaries take, whose first event per tag carries the
+    chart's description (TensorBoard's default data server drops the description
+    of an old-style ``simple_value``, and float64 scalars altogether).
     A step's scalars are held in memory and written together, one event per run
     and step, at least every ``flush_secs`` seconds and on :meth:`flush` and
     :meth:`close`: a TensorBoard call per scalar would cost more than a small
@@ -164,15 +169,18 @@ class TensorBoardLog:
         self.writers[PAIR]._get_file_writer().add_summary(text_pb(self.tag(quantity), markdown), step)
 
     def hparams(self, hparams: dict) -> None:
-        """The run's settings, for TensorBoard's HParams tab, in the run folder itself.
+        """The run's settings, for TensorBoard's HParams tab, in the ``hand`` run.
 
-        Values are written as text (``32``, ``full``, ``0.5``), so one setting never
-        shows as a number in one run and a word in another. The metric columns are
-        the runs' own charts (TensorBoard finds them); no chart of its own is added.
+        Values are written as text (``32``, ``0.5``), so one setting never shows as a
+        number in one run and a word in another. TensorBoard takes the metric columns
+        from the charts of the run that holds the settings: there, the torchbp model's
+        loss and metrics. No chart of its own is added. The trial is named after the
+        run folder, not a hash.
         """
         self._write_pending()
-        summary = hparams_pb({key: _as_text(value) for key, value in hparams.items()})
-        self.writers[PAIR]._get_file_writer().add_summary(summary)
+        trial = "/".join(part for part in (self.name, self.run_dir.name) if part)
+        summary = hparams_pb({key: str(value) for key, value in hparams.items()}, trial_id=trial)
+        self.writers["hand"]._get_file_writer().add_summary(summary)
 
     def _write_pending(self) -> None:
         """The held scalars as events, one per run and step, each carrying that step's tags."""
@@ -183,20 +191,20 @@ class TensorBoardLog:
             for step, group in groupby(pending, key=itemgetter(0)):
                 group = list(group)
                 values = [
-                    Summary.Value(tag=tag, simple_value=value, metadata=self._description(run, tag))
+                    Summary.Value(tag=tag, tensor=_float32(value), metadata=self._metadata(run, tag))
                     for _, _, tag, value in group
                 ]
                 events.append(Event(step=step, wall_time=group[0][1], summary=Summary(value=values)))
             add_events(self.writers[run], events)
             pending.clear()
 
-    def _description(self, run: str, tag: str) -> SummaryMetadata | None:
-        """The chart's description, on the first event of a tag in a run (TensorBoard reads it from there)."""
+    def _metadata(self, run: str, tag: str) -> SummaryMetadata | None:
+        """The scalars plugin's metadata with the chart's description, on the first event of a tag in a run
+        (TensorBoard reads it from there)."""
         if (run, tag) in self.described:
             return None
         self.described.add((run, tag))
-        description = DESCRIPTIONS.get(tag.split("/", 1)[0])
-        return scalar_metadata(display_name=tag, description=description) if description else None
+        return scalar_metadata(display_name=tag, description=DESCRIPTIONS.get(tag.split("/", 1)[0], ""))
 
     def flush(self) -> None:
         self._write_pending()
@@ -210,5 +218,5 @@ class TensorBoardLog:
             writer.close()
 
 
-def _as_text(value) -> str:
-    return "full" if value is None else str(value)
+def _float32(value: float) -> TensorProto:
+    return TensorProto(dtype=DT_FLOAT, float_val=[value], tensor_shape=TensorShapeProto())
