@@ -67,7 +67,7 @@ def parser() -> Parser:
     p.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to run (default: all: {', '.join(EXPERIMENTS)})")
     p.add_argument("--list", action="store_true", help="list the experiments (or the NAMEs given) and their defaults, then exit")
     p.add_argument("--steps", type=positive_int, help="training steps (default: each experiment's own)")
-    p.add_argument("--lr", type=positive_float, help="learning rate of plain SGD")
+    p.add_argument("--lr", type=positive_float, help="learning rate of SGD (spiral's has momentum 0.9)")
     p.add_argument("--batch-size", type=positive_int, help="minibatch size (seed and xor are full-batch)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed for data, initialisation and order (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default: each experiment's own)")
@@ -201,7 +201,13 @@ def run_all(chosen: dict[str, Config], logdir: str | None, progress: bool, rank:
 
 def entry_point() -> None:
     """The torchbp-experiments command: python -m experiments under another name."""
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -424,3 +424,24 @@ def test_check_model_names_what_it_replaced_and_what_it_left_native():
 def test_check_function_names_the_function_whose_apply_it_checked():
     report = check_function(SigmoidFunction.apply, torch.sigmoid, leaf(3))
     assert report.title == "check_function(SigmoidFunction.apply)"
+
+
+@pytest.mark.parametrize("tolerances", [dict(rtol=-1.0), dict(atol=math.inf), dict(rtol=math.nan), dict(atol="1e-3")])
+def test_a_tolerance_must_be_a_finite_number_of_at_least_zero(tolerances):
+    pair = ("t", torch.tensor([1.0, 2.0, math.inf]), torch.tensor([1.0, 2.0, 3.0]))
+    for compare in (lambda: compare_tensors(*pair, **tolerances), lambda: compare_many([pair], **tolerances)):
+        with pytest.raises(ValueError, match="finite number of at least 0"):
+            compare()
+
+
+ODD_KINDS = {
+    "float8": lambda: (torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn), torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn)),
+    "a conjugate view": lambda: (torch.tensor([1 + 2j]).conj(), torch.tensor([1 - 2j])),
+    "complex within its default tolerance": lambda: (torch.tensor([1 + 1j]) * (1 + 1e-7), torch.tensor([1 + 1j])),
+}
+
+
+@pytest.mark.parametrize("case", ODD_KINDS)
+def test_compare_many_takes_what_compare_tensors_takes(case):
+    pair = ("t", *ODD_KINDS[case]())
+    assert compare_many([pair]) == [compare_tensors(*pair)] and compare_tensors(*pair).ok

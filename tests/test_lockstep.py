@@ -231,3 +231,15 @@ def test_a_mismatch_report_names_the_hand_derived_and_the_native_layers(planted_
     with pytest.raises(LockstepMismatch) as raised:
         LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5).step(*batches()[0])
     assert "hand-derived: 0 Linear, 2 Linear, loss MSELoss; native: 1 ReLU" in str(raised.value)
+
+
+@pytest.mark.parametrize("free_running", [False, True], ids=["synced", "free-running"])
+def test_a_report_read_after_the_step_keeps_its_figures(free_running):
+    reports = []
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, free_running=free_running)
+    trainer.train(batches(), steps=2, on_step=lambda record: reports.append(record.report))
+    for report in reports:  # read after the update, as an on_step callback or a kept record would
+        loss_row = report.rows[0]
+        assert loss_row.name == "loss" and loss_row.reference_max > 0 and not loss_row.note
+        if free_running:
+            assert all(not row.note for row in report.rows)

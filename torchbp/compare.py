@@ -44,6 +44,8 @@ DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.float32: 1e-5,
     torch.float16: 2e-3,  # a few units of its 2⁻¹⁰ rounding step
     torch.bfloat16: 2e-2,  # a few units of its 2⁻⁷ rounding step
+    torch.complex128: 1e-7,  # as its real and imaginary parts' dtype
+    torch.complex64: 1e-5,
 }
 
 
@@ -108,7 +110,7 @@ class Settled(NamedTuple):
 class Identical(NamedTuple):
     """A pair whose bits are equal, left unmeasured: exact, with max |reference| read when the row is built.
 
-    The reference is held weakly, so a kept report does not keep a model's
+    The reference is held weakly (a scalar outright), so a kept report does not keep a model's
     gradients alive; if it has been freed or changed in place (its version
     counter moved) by then, the row says so rather than show another tensor's figure.
     """
@@ -116,7 +118,7 @@ class Identical(NamedTuple):
     name: str
     shape: torch.Size
     dtype: torch.dtype
-    reference: weakref.ref
+    reference: Callable[[], torch.Tensor | None]  # a weak reference, or for a scalar a strong one
     version: int
     rtol: float | None
     atol: float | None
@@ -156,6 +158,9 @@ class Report:
     @rows.setter
     def rows(self, rows: Iterable[ComparedTensor | Settled | Identical]) -> None:
         self._entries = list(rows)
+
+    def append(self, row: ComparedTensor) -> None:
+        self._entries.append(row)
 
     @property
     def ok(self) -> bool:
@@ -227,6 +232,7 @@ def compare_tensors(
     largest error. :func:`compare_many` decides the common case faster and calls
     this for everything else.
     """
+    check_tolerances(rtol, atol)
     if actual is None or reference is None:
         present = reference if actual is None else actual
         if present is None:
@@ -291,15 +297,18 @@ def settle(
     its verdict (exact) needs no figure, and max |reference| is read from the
     reference tensor when the row is built (see :class:`Identical`).
     """
+    check_tolerances(rtol, atol)
     entries = []
     for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs, defer_equal)):
         if figures is EQUAL_BITS:
-            entries.append(Identical(name, reference.shape, reference.dtype, weakref.ref(reference), reference._version, rtol, atol))
+            # A scalar (the loss) is held outright: it costs nothing and is often freed before its row is read.
+            held = (lambda tensor=reference: tensor) if reference.dim() == 0 else weakref.ref(reference)
+            entries.append(Identical(name, reference.shape, reference.dtype, held, reference._version, rtol, atol))
             continue
         if figures is not None:
             error, largest = figures
             tolerance = (0.0 if atol is None else atol) + (DEFAULT_RTOL.get(reference.dtype, 0.0) if rtol is None else rtol) * largest
-            if error <= tolerance and math.isfinite(largest):  # within tolerance: every element was finite
+            if error <= tolerance and math.isfinite(error) and math.isfinite(largest):  # then every element was finite
                 entries.append(Settled(name, reference.shape, reference.dtype, error, largest, rtol, atol))
                 continue
         entries.append(compare_tensors(name, actual, reference, rtol, atol))
@@ -376,6 +385,13 @@ def _foreach_max(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.amax() for t in tensors]
 
 
+def check_tolerances(rtol: float | None, atol: float | None) -> None:
+    """A tolerance is a finite number ≥ 0, or None for the default."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number of at least 0 (or None for the default), got {value!r}")
+
+
 def _summarisable(actual, reference) -> bool:
     """Can this pair take compare_many's common case?"""
     return (
@@ -384,7 +400,8 @@ def _summarisable(actual, reference) -> bool:
         and actual.shape == reference.shape
         and actual.dtype == reference.dtype
         and actual.device == reference.device
-        and (reference.dtype.is_floating_point or reference.dtype.is_complex)
+        and reference.dtype in DEFAULT_RTOL  # the dtypes whose arithmetic it needs (float8 has none)
+        and not (actual.is_conj() or reference.is_conj())
         and reference.numel() > 0
     )
 
@@ -392,7 +409,7 @@ def _summarisable(actual, reference) -> bool:
 def _real(t: torch.Tensor) -> torch.Tensor:
     """A complex tensor as its real and imaginary parts; a real one as it is."""
     t = t.detach()
-    return torch.view_as_real(t) if t.is_complex() else t
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
 
 
 def _as_float64(t: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,8 @@ class FramedRecords(bytes):
 def with_fast_checksums(writer: SummaryWriter) -> SummaryWriter:
     """``writer``, its records framed by :func:`frame` from now on where that is possible."""
     record_writer = _record_writer(writer)
-    if record_writer is not None:
-        file = record_writer._writer
+    file = getattr(record_writer, "_writer", None)
+    if file is not None:
         record_writer.write = lambda data: file.write(data if type(data) is FramedRecords else frame(data))
     return writer
 

@@ -219,7 +219,8 @@ class LockstepTrainer:
             rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
         report = self.models.compare(
             f"lockstep step {step} ({mode})", (hand_loss, native_loss),
-            parameters=self.free_running, rtol=rtol, atol=self.atol, defer_equal=True,
+            # In free-running mode the update changes the parameters in place: measure them now.
+            parameters=self.free_running, rtol=rtol, atol=self.atol, defer_equal=not self.free_running,
         )
         report.layers = self.layers
         return report
@@ -232,7 +233,7 @@ class LockstepTrainer:
     def _across_processes(hand_loss, native_loss, report):
         hand_loss, native_loss, every_process_ok = across_processes(hand_loss, native_loss, report is None or report.ok)
         if report is not None and report.ok and not every_process_ok:
-            report.rows.append(ComparedTensor(
+            report.append(ComparedTensor(
                 "other processes", None, None, float("nan"), float("nan"), 0.0, 0.0, False,
                 "another process's check failed at this step; its report is in its own output",
             ))
@@ -340,7 +341,7 @@ class LockstepTrainer:
         return "\n".join([
             headline,
             "",
-            "| | |",
+            "| what | figure |",
             "|---|---|",
             f"| steps taken, checked | {result.steps}, {result.checks} (every {self.check_every}, {mode}) |",
             f"| largest \\|Δloss\\| | {result.max_loss_difference:.1e} |",
