@@ -11,7 +11,8 @@ import torchbp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchbp.compare import DEFAULT_RTOL, check_function, check_model, compare_many, compare_tensors
+from torchbp.check import check_function, check_model
+from torchbp.compare import DEFAULT_RTOL, compare_many, compare_tensors
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
 
 

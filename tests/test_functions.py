@@ -8,7 +8,7 @@ from torch.autograd.gradcheck import GradcheckError
 from hypothesis import strategies as st
 
 import torchbp
-from torchbp.compare import check_function
+from torchbp.check import check_function
 from torchbp.functional import linear, mse_loss, sigmoid
 
 from conftest import DEVICES

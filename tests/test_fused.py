@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import torchbp
 import torchbp.functions.sequential
-from torchbp.compare import check_model
+from torchbp.check import check_model
 from torchbp.functions import SequentialFunction
 
 from conftest import DEVICES, chain, chain_data

@@ -214,13 +214,13 @@ def test_the_time_split_accounts_for_training_checking_and_logging(tmp_path):
 
 def test_the_comparison_is_the_one_check_model_uses(monkeypatch):
     titles = []
-    original = torchbp.compare.ModelPair.compare
+    original = torchbp.check.ModelPair.compare
 
     def recording(self, title, *args, **kwargs):
         titles.append(title)
         return original(self, title, *args, **kwargs)
 
-    monkeypatch.setattr(torchbp.compare.ModelPair, "compare", recording)
+    monkeypatch.setattr(torchbp.check.ModelPair, "compare", recording)
     LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5).step(*batches()[0])
     torchbp.check_model(users_model(), torch.nn.MSELoss(), *batches()[0])
     assert titles == ["lockstep step 0 (synced)", "check_model(Sequential)"]

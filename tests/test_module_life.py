@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torchbp
-from torchbp.compare import check_model
+from torchbp.check import check_model
 
 from conftest import DEVICES
 

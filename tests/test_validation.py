@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import torchbp
-from torchbp.compare import check_function
+from torchbp.check import check_function
 from torchbp.functional import linear, mse_loss, sigmoid
 
 f32, f64 = torch.float32, torch.float64

@@ -6,14 +6,15 @@ The chain, in the order data flows:
 - ``torchbp.functional`` and ``torchbp.nn``: drop-in wrappers with torch's signatures;
 - ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way; ``torchbp.fuse`` and
   ``torchbp.fuse_loss`` run a chain (and its loss) as one Function;
-- ``torchbp.compare``: check a function or model against native autograd;
+- ``torchbp.compare`` and ``torchbp.check``: compare tensors; check a function or model against native autograd;
 - ``torchbp.per_sample``: per-sample gradients from the hand-derived backward;
 - ``torchbp.lockstep``: train a torchbp model and its native twin side by side,
   checking them at every step and logging both to TensorBoard.
 """
 
 from torchbp import functional, functions, nn
-from torchbp.compare import ComparedTensor, Report, check_function, check_model, compare_tensors
+from torchbp.check import check_function, check_model
+from torchbp.compare import ComparedTensor, Report, compare_tensors
 from torchbp.convert import convert, fuse, fuse_loss, to_native
 from torchbp.functions import DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord

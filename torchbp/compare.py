@@ -23,21 +23,18 @@ Two limits of a tolerance scaled by the reference's largest magnitude:
   torchbp Functions add in native torch's order, so on CPU they agree with it
   to the bit in float32 and float64.
 
-Both sides of a comparison draw the same random numbers (see
-:class:`SameRandomness`), so a model with dropout compares like one without.
+:mod:`torchbp.check` runs a function or a model on both sides and compares
+them through this module.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 
-from torchbp.convert import convert, to_native
-from torchbp.nn import HAND_DERIVED
 
 DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.float64: 1e-7,
@@ -47,24 +44,6 @@ DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.complex128: 1e-7,  # as its real and imaginary parts' dtype
     torch.complex64: 1e-5,
 }
-
-
-class SameRandomness:
-    """Lets a second run draw the random numbers a first run drew.
-
-    Create it before the first run and call :meth:`replay` before the second:
-    the global CPU generator (and CUDA's, where it is in use) starts again from
-    where the first run started, so dropout masks and the like agree.
-    """
-
-    def __init__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-
-    def replay(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
 
 
 class ComparedTensor(NamedTuple):
@@ -101,7 +80,7 @@ class Settled(NamedTuple):
 
     @property
     def max_rel_error(self) -> float:
-        return self.max_abs_error / self.reference_max if self.reference_max > 0 else (0.0 if self.max_abs_error == 0 else math.inf)
+        return relative_error(self.max_abs_error, self.reference_max)
 
     def row(self) -> ComparedTensor:
         return _row(self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol)
@@ -307,8 +286,8 @@ def settle(
             continue
         if figures is not None:
             error, largest = figures
-            tolerance = (0.0 if atol is None else atol) + (DEFAULT_RTOL.get(reference.dtype, 0.0) if rtol is None else rtol) * largest
-            if error <= tolerance and math.isfinite(error) and math.isfinite(largest):  # then every element was finite
+            within = error <= tolerance(reference.dtype, largest, rtol, atol)
+            if within and math.isfinite(error) and math.isfinite(largest):  # then every element was finite
                 entries.append(Settled(name, reference.shape, reference.dtype, error, largest, rtol, atol))
                 continue
         entries.append(compare_tensors(name, actual, reference, rtol, atol))
@@ -417,16 +396,24 @@ def _as_float64(t: torch.Tensor) -> torch.Tensor:
     return _real(t).to(torch.float64)
 
 
-def _row(name, shape, dtype, max_abs: float, reference_max: float, rtol, atol) -> ComparedTensor:
-    """The verdict on finite figures: max_abs ≤ atol + rtol · reference_max."""
+def tolerance(dtype: torch.dtype, reference_max: float, rtol: float | None, atol: float | None) -> float:
+    """atol + rtol · max |reference|, with the dtype's default rtol and atol 0 where not given: the criterion."""
     rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
-    atol = 0.0 if atol is None else atol
+    return (0.0 if atol is None else atol) + rtol * reference_max
+
+
+def relative_error(max_abs: float, reference_max: float) -> float:
+    """max |actual − reference| / max |reference|; 0 for two zeros, infinite for an error against zeros."""
     if reference_max > 0:
-        max_rel = max_abs / reference_max
-    else:
-        max_rel = 0.0 if max_abs == 0 else float("inf")
-    tolerance = atol + rtol * reference_max
-    return ComparedTensor(name, shape, dtype, max_abs, max_rel, tolerance, reference_max, max_abs <= tolerance)
+        return max_abs / reference_max
+    return 0.0 if max_abs == 0 else math.inf
+
+
+def _row(name, shape, dtype, max_abs: float, reference_max: float, rtol, atol) -> ComparedTensor:
+    """The verdict on finite figures."""
+    allowed = tolerance(dtype, reference_max, rtol, atol)
+    return ComparedTensor(name, shape, dtype, max_abs, relative_error(max_abs, reference_max), allowed, reference_max,
+                          max_abs <= allowed)
 
 
 def _compare_exactly(name: str, actual: torch.Tensor, reference: torch.Tensor) -> ComparedTensor:
@@ -435,7 +422,7 @@ def _compare_exactly(name: str, actual: torch.Tensor, reference: torch.Tensor) -
     ok = bool(torch.equal(actual, reference))
     max_abs = 0.0 if ok else float((actual.long() - reference.long()).abs().max().item())
     reference_max = float(reference.long().abs().max().item()) if reference.numel() else 0.0
-    max_rel = max_abs / reference_max if reference_max else (0.0 if ok else float("inf"))
+    max_rel = relative_error(max_abs, reference_max)
     return ComparedTensor(name, shape, dtype, max_abs, max_rel, 0.0, reference_max, ok, "" if ok else "not equal")
 
 
@@ -444,227 +431,3 @@ def _where(error: torch.Tensor, finite: torch.Tensor, max_abs: float) -> str:
     flat_index = torch.nonzero(finite.reshape(-1)).reshape(-1)[error.argmax()].item()
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), finite.shape))
     return f"largest error {max_abs:.3e} at index {index}"
-
-
-def check_function(
-    fn: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
-    reference: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
-    *inputs,
-    grad_output: torch.Tensor | Sequence[torch.Tensor] | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-) -> Report:
-    """Run ``fn`` and ``reference`` on copies of ``inputs``, backpropagate the same upstream
-    gradient through both, and compare the outputs and the gradient of every input
-    that requires grad.
-
-    When no input requires grad, every floating-point tensor input is
-    differentiated, so a check of gradients cannot quietly become a check of
-    outputs alone. ``grad_output`` is the upstream gradient, one per output;
-    when not given, it is drawn from a normal distribution with a fixed seed.
-    Copies keep each input's strides, so a non-contiguous input stays
-    non-contiguous, and both sides draw the same random numbers. Works for any
-    pair of callables: pass your own autograd Function's ``apply`` as ``fn``.
-    """
-    report = Report(f"check_function({_callable_name(fn)})")
-    wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
-    if not wrt:
-        wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-    actual_inputs = [_copy_leaf(x, requires_grad=i in wrt) for i, x in enumerate(inputs)]
-    reference_inputs = [_copy_leaf(x, requires_grad=i in wrt) for i, x in enumerate(inputs)]
-    randomness = SameRandomness()
-    actual_outputs = _as_tuple(fn(*actual_inputs))
-    randomness.replay()
-    reference_outputs = _as_tuple(reference(*reference_inputs))
-
-    count = max(len(actual_outputs), len(reference_outputs))
-    pairs = [
-        ("output" if count == 1 else f"output[{i}]", _get(actual_outputs, i), _get(reference_outputs, i))
-        for i in range(count)
-    ]
-    grad_outputs = _grad_outputs(grad_output, reference_outputs)
-    actual_grads = _gradients(actual_outputs, grad_outputs, [actual_inputs[i] for i in wrt])
-    reference_grads = _gradients(reference_outputs, grad_outputs, [reference_inputs[i] for i in wrt])
-    pairs += [(f"inputs[{i}].grad", mine, theirs) for i, mine, theirs in zip(wrt, actual_grads, reference_grads)]
-    report.rows = settle(pairs, rtol, atol)
-    return report
-
-
-def check_model(
-    model: torch.nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    target: torch.Tensor,
-    rtol: float | None = None,
-    atol: float | None = None,
-) -> Report:
-    """Compare the torchbp and the native version of ``model`` from identical parameters.
-
-    ``model`` may be given in either form; neither it nor ``loss_fn`` is changed.
-    A ``loss_fn`` that is a module is converted too (a plain function is used
-    as it is on both sides). Both copies run forward, loss and backward on the
-    same ``inputs`` and ``target``, drawing the same random numbers; the report
-    compares the output, the loss, the gradient with respect to the input and
-    every parameter's gradient by name. A model and loss with no layer that
-    torchbp replaces raise ValueError: both sides would run native code.
-    """
-    require_hand_derived_layers("check_model", model, loss_fn)
-    randomness = SameRandomness()
-    hand = _run_model(convert, model, loss_fn, inputs, target)
-    randomness.replay()
-    native = _run_model(to_native, model, loss_fn, inputs, target)
-    report = ModelPair(hand.model, native.model).compare(
-        f"check_model({type(model).__name__})", (hand.loss, native.loss),
-        outputs=(hand.output, native.output), inputs=(hand.input, native.input), rtol=rtol, atol=atol,
-    )
-    report.layers = describe_layers(model, loss_fn)
-    return report
-
-
-class ModelPair:
-    """A torchbp model and its native twin of the same structure, matched parameter by parameter.
-
-    The matching is made once, so comparing the two again and again (as
-    :class:`torchbp.LockstepTrainer` does at every step) costs only the comparison.
-    """
-
-    def __init__(self, hand: torch.nn.Module, native: torch.nn.Module):
-        self.hand, self.native = hand, native
-        named = list(hand.named_parameters())
-        self.names = [name for name, _ in named]
-        self.grad_names = [f"{name}.grad" for name in self.names]
-        self.hand_parameters = [parameter for _, parameter in named]
-        self.native_parameters = list(native.parameters())
-
-    def compare(
-        self,
-        title: str,
-        losses: tuple[torch.Tensor, torch.Tensor],
-        *,
-        outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
-        inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
-        parameters: bool = False,
-        rtol: float | None = None,
-        atol: float | None = None,
-        defer_equal: bool = False,
-    ) -> Report:
-        """Compare the two after both ran forward, loss and backward.
-
-        Rows, in order: the output (when ``outputs`` is given), the loss, the input's
-        gradient (when ``inputs`` is given and requires grad), then for each parameter
-        by name its value (with ``parameters``) and its ``.grad``. :func:`check_model`
-        and :class:`torchbp.LockstepTrainer` both report through this; the trainer
-        passes ``defer_equal`` (see :func:`settle`), as most of its reports are never read.
-        """
-        pairs = [("output", *outputs)] if outputs is not None else []
-        pairs.append(("loss", *losses))
-        if inputs is not None and inputs[1].requires_grad:
-            pairs.append(("input.grad", inputs[0].grad, inputs[1].grad))
-        for name, grad_name, mine, theirs in zip(self.names, self.grad_names, self.hand_parameters, self.native_parameters):
-            if parameters:
-                pairs.append((name, mine, theirs))
-            if mine.requires_grad or theirs.requires_grad:
-                pairs.append((grad_name, mine.grad, theirs.grad))
-        return Report(title, settle(pairs, rtol, atol, defer_equal))
-
-
-def describe_layers(model: torch.nn.Module, loss_fn=None) -> str:
-    """One line naming the layers of ``model`` (and of a loss module) torchbp replaces and those it leaves native.
-
-    For example ``hand-derived: 0 Linear, 1 Sigmoid, loss MSELoss; native: 2 ReLU``.
-    """
-    def layers(module: torch.nn.Module, prefix: str) -> list[tuple[str, type]]:
-        return [
-            (f"{prefix}.{name}" if prefix and name else prefix or name, type(m))
-            for name, m in module.named_modules()
-            if not any(True for _ in m.children())  # leaves: the containers only arrange them
-        ]
-
-    found = layers(model, "") + (layers(loss_fn, "loss") if isinstance(loss_fn, torch.nn.Module) else [])
-    torchbp_classes = set(HAND_DERIVED) | set(HAND_DERIVED.values())
-    hand = [f"{name} {cls.__name__}" for name, cls in found if cls in torchbp_classes]
-    native = [f"{name} {cls.__name__}" for name, cls in found if cls not in torchbp_classes]
-    return f"hand-derived: {', '.join(hand) or 'none'}; native: {', '.join(native) or 'none'}"
-
-
-def _callable_name(fn) -> str:
-    """``Cube.apply`` for a Function's apply (whose __qualname__ is ``Function.apply``), else the qualified name."""
-    owner = getattr(fn, "__self__", None)
-    if isinstance(owner, type):
-        return f"{owner.__name__}.{fn.__name__}"
-    return getattr(fn, "__qualname__", type(fn).__name__)
-
-
-def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:
-    """Refuse a model (and loss) in which torchbp would replace nothing."""
-    modules = [*model.modules(), *(loss_fn.modules() if isinstance(loss_fn, torch.nn.Module) else [])]
-    if not any(type(m) in HAND_DERIVED or type(m) in HAND_DERIVED.values() for m in modules):
-        raise ValueError(
-            f"{caller}: {type(model).__name__} holds no layer that torchbp replaces "
-            f"({', '.join(cls.__name__ for cls in HAND_DERIVED)}), so both sides would run native code"
-        )
-
-
-class _SideRun(NamedTuple):
-    model: torch.nn.Module
-    input: torch.Tensor
-    output: torch.Tensor
-    loss: torch.Tensor
-
-
-def _run_model(to_side, model, loss_fn, inputs, target) -> _SideRun:
-    """Forward, loss and backward on one side's copy, the gradients left in ``.grad``."""
-    side_model = to_side(model)
-    side_model.zero_grad(set_to_none=True)  # the copy's own gradients only
-    side_loss = to_side(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
-    x = _copy_leaf(inputs, requires_grad=inputs.is_floating_point())
-    output = side_model(x)
-    loss = side_loss(output, target)
-    if loss.requires_grad:
-        loss.backward(torch.ones_like(loss))
-    return _SideRun(side_model, x, output, loss)
-
-
-def _copy_leaf(x, requires_grad: bool | None = None):
-    """A new leaf with x's values and strides, so each side gets its own graph and grads."""
-    if not isinstance(x, torch.Tensor):
-        return copy.deepcopy(x)
-    requires_grad = x.requires_grad if requires_grad is None else requires_grad
-    try:
-        leaf = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        leaf.copy_(x.detach())
-    except RuntimeError:  # overlapping strides (an expanded tensor) cannot be written to
-        leaf = x.detach().clone()
-    return leaf.requires_grad_(requires_grad)
-
-
-def _as_tuple(output) -> tuple:
-    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
-
-
-def _get(items: Sequence, i: int):
-    return items[i] if i < len(items) else None
-
-
-def _grad_outputs(given, reference_outputs: tuple) -> tuple:
-    if given is not None:
-        return _as_tuple(given)
-    generator = torch.Generator().manual_seed(0)
-    return tuple(
-        torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype).to(out.device)
-        if isinstance(out, torch.Tensor) and out.is_floating_point()
-        else None
-        for out in reference_outputs
-    )
-
-
-def _gradients(outputs: tuple, grad_outputs: tuple, wrt: list[torch.Tensor]) -> list:
-    """∂(Σ outputs · grad_outputs)/∂wrt; None for each when nothing is differentiable."""
-    pairs = [
-        (out, g) for out, g in zip(outputs, grad_outputs)
-        if isinstance(out, torch.Tensor) and out.requires_grad and g is not None
-    ]
-    if not pairs or not wrt:
-        return [None] * len(wrt)
-    outs, gs = zip(*pairs)
-    return list(torch.autograd.grad(outs, wrt, gs, allow_unused=True, materialize_grads=True))

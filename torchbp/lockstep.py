@@ -2,7 +2,7 @@
 
 Both copies start from identical parameters, see the same batches in the same
 order and take the same optimizer steps. After each checked backward the loss
-and every parameter's gradient go through :meth:`torchbp.compare.ModelPair.compare`; the
+and every parameter's gradient go through :meth:`torchbp.check.ModelPair.compare`; the
 first mismatch stops training with :class:`LockstepMismatch`, which carries the
 step and the report.
 
@@ -31,15 +31,8 @@ from typing import Callable, Iterable, NamedTuple
 
 import torch
 
-from torchbp.compare import (
-    DEFAULT_RTOL,
-    ComparedTensor,
-    ModelPair,
-    Report,
-    SameRandomness,
-    describe_layers,
-    require_hand_derived_layers,
-)
+from torchbp.check import ModelPair, SameRandomness, describe_layers, require_hand_derived_layers
+from torchbp.compare import DEFAULT_RTOL, ComparedTensor, Report
 from torchbp.convert import convert, to_native
 from torchbp.distributed import across_processes, data_parallel, process_group_active
 from torchbp.per_sample import PerSampleGradients, reduction_scale
