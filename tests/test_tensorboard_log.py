@@ -9,8 +9,15 @@ from tensorboard.compat.tensorflow_stub import errors
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboards_checksum
 
+from hypothesis import given
+from hypothesis import strategies as st
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.types_pb2 import DT_FLOAT
 from tensorboard.util.tensor_util import make_ndarray
 
+from torchbp import event_records
 from torchbp.event_records import frame, masked_crc32c
 from torchbp.tensorboard_log import TensorBoardLog, event_files
 
@@ -94,3 +101,17 @@ def test_the_logs_writers_frame_records_with_the_checksums_computed_in_c(tmp_pat
         record_writer = writer._get_file_writer().event_writer._async_writer._writer
         assert "write" in vars(record_writer), "tensorboard's pure-Python checksums are back: 15 µs per event"
     log.close()
+
+
+@given(
+    step=st.integers(0, 2**62), wall_time=st.floats(0, 2e9),
+    values=st.lists(st.tuples(st.text(min_size=1, max_size=80), st.floats(width=32)), min_size=1, max_size=4),
+)
+def test_scalar_events_serialized_by_hand_are_protobufs_own(step, wall_time, values):
+    ours = event_records.event(step, wall_time, [
+        event_records.scalar_value(event_records.scalar_value_prefix(tag), value) for tag, value in values
+    ])
+    theirs = Event(step=step, wall_time=wall_time, summary=Summary(value=[
+        Summary.Value(tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value])) for tag, value in values
+    ]))
+    assert Event.FromString(ours) == theirs

@@ -295,10 +295,17 @@ def settle(
 
 
 READING_A_BOOLEAN_IS_FREE = {"cpu"}  # device types where torch.equal does not wait on a queue of work
-EQUAL_BITS = "equal bits"  # a figure left unmeasured: the pair is exact
 
 
-def _common_case_figures(pairs, defer_equal: bool = False) -> list[tuple[float, float] | str | None]:
+class EqualBits:
+    """The figure of a pair left unmeasured because its bits are equal: exact."""
+
+
+EQUAL_BITS = EqualBits()
+Figures = "tuple[float, float] | EqualBits | None"  # (max |actual − reference|, max |reference|)
+
+
+def _common_case_figures(pairs, defer_equal: bool = False) -> list[Figures]:
     """(max |actual − reference|, max |reference|) for each pair of the common case, None for the others.
 
     Equal bits need no arithmetic: on the CPU, where reading a boolean costs
@@ -311,41 +318,51 @@ def _common_case_figures(pairs, defer_equal: bool = False) -> list[tuple[float, 
     synchronisation (two where some bits differ). A figure that is not finite
     means a NaN or an infinity.
     """
-    figures: list[tuple[float, float] | str | None] = [None] * len(pairs)
+    figures: list[Figures] = [None] * len(pairs)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, (_, actual, reference) in enumerate(pairs):
         if _summarisable(actual, reference):
             groups.setdefault((reference.device, reference.dtype), []).append(i)
     with torch.no_grad():  # parameters are compared as values, not recorded
         for (device, dtype), indices in groups.items():
-            actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
-            if dtype.is_complex:
-                actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
+            real = torch.view_as_real if dtype.is_complex else (lambda t: t)
+            actual, reference = [real(pairs[i][1]) for i in indices], [real(pairs[i][2]) for i in indices]
             if device.type in READING_A_BOOLEAN_IS_FREE:
-                errors = [0.0 if torch.equal(a, b) else math.nan for a, b in zip(actual, reference)]
-                if defer_equal:
-                    for i, error in zip(indices, errors):
-                        if error == 0:
-                            figures[i] = EQUAL_BITS
-                    indices = [i for i, error in zip(indices, errors) if error != 0]
-                    actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
-                    if dtype.is_complex:
-                        actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
-                    errors = [math.nan] * len(indices)
-                largest = _maxima(torch._foreach_abs(reference)) if indices else []
+                measured = _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal)
             else:
-                maxima = _maxima(_absolute_differences(actual, reference) + list(torch._foreach_abs(reference)))
-                errors, largest = maxima[: len(indices)], maxima[len(indices) :]
-            unequal = [k for k, error in enumerate(errors) if error != 0]
-            if unequal and (device.type in READING_A_BOOLEAN_IS_FREE or dtype not in (torch.float64, torch.complex128)):
-                in_float64 = _maxima(_absolute_differences(
-                    [actual[k].double() for k in unequal], [reference[k].double() for k in unequal]
-                ))
-                for k, error in zip(unequal, in_float64):
-                    errors[k] = error
-            for i, error, maximum in zip(indices, errors, largest):
-                figures[i] = (error, maximum)
+                measured = _figures_in_one_pass(actual, reference, exact=dtype in (torch.float64, torch.complex128))
+            for i, figure in zip(indices, measured):
+                figures[i] = figure
     return figures
+
+
+def _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal: bool) -> list[Figures]:
+    """torch.equal first; the magnitudes of every pair (or, deferring, of the unequal ones) and the
+    float64 errors of the unequal ones after."""
+    equal = [torch.equal(a, b) for a, b in zip(actual, reference)]
+    measure = [k for k, same in enumerate(equal) if not (same and defer_equal)]
+    largest = dict(zip(measure, _maxima(torch._foreach_abs([reference[k] for k in measure])))) if measure else {}
+    unequal = [k for k, same in enumerate(equal) if not same]
+    errors = dict.fromkeys(range(len(equal)), 0.0)
+    if unequal:
+        errors.update(zip(unequal, _float64_errors([actual[k] for k in unequal], [reference[k] for k in unequal])))
+    return [EQUAL_BITS if k not in largest else (errors[k], largest[k]) for k in range(len(equal))]
+
+
+def _figures_in_one_pass(actual, reference, exact: bool) -> list[Figures]:
+    """Differences and magnitudes in the tensors' own dtype, read back together; the nonzero differences
+    again in float64 unless the dtype is float64 already (``exact``)."""
+    maxima = _maxima(_absolute_differences(actual, reference) + list(torch._foreach_abs(reference)))
+    errors, largest = maxima[: len(actual)], maxima[len(actual) :]
+    unequal = [k for k, error in enumerate(errors) if error != 0]
+    if unequal and not exact:
+        for k, error in zip(unequal, _float64_errors([actual[k] for k in unequal], [reference[k] for k in unequal])):
+            errors[k] = error
+    return list(zip(errors, largest))
+
+
+def _float64_errors(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> list[float]:
+    return _maxima(_absolute_differences([a.double() for a in actual], [b.double() for b in reference]))
 
 
 def _absolute_differences(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -30,17 +30,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
-from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.compat.proto.types_pb2 import DT_FLOAT
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.scalar.metadata import create_summary_metadata as scalar_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard import SummaryWriter
 
-from torchbp.event_records import add_events, with_fast_checksums
+from torchbp import event_records
+from torchbp.event_records import with_fast_checksums
 
 if TYPE_CHECKING:
     from torchbp.lockstep import StepRecord
@@ -117,6 +116,7 @@ class TensorBoardLog:
         }
         self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in self.writers}
         self.described: set[tuple[str, str]] = set()  # (run, tag) whose first event carried its description
+        self.prefixes: dict[str, bytes] = {}  # tag: its values' serialized start (see event_records)
         self.next_write = time.monotonic() + flush_secs
         self.loss_tag, self.max_grad_error_tag = self.tag("loss"), self.tag("match", "max_grad_error")
         self.abs_loss_difference_tag = self.tag("match", "abs_loss_difference")
@@ -190,13 +190,18 @@ class TensorBoardLog:
             events = []
             for step, group in groupby(pending, key=itemgetter(0)):
                 group = list(group)
-                values = [
-                    Summary.Value(tag=tag, tensor=_float32(value), metadata=self._metadata(run, tag))
-                    for _, _, tag, value in group
-                ]
-                events.append(Event(step=step, wall_time=group[0][1], summary=Summary(value=values)))
-            add_events(self.writers[run], events)
+                events.append(event_records.event(step, group[0][1], [self._value(run, tag, v) for _, _, tag, v in group]))
+            event_records.add_events(self.writers[run], events)
             pending.clear()
+
+    def _value(self, run: str, tag: str, value: float) -> bytes:
+        """A serialized scalar value; the first of a tag in a run carries the chart's description."""
+        prefix = self.prefixes.get(tag)
+        if prefix is not None and (run, tag) in self.described:
+            return event_records.scalar_value(prefix, value)
+        self.prefixes[tag] = event_records.scalar_value_prefix(tag)
+        tensor = TensorProto(dtype=DT_FLOAT, float_val=[value])
+        return Summary.Value(tag=tag, tensor=tensor, metadata=self._metadata(run, tag)).SerializeToString()
 
     def _metadata(self, run: str, tag: str) -> SummaryMetadata | None:
         """The scalars plugin's metadata with the chart's description, on the first event of a tag in a run
@@ -216,7 +221,3 @@ class TensorBoardLog:
         self._write_pending()
         for writer in self.writers.values():
             writer.close()
-
-
-def _float32(value: float) -> TensorProto:
-    return TensorProto(dtype=DT_FLOAT, float_val=[value], tensor_shape=TensorShapeProto())
