@@ -65,12 +65,17 @@ def add_events(writer: SummaryWriter, events: list[bytes]) -> None:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:  # a length or a small step: one byte
+        return SMALL[n]
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+SMALL = [bytes((n,)) for n in range(0x80)]
 
 
 def _field(number: int, payload: bytes) -> bytes:
