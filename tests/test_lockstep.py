@@ -243,3 +243,18 @@ def test_a_report_read_after_the_step_keeps_its_figures(free_running):
         assert loss_row.name == "loss" and loss_row.reference_max > 0 and not loss_row.note
         if free_running:
             assert all(not row.note for row in report.rows)
+
+
+def test_a_trainer_used_in_a_with_block_closes_its_log_with_the_last_steps_and_the_verdict(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = new_run_dir(tmp_path, "mine")
+    with LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, log_dir=run_dir, log_name="mine") as trainer:
+        for inputs, target in batches(count=3):
+            trainer.step(inputs, target)  # no train(), no flush: only closing writes the held scalars
+    hand = EventAccumulator(str(run_dir / "hand"), size_guidance={"tensors": 0})
+    hand.Reload()
+    assert [event.step for event in hand.Tensors("loss/mine")] == [0, 1, 2]
+    pair = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    pair.Reload()
+    assert pair.Tensors("verdict/mine")

@@ -112,10 +112,12 @@ class LockstepTrainer:
             shard of every batch; losses are averaged over the processes and every process
             stops at the same step. Give ``log_dir`` on one process only.
 
+    Close it (or use it in a ``with`` block) to write the log's last scalars and its verdict.
+
     Example::
 
-        trainer = LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5, log_dir=new_run_dir("runs", "mine"))
-        result = trainer.train(loader, steps=1000)  # raises LockstepMismatch on a wrong gradient
+        with LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5, log_dir=new_run_dir("runs", "mine")) as trainer:
+            result = trainer.train(loader, steps=1000)  # raises LockstepMismatch on a wrong gradient
     """
 
     def __init__(
@@ -307,6 +309,12 @@ class LockstepTrainer:
         if steps < 0:
             raise ValueError(f"steps must be zero or more, got {steps}")
         return islice(_epochs(batches), steps)
+
+    def __enter__(self) -> LockstepTrainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self, hparams: dict | None = None) -> None:
         """Write the verdict (a text card) and the hyperparameters, and close the log."""
