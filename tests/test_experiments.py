@@ -126,7 +126,7 @@ def test_charts_say_that_coinciding_curves_are_the_expected_picture(tmp_path):
 
 
 def test_tensorboards_own_reader_serves_the_charts_with_their_descriptions(tmp_path):
-    from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
 
     assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 0
     multiplexer = plugin_event_multiplexer.EventMultiplexer()

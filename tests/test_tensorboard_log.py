@@ -1,6 +1,5 @@
 """The lockstep run's TensorBoard log: what reaches the event files, when, and how they are framed."""
 
-import struct
 import time
 
 import pytest
