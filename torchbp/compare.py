@@ -323,16 +323,16 @@ def _common_case_figures(pairs, defer_equal: bool = False) -> list[Figures]:
     for i, (_, actual, reference) in enumerate(pairs):
         if _summarisable(actual, reference):
             groups.setdefault((reference.device, reference.dtype), []).append(i)
-    with torch.no_grad():  # parameters are compared as values, not recorded
-        for (device, dtype), indices in groups.items():
-            real = torch.view_as_real if dtype.is_complex else (lambda t: t)
-            actual, reference = [real(pairs[i][1]) for i in indices], [real(pairs[i][2]) for i in indices]
-            if device.type in READING_A_BOOLEAN_IS_FREE:
-                measured = _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal)
-            else:
-                measured = _figures_in_one_pass(actual, reference, exact=dtype in (torch.float64, torch.complex128))
-            for i, figure in zip(indices, measured):
-                figures[i] = figure
+    for (device, dtype), indices in groups.items():
+        actual, reference = [pairs[i][1] for i in indices], [pairs[i][2] for i in indices]
+        if dtype.is_complex:
+            actual, reference = [torch.view_as_real(t) for t in actual], [torch.view_as_real(t) for t in reference]
+        if device.type in READING_A_BOOLEAN_IS_FREE:
+            measured = _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal)
+        else:
+            measured = _figures_in_one_pass(actual, reference, exact=dtype in (torch.float64, torch.complex128))
+        for i, figure in zip(indices, measured):
+            figures[i] = figure
     return figures
 
 
@@ -343,7 +343,7 @@ def _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal: bool)
     if defer_equal and all(equal):  # the common case of the common case: nothing to measure
         return [EQUAL_BITS] * len(equal)
     measure = [k for k, same in enumerate(equal) if not (same and defer_equal)]
-    largest = dict(zip(measure, _maxima(torch._foreach_abs([reference[k] for k in measure])))) if measure else {}
+    largest = dict(zip(measure, _maxima(_magnitudes([reference[k] for k in measure])))) if measure else {}
     unequal = [k for k, same in enumerate(equal) if not same]
     errors = dict.fromkeys(range(len(equal)), 0.0)
     if unequal:
@@ -354,7 +354,7 @@ def _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal: bool)
 def _figures_in_one_pass(actual, reference, exact: bool) -> list[Figures]:
     """Differences and magnitudes in the tensors' own dtype, read back together; the nonzero differences
     again in float64 unless the dtype is float64 already (``exact``)."""
-    maxima = _maxima(_absolute_differences(actual, reference) + list(torch._foreach_abs(reference)))
+    maxima = _maxima(_absolute_differences(actual, reference) + _magnitudes(reference))
     errors, largest = maxima[: len(actual)], maxima[len(actual) :]
     unequal = [k for k, error in enumerate(errors) if error != 0]
     if unequal and not exact:
@@ -367,8 +367,14 @@ def _float64_errors(actual: list[torch.Tensor], reference: list[torch.Tensor]) -
     return _maxima(_absolute_differences([a.double() for a in actual], [b.double() for b in reference]))
 
 
+@torch.no_grad()  # parameters are compared as values, not recorded
 def _absolute_differences(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch._foreach_abs_(torch._foreach_sub(actual, reference)))
+
+
+@torch.no_grad()
+def _magnitudes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch._foreach_abs(tensors))
 
 
 def _maxima(tensors: list[torch.Tensor]) -> list[float]:
