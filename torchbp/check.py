@@ -58,7 +58,6 @@ def check_function(
     non-contiguous, and both sides draw the same random numbers. Works for any
     pair of callables: pass your own autograd Function's ``apply`` as ``fn``.
     """
-    report = Report(f"check_function({_callable_name(fn)})")
     wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.requires_grad]
     if not wrt:
         wrt = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor) and x.is_floating_point()]
@@ -78,8 +77,7 @@ def check_function(
     actual_grads = _gradients(actual_outputs, grad_outputs, [actual_inputs[i] for i in wrt])
     reference_grads = _gradients(reference_outputs, grad_outputs, [reference_inputs[i] for i in wrt])
     pairs += [(f"inputs[{i}].grad", mine, theirs) for i, mine, theirs in zip(wrt, actual_grads, reference_grads)]
-    report.rows = settle(pairs, rtol, atol)
-    return report
+    return Report(f"check_function({_callable_name(fn)})", settle(pairs, rtol, atol))
 
 
 def check_model(

@@ -134,10 +134,6 @@ class Report:
             self._entries = [entry if type(entry) is ComparedTensor else entry.row() for entry in self._entries]
         return self._entries
 
-    @rows.setter
-    def rows(self, rows: Iterable[ComparedTensor | Settled | Identical]) -> None:
-        self._entries = list(rows)
-
     def append(self, row: ComparedTensor) -> None:
         self._entries.append(row)
 

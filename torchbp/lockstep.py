@@ -207,13 +207,16 @@ class LockstepTrainer:
         native_loss = _forward_backward(self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target)
         return hand_loss, native_loss, per_sample
 
+    @property
+    def mode(self) -> str:
+        return "free-running" if self.free_running else "synced"
+
     def _compare(self, step: int, hand_loss: torch.Tensor, native_loss: torch.Tensor) -> Report:
-        mode = "free-running" if self.free_running else "synced"
         rtol = self.rtol
         if self.free_running and rtol is None:
             rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
         report = self.models.compare(
-            f"lockstep step {step} ({mode})", (hand_loss, native_loss),
+            f"lockstep step {step} ({self.mode})", (hand_loss, native_loss),
             # In free-running mode the update changes the parameters in place: measure them now.
             parameters=self.free_running, rtol=rtol, atol=self.atol, defer_equal=not self.free_running,
         )
@@ -338,13 +341,12 @@ class LockstepTrainer:
             headline = "**NOT CHECKED**: no step was compared."
         else:
             headline = f"**MATCH**: the two models agreed at every one of {result.checks} checked steps."
-        mode = "free-running" if self.free_running else "synced"
         return "\n".join([
             headline,
             "",
             "| what | figure |",
             "|---|---|",
-            f"| steps taken, checked | {result.steps}, {result.checks} (every {self.check_every}, {mode}) |",
+            f"| steps taken, checked | {result.steps}, {result.checks} (every {self.check_every}, {self.mode}) |",
             f"| largest \\|Δloss\\| | {result.max_loss_difference:.1e} |",
             f"| largest relative gradient error | {result.max_grad_error:.1e} (0: bit for bit) |",
             f"| layers | {self.layers} |",
