@@ -127,7 +127,8 @@ class TensorBoardLog:
 
     def step(self, record: StepRecord) -> None:
         """What one lockstep step measured: both losses; on a checked step how far apart they are;
-        on a step that recorded them, the per-sample gradient norms."""
+        on a step that recorded them, the per-sample gradient norms. What :meth:`scalar` does for one
+        value, done once for the step's four: this runs at every step of a small network."""
         now, step = time.time(), record.step
         self.pending["hand"].append((step, now, self.loss_tag, record.hand_loss))
         self.pending["autograd"].append((step, now, self.loss_tag, record.autograd_loss))
