@@ -1,0 +1,165 @@
+"""torchbp.verify: one call that checks a hand-written backward everywhere a PyTorch op must work.
+
+The properties, in the report's order, live by theme: ``gradients`` (against the
+reference, finite differences, double backward, needs_input_grad), ``layouts``
+(non-contiguous, empty batch), ``transforms`` (torch.func, torch.compile) and
+``settings`` (autocast, memory, in-place writes, CUDA). ``subject`` holds what
+they share: fresh inputs in any form, one seeded upstream gradient, the comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from torchbp.verification import gradients, layouts, settings, transforms  # noqa: F401  (registers the properties)
+from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped
+from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
+from torchbp.verification.subject import Subject, as_tuple
+
+VERIFY_PROPERTIES: tuple[str, ...] = tuple(PROPERTIES)
+
+
+def verify(
+    fn: Callable,
+    reference: Callable | None,
+    *inputs,
+    batch_dims: Sequence[int | None] | None = None,
+    nondiff: Iterable[int] = (),
+    once_differentiable: bool = False,
+    rtol: float | None = None,
+    atol: float | None = None,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    compile_backend: str = "inductor",
+    seed: int = 0,
+) -> VerifyReport:
+    """Check ``fn`` (typically ``MyFunction.apply``) against ``reference`` (a native expression of the
+    same function, or None) on the example ``inputs``, one property at a time.
+
+    Every property builds its own inputs from the examples (in float64 unless it
+    says otherwise), so neither the examples nor any gradient on them change.
+    With ``reference=None`` the properties that need one are ``not applicable``;
+    gradcheck, double backward, the layouts, the transforms and in-place
+    safety still run.
+
+    Args:
+        batch_dims: per input, the dimension that holds the batch, or None for an
+            input shared by all samples (a weight). By default dimension 0 of the
+            first floating-point tensor, and of every tensor with exactly its shape.
+        nondiff: positions of floating-point inputs that are not differentiable
+            (a target). By default the inputs that require grad are differentiated,
+            or every floating-point tensor when none does.
+        once_differentiable: the backward is not meant to be differentiated;
+            double backward is then ``not applicable``.
+        rtol, atol: tolerances of every comparison, in place of the per-dtype
+            defaults of :mod:`torchbp.compare`.
+        only, skip: the properties to run, or to leave out (reported ``skipped``);
+            names from ``torchbp.VERIFY_PROPERTIES``.
+        compile_backend: the backend of the ``compile`` property.
+        seed: of the upstream gradients and tangents.
+
+    Returns:
+        A :class:`VerifyReport`: ``.ok``, ``.rows``, ``str()`` for the table,
+        ``.assert_ok()`` for a test.
+    """
+    names = _chosen(only, skip)
+    subject = _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol,
+                       compile_backend, seed)
+    rows = []
+    with torch.enable_grad():
+        for name in names:
+            if name in skip:
+                rows.append(VerifyRow(name, SKIPPED, "left out (skip=)"))
+                continue
+            rows.append(_run(PROPERTIES[name], subject))
+    return VerifyReport(f"verify({subject.name})", rows)
+
+
+def _run(prop, subject: Subject) -> VerifyRow:
+    try:
+        measured = prop.check(subject)
+    except Failed as failure:
+        return VerifyRow(prop.name, FAIL, str(failure), prop.fix)
+    except NotApplicable as reason:
+        return VerifyRow(prop.name, NOT_APPLICABLE, str(reason))
+    except Skipped as reason:
+        return VerifyRow(prop.name, SKIPPED, str(reason))
+    except Exception as error:  # the function broke under this property: that is what it measured
+        message = " ".join(str(error).split())
+        if len(message) > 300:
+            message = message[:297] + "..."
+        return VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", prop.fix)
+    return VerifyRow(prop.name, PASS, measured)
+
+
+def _chosen(only, skip) -> list[str]:
+    skip = set(skip)
+    chosen = list(VERIFY_PROPERTIES if only is None else only)
+    unknown = [name for name in [*chosen, *skip] if name not in PROPERTIES]
+    if unknown:
+        raise ValueError(f"verify: no property named {', '.join(map(repr, unknown))}; "
+                         f"the properties are {', '.join(VERIFY_PROPERTIES)}")
+    return [name for name in VERIFY_PROPERTIES if name in chosen]
+
+
+def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed):
+    if not callable(fn):
+        raise TypeError(f"verify: fn must be callable (a function or MyFunction.apply), got {type(fn).__name__}")
+    if reference is not None and not callable(reference):
+        raise TypeError(f"verify: reference must be callable or None, got {type(reference).__name__}")
+    if not any(isinstance(x, torch.Tensor) and x.is_floating_point() for x in inputs):
+        kinds = ", ".join(type(x).__name__ if not isinstance(x, torch.Tensor) else f"Tensor({x.dtype})"
+                          for x in inputs) or "no inputs"
+        raise ValueError(f"verify: expected at least one floating-point tensor among the inputs, got {kinds}")
+    nondiff = list(nondiff)
+    for i in nondiff:
+        if not 0 <= i < len(inputs):
+            raise ValueError(f"verify: nondiff position {i} is out of range for {len(inputs)} inputs")
+    if batch_dims is not None:
+        _check_batch_dims(list(batch_dims), inputs)
+    subject = Subject(fn, reference, inputs, batch_dims=batch_dims, nondiff=nondiff,
+                      once_differentiable=once_differentiable, rtol=rtol, atol=atol,
+                      compile_backend=compile_backend, seed=seed)
+    if not subject.differentiable:
+        raise ValueError("verify: no input left to differentiate: every floating-point input is in nondiff")
+    if reference is not None:
+        _check_same_outputs(subject)
+    return subject
+
+
+def _check_batch_dims(batch_dims: list, inputs: Sequence) -> None:
+    if len(batch_dims) != len(inputs):
+        raise ValueError(f"verify: batch_dims has {len(batch_dims)} entries for {len(inputs)} inputs")
+    sizes = set()
+    for i, (dim, x) in enumerate(zip(batch_dims, inputs)):
+        if dim is None:
+            continue
+        if not isinstance(x, torch.Tensor) or not -x.dim() <= dim < x.dim():
+            raise ValueError(f"verify: batch_dims[{i}] = {dim}, but inputs[{i}] is "
+                             f"{'a ' + type(x).__name__ if not isinstance(x, torch.Tensor) else f'of shape {tuple(x.shape)}'}")
+        sizes.add(x.shape[dim])
+    if len(sizes) > 1:
+        raise ValueError(f"verify: the batch dimensions have different sizes {sorted(sizes)}")
+
+
+def _check_same_outputs(subject: Subject) -> None:
+    """The reference must compute a function of the same shape as fn; when fn itself raises, the
+    properties report that."""
+    with torch.no_grad():
+        try:
+            mine = as_tuple(subject.fn(*subject.inputs(requires=())))
+        except Exception:
+            return
+        theirs = as_tuple(subject.reference(*subject.inputs(requires=())))
+    shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in mine]
+    reference_shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in theirs]
+    if shapes != reference_shapes:
+        def show(s):
+            return str(s[0]) if len(s) == 1 else str(s)
+        raise ValueError(f"verify: the reference's output has shape {show(reference_shapes)} where fn's has "
+                         f"{show(shapes)}: the reference must compute the same function as fn")
+
+
+__all__ = ["verify", "VerifyReport", "VerifyRow", "VERIFY_PROPERTIES"]

@@ -1,0 +1,112 @@
+"""Properties of the gradients themselves: against the reference, against finite differences,
+differentiated twice, and for every subset of inputs that may ask for them."""
+
+from __future__ import annotations
+
+import torch
+
+from torchbp.verification.outcome import Failed, NotApplicable, verifies
+from torchbp.verification.subject import Subject, as_tuple, custom_nodes
+
+NO_REFERENCE = "no reference given; gradcheck checks the gradients against finite differences"
+
+
+def _against_reference(subject: Subject, dtype: torch.dtype) -> str:
+    if subject.reference is None:
+        raise NotApplicable(NO_REFERENCE)
+    return subject.compare(subject.pairs(*subject.run_both(dtype)))
+
+
+@verifies(
+    "float64",
+    "outputs and gradients equal the reference's in float64, for a random upstream gradient",
+    "the backward's formula: compare it term by term with the derivation (a transpose, a missing sum, a factor)",
+)
+def float64(subject: Subject) -> str:
+    return _against_reference(subject, torch.float64)
+
+
+@verifies(
+    "float32",
+    "outputs and gradients equal the reference's in float32",
+    "a formula that holds only in float64, or a sum of large terms that cancel: reorder it as the reference does",
+)
+def float32(subject: Subject) -> str:
+    return _against_reference(subject, torch.float32)
+
+
+GRADCHECK = dict(eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+@verifies(
+    "gradcheck",
+    "gradients agree with finite differences in float64 (torch.autograd.gradcheck); needs no reference",
+    "the backward's formula, or a forward that is not smooth at the example inputs",
+)
+def gradcheck(subject: Subject) -> str:
+    inputs = subject.inputs()
+    fast = sum(inputs[i].numel() for i in subject.differentiable) > 2000
+    try:
+        torch.autograd.gradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=fast)
+    except torch.autograd.gradcheck.GradcheckError as error:
+        raise Failed(_first_line(error)) from None
+    return (f"agrees with finite differences (eps {GRADCHECK['eps']:.0e}, atol {GRADCHECK['atol']:.0e}, "
+            f"rtol {GRADCHECK['rtol']:.0e}{', fast mode' if fast else ''})")
+
+
+@verifies(
+    "double-backward",
+    "the backward is itself differentiable, correctly (torch.autograd.gradgradcheck)",
+    "the backward leaves autograd (.detach(), .numpy(), .item(), torch.no_grad): keep it in differentiable "
+    "torch operations, or mark it @once_differentiable and pass once_differentiable=True",
+)
+def double_backward(subject: Subject) -> str:
+    if subject.once_differentiable:
+        raise NotApplicable("declared once-differentiable (once_differentiable=True)")
+    try:
+        torch.autograd.gradgradcheck(subject.fn, subject.inputs(), **GRADCHECK)
+    except torch.autograd.gradcheck.GradcheckError as error:
+        raise Failed(_first_line(error)) from None
+    except RuntimeError as error:
+        if "marked with @once_differentiable" in str(error):
+            raise NotApplicable("the backward is marked @once_differentiable") from None
+        raise
+    return "second derivatives agree with finite differences of the backward"
+
+
+@verifies(
+    "needs-input-grad",
+    "for every subset of inputs requiring grad: the same gradients, and none computed for the others",
+    "a backward that ignores ctx.needs_input_grad, or reads a saved tensor that setup_context left out",
+)
+def needs_input_grad(subject: Subject) -> str:
+    subsets = subject.subsets()
+    others = [i for i in subject.tensors if i not in subject.differentiable]
+    if len(subsets) == 1 and not others:
+        raise NotApplicable("one tensor input: there is no gradient to leave out")
+    baseline = dict(zip(subject.differentiable, subject.baseline.grads))
+    nodes_seen, extra, pairs = 0, [], []
+    for subset in subsets:
+        inputs = subject.inputs(requires=subset)
+        outputs = as_tuple(subject.fn(*inputs))
+        nodes = custom_nodes(outputs)
+        nodes_seen += len(nodes)
+        for node in nodes:
+            node.register_hook(lambda returned, _, node=node: extra.extend(
+                f"{type(node).__name__} returned a gradient for its input {k}, which needs none "
+                f"(inputs {list(subset)} require grad)"
+                for k, ((edge, _), grad) in enumerate(zip(node.next_functions, returned))
+                if edge is None and grad is not None
+            ))
+        grads = subject.gradients(outputs, inputs, wrt=subset)
+        pairs += [(f"inputs[{i}].grad with only {list(subset)}", g, baseline[i]) for i, g in zip(subset, grads)]
+    if extra:
+        raise Failed(extra[0] + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    measured = subject.compare(pairs)
+    nodes_note = "" if nodes_seen else "; fn records no autograd.Function node, so only the gradients are checked"
+    return f"{len(subsets)} subsets: {measured}{nodes_note}"
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines[:1]) if lines else type(error).__name__

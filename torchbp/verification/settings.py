@@ -1,0 +1,131 @@
+"""Properties under the settings a model runs in: autocast, memory, in-place writes, CUDA."""
+
+from __future__ import annotations
+
+import torch
+
+from torchbp.check import SameRandomness
+from torchbp.compare import DEFAULT_RTOL
+from torchbp.verification.gradients import NO_REFERENCE
+from torchbp.verification.outcome import Failed, NotApplicable, Skipped, verifies
+from torchbp.verification.subject import Run, Subject, as_tuple, custom_nodes
+
+MEMORY_RATIO = 1.5
+AUTOCAST = {"cpu": torch.bfloat16, "cuda": torch.float16}
+
+
+def _under_autocast(subject: Subject, device: str) -> str:
+    """fn and the reference under autocast on ``device``, from float32 inputs: the same output dtypes,
+    the same values and gradients to the autocast dtype's tolerance."""
+    dtype = AUTOCAST[device]
+    sides = []
+    randomness = SameRandomness()
+    for fn in (subject.fn, subject.reference):
+        randomness.replay()
+        inputs = subject.inputs(torch.float32, device=device)
+        with torch.autocast(device, dtype=dtype):
+            outputs = as_tuple(fn(*inputs))
+        sides.append(Run(inputs, outputs, subject.gradients(outputs, inputs)))  # the backward outside, as usual
+    measured = subject.compare(subject.pairs(*sides), rtol=DEFAULT_RTOL[dtype])
+    dtypes = ", ".join(str(out.dtype).removeprefix("torch.") for out in sides[1].outputs)
+    return f"{str(dtype).removeprefix('torch.')} on {device}, output {dtypes} as the reference's: {measured}"
+
+
+@verifies(
+    "autocast",
+    "under autocast (bfloat16 on CPU) the output dtype is the reference's, and values and gradients agree",
+    "a .to(float32) or .to(x.dtype) in forward that undoes autocast's cast: let the ops choose, or use "
+    "torch.amp.custom_fwd(cast_inputs=...) on purpose",
+)
+def autocast(subject: Subject) -> str:
+    if subject.reference is None:
+        raise NotApplicable("no reference: autocast's dtype for fn is whatever the reference's is")
+    return _under_autocast(subject, "cpu")
+
+
+def saved_bytes(fn, inputs: list) -> int:
+    """Bytes of the tensors ``fn`` saves for its backward: through save_for_backward (seen by
+    saved-tensor hooks) and stashed on an autograd.Function's ctx. A tensor saved twice counts once;
+    a view counts its own elements, not its base's."""
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[(t.data_ptr(), t.shape, t.stride(), t.dtype)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outputs = as_tuple(fn(*inputs))
+    for node in custom_nodes(outputs):
+        for value in vars(node).values():
+            if isinstance(value, torch.Tensor):
+                pack(value)
+    return sum(saved.values())
+
+
+@verifies(
+    "memory",
+    f"the bytes saved for backward are at most {MEMORY_RATIO}× the reference's",
+    "saving the whole input where the backward reads a part of it, or saving what can be recomputed cheaply",
+)
+def memory(subject: Subject) -> str:
+    if subject.reference is None:
+        raise NotApplicable("no reference to measure against")
+    mine = saved_bytes(subject.fn, subject.inputs())
+    theirs = saved_bytes(subject.reference, subject.inputs())
+    measured = f"{mine} bytes saved where the reference saves {theirs}"
+    if mine > MEMORY_RATIO * theirs:
+        raise Failed(f"{measured}: more than {MEMORY_RATIO}×")
+    return measured
+
+
+VERSION_ERROR = "modified by an inplace operation"
+
+
+@verifies(
+    "in-place",
+    "an input or output written in place after the forward is refused by the backward, or not read by it",
+    "a tensor kept on ctx (ctx.x = x) instead of ctx.save_for_backward(x): autograd cannot see it change",
+)
+def in_place(subject: Subject) -> str:
+    baseline = subject.baseline
+    targets = [("inputs", i) for i in subject.tensors if subject.examples[i].is_floating_point()]
+    targets += [("output", j) for j, out in enumerate(baseline.outputs) if isinstance(out, torch.Tensor)]
+    refused = unread = 0
+    for kind, k in targets:
+        inputs = subject.inputs()
+        outputs = as_tuple(subject.fn(*inputs))
+        written = (inputs if kind == "inputs" else outputs)[k]
+        with torch.no_grad():
+            written.mul_(2).add_(1)  # new values for every element, and a new version
+        try:
+            grads = subject.gradients(outputs, inputs, upstream=subject.upstream(baseline.outputs))
+        except RuntimeError as error:
+            if VERSION_ERROR not in str(error):
+                raise
+            refused += 1
+            continue
+        try:
+            subject.compare([(f"inputs[{i}].grad", g, b) for i, g, b in
+                             zip(subject.differentiable, grads, baseline.grads)])
+        except Failed as wrong:
+            raise Failed(f"{kind}[{k}] was written in place after the forward; the backward read the new values "
+                         f"without an error: {wrong}") from None
+        unread += 1
+    return f"{len(targets)} tensors written after the forward: {refused} refused, {unread} not read by the backward"
+
+
+@verifies(
+    "cuda",
+    "on a CUDA device: the reference's values and gradients in float32, and under float16 autocast",
+    "a tensor created on the CPU inside forward or backward (torch.zeros(n) without device=)",
+)
+def cuda(subject: Subject) -> str:
+    if not torch.cuda.is_available():
+        raise Skipped("no CUDA device here")
+    if subject.reference is None:
+        cpu = subject.run(subject.fn, subject.inputs(torch.float32))
+        gpu = subject.run(subject.fn, subject.inputs(torch.float32, device="cuda"))
+        gpu = gpu._replace(outputs=tuple(out.cpu() for out in gpu.outputs), grads=[g.cpu() for g in gpu.grads])
+        return f"float32 against fn on the CPU: {subject.compare(subject.pairs(gpu, cpu))}"
+    measured = subject.compare(subject.pairs(*subject.run_both(torch.float32, device="cuda")))
+    return f"float32: {measured}; {_under_autocast(subject, 'cuda')}"

@@ -1,0 +1,223 @@
+"""What is verified: ``fn``, its ``reference`` and the example inputs, in the forms the properties need.
+
+Every property builds its own fresh inputs from the examples (:meth:`Subject.inputs`):
+in a dtype, on a device, with a layout, with a number of samples along the
+batch dimensions, with a chosen set requiring grad. The upstream gradient is
+drawn once from a seeded generator, so every run is compared under the same one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+
+from torchbp.check import SameRandomness, _callable_name, _gradients
+from torchbp.compare import DEFAULT_RTOL, compare_tensors
+from torchbp.verification.outcome import Failed
+
+
+class Run(NamedTuple):
+    """One forward and backward: the inputs it was given, its outputs, the gradients of the differentiable inputs."""
+
+    inputs: list
+    outputs: tuple[torch.Tensor, ...]
+    grads: list[torch.Tensor | None]
+
+
+class Subject:
+    """``fn`` and ``reference`` with their example inputs, and what verify's properties share."""
+
+    def __init__(
+        self,
+        fn: Callable,
+        reference: Callable | None,
+        inputs: Sequence,
+        *,
+        batch_dims: Sequence[int | None] | None,
+        nondiff: Sequence[int],
+        once_differentiable: bool,
+        rtol: float | None,
+        atol: float | None,
+        compile_backend: str,
+        seed: int,
+    ):
+        self.fn, self.reference = fn, reference
+        self.name = _callable_name(fn)
+        self.examples = list(inputs)
+        self.tensors = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
+        floating = [i for i in self.tensors if inputs[i].is_floating_point()]
+        asked = [i for i in floating if inputs[i].requires_grad]
+        self.differentiable = [i for i in (asked or floating) if i not in set(nondiff)]
+        self.batch_dims = self._batch_dims(batch_dims)
+        self.once_differentiable = once_differentiable
+        self.rtol, self.atol = rtol, atol
+        self.compile_backend = compile_backend
+        self.seed = seed
+        self._baseline: Run | None = None
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _batch_dims(self, given: Sequence[int | None] | None) -> list[int | None]:
+        """Per input, the dimension holding the batch, or None.
+
+        By default: dimension 0 of the first floating-point tensor, and of every
+        other tensor with exactly its shape (a target, a second operand of an
+        elementwise op); other inputs (weights) are shared by all samples.
+        """
+        if given is not None:
+            return list(given)
+        first = next(self.examples[i] for i in self.tensors if self.examples[i].is_floating_point())
+        if first.dim() == 0:
+            return [None] * len(self.examples)
+        return [0 if i in self.tensors and self.examples[i].shape == first.shape else None
+                for i in range(len(self.examples))]
+
+    @property
+    def batched(self) -> list[int]:
+        """The inputs that have a batch dimension."""
+        return [i for i, d in enumerate(self.batch_dims) if d is not None]
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.examples[i].shape[self.batch_dims[i]] for i in self.batched)
+
+    def inputs(
+        self,
+        dtype: torch.dtype = torch.float64,
+        *,
+        requires: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        samples: int | None = None,
+    ) -> list:
+        """Fresh leaves from the examples: floating-point ones in ``dtype``, the inputs in ``requires``
+        (all differentiable ones by default) requiring grad, ``samples`` samples along the batch
+        dimensions, each laid out by ``layout`` (same values, other strides)."""
+        requires = set(self.differentiable if requires is None else requires)
+        made = []
+        for i, x in enumerate(self.examples):
+            if not isinstance(x, torch.Tensor):
+                made.append(x)
+                continue
+            x = x.detach()
+            if samples is not None and self.batch_dims[i] is not None:
+                x = x.narrow(self.batch_dims[i], 0, samples)
+            x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype, copy=True)
+            if layout is not None:
+                x = layout(x)
+            made.append(x.requires_grad_(i in requires))
+        return made
+
+    # -- running --------------------------------------------------------------------------
+
+    def upstream(self, outputs: Sequence[torch.Tensor]) -> tuple:
+        """The upstream gradient for each output: normal, from the seeded generator (None for the rest)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return tuple(
+            torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype).to(out.device)
+            if isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex())
+            else None
+            for out in outputs
+        )
+
+    def run(
+        self, fn: Callable, inputs: list, wrt: Sequence[int] | None = None, upstream: tuple | None = None
+    ) -> Run:
+        """Forward ``fn`` on ``inputs`` and backpropagate ``upstream`` (the seeded one by default)
+        to the inputs in ``wrt`` (the differentiable ones)."""
+        outputs = as_tuple(fn(*inputs))
+        return Run(inputs, outputs, self.gradients(outputs, inputs, wrt, upstream))
+
+    def gradients(self, outputs: tuple, inputs: list, wrt: Sequence[int] | None = None, upstream: tuple | None = None):
+        """∂(Σ outputs · upstream)/∂inputs[i] for each i in ``wrt`` (the differentiable inputs)."""
+        wrt = self.differentiable if wrt is None else wrt
+        upstream = self.upstream(outputs) if upstream is None else upstream
+        return _gradients(outputs, upstream, [inputs[i] for i in wrt])
+
+    def run_both(self, dtype: torch.dtype, **options) -> tuple[Run, Run]:
+        """fn and the reference from identical inputs, drawing the same random numbers."""
+        randomness = SameRandomness()
+        mine = self.run(self.fn, self.inputs(dtype, **options))
+        randomness.replay()
+        theirs = self.run(self.reference, self.inputs(dtype, **options))
+        return mine, theirs
+
+    @property
+    def baseline(self) -> Run:
+        """fn, eagerly, in float64, on contiguous inputs: what the transforms and layouts are held to."""
+        if self._baseline is None:
+            self._baseline = self.run(self.fn, self.inputs())
+        return self._baseline
+
+    def subsets(self) -> list[tuple[int, ...]]:
+        """The sets of differentiable inputs a backward may be asked for: all of them while that is few."""
+        d = self.differentiable
+        if len(d) <= 4:
+            return [s for k in range(1, len(d) + 1) for s in itertools.combinations(d, k)]
+        return [(i,) for i in d] + [tuple(d)]
+
+    # -- comparing ------------------------------------------------------------------------
+
+    def pairs(self, mine: Run, theirs: Run, wrt: Sequence[int] | None = None) -> list:
+        """(name, fn's, reference's) for each output and each gradient."""
+        wrt = self.differentiable if wrt is None else wrt
+        count = len(theirs.outputs)
+        pairs = [
+            ("output" if count == 1 else f"output[{k}]", a, b)
+            for k, (a, b) in enumerate(zip(mine.outputs, theirs.outputs))
+            if isinstance(b, torch.Tensor)
+        ]
+        return pairs + [(f"inputs[{i}].grad", a, b) for i, a, b in zip(wrt, mine.grads, theirs.grads)]
+
+    def compare(self, pairs: list, rtol: float | None = None, atol: float | None = None) -> str:
+        """Compare every pair (see :mod:`torchbp.compare`); raise Failed naming the worst, else say how close."""
+        rtol = self.rtol if rtol is None else rtol
+        atol = self.atol if atol is None else atol
+        if not pairs:
+            raise Failed("nothing to compare: no output and no gradient")
+        rows = []
+        for name, a, b in pairs:
+            if a is None or b is None:
+                raise Failed(f"{name}: {'none' if a is None else 'given'} here, "
+                             f"{'none' if b is None else 'given'} in what it is held to")
+            rows.append(compare_tensors(name, a, b, rtol, atol))
+        bad = [row for row in rows if not row.ok]
+        if bad:
+            raise Failed("; ".join(_describe(row, rtol) for row in bad[:3]))
+        worst = max(rows, key=lambda row: row.max_rel_error)
+        return (f"largest rel. error {worst.max_rel_error:.1e} "
+                f"(rtol {_rtol(worst.dtype, rtol):.0e}) over {len(rows)} tensors")
+
+
+def as_tuple(output) -> tuple:
+    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
+
+
+def _rtol(dtype: torch.dtype | None, rtol: float | None) -> float:
+    return rtol if rtol is not None else DEFAULT_RTOL.get(dtype, 0.0)
+
+
+def _describe(row, rtol: float | None) -> str:
+    if row.note and math.isinf(row.max_abs_error):
+        return f"{row.name}: {row.note}"
+    if row.note.startswith("NaN"):
+        return f"{row.name}: {row.note}"
+    return f"{row.name}: rel. error {row.max_rel_error:.1e} > rtol {_rtol(row.dtype, rtol):.0e}"
+
+
+def custom_nodes(outputs: Sequence[torch.Tensor]) -> list:
+    """The autograd.Function nodes in the graph that produced ``outputs``."""
+    found, seen = [], set()
+    stack = [out.grad_fn for out in outputs if isinstance(out, torch.Tensor) and out.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.append(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found

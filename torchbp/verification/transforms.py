@@ -1,0 +1,181 @@
+"""Properties under PyTorch's function transforms and compiler: torch.func and torch.compile.
+
+Each is held to ``fn``'s own eager result (a loop over samples, a Jacobian built
+from its backward), not to the reference: a transform must not change what fn
+computes, and whether fn computes the right thing is the float64 property's job.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.func
+
+from torchbp.verification.outcome import Failed, NotApplicable, verifies
+from torchbp.verification.subject import Subject, as_tuple
+
+SAMPLES = 4  # samples looped over, for the vmap properties
+JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
+
+
+def _no_batch(subject: Subject) -> None:
+    if not subject.batched:
+        raise NotApplicable("no input has a batch dimension (pass batch_dims)")
+
+
+def _samples(subject: Subject, count: int) -> int:
+    return min(count, subject.batch_size)
+
+
+def _sample(subject: Subject, inputs: list, n: int) -> list:
+    """Sample n of each batched input, its batch dimension removed (what fn sees under vmap)."""
+    return [x.select(subject.batch_dims[i], n) if i in subject.batched else x for i, x in enumerate(inputs)]
+
+
+def _in_dims(subject: Subject) -> tuple:
+    return tuple(subject.batch_dims)
+
+
+@verifies(
+    "vmap",
+    "torch.func.vmap over the batch dimension gives what a loop over the samples gives",
+    "an old-style Function (ctx in forward), no generate_vmap_rule = True or vmap staticmethod, "
+    "or Python control flow on tensor values",
+)
+def vmap(subject: Subject) -> str:
+    _no_batch(subject)
+    n = _samples(subject, SAMPLES)
+    inputs = subject.inputs(requires=(), samples=n)
+    batched = as_tuple(torch.func.vmap(subject.fn, in_dims=_in_dims(subject))(*inputs))
+    looped = [as_tuple(subject.fn(*_sample(subject, inputs, k))) for k in range(n)]
+    pairs = [
+        ("output" if len(batched) == 1 else f"output[{j}]", out, torch.stack([sample[j] for sample in looped]))
+        for j, out in enumerate(batched)
+        if isinstance(out, torch.Tensor)
+    ]
+    return f"{n} samples: {subject.compare(pairs)}"
+
+
+@verifies(
+    "vmap-grad",
+    "per-sample gradients by torch.func.vmap(grad) equal one backward per sample",
+    "as for vmap, and a backward that leaves autograd (.numpy(), .item()) or writes into its input in place",
+)
+def vmap_grad(subject: Subject) -> str:
+    _no_batch(subject)
+    n = _samples(subject, SAMPLES)
+    inputs = subject.inputs(requires=(), samples=n)
+    per_sample, upstreams = [], []
+    for k in range(n):
+        sample = [x.detach().requires_grad_(i in subject.differentiable) if isinstance(x, torch.Tensor) else x
+                  for i, x in enumerate(_sample(subject, inputs, k))]
+        run = subject.run(subject.fn, sample)
+        per_sample.append(run.grads)
+        upstreams.append(subject.upstream(run.outputs))
+    stacked_upstream = tuple(None if u[0] is None else torch.stack(u) for u in zip(*upstreams))
+
+    def loss(*args):
+        *inputs, upstream = args
+        return sum((out * u).sum() for out, u in zip(as_tuple(subject.fn(*inputs)), upstream) if u is not None)
+
+    argnums = tuple(subject.differentiable)
+    grads = torch.func.vmap(torch.func.grad(loss, argnums=argnums), in_dims=(*_in_dims(subject), 0))(
+        *inputs, stacked_upstream
+    )
+    pairs = [(f"inputs[{i}].grad", g, torch.stack([sample[j] for sample in per_sample]))
+             for j, (i, g) in enumerate(zip(argnums, grads))]
+    return f"{n} samples: {subject.compare(pairs)}"
+
+
+def _of_differentiable(subject: Subject, inputs: list):
+    """fn as a function of its differentiable inputs alone (the others fixed), to its floating-point outputs."""
+    def fn(*differentiable):
+        full = list(inputs)
+        for i, x in zip(subject.differentiable, differentiable):
+            full[i] = x
+        return tuple(out for out in as_tuple(subject.fn(*full)) if out.is_floating_point())
+
+    return fn
+
+
+def _eager_jacobian(subject: Subject, inputs: list) -> list[list[torch.Tensor]]:
+    """∂output_j/∂inputs[i] for every output j and differentiable input i, from fn's own backward,
+    one row at a time."""
+    primals = tuple(inputs[i] for i in subject.differentiable)
+    jacobian = torch.autograd.functional.jacobian(_of_differentiable(subject, inputs), primals, vectorize=False)
+    return [list(per_output) for per_output in jacobian]
+
+
+def _jacobian_inputs(subject: Subject) -> list:
+    samples = _samples(subject, JACOBIAN_SAMPLES) if subject.batched else None
+    return subject.inputs(requires=(), samples=samples)
+
+
+@verifies(
+    "jacrev",
+    "torch.func.jacrev gives the Jacobian built from one eager backward per output element",
+    "as for vmap: jacrev runs the backward under vmap",
+)
+def jacrev(subject: Subject) -> str:
+    inputs = _jacobian_inputs(subject)
+    primals = tuple(inputs[i] for i in subject.differentiable)
+    argnums = tuple(range(len(primals)))
+    transformed = torch.func.jacrev(_of_differentiable(subject, inputs), argnums=argnums)(*primals)
+    pairs = [
+        (f"d output[{j}] / d inputs[{i}]", mine, eager)
+        for j, (transformed_j, eager_j) in enumerate(zip(transformed, _eager_jacobian(subject, inputs)))
+        for i, mine, eager in zip(subject.differentiable, transformed_j, eager_j)
+    ]
+    return subject.compare(pairs)
+
+
+@verifies(
+    "jvp",
+    "forward mode: torch.func.jvp gives the Jacobian times a tangent",
+    "a jvp staticmethod whose formula differs from the backward's",
+)
+def jvp(subject: Subject) -> str:
+    inputs = _jacobian_inputs(subject)
+    generator = torch.Generator().manual_seed(subject.seed + 1)
+    tangents = tuple(torch.randn(inputs[i].shape, generator=generator, dtype=inputs[i].dtype)
+                     for i in subject.differentiable)
+
+    primals = tuple(inputs[i] for i in subject.differentiable)
+    try:
+        _, forward = torch.func.jvp(_of_differentiable(subject, inputs), primals, tangents)
+    except NotImplementedError as error:
+        if "jvp" in str(error):
+            raise NotApplicable("fn's Function defines no jvp staticmethod (forward mode)") from None
+        raise
+    pairs = []
+    for j, (out, jacobians) in enumerate(zip(forward, _eager_jacobian(subject, inputs))):
+        expected = sum(J.reshape(out.numel(), -1) @ t.reshape(-1) for J, t in zip(jacobians, tangents))  # Σ_i J_i t_i
+        pairs.append((f"output[{j}] tangent", out, expected.reshape(out.shape)))
+    return subject.compare(pairs)
+
+
+@verifies(
+    "compile",
+    "torch.compile(fullgraph=True) traces forward and backward with no graph break, with eager's results",
+    "Python control flow on a tensor value (if x.sum() > 0), .item(), .numpy() or printing in forward or backward",
+)
+def compile(subject: Subject) -> str:
+    import torch._dynamo
+
+    torch._dynamo.reset()  # a fresh cache: another fn compiled before must not count against this one
+
+    def call(*inputs):  # as a model calls fn; the compiler starts from a plain function
+        return subject.fn(*inputs)
+
+    compiled = torch.compile(call, fullgraph=True, backend=subject.compile_backend)
+    try:
+        run = subject.run(compiled, subject.inputs())
+    except torch._dynamo.exc.Unsupported as error:
+        raise Failed(f"graph break: {_reason(error)}") from None
+    finally:
+        torch._dynamo.reset()
+    return f"{subject.compile_backend}, no graph break: {subject.compare(subject.pairs(run, subject.baseline))}"
+
+
+def _reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] if lines else type(error).__name__
