@@ -108,3 +108,13 @@ def test_forward_without_autograd(context):
         output = model(x)
     assert not output.requires_grad
     torch.testing.assert_close(output, torchbp.to_native(model)(x).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("middle", [(), (4,), (2, 3)], ids=["2-d", "3-d", "4-d"])
+def test_an_in_place_activation_after_a_linear_layer_works_as_natively(middle):
+    """A Function's output that is a view refuses in-place writes; F.linear returns one for more than
+    two dimensions, so LinearFunction returns a tensor that is not a view."""
+    torch.manual_seed(0)
+    native = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(inplace=True), torch.nn.Linear(4, 2)).double()
+    x = torch.randn(5, *middle, 3, dtype=torch.float64)
+    check_model(native, torch.nn.MSELoss(), x, torch.randn(5, *middle, 2, dtype=torch.float64)).assert_ok()

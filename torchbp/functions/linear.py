@@ -63,7 +63,11 @@ class LinearFunction(HandDerivedFunction):
     def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # Floating point, one dtype and device, shapes (*, i), (o, i) and (o,): see validation.py.
         check_linear(input, weight, bias)
-        return F.linear(input, weight, bias)
+        z = F.linear(input, weight, bias)
+        # With a bias and more than two dimensions, F.linear returns a view of its 2-d product. A custom
+        # Function's output that is a view refuses in-place writes (a ReLU(inplace=True) after the layer);
+        # native linear's does not. The same values, as a tensor that is not a view:
+        return z if z._base is None else torch.ops.aten._unsafe_view(z, z.shape)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
