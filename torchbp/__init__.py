@@ -7,6 +7,8 @@ The chain, in the order data flows:
 - ``torchbp.convert`` / ``torchbp.to_native``: swap a model's layers either way; ``torchbp.fuse`` and
   ``torchbp.fuse_loss`` run a chain (and its loss) as one Function;
 - ``torchbp.compare`` and ``torchbp.check``: compare tensors; check a function or model against native autograd;
+- ``torchbp.verify`` (``torchbp.verification``): prove any hand-written autograd Function right, property by
+  property (gradients, double backward, layouts, torch.func, torch.compile, autocast, memory, in-place writes);
 - ``torchbp.per_sample``: per-sample gradients from the hand-derived backward;
 - ``torchbp.lockstep``: train a torchbp model and its native twin side by side,
   checking them at every step and logging both to TensorBoard.
@@ -20,6 +22,7 @@ from torchbp.functions import DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
 from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
 from torchbp.tensorboard_log import new_run_dir
+from torchbp.verification import VERIFY_PROPERTIES, VerifyReport, VerifyRow, verify
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,10 @@ __all__ = [
     "to_native",
     "check_function",
     "check_model",
+    "verify",
+    "VerifyReport",
+    "VerifyRow",
+    "VERIFY_PROPERTIES",
     "compare_tensors",
     "Report",
     "ComparedTensor",

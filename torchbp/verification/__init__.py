@@ -3,7 +3,7 @@
 The properties, in the report's order, live by theme: ``gradients`` (against the
 reference, finite differences, double backward, needs_input_grad), ``layouts``
 (non-contiguous, empty batch), ``transforms`` (torch.func, torch.compile) and
-``settings`` (autocast, memory, in-place writes, CUDA). ``subject`` holds what
+``settings`` (autocast, memory, in-place writes, CUDA); ``outcome`` registers them. ``subject`` holds what
 they share: fresh inputs in any form, one seeded upstream gradient, the comparison.
 """
 
@@ -13,7 +13,9 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from torchbp.verification import gradients, layouts, settings, transforms  # noqa: F401  (registers the properties)
+from torchbp.compare import check_tolerances
+# Importing each theme registers its properties; the report lists them in this order.
+from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401, I001
 from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
 from torchbp.verification.subject import Subject, as_tuple
@@ -113,6 +115,10 @@ def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rt
         kinds = ", ".join(type(x).__name__ if not isinstance(x, torch.Tensor) else f"Tensor({x.dtype})"
                           for x in inputs) or "no inputs"
         raise ValueError(f"verify: expected at least one floating-point tensor among the inputs, got {kinds}")
+    try:
+        check_tolerances(rtol, atol)
+    except ValueError as error:
+        raise ValueError(f"verify: {error}") from None
     nondiff = list(nondiff)
     for i in nondiff:
         if not 0 <= i < len(inputs):

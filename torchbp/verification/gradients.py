@@ -4,6 +4,7 @@ differentiated twice, and for every subset of inputs that may ask for them."""
 from __future__ import annotations
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
 from torchbp.verification.subject import Subject, as_tuple, custom_nodes
@@ -48,8 +49,8 @@ def gradcheck(subject: Subject) -> str:
     fast = sum(inputs[i].numel() for i in subject.differentiable) > 2000
     try:
         torch.autograd.gradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=fast)
-    except torch.autograd.gradcheck.GradcheckError as error:
-        raise Failed(_first_line(error)) from None
+    except GradcheckError as error:
+        raise Failed(f"{_first_line(error)} (finite differences against the backward)") from None
     return (f"agrees with finite differences (eps {GRADCHECK['eps']:.0e}, atol {GRADCHECK['atol']:.0e}, "
             f"rtol {GRADCHECK['rtol']:.0e}{', fast mode' if fast else ''})")
 
@@ -63,15 +64,33 @@ def gradcheck(subject: Subject) -> str:
 def double_backward(subject: Subject) -> str:
     if subject.once_differentiable:
         raise NotApplicable("declared once-differentiable (once_differentiable=True)")
+    if _marked_once_differentiable(subject):
+        raise NotApplicable("the backward is marked @once_differentiable")
     try:
         torch.autograd.gradgradcheck(subject.fn, subject.inputs(), **GRADCHECK)
-    except torch.autograd.gradcheck.GradcheckError as error:
-        raise Failed(_first_line(error)) from None
-    except RuntimeError as error:
-        if "marked with @once_differentiable" in str(error):
-            raise NotApplicable("the backward is marked @once_differentiable") from None
-        raise
+    except GradcheckError as error:
+        raise Failed(f"{_first_line(error)} (finite differences of the backward against its own backward)") from None
     return "second derivatives agree with finite differences of the backward"
+
+
+def _marked_once_differentiable(subject: Subject) -> bool:
+    """Does differentiating fn's gradients raise the error @once_differentiable plants?"""
+    inputs = subject.inputs()
+    outputs = as_tuple(subject.fn(*inputs))
+    # An upstream gradient that requires grad, as in double backward: only then does the mark act.
+    pairs = [(out, g.requires_grad_()) for out, g in zip(outputs, subject.upstream(outputs))
+             if g is not None and out.requires_grad]
+    wrt = [inputs[i] for i in subject.differentiable]
+    grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                allow_unused=True)
+    differentiable = [g.sum() for g in grads if g is not None and g.requires_grad]
+    if not differentiable:
+        return False
+    try:
+        torch.autograd.grad(sum(differentiable), [*wrt, *(g for _, g in pairs)], allow_unused=True)
+    except RuntimeError as error:
+        return "once_differentiable" in str(error)
+    return False
 
 
 @verifies(
@@ -109,4 +128,4 @@ def needs_input_grad(subject: Subject) -> str:
 
 def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return " ".join(lines[:1]) if lines else type(error).__name__
+    return lines[0].rstrip(",") if lines else type(error).__name__

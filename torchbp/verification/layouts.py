@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from torchbp.check import SameRandomness
 from torchbp.verification.gradients import GRADCHECK, _first_line
@@ -112,6 +113,6 @@ def empty_batch(subject: Subject) -> str:
         return f"every gradient is zero, as it must be with no output: {subject.compare(pairs)}"
     try:
         torch.autograd.gradcheck(subject.fn, inputs, **GRADCHECK)
-    except torch.autograd.gradcheck.GradcheckError as error:
+    except GradcheckError as error:
         raise Failed(_first_line(error)) from None
     return "agrees with finite differences on an empty batch"

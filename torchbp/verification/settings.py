@@ -15,8 +15,9 @@ AUTOCAST = {"cpu": torch.bfloat16, "cuda": torch.float16}
 
 
 def _under_autocast(subject: Subject, device: str) -> str:
-    """fn and the reference under autocast on ``device``, from float32 inputs: the same output dtypes,
-    the same values and gradients to the autocast dtype's tolerance."""
+    """fn and the reference under autocast on ``device``, from float32 inputs: the same output dtypes and
+    values to the autocast dtype's tolerance; a backward that runs and gives each input a finite gradient
+    of its dtype where the reference's is finite. (The gradients' values are the float32 property's.)"""
     dtype = AUTOCAST[device]
     sides = []
     randomness = SameRandomness()
@@ -26,14 +27,19 @@ def _under_autocast(subject: Subject, device: str) -> str:
         with torch.autocast(device, dtype=dtype):
             outputs = as_tuple(fn(*inputs))
         sides.append(Run(inputs, outputs, subject.gradients(outputs, inputs)))  # the backward outside, as usual
-    measured = subject.compare(subject.pairs(*sides), rtol=DEFAULT_RTOL[dtype])
-    dtypes = ", ".join(str(out.dtype).removeprefix("torch.") for out in sides[1].outputs)
+    mine, theirs = sides
+    measured = subject.compare(subject.pairs(mine, theirs, wrt=()), rtol=DEFAULT_RTOL[dtype])
+    for i, g, reference_g in zip(subject.differentiable, mine.grads, theirs.grads):
+        if g.dtype != reference_g.dtype or not torch.equal(g.isfinite(), reference_g.isfinite()):
+            raise Failed(f"inputs[{i}].grad: {g.dtype}, {'' if g.isfinite().all() else 'not '}finite, where the "
+                         f"reference's is {reference_g.dtype}, {'' if reference_g.isfinite().all() else 'not '}finite")
+    dtypes = ", ".join(str(out.dtype).removeprefix("torch.") for out in theirs.outputs)
     return f"{str(dtype).removeprefix('torch.')} on {device}, output {dtypes} as the reference's: {measured}"
 
 
 @verifies(
     "autocast",
-    "under autocast (bfloat16 on CPU) the output dtype is the reference's, and values and gradients agree",
+    "under autocast (bfloat16 on CPU) the output's dtype and values are the reference's, and the backward runs",
     "a .to(float32) or .to(x.dtype) in forward that undoes autocast's cast: let the ops choose, or use "
     "torch.amp.custom_fwd(cast_inputs=...) on purpose",
 )
@@ -95,8 +101,14 @@ def in_place(subject: Subject) -> str:
         inputs = subject.inputs()
         outputs = as_tuple(subject.fn(*inputs))
         written = (inputs if kind == "inputs" else outputs)[k]
-        with torch.no_grad():
-            written.mul_(2).add_(1)  # new values for every element, and a new version
+        try:
+            with torch.no_grad():
+                written.mul_(2).add_(1)  # new values for every element, and a new version
+        except RuntimeError as error:
+            if "is a view" not in str(error):
+                raise
+            raise Failed(f"{kind}[{k}] cannot be written in place: it is a view made inside the Function, which "
+                         "PyTorch protects (a native op's output is not); return a tensor that is not a view") from None
         try:
             grads = subject.gradients(outputs, inputs, upstream=subject.upstream(baseline.outputs))
         except RuntimeError as error:

@@ -1,0 +1,332 @@
+"""torchbp.verify: its report, its options, its errors, and torchbp's own Functions passing it.
+
+That each property catches the mistake it names is tests/test_verify_corpus.py's job.
+"""
+
+from typing import Callable, NamedTuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import torchbp
+import torchbp.functional as TF
+from torchbp.functions import LinearFunction, SequentialFunction, SigmoidFunction
+from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED
+
+FAST = dict(compile_backend="aot_eager")  # graph breaks and backward tracing as with inductor, less code generation
+
+
+def examples(*shapes):
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(shape, generator=generator) for shape in shapes)
+
+
+# -- torchbp's own Functions --------------------------------------------------------------------
+
+CHAIN = ("linear", "sigmoid", "linear", "sigmoid", "mse_loss", "scale")
+
+
+def derivation_cost(x, y, w1, b1, w2, b2):
+    """J = ½ Σ (y − ŷ)² of the 2-3-1 sigmoid network, natively."""
+    return 0.5 * F.mse_loss(torch.sigmoid(F.linear(torch.sigmoid(F.linear(x, w1, b1)), w2, b2)), y, reduction="sum")
+
+
+def chain_function(x, y, w1, b1, w2, b2):
+    """The same, as one SequentialFunction."""
+    return SequentialFunction.apply(x, CHAIN, w1, b1, w2, b2, y, "sum", 0.5)[-1]
+
+
+def fused_cost():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid())
+    fused = torchbp.fuse_loss(net, torch.nn.MSELoss(reduction="sum"), scale=0.5)
+    names = [name for name, _ in fused.named_parameters()]
+
+    def cost(x, y, *parameters):
+        return functional_call(fused, dict(zip(names, parameters)), (x, y))
+
+    return cost
+
+
+class Own(NamedTuple):
+    name: str
+    fn: Callable
+    reference: Callable
+    inputs: tuple
+    options: dict
+    not_applicable: frozenset
+
+
+DERIVATION_INPUTS = examples((5, 2), (5, 1), (3, 2), (3,), (1, 3), (1,))
+DERIVATION_BATCH = dict(batch_dims=(0, 0, None, None, None, None))
+ONE_INPUT = frozenset({"jvp", "needs-input-grad"})
+
+OWN = [
+    Own("functional.linear", TF.linear, F.linear, examples((6, 3), (4, 3), (4,)), {}, frozenset({"jvp"})),
+    Own("functional.linear, no bias", TF.linear, F.linear, examples((6, 3), (4, 3)), {}, frozenset({"jvp"})),
+    Own("functional.linear, 3-d input", TF.linear, F.linear, examples((2, 3, 4), (5, 4), (5,)), {},
+        frozenset({"jvp"})),
+    Own("functional.sigmoid", TF.sigmoid, torch.sigmoid, examples((6, 3)), {}, ONE_INPUT),
+    *[
+        Own(f"functional.mse_loss, {reduction}", lambda a, b, r=reduction: TF.mse_loss(a, b, reduction=r),
+            lambda a, b, r=reduction: F.mse_loss(a, b, reduction=r), examples((6, 3), (6, 3)), {},
+            frozenset({"jvp"}))
+        for reduction in ("mean", "sum", "none")
+    ],
+    Own("fuse_loss, the derivation's network and cost", fused_cost(), derivation_cost, DERIVATION_INPUTS,
+        DERIVATION_BATCH, frozenset({"jvp"})),
+    # The bare chain Function takes no part in autocast: torchbp.nn.Sequential and FusedLoss fall back
+    # to the per-layer path there, whose functional forms make autocast's casts (the row above).
+    Own("SequentialFunction, the derivation's network and cost", chain_function, derivation_cost,
+        DERIVATION_INPUTS, dict(DERIVATION_BATCH, skip=("autocast",)), frozenset({"jvp"})),
+]
+
+
+@pytest.mark.parametrize("own", OWN, ids=[own.name for own in OWN])
+def test_torchbps_own_functions_pass_every_property_that_applies(own):
+    report = torchbp.verify(own.fn, own.reference, *own.inputs, **own.options, **FAST)
+    report.assert_ok()
+    assert {row.name for row in report.rows if row.status == NOT_APPLICABLE} == own.not_applicable, report
+    assert report["cuda"].status == (PASS if torch.cuda.is_available() else SKIPPED)
+
+
+def test_forward_mode_is_not_applicable_for_the_reason_the_readme_gives():
+    row = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), only=["jvp"])["jvp"]
+    assert row.status == NOT_APPLICABLE and "defines no jvp" in row.measured
+
+
+def test_the_default_compiler_traces_torchbps_linear_with_no_graph_break():
+    row = torchbp.verify(TF.linear, F.linear, *examples((6, 3), (4, 3), (4,)), only=["compile"])["compile"]
+    assert row.status == PASS and row.measured.startswith("inductor, no graph break")
+
+
+def test_the_bare_linear_function_leaves_autocast_to_the_functional_form():
+    """Autocast does not reach into a custom Function: torchbp.functional.linear makes the casts (README)."""
+    row = torchbp.verify(LinearFunction.apply, F.linear, *examples((6, 3), (4, 3), (4,)), only=["autocast"])
+    assert row["autocast"].status == FAIL
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+class WrongSigmoid(torch.autograd.Function):
+    """σ' taken as σ: a wrong gradient."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * a
+
+
+def test_a_failing_report_is_false_and_names_the_failures_in_its_headline():
+    report = torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)), **FAST)
+    assert not report.ok and not report
+    # The second derivative runs through the same wrong backward (it reads the saved output), so it fails too.
+    assert [row.name for row in report.failures] == ["float64", "float32", "gradcheck", "double-backward"]
+    headline = str(report).splitlines()[0]
+    assert headline.startswith("verify(WrongSigmoid.apply): FAIL in float64, float32, gradcheck, double-backward")
+
+
+def test_a_failed_row_says_what_was_measured_and_the_usual_fix():
+    row = torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)), only=["float64"])["float64"]
+    assert row.status == FAIL
+    assert row.measured.startswith("inputs[0].grad: rel. error") and "> rtol 1e-07" in row.measured
+    assert "formula" in row.fix
+    assert f"↳ {row.fix}" in str(torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)),
+                                                only=["float64"]))
+
+
+def test_assert_ok_raises_an_assertion_error_carrying_the_table():
+    report = torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)), only=["float64", "vmap"])
+    with pytest.raises(AssertionError) as raised:
+        report.assert_ok()
+    assert str(raised.value) == str(report)
+    assert "float64" in str(raised.value) and "vmap" in str(raised.value)
+
+
+def test_a_passing_report_reads_ok_with_its_counts():
+    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), **FAST)
+    report.assert_ok()
+    lines = str(report).splitlines()
+    assert lines[0].startswith("verify(sigmoid): OK (") and "pass" in lines[0]
+    assert lines[1].split() == ["property", "status", "measured"]
+    assert [line.split()[0] for line in lines[2:]] == list(torchbp.VERIFY_PROPERTIES)
+
+
+def test_rows_come_in_the_documented_order_and_can_be_read_by_name():
+    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), **FAST)
+    assert [row.name for row in report.rows] == list(torchbp.VERIFY_PROPERTIES)
+    assert report.statuses()["float64"] == PASS
+    with pytest.raises(KeyError, match="this report has"):
+        report["nonsense"]
+
+
+def test_a_property_that_raises_fails_with_the_error_as_its_measure():
+    class Crashes(WrongSigmoid):
+        @staticmethod
+        def backward(ctx, g):
+            raise ZeroDivisionError("the backward's own error")
+
+    row = torchbp.verify(Crashes.apply, torch.sigmoid, *examples((4, 3)), only=["float64"])["float64"]
+    assert row.status == FAIL and row.measured == "raised ZeroDivisionError: the backward's own error"
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def test_without_a_reference_the_properties_needing_one_are_not_applicable_and_the_rest_run():
+    report = torchbp.verify(TF.sigmoid, None, *examples((4, 3)), **FAST)
+    report.assert_ok()
+    statuses = report.statuses()
+    assert {name for name, status in statuses.items() if status == NOT_APPLICABLE} == {
+        "float64", "float32", "autocast", "memory", "needs-input-grad", "jvp"}
+    assert statuses["gradcheck"] == statuses["vmap"] == statuses["compile"] == statuses["in-place"] == PASS
+
+
+def test_without_a_reference_a_wrong_gradient_still_fails_gradcheck():
+    report = torchbp.verify(WrongSigmoid.apply, None, *examples((4, 3)), **FAST)
+    assert [row.name for row in report.failures] == ["gradcheck", "double-backward"]
+
+
+def test_skip_reports_the_property_as_left_out_and_only_runs_just_those():
+    skipped = torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)),
+                             skip=["float64", "float32", "gradcheck", "double-backward"], **FAST)
+    assert skipped.ok
+    assert skipped["float64"] == ("float64", SKIPPED, "left out (skip=)", "")
+    only = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), only=["vmap", "float64"])
+    assert [row.name for row in only.rows] == ["float64", "vmap"]  # in the report's order
+
+
+def test_once_differentiable_makes_double_backward_not_applicable():
+    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), once_differentiable=True,
+                            only=["double-backward"])
+    assert report["double-backward"].status == NOT_APPLICABLE
+    assert "once_differentiable=True" in report["double-backward"].measured
+
+
+def test_a_backward_marked_once_differentiable_is_reported_not_applicable_not_failed():
+    class Marked(WrongSigmoid):
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            return g * (1 - a) * a
+
+    row = torchbp.verify(Marked.apply, torch.sigmoid, *examples((4, 3)), only=["double-backward"])
+    assert row["double-backward"].status == NOT_APPLICABLE and "@once_differentiable" in row["double-backward"].measured
+
+
+def test_no_batch_dimension_makes_the_batch_properties_not_applicable():
+    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), batch_dims=[None],
+                            only=["empty-batch", "vmap", "vmap-grad", "float64"])
+    assert report.statuses() == {"float64": PASS, "empty-batch": NOT_APPLICABLE, "vmap": NOT_APPLICABLE,
+                                 "vmap-grad": NOT_APPLICABLE}
+    assert "batch_dims" in report["vmap"].measured
+
+
+def test_batch_dims_choose_the_batched_dimension():
+    """A (features, batch) input batched along dimension 1: vmap's per-sample calls get 1-d columns."""
+    x, = examples((3, 6))
+    report = torchbp.verify(lambda t: TF.sigmoid(t).sum(0), lambda t: torch.sigmoid(t).sum(0), x, batch_dims=[1],
+                            only=["vmap", "vmap-grad", "empty-batch"])
+    report.assert_ok()
+    assert report["vmap"].measured.startswith("4 samples")
+
+
+def test_nondiff_inputs_get_no_gradient_and_the_backward_must_not_compute_one():
+    x, target = examples((6, 3), (6, 3))
+    report = torchbp.verify(TF.mse_loss, F.mse_loss, x, target, nondiff=[1], only=["float64", "needs-input-grad"])
+    report.assert_ok()
+    assert "over 2 tensors" in report["float64"].measured  # the loss and the input's gradient only
+
+
+def test_inputs_asking_for_grad_choose_the_differentiable_ones():
+    x, target = examples((6, 3), (6, 3))
+    report = torchbp.verify(TF.mse_loss, F.mse_loss, x.requires_grad_(), target, only=["float64"])
+    assert "over 2 tensors" in report["float64"].measured
+
+
+def test_tolerances_apply_to_every_comparison():
+    class Slightly(WrongSigmoid):
+        @staticmethod
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            return g * (1 - a) * a * (1 + 1e-6)
+
+    args = (Slightly.apply, torch.sigmoid, *examples((4, 3)))
+    assert torchbp.verify(*args, only=["float64"])["float64"].status == FAIL
+    assert torchbp.verify(*args, only=["float64"], rtol=1e-5)["float64"].status == PASS
+
+
+def test_verify_leaves_the_example_inputs_alone():
+    x, w, b = examples((6, 3), (4, 3), (4,))
+    before = [t.clone() for t in (x, w, b)]
+    torchbp.verify(TF.linear, F.linear, x, w, b, skip=["compile"])
+    for t, original in zip((x, w, b), before):
+        assert torch.equal(t, original) and t.grad is None and not t.requires_grad
+
+
+def test_verify_runs_under_no_grad_all_the_same():
+    with torch.no_grad():
+        report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), only=["float64", "gradcheck"])
+    report.assert_ok()
+
+
+@pytest.mark.parametrize("name", torchbp.VERIFY_PROPERTIES, ids=lambda name: f"{name} row")
+def test_one_property_per_test_the_pytest_way(name):
+    """The README's pattern: one pytest test per property, each failure shown as its row."""
+    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), only=[name], **FAST)
+    report.assert_ok()
+    assert [row.name for row in report.rows] == [name]
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+BAD_INPUT = [
+    ("a non-callable fn", (3, torch.sigmoid, torch.randn(2)), {}, TypeError,
+     r"verify: fn must be callable \(a function or MyFunction.apply\), got int"),
+    ("a non-callable reference", (torch.sigmoid, "sigmoid", torch.randn(2)), {}, TypeError,
+     "verify: reference must be callable or None, got str"),
+    ("no floating-point tensor", (torch.sigmoid, None, torch.arange(3), 2.0), {}, ValueError,
+     r"expected at least one floating-point tensor among the inputs, got Tensor\(torch.int64\), float"),
+    ("no inputs at all", (torch.sigmoid, None), {}, ValueError, "got no inputs"),
+    ("a reference of another shape", (torch.sigmoid, lambda x: torch.sigmoid(x).T, torch.randn(2, 3)), {},
+     ValueError, r"the reference's output has shape \(3, 2\) where fn's has \(2, 3\)"),
+    ("a reference with another number of outputs", (torch.sigmoid, lambda x: (x, x), torch.randn(2)), {},
+     ValueError, r"the reference's output has shape \[\(2,\), \(2,\)\] where fn's has \(2,\)"),
+    ("an unknown property", (torch.sigmoid, None, torch.randn(2)), dict(only=["vmpa"]), ValueError,
+     "no property named 'vmpa'; the properties are float64, float32"),
+    ("an unknown property to skip", (torch.sigmoid, None, torch.randn(2)), dict(skip=["speed"]), ValueError,
+     "no property named 'speed'"),
+    ("batch_dims of the wrong length", (torch.sigmoid, None, torch.randn(2)), dict(batch_dims=[0, 0]), ValueError,
+     "batch_dims has 2 entries for 1 inputs"),
+    ("a batch dimension out of range", (torch.sigmoid, None, torch.randn(2)), dict(batch_dims=[1]), ValueError,
+     r"batch_dims\[0\] = 1, but inputs\[0\] is of shape \(2,\)"),
+    ("batch dimensions of different sizes", (torch.add, None, torch.randn(2), torch.randn(3)),
+     dict(batch_dims=[0, 0]), ValueError, r"different sizes \[2, 3\]"),
+    ("every input nondiff", (torch.sigmoid, None, torch.randn(2)), dict(nondiff=[0]), ValueError,
+     "no input left to differentiate"),
+    ("a nondiff position out of range", (torch.sigmoid, None, torch.randn(2)), dict(nondiff=[3]), ValueError,
+     "nondiff position 3 is out of range for 1 inputs"),
+    ("an infinite tolerance", (torch.sigmoid, None, torch.randn(2)), dict(rtol=float("inf")), ValueError, "rtol"),
+]
+
+
+@pytest.mark.parametrize("args, options, error, message", [case[1:] for case in BAD_INPUT],
+                         ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_refused_with_a_one_line_error_naming_the_problem(args, options, error, message):
+    with pytest.raises(error, match=message) as raised:
+        torchbp.verify(*args, **options)
+    assert "\n" not in str(raised.value)
