@@ -42,3 +42,33 @@ def test_ten_line_example_prints_the_report_the_readme_shows(capsys, tmp_path, m
     monkeypatch.chdir(tmp_path)
     exec(code_blocks("python")[0], {})
     assert capsys.readouterr().out == code_blocks("text")[0]
+
+
+def verify_example():
+    return next(block for block in code_blocks("python") if "torchbp.verify(Swish.apply" in block)
+
+
+def verify_table():
+    return next(block for block in code_blocks("text") if block.startswith("verify(Swish.apply)"))
+
+
+def test_the_verify_example_prints_the_statuses_the_readme_shows(capsys, tmp_path, monkeypatch):
+    """Property by property; the measured figures vary with the machine's arithmetic, the statuses must not."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(verify_example(), "README.md verify example", "exec"), {})
+    printed = capsys.readouterr().out
+
+    def statuses(table):
+        lines = table.splitlines()
+        rows = [re.split(r"\s{2,}", line)[:2] for line in lines[2:] if not line.startswith(" ")]  # name, status
+        return lines[0], rows
+
+    assert statuses(printed) == statuses(verify_table())
+
+
+def test_the_readme_names_every_property_of_verify():
+    import torchbp
+
+    section = README[README.index("## Verify your own Function"):README.index("## Per-sample gradients")]
+    for name in torchbp.VERIFY_PROPERTIES:
+        assert f"`{name}`" in section

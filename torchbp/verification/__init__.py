@@ -9,6 +9,7 @@ they share: fresh inputs in any form, one seeded upstream gradient, the comparis
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -80,20 +81,22 @@ def verify(
 
 
 def _run(prop, subject: Subject) -> VerifyRow:
+    start = time.perf_counter()
     try:
         measured = prop.check(subject)
+        row = VerifyRow(prop.name, PASS, measured)
     except Failed as failure:
-        return VerifyRow(prop.name, FAIL, str(failure), prop.fix)
+        row = VerifyRow(prop.name, FAIL, str(failure), prop.fix)
     except NotApplicable as reason:
-        return VerifyRow(prop.name, NOT_APPLICABLE, str(reason))
+        row = VerifyRow(prop.name, NOT_APPLICABLE, str(reason))
     except Skipped as reason:
-        return VerifyRow(prop.name, SKIPPED, str(reason))
+        row = VerifyRow(prop.name, SKIPPED, str(reason))
     except Exception as error:  # the function broke under this property: that is what it measured
         message = " ".join(str(error).split())
         if len(message) > 300:
             message = message[:297] + "..."
-        return VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", prop.fix)
-    return VerifyRow(prop.name, PASS, measured)
+        row = VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", prop.fix)
+    return row._replace(seconds=time.perf_counter() - start)
 
 
 def _chosen(only, skip) -> list[str]:

@@ -14,6 +14,7 @@ class VerifyRow(NamedTuple):
     status: str  # "pass", "fail", "not applicable" or "skipped"
     measured: str  # the largest error against its tolerance, the error raised, or the reason
     fix: str = ""  # only for a failure
+    seconds: float = 0.0  # how long the property took
 
     @property
     def ok(self) -> bool:

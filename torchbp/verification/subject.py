@@ -189,7 +189,7 @@ class Subject:
             raise Failed("; ".join(_describe(row, rtol) for row in bad[:3]))
         worst = max(rows, key=lambda row: row.max_rel_error)
         return (f"largest rel. error {worst.max_rel_error:.1e} "
-                f"(rtol {_rtol(worst.dtype, rtol):.0e}) over {len(rows)} tensors")
+                f"(rtol {_rtol(worst.dtype, rtol):.0e}) over {len(rows)} tensor{'s' if len(rows) > 1 else ''}")
 
 
 def as_tuple(output) -> tuple:
