@@ -123,7 +123,7 @@ def needs_input_grad(subject: Subject) -> str:
         raise Failed(extra[0] + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     measured = subject.compare(pairs)
     nodes_note = "" if nodes_seen else "; fn records no autograd.Function node, so only the gradients are checked"
-    return f"{len(subsets)} subsets: {measured}{nodes_note}"
+    return f"{len(subsets)} subset{'s' if len(subsets) > 1 else ''}: {measured}{nodes_note}"
 
 
 def _first_line(error: Exception) -> str:
