@@ -19,6 +19,9 @@ from torchbp.compare import DEFAULT_RTOL, compare_tensors
 from torchbp.verification.outcome import Failed
 
 
+UPSTREAM_STREAM = 0x5EED_0F_6  # an offset no one seeds their examples with
+
+
 class Run(NamedTuple):
     """One forward and backward: the inputs it was given, its outputs, the gradients of the differentiable inputs."""
 
@@ -114,8 +117,12 @@ class Subject:
     # -- running --------------------------------------------------------------------------
 
     def upstream(self, outputs: Sequence[torch.Tensor]) -> tuple:
-        """The upstream gradient for each output: normal, from the seeded generator (None for the rest)."""
-        generator = torch.Generator().manual_seed(self.seed)
+        """The upstream gradient for each output: normal, from the seeded generator (None for the rest).
+
+        Its stream is offset from ``seed``: examples drawn from ``manual_seed(0)`` in the output's shape
+        would otherwise equal it, and with g = x a transposed weight gradient gᵀx = xᵀg goes unseen.
+        """
+        generator = torch.Generator().manual_seed(UPSTREAM_STREAM + self.seed)
         return tuple(
             torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype).to(out.device)
             if isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex())

@@ -170,7 +170,10 @@ def compile(subject: Subject) -> str:
     try:
         run = subject.run(compiled, subject.inputs())
     except torch._dynamo.exc.Unsupported as error:
-        raise Failed(f"graph break: {_reason(error)}") from None
+        reason = _reason(error)
+        if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
+            reason += " (torch.compile refuses any Function that defines jvp: drop the jvp, or skip compile)"
+        raise Failed(f"graph break: {reason}") from None
     finally:
         torch._dynamo.reset()
     return f"{subject.compile_backend}, no graph break: {subject.compare(subject.pairs(run, subject.baseline))}"
