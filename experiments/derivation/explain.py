@@ -138,7 +138,7 @@ def blocks(numbers: dict) -> dict[str, str]:
 
 # formula, file, text that is on the implementing line
 CODE = [
-    ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "return F.linear(input, weight, bias)"),
+    ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "z = F.linear(input, weight, bias)"),
     ("a = σ(z)", "torchbp/functions/sigmoid.py", "return torch.sigmoid(input)"),
     ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
     ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def backward(ctx, g"),
