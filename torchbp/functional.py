@@ -6,7 +6,7 @@ import torch
 from torch.nn import _reduction
 
 from torchbp.autocast import FLOAT32, LOWER_PRECISION, cast_as_autocast_would
-from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
+from torchbp.functions import LinearFunction, MSELossFunction, ReLUFunction, SigmoidFunction, TanhFunction
 from torchbp.functions.shortcuts import any_autocast_enabled
 
 
@@ -23,6 +23,20 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
     """σ(input), as torch.sigmoid, backward by SigmoidFunction."""
     return SigmoidFunction.apply(input)
+
+
+def tanh(input: torch.Tensor) -> torch.Tensor:
+    """tanh(input), as torch.tanh, backward by TanhFunction."""
+    return TanhFunction.apply(input)
+
+
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """max(input, 0), as torch.nn.functional.relu, backward by ReLUFunction.
+
+    ``inplace=True`` is accepted for the signature's sake and computes out of place:
+    the same result, with the input left as it was.
+    """
+    return ReLUFunction.apply(input)
 
 
 def mse_loss(

@@ -1,13 +1,19 @@
-"""Drop-in modules: torch.nn's Linear, Sigmoid and MSELoss with hand-derived backward passes.
+"""Drop-in modules: torch.nn's layers with hand-derived backward passes, and the table of them.
 
 Each subclasses its native module and changes nothing but ``forward``: the
 constructor, initialization, parameters, state_dict keys and extra_repr are
 the native module's own, so ``isinstance(m, torch.nn.Linear)`` holds and
-state_dicts move freely between the two. ``HAND_DERIVED`` maps each native
-class to its torchbp version; ``torchbp.convert`` reads it.
+state_dicts move freely between the two.
+
+``LAYERS``, at the end, is the one table of the hand-derived layers: each
+native class, its torchbp class, its step in the fused chain and its
+per-sample rule. ``convert``, ``to_native``, ``fuse``, ``check_model``, the
+lockstep trainer and per-sample gradients all read it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -15,24 +21,10 @@ from torch.nn.modules import module as module_hooks
 
 from torchbp import functional
 from torchbp.autocast import autocast_active
-from torchbp.functions import SequentialFunction
-from torchbp.functions.sequential import LINEAR, MSE_LOSS, SCALE, SIGMOID
+from torchbp.functions import SequentialFunction, linear
+from torchbp.functions.sequential import LINEAR, MSE_LOSS, RELU, SCALE, SIGMOID, TANH
 from torchbp.functions.shortcuts import any_autocast_enabled
 from torchbp.functions.validation import check_scale
-
-HAND_DERIVED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {}
-FUSED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {}  # containers torchbp.fuse replaces
-
-
-def hand_derived_version_of(native: type[torch.nn.Module]):
-    """Register the decorated class as the torchbp version of ``native``."""
-
-    def register(cls):
-        HAND_DERIVED[native] = cls
-        return cls
-
-    return register
-
 
 class HandDerived:
     """Marks a module as torchbp's: its repr reads ``torchbp.Linear(...)``."""
@@ -41,7 +33,6 @@ class HandDerived:
         return f"torchbp.{type(self).__name__}"
 
 
-@hand_derived_version_of(torch.nn.Linear)
 class Linear(HandDerived, torch.nn.Linear):
     r"""torch.nn.Linear whose backward is :class:`torchbp.functions.LinearFunction`.
 
@@ -65,7 +56,6 @@ class Linear(HandDerived, torch.nn.Linear):
         return functional.linear(input, self.weight, self.bias)
 
 
-@hand_derived_version_of(torch.nn.Sigmoid)
 class Sigmoid(HandDerived, torch.nn.Sigmoid):
     r"""torch.nn.Sigmoid whose backward is :class:`torchbp.functions.SigmoidFunction`.
 
@@ -79,7 +69,35 @@ class Sigmoid(HandDerived, torch.nn.Sigmoid):
         return functional.sigmoid(input)
 
 
-@hand_derived_version_of(torch.nn.MSELoss)
+class Tanh(HandDerived, torch.nn.Tanh):
+    r"""torch.nn.Tanh whose backward is :class:`torchbp.functions.TanhFunction`.
+
+    .. math:: a = \tanh(z), \qquad \tanh'(z) = 1 - a^2
+
+    Shape:
+        - Input: :math:`(*)`; Output: :math:`(*)`, the same shape.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return functional.tanh(input)
+
+
+class ReLU(HandDerived, torch.nn.ReLU):
+    r"""torch.nn.ReLU whose backward is :class:`torchbp.functions.ReLUFunction`.
+
+    .. math:: a = \max(z, 0), \qquad \partial a / \partial z = 1[z > 0]
+
+    Args:
+        inplace: as torch.nn.ReLU's, but computed out of place (the same result; the input is left alone).
+
+    Shape:
+        - Input: :math:`(*)`; Output: :math:`(*)`, the same shape.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return functional.relu(input)
+
+
 class MSELoss(HandDerived, torch.nn.MSELoss):
     r"""torch.nn.MSELoss whose backward is :class:`torchbp.functions.MSELossFunction`.
 
@@ -208,9 +226,32 @@ class FusedLoss(HandDerived, torch.nn.Module):
         return "" if self.scale == 1 else f"scale={self.scale}"
 
 
-_FUSABLE = {Linear: LINEAR, Sigmoid: SIGMOID}
-_FUSABLE_LOSSES = {MSELoss}  # a native MSELoss broadcasts its target, so it runs as itself (fuse_loss converts it)
-FUSED[torch.nn.Sequential] = Sequential
+class Layer(NamedTuple):
+    """One hand-derived layer, all torchbp knows of it: an entry of ``LAYERS``."""
+
+    native: type[torch.nn.Module]  # the torch.nn class it replaces
+    hand: type[torch.nn.Module]  # its torchbp class: a subclass of native with its own forward
+    step: str | None = None  # its step in the fused chain (torchbp.fuse), if it has one
+    # Its per-sample rule (torchbp.per_sample), if it has parameters: an object whose grads(module, a_prev, δ, out)
+    # gives {name: (N, *shape)} and norms_squared(module, a_prev, δ) the (N,) squared norms, from one call's input
+    # a_prev and upstream gradient δ; it lives in the layer's file in torchbp/functions.
+    per_sample: object | None = None
+
+
+LAYERS: tuple[Layer, ...] = (
+    Layer(torch.nn.Linear, Linear, LINEAR, linear.PER_SAMPLE),
+    Layer(torch.nn.Sigmoid, Sigmoid, SIGMOID),
+    Layer(torch.nn.Tanh, Tanh, TANH),
+    Layer(torch.nn.ReLU, ReLU, RELU),
+    Layer(torch.nn.MSELoss, MSELoss, MSE_LOSS),
+)
+
+HAND_DERIVED = {layer.native: layer.hand for layer in LAYERS}  # what torchbp.convert swaps
+FUSED = {torch.nn.Sequential: Sequential}  # containers torchbp.fuse replaces as well
+_FUSABLE = {layer.hand: layer.step for layer in LAYERS if layer.step not in (None, MSE_LOSS)}
+# The losses a fused chain ends in. A native MSELoss broadcasts its target, so it runs as itself
+# (torchbp.fuse_loss converts it).
+_FUSABLE_LOSSES = {layer.hand for layer in LAYERS if layer.step == MSE_LOSS}
 
 
 def _runs_other_code(module: torch.nn.Module) -> bool:

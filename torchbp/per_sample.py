@@ -19,59 +19,17 @@ their mean over the N samples is ``.grad``.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
-from torchbp import nn as torchbp_nn
 from torchbp.convert import convert
-from torchbp.functions.linear import (
-    per_sample_bias_grads,
-    per_sample_weight_grad_norms_squared,
-    per_sample_weight_grads,
-)
 from torchbp.functions.validation import ShapeError
-from torchbp.nn import HAND_DERIVED
+from torchbp.nn import HAND_DERIVED, LAYERS
 
 
-class PerSampleRule(Protocol):
-    def grads(self, module, a_prev, delta, out: dict) -> dict[str, torch.Tensor]: ...
-
-    def norms_squared(self, module, a_prev, delta) -> torch.Tensor: ...
-
-
-PER_SAMPLE_RULES: dict[type[torch.nn.Module], PerSampleRule] = {}
-
-
-def per_sample_rule(layer: type[torch.nn.Module]):
-    """Register the decorated class as the per-sample rule of ``layer``."""
-
-    def register(cls):
-        PER_SAMPLE_RULES[layer] = cls()
-        return cls
-
-    return register
-
-
-@per_sample_rule(torchbp_nn.Linear)
-class LinearPerSample:
-    """weight: δ_n a_prev,nᵀ; bias: δ_n (see torchbp.functions.linear)."""
-
-    def grads(self, module, a_prev, delta, out):
-        grads = {}
-        if module.weight.requires_grad:
-            grads["weight"] = per_sample_weight_grads(delta, a_prev, out=out.get("weight"))
-        if module.bias is not None and module.bias.requires_grad:
-            grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
-        return grads
-
-    def norms_squared(self, module, a_prev, delta):
-        total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
-        if module.weight.requires_grad:
-            total = total + per_sample_weight_grad_norms_squared(delta, a_prev)
-        if module.bias is not None and module.bias.requires_grad:
-            total = total + per_sample_bias_grads(delta).square().sum(1)
-        return total
+# The layers with a per-sample rule, from torchbp.nn's table of layers (each rule lives in its layer's file).
+PER_SAMPLE_RULES = {layer.hand: layer.per_sample for layer in LAYERS if layer.per_sample is not None}
 
 
 def reduction_scale(loss_fn, batch_size: int) -> float:

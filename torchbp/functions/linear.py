@@ -129,3 +129,27 @@ def per_sample_weight_grad_norms_squared(delta: torch.Tensor, a_prev: torch.Tens
         gram_a = a_prev_n @ a_prev_n.transpose(1, 2)
         return (gram_delta * gram_a).sum((1, 2))
     return per_sample_weight_grads(delta, a_prev).square().sum((1, 2))
+
+
+class LinearPerSample:
+    """A linear layer's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
+    per-sample gradients (weight: δ_n a_prev,nᵀ; bias: δ_n), or their squared norms summed."""
+
+    def grads(self, module, a_prev, delta, out):
+        grads = {}
+        if module.weight.requires_grad:
+            grads["weight"] = per_sample_weight_grads(delta, a_prev, out=out.get("weight"))
+        if module.bias is not None and module.bias.requires_grad:
+            grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
+        return grads
+
+    def norms_squared(self, module, a_prev, delta):
+        total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
+        if module.weight.requires_grad:
+            total = total + per_sample_weight_grad_norms_squared(delta, a_prev)
+        if module.bias is not None and module.bias.requires_grad:
+            total = total + per_sample_bias_grads(delta).square().sum(1)
+        return total
+
+
+PER_SAMPLE = LinearPerSample()  # torchbp.nn's table of layers names it

@@ -1,15 +1,16 @@
-"""A chain of linear and sigmoid layers, ending perhaps in the squared-error loss, as one Function:
+"""A chain of linear layers and activations, ending perhaps in the squared-error loss, as one Function:
 the derivation run as one algorithm.
 
 Forward: h_0 = x, and h_l = f_l(h_{l-1}) for each step l = 1..L, with f_l a linear
-layer (z = h Wᵀ + b), a sigmoid (a = σ(z)), the loss ℓ = reduce((h − y)²) (then
-nothing but scales), or a constant scale c h (the ½ of J = ½ Σ (y − ŷ)²).
+layer (z = h Wᵀ + b), an activation (a = σ(z), tanh(z) or max(z, 0)), the loss
+ℓ = reduce((h − y)²) (then nothing but scales), or a constant scale c h (the ½ of
+J = ½ Σ (y − ŷ)²).
 
 Backward, from δ = ∂J/∂h_L down to the input, step after step:
 
 - scale:    δ ← c δ
 - loss:     δ ← (h − y) · 2/N ⊙ δ,  ∂J/∂y = −δ       (mse_loss_backward)
-- sigmoid:  δ ← δ ⊙ σ'(z) = δ ⊙ (1 − a) a          (sigmoid_backward)
+- sigmoid:  δ ← δ ⊙ σ'(z) = δ ⊙ (1 − a) a          (sigmoid_backward; tanh_backward, relu_backward alike)
 - linear:   ∂J/∂W = δᵀ h_{l-1},  ∂J/∂b = Σ_n δ_n,  δ ← δ W   (linear_backward)
 
 so across a linear layer and the sigmoid before it, δ_prev = (δ W) ⊙ σ'(z_prev).
@@ -30,10 +31,12 @@ import torch
 from torchbp.functions.base import HandDerivedFunction
 from torchbp.functions.linear import LinearFunction, linear_backward
 from torchbp.functions.mse_loss import MSELossFunction, mse_loss_backward
+from torchbp.functions.relu import ReLUFunction, relu_backward
 from torchbp.functions.sigmoid import SigmoidFunction, sigmoid_backward
+from torchbp.functions.tanh import TanhFunction, tanh_backward
 from torchbp.functions.validation import check_scale
 
-LINEAR, SIGMOID, MSE_LOSS, SCALE = "linear", "sigmoid", "mse_loss", "scale"
+LINEAR, SIGMOID, TANH, RELU, MSE_LOSS, SCALE = "linear", "sigmoid", "tanh", "relu", "mse_loss", "scale"
 
 
 def scale(h: torch.Tensor, c: float) -> torch.Tensor:
@@ -44,9 +47,12 @@ def scale(h: torch.Tensor, c: float) -> torch.Tensor:
 
 # Each step's forward (a layer's is its Function's own, checks included), and its arguments after
 # its input, of which the constants (not tensors) are kept apart from the saved tensors.
-FORWARD = {LINEAR: LinearFunction.forward, SIGMOID: SigmoidFunction.forward, MSE_LOSS: MSELossFunction.forward,
-           SCALE: scale}
-ARGUMENTS = {LINEAR: ("weight", "bias"), SIGMOID: (), MSE_LOSS: ("target", "reduction"), SCALE: ("c",)}
+FORWARD = {LINEAR: LinearFunction.forward, SIGMOID: SigmoidFunction.forward, TANH: TanhFunction.forward,
+           RELU: ReLUFunction.forward, MSE_LOSS: MSELossFunction.forward, SCALE: scale}
+ARGUMENTS = {LINEAR: ("weight", "bias"), SIGMOID: (), TANH: (), RELU: (), MSE_LOSS: ("target", "reduction"),
+             SCALE: ("c",)}
+# The activations, whose backward reads their own output: δ ← δ ⊙ f'(z) from a = f(z).
+ACTIVATION_BACKWARD = {SIGMOID: sigmoid_backward, TANH: tanh_backward, RELU: relu_backward}
 CONSTANTS = {"reduction", "c"}
 
 
@@ -63,10 +69,10 @@ class Plan(NamedTuple):
 
 
 class SequentialFunction(HandDerivedFunction):
-    """h_L = f_L(… f_1(x)) for linear and sigmoid layers, a loss and scales; see the module docstring.
+    """h_L = f_L(… f_1(x)) for linear layers, activations, a loss and scales; see the module docstring.
 
     Called as ``SequentialFunction.apply(x, kinds, *args)`` with ``kinds`` a tuple of
-    "linear", "sigmoid", "mse_loss" and "scale", and ``args`` each step's arguments
+    "linear", "sigmoid", "tanh", "relu", "mse_loss" and "scale", and ``args`` each step's arguments
     after its input, in order, as its own Function takes them: a linear layer's
     weight and bias (None without one), the loss's target and reduction, a scale's
     constant. Returns the h_l its backward reads, then h_L last (``plan(kinds).returned``).
@@ -113,8 +119,8 @@ class SequentialFunction(HandDerivedFunction):
             if delta is None:
                 continue
             i, kind = starts[l], kinds[l]
-            if kind == SIGMOID:
-                delta = sigmoid_backward(delta, hs[l + 1])
+            if kind in ACTIVATION_BACKWARD:
+                delta = ACTIVATION_BACKWARD[kind](delta, hs[l + 1])
             elif kind == LINEAR:
                 delta, grad_args[i], grad_args[i + 1] = linear_backward(
                     delta, hs[l], args[i], lowest < i, needs[i + 2], needs[i + 3]
@@ -146,11 +152,11 @@ def plan(kinds: tuple[str, ...]) -> Plan:
     steps = tuple((FORWARD[kind], slice(start, start + len(ARGUMENTS[kind]))) for kind, start in zip(kinds, starts))
     constants = tuple(i for i, name in enumerate(names) if name in CONSTANTS)
     # Step l (counted from 0) reads h_l and writes h_{l+1}: a linear layer and the loss read their
-    # input (δᵀ h_l, h_l − y), a sigmoid its own output (σ' = (1 − a) a), a scale nothing.
+    # input (δᵀ h_l, h_l − y), an activation its own output (σ' = (1 − a) a), a scale nothing.
     read = [False] * (len(kinds) + 1)
     for l, kind in enumerate(kinds):
         if kind != SCALE:
-            read[l + 1 if kind == SIGMOID else l] = True
+            read[l + 1 if kind in ACTIVATION_BACKWARD else l] = True
     returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
     arriving = tuple(returned.index(l) if l in returned else None for l in range(len(kinds) + 1))
     saved = tuple((0 if l == 0 else arriving[l] + 1) if read[l] else None for l in range(len(kinds) + 1))

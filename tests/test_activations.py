@@ -1,0 +1,128 @@
+"""The activations sigmoid, tanh and ReLU: each backward from the saved output, the same bits as native.
+
+Cases are data: every test runs over ACTIVATIONS, so an activation added there is held to all of them.
+"""
+
+from typing import Callable, NamedTuple
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import torchbp
+import torchbp.functional as TF
+from torchbp.check import check_function, check_model
+from torchbp.functions import ReLUFunction, SigmoidFunction, TanhFunction, relu, sigmoid, tanh
+
+from conftest import DEVICES
+
+
+class Activation(NamedTuple):
+    name: str
+    ours: Callable  # the functional form
+    native: Callable
+    function: type  # its autograd Function
+    module: type  # its torchbp.nn class
+    native_module: type
+    formula_module: object  # the file holding its backward formula
+    formula: str  # the formula's name there
+    wrong: Callable  # a planted wrong backward: g, a -> ∂J/∂z
+
+
+ACTIVATIONS = [
+    Activation("sigmoid", TF.sigmoid, torch.sigmoid, SigmoidFunction, torchbp.nn.Sigmoid, torch.nn.Sigmoid,
+               sigmoid, "sigmoid_backward", lambda g, a: g * a),  # (1 − a) dropped
+    Activation("tanh", TF.tanh, torch.tanh, TanhFunction, torchbp.nn.Tanh, torch.nn.Tanh,
+               tanh, "tanh_backward", lambda g, a: g * (1 - a)),  # 1 − a for 1 − a²
+    Activation("relu", TF.relu, torch.relu, ReLUFunction, torchbp.nn.ReLU, torch.nn.ReLU,
+               relu, "relu_backward", lambda g, a: g),  # no mask
+]
+IDS = [activation.name for activation in ACTIVATIONS]
+SHAPES = [(), (5,), (3, 4), (0, 3), (2, 3, 4)]
+
+
+def values(*shape, dtype=torch.float64, device="cpu"):
+    """Normal values with exact zeros among them (where ReLU's derivative is decided by convention)."""
+    x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x.view(-1)[::7] = 0
+    return x.to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_matches_native_to_the_bit(activation, shape, dtype, device):
+    report = check_function(activation.ours, activation.native, values(*shape, dtype=dtype, device=device))
+    report.assert_ok()
+    assert report.max_abs_error == 0, str(report)
+
+
+@given(shape=st.lists(st.integers(0, 6), min_size=0, max_size=4))
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_matches_native_for_any_shape(activation, shape):
+    report = check_function(activation.ours, activation.native, values(*shape, dtype=torch.float32))
+    assert report.ok and report.max_abs_error == 0, str(report)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_nan_and_infinite_upstream_gradients_flow_as_natively(activation):
+    x = values(8)
+    g = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0] * 2, dtype=torch.float64)
+    check_function(activation.ours, activation.native, x, grad_output=g).assert_ok()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_torchbp_verify_passes(activation):
+    report = torchbp.verify(activation.ours, activation.native, values(6, 4) + 0.01,  # off ReLU's kink: gradcheck
+                            compile_backend="aot_eager")
+    report.assert_ok()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_a_planted_wrong_formula_is_caught(activation, monkeypatch):
+    monkeypatch.setattr(activation.formula_module, activation.formula, activation.wrong)
+    report = check_function(activation.ours, activation.native, values(4, 3))
+    assert not report.ok and "inputs[0].grad" in [row.name for row in report.mismatches]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_saves_its_output_and_nothing_else(activation):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        a = activation.ours(values(4, 3).requires_grad_())
+    assert len(saved) == 1 and saved[0] is a
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_an_integer_input_is_refused(activation):
+    with pytest.raises(torchbp.DTypeError, match=f"{activation.name}: expected input to be a floating-point tensor"):
+        activation.function.apply(torch.arange(3))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_the_module_is_a_drop_in_for_the_native_one(activation):
+    native = torch.nn.Sequential(torch.nn.Linear(3, 4), activation.native_module(), torch.nn.Linear(4, 2)).double()
+    converted = torchbp.convert(native)
+    assert type(converted[1]) is activation.module and isinstance(converted[1], activation.native_module)
+    assert type(torchbp.to_native(converted)[1]) is activation.native_module
+    report = check_model(native, torch.nn.MSELoss(), values(5, 3), values(5, 2))
+    report.assert_ok()
+    assert f"1 {activation.module.__name__}" in report.layers
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_fused_chains_take_it_as_a_step(activation):
+    native = torch.nn.Sequential(torch.nn.Linear(3, 4), activation.native_module(), torch.nn.Linear(4, 2)).double()
+    fused = torchbp.fuse(native)
+    x = values(5, 3).requires_grad_()
+    assert type(fused(x).grad_fn).__name__.startswith("SequentialFunction")
+    check_model(fused, torch.nn.MSELoss(), values(5, 3), values(5, 2)).assert_ok()
+
+
+def test_relu_inplace_gives_the_native_result_and_leaves_the_input():
+    x = values(4, 3)
+    before = x.clone()
+    assert torch.equal(torchbp.nn.ReLU(inplace=True)(x), torch.relu(before))
+    assert torch.equal(x, before)
