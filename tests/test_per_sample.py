@@ -153,7 +153,6 @@ def test_norms_form_the_gradients_only_where_the_layer_needs_it(monkeypatch, mid
         raise RuntimeError("formed an (N, out, in) gradient")
 
     monkeypatch.setattr(torchbp.functions.linear, "per_sample_weight_grads", refuse)
-    monkeypatch.setattr(torchbp.per_sample, "per_sample_weight_grads", refuse)
     call = lambda: per_sample_grad_norms(mlp(), torch.nn.MSELoss(), *data(5, middle, torch.float64))  # noqa: E731
     if forms:
         with pytest.raises(RuntimeError, match="formed"):
@@ -244,7 +243,7 @@ BAD_CALLS = {
     ),
     "inputs without a sample dimension": (
         lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)),
-        torchbp.ShapeError, "(N, ..., in_features)",
+        torchbp.ShapeError, r"expected inputs of shape \(N, ...\), the sample dimension first, got \(3,\)",
     ),
 }
 

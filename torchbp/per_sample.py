@@ -92,7 +92,7 @@ class PerSampleGradients:
     def _record(self, module, inputs, output) -> None:
         if not output.requires_grad:
             return
-        record = [inputs[0].detach(), None]  # δ arrives during backward
+        record = [inputs[0].detach(), None, output.shape]  # δ arrives during backward
         self.records.setdefault(module, []).append(record)
         self.outputs.append(output)
         output.register_hook(lambda delta: record.__setitem__(1, delta.detach()))
@@ -109,15 +109,15 @@ class PerSampleGradients:
         """
         calls, batch_sizes = {}, set()
         for module, records in self.records.items():
-            for a_prev, delta in records:
+            for a_prev, delta, output_shape in records:
                 if a_prev.dim() < 2:
                     raise ShapeError(
                         f"per-sample gradients: {self.layers[module] or 'the model'} saw an input of shape "
-                        f"{tuple(a_prev.shape)}; expected (N, ..., in_features) with the sample dimension first"
+                        f"{tuple(a_prev.shape)}; expected (N, ...) with the sample dimension first"
                     )
                 batch_sizes.add(a_prev.shape[0])
                 if delta is None:
-                    delta = a_prev.new_zeros(*a_prev.shape[:-1], module.weight.shape[0])
+                    delta = a_prev.new_zeros(output_shape)
                 calls.setdefault(module, []).append((a_prev, delta * self.scale if self.scale != 1 else delta))
         if len(batch_sizes) > 1:
             raise ShapeError(f"per-sample gradients: layers saw different sample counts {sorted(batch_sizes)}")
@@ -205,7 +205,7 @@ def _recorded_pass(model, loss_fn: Callable, inputs: torch.Tensor, target: torch
     """One forward and a backward that stops at the recorded layers, of a torchbp version of ``model``."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ..., in_features), got {shape}")
+        raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ...), the sample dimension first, got {shape}")
     model = _torchbp_model(model)
     loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
     recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0]))
