@@ -243,7 +243,7 @@ BAD_CALLS = {
     ),
     "inputs without a sample dimension": (
         lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)),
-        torchbp.ShapeError, r"expected inputs of shape \(N, ...\), the sample dimension first, got \(3,\)",
+        torchbp.ShapeError, "expected inputs of shape (N, ...), the sample dimension first, got (3,)",
     ),
 }
 
