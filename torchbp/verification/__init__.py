@@ -67,17 +67,25 @@ def verify(
         A :class:`VerifyReport`: ``.ok``, ``.rows``, ``str()`` for the table,
         ``.assert_ok()`` for a test.
     """
-    names = _chosen(only, skip)
+    names, skipped = _chosen(only, skip)
     subject = _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol,
                        compile_backend, seed)
     rows = []
-    with torch.enable_grad():
+    # Grad mode on, whatever the caller's; the global random state seeded for the checks that draw from it
+    # (gradgradcheck's upstream gradients, fn's own), and the caller's given back afterwards.
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices()):
+        torch.manual_seed(seed)
+        _check_deterministic(subject)
         for name in names:
-            if name in skip:
+            if name in skipped:
                 rows.append(VerifyRow(name, SKIPPED, "left out (skip=)"))
                 continue
             rows.append(_run(PROPERTIES[name], subject))
-    return VerifyReport(f"verify({subject.name})", rows)
+    return VerifyReport(f"verify({subject.name})", rows, subject.describe_inputs())
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _run(prop, subject: Subject) -> VerifyRow:
@@ -99,14 +107,18 @@ def _run(prop, subject: Subject) -> VerifyRow:
     return row._replace(seconds=time.perf_counter() - start)
 
 
-def _chosen(only, skip) -> list[str]:
-    skip = set(skip)
+def _chosen(only, skip) -> tuple[list[str], set[str]]:
+    """The properties to report, in the report's order, and those of them to leave out."""
+    only = [only] if isinstance(only, str) else only  # one name alone
+    skip = {skip} if isinstance(skip, str) else set(skip)
     chosen = list(VERIFY_PROPERTIES if only is None else only)
+    if not chosen:
+        raise ValueError("verify: only= names no property; leave it out to run them all")
     unknown = [name for name in [*chosen, *skip] if name not in PROPERTIES]
     if unknown:
         raise ValueError(f"verify: no property named {', '.join(map(repr, unknown))}; "
                          f"the properties are {', '.join(VERIFY_PROPERTIES)}")
-    return [name for name in VERIFY_PROPERTIES if name in chosen]
+    return [name for name in VERIFY_PROPERTIES if name in chosen], skip
 
 
 def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed):
@@ -122,12 +134,14 @@ def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rt
         check_tolerances(rtol, atol)
     except ValueError as error:
         raise ValueError(f"verify: {error}") from None
-    nondiff = list(nondiff)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"verify: seed must be an int, got {type(seed).__name__}")
+    nondiff = _positions("nondiff", nondiff, allow_none=False)
     for i in nondiff:
         if not 0 <= i < len(inputs):
             raise ValueError(f"verify: nondiff position {i} is out of range for {len(inputs)} inputs")
     if batch_dims is not None:
-        _check_batch_dims(list(batch_dims), inputs)
+        _check_batch_dims(_positions("batch_dims", batch_dims, allow_none=True), inputs)
     subject = Subject(fn, reference, inputs, batch_dims=batch_dims, nondiff=nondiff,
                       once_differentiable=once_differentiable, rtol=rtol, atol=atol,
                       compile_backend=compile_backend, seed=seed)
@@ -138,6 +152,18 @@ def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rt
     return subject
 
 
+def _positions(option: str, given, allow_none: bool) -> list:
+    """``given`` as a list of ints (or None where allowed), or a TypeError naming the option."""
+    entries = "an int or None" if allow_none else "an int"
+    if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__"):
+        raise TypeError(f"verify: {option} must be a sequence of {entries} each, got {type(given).__name__}")
+    values = list(given)
+    for value in values:
+        if not (value is None and allow_none) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"verify: {option} must hold {entries} each, got {value!r}")
+    return values
+
+
 def _check_batch_dims(batch_dims: list, inputs: Sequence) -> None:
     if len(batch_dims) != len(inputs):
         raise ValueError(f"verify: batch_dims has {len(batch_dims)} entries for {len(inputs)} inputs")
@@ -145,12 +171,26 @@ def _check_batch_dims(batch_dims: list, inputs: Sequence) -> None:
     for i, (dim, x) in enumerate(zip(batch_dims, inputs)):
         if dim is None:
             continue
-        if not isinstance(x, torch.Tensor) or not -x.dim() <= dim < x.dim():
-            raise ValueError(f"verify: batch_dims[{i}] = {dim}, but inputs[{i}] is "
-                             f"{'a ' + type(x).__name__ if not isinstance(x, torch.Tensor) else f'of shape {tuple(x.shape)}'}")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"verify: batch_dims[{i}] = {dim}, but inputs[{i}] is a {type(x).__name__}")
+        if not -x.dim() <= dim < x.dim():
+            raise ValueError(f"verify: batch_dims[{i}] = {dim}, but inputs[{i}] is of shape {tuple(x.shape)}")
         sizes.add(x.shape[dim])
     if len(sizes) > 1:
         raise ValueError(f"verify: the batch dimensions have different sizes {sorted(sizes)}")
+
+
+def _check_deterministic(subject: Subject) -> None:
+    """fn computes the same outputs twice from the same inputs: every property compares runs of it."""
+    with torch.no_grad():
+        try:
+            first, second = (as_tuple(subject.fn(*subject.inputs(requires=()))) for _ in range(2))
+        except Exception:
+            return  # the properties report what fn raises
+    for a, b in zip(first, second):
+        if isinstance(a, torch.Tensor) and not bool(((a == b) | (a.isnan() & b.isnan())).all()):
+            raise ValueError("verify: fn gives different outputs for the same inputs (does it draw random numbers?); "
+                             "verify compares runs of fn, so pass the randomness in, a dropout mask as an input")
 
 
 def _check_same_outputs(subject: Subject) -> None:
@@ -161,7 +201,12 @@ def _check_same_outputs(subject: Subject) -> None:
             mine = as_tuple(subject.fn(*subject.inputs(requires=())))
         except Exception:
             return
-        theirs = as_tuple(subject.reference(*subject.inputs(requires=())))
+        try:
+            theirs = as_tuple(subject.reference(*subject.inputs(requires=())))
+        except Exception as error:
+            message = " ".join(str(error).split())[:200]
+            raise ValueError(f"verify: the reference raised on float64 copies of the inputs ({type(error).__name__}: "
+                             f"{message}); every tensor it uses must be among the inputs") from None
     shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in mine]
     reference_shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in theirs]
     if shapes != reference_shapes:

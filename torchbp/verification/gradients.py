@@ -20,33 +20,39 @@ def _against_reference(subject: Subject, dtype: torch.dtype) -> str:
 
 @verifies(
     "float64",
-    "outputs and gradients equal the reference's in float64, for a random upstream gradient",
     "the backward's formula: compare it term by term with the derivation (a transpose, a missing sum, a factor)",
 )
 def float64(subject: Subject) -> str:
+    """Outputs and gradients equal the reference's in float64, for a random upstream gradient."""
     return _against_reference(subject, torch.float64)
 
 
 @verifies(
     "float32",
-    "outputs and gradients equal the reference's in float32",
     "a formula that holds only in float64, or a sum of large terms that cancel: reorder it as the reference does",
 )
 def float32(subject: Subject) -> str:
+    """Outputs and gradients equal the reference's in float32."""
     return _against_reference(subject, torch.float32)
 
 
 GRADCHECK = dict(eps=1e-6, atol=1e-5, rtol=1e-3)
+FAST_MODE_FROM = 500  # differentiable elements; slow mode builds whole Jacobians, its cost grows with their square
+
+
+def _large(subject: Subject, inputs: list) -> bool:
+    """Large enough for gradcheck's fast mode (a random projection of the Jacobian instead of all of it)."""
+    return sum(inputs[i].numel() for i in subject.differentiable) > FAST_MODE_FROM
 
 
 @verifies(
     "gradcheck",
-    "gradients agree with finite differences in float64 (torch.autograd.gradcheck); needs no reference",
     "the backward's formula, or a forward that is not smooth at the example inputs",
 )
-def gradcheck(subject: Subject) -> str:
+def check_gradcheck(subject: Subject) -> str:
+    """Gradients agree with finite differences in float64 (torch.autograd.gradcheck); needs no reference."""
     inputs = subject.inputs()
-    fast = sum(inputs[i].numel() for i in subject.differentiable) > 2000
+    fast = _large(subject, inputs)
     try:
         torch.autograd.gradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=fast)
     except GradcheckError as error:
@@ -57,20 +63,23 @@ def gradcheck(subject: Subject) -> str:
 
 @verifies(
     "double-backward",
-    "the backward is itself differentiable, correctly (torch.autograd.gradgradcheck)",
-    "the backward leaves autograd (.detach(), .numpy(), .item(), torch.no_grad): keep it in differentiable "
-    "torch operations, or mark it @once_differentiable and pass once_differentiable=True",
+    "the backward leaves autograd (.detach(), .numpy(), .item(), torch.no_grad), or reads an intermediate "
+    "computed in setup_context: keep it in differentiable torch operations on saved inputs and outputs, or mark "
+    "it @once_differentiable and pass once_differentiable=True",
 )
 def double_backward(subject: Subject) -> str:
+    """The backward is itself differentiable, correctly (torch.autograd.gradgradcheck)."""
     if subject.once_differentiable:
         raise NotApplicable("declared once-differentiable (once_differentiable=True)")
     if _marked_once_differentiable(subject):
         raise NotApplicable("the backward is marked @once_differentiable")
+    inputs = subject.inputs()
     try:
-        torch.autograd.gradgradcheck(subject.fn, subject.inputs(), **GRADCHECK)
+        torch.autograd.gradgradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=_large(subject, inputs))
     except GradcheckError as error:
         raise Failed(f"{_first_line(error)} (finite differences of the backward against its own backward)") from None
-    return "second derivatives agree with finite differences of the backward"
+    return ("second derivatives agree with finite differences of the backward"
+            + (" (fast mode)" if _large(subject, inputs) else ""))
 
 
 def _marked_once_differentiable(subject: Subject) -> bool:
@@ -95,10 +104,10 @@ def _marked_once_differentiable(subject: Subject) -> bool:
 
 @verifies(
     "needs-input-grad",
-    "for every subset of inputs requiring grad: the same gradients, and none computed for the others",
     "a backward that ignores ctx.needs_input_grad, or reads a saved tensor that setup_context left out",
 )
 def needs_input_grad(subject: Subject) -> str:
+    """For every subset of inputs requiring grad: the same gradients, and none computed for the others."""
     subsets = subject.subsets()
     others = [i for i in subject.tensors if i not in subject.differentiable]
     if len(subsets) == 1 and not others:
@@ -112,7 +121,7 @@ def needs_input_grad(subject: Subject) -> str:
         nodes_seen += len(nodes)
         for node in nodes:
             node.register_hook(lambda returned, _, node=node: extra.extend(
-                f"{type(node).__name__} returned a gradient for its input {k}, which needs none "
+                f"{type(node).__name__} returned a gradient for {_argument(subject, node, k)}, which needs none "
                 f"(inputs {list(subset)} require grad)"
                 for k, ((edge, _), grad) in enumerate(zip(node.next_functions, returned))
                 if edge is None and grad is not None
@@ -124,6 +133,13 @@ def needs_input_grad(subject: Subject) -> str:
     measured = subject.compare(pairs)
     nodes_note = "" if nodes_seen else "; fn records no autograd.Function node, so only the gradients are checked"
     return f"{len(subsets)} subset{'s' if len(subsets) > 1 else ''}: {measured}{nodes_note}"
+
+
+def _argument(subject: Subject, node, k: int) -> str:
+    """The k-th tensor argument of ``node``'s Function, as verify numbers inputs where fn is that Function."""
+    if len(node.next_functions) == len(subject.tensors):  # fn hands its tensors to the Function as they come
+        return f"inputs[{subject.tensors[k]}]"
+    return f"its tensor argument {k}"
 
 
 def _first_line(error: Exception) -> str:

@@ -34,10 +34,10 @@ LAYOUTS = {"transposed": transposed, "strided": strided}
 
 @verifies(
     "non-contiguous",
-    "the same outputs and gradients for transposed, strided and expanded inputs (and upstream gradients)",
     "a .view() or a data_ptr walk that assumes a contiguous tensor: use .reshape(), or .contiguous() first",
 )
 def non_contiguous(subject: Subject) -> str:
+    """The same outputs and gradients for transposed, strided and expanded inputs (and upstream gradients)."""
     baseline = subject.baseline
     tried, pairs = [], []
     for name, layout in LAYOUTS.items():
@@ -92,10 +92,10 @@ def _expand(x: torch.Tensor, dim: int, size: int, materialise: bool) -> torch.Te
 
 @verifies(
     "empty-batch",
-    "a batch of 0 samples gives the reference's outputs and gradients (zero for shared inputs), not an error",
     "a mean or a division by the batch size, or a reshape with -1, that breaks when it is 0",
 )
 def empty_batch(subject: Subject) -> str:
+    """A batch of 0 samples gives the reference's outputs and gradients (zero for shared inputs), not an error."""
     if not subject.batched:
         raise NotApplicable("no input has a batch dimension (pass batch_dims)")
     if subject.reference is not None:

@@ -26,18 +26,17 @@ class Skipped(Exception):
 class Property(NamedTuple):
     name: str
     check: Callable
-    what: str  # what it proves, one line (the README's table)
     fix: str  # the usual cause of a failure and its fix, one line
 
 
 PROPERTIES: dict[str, Property] = {}
 
 
-def verifies(name: str, what: str, fix: str):
+def verifies(name: str, fix: str):
     """Register a property under ``name``; the report lists properties in the order registered."""
 
     def register(check: Callable) -> Callable:
-        PROPERTIES[name] = Property(name, check, what, fix)
+        PROPERTIES[name] = Property(name, check, fix)
         return check
 
     return register

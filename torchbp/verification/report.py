@@ -29,9 +29,10 @@ class VerifyReport:
     carrying the table, so a failing test shows which property broke and why.
     """
 
-    def __init__(self, title: str, rows: list[VerifyRow]):
+    def __init__(self, title: str, rows: list[VerifyRow], inputs: str = ""):
         self.title = title
         self.rows = rows
+        self.inputs = inputs  # how the inputs were taken: which are differentiated, where the batch is
 
     @property
     def ok(self) -> bool:
@@ -75,7 +76,8 @@ class VerifyReport:
             headline = f"{self.title}: OK ({counts})"
         width = max([len("property"), *(len(row.name) for row in self.rows)])
         status_width = max(len(status) for status in (PASS, FAIL, NOT_APPLICABLE, SKIPPED))
-        lines = [headline, f"{'property'.ljust(width)}  {'status'.ljust(status_width)}  measured"]
+        lines = [headline] + ([self.inputs] if self.inputs else [])
+        lines.append(f"{'property'.ljust(width)}  {'status'.ljust(status_width)}  measured")
         for row in self.rows:
             lines.append(f"{row.name.ljust(width)}  {row.status.ljust(status_width)}  {row.measured}")
             if row.fix:

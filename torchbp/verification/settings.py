@@ -6,7 +6,6 @@ import torch
 
 from torchbp.check import SameRandomness
 from torchbp.compare import DEFAULT_RTOL
-from torchbp.verification.gradients import NO_REFERENCE
 from torchbp.verification.outcome import Failed, NotApplicable, Skipped, verifies
 from torchbp.verification.subject import Run, Subject, as_tuple, custom_nodes
 
@@ -33,17 +32,17 @@ def _under_autocast(subject: Subject, device: str) -> str:
         if g.dtype != reference_g.dtype or not torch.equal(g.isfinite(), reference_g.isfinite()):
             raise Failed(f"inputs[{i}].grad: {g.dtype}, {'' if g.isfinite().all() else 'not '}finite, where the "
                          f"reference's is {reference_g.dtype}, {'' if reference_g.isfinite().all() else 'not '}finite")
-    dtypes = ", ".join(str(out.dtype).removeprefix("torch.") for out in theirs.outputs)
+    dtypes = ", ".join(str(out.dtype).removeprefix("torch.") for out in theirs.outputs if isinstance(out, torch.Tensor))
     return f"{str(dtype).removeprefix('torch.')} on {device}, output {dtypes} as the reference's: {measured}"
 
 
 @verifies(
     "autocast",
-    "under autocast (bfloat16 on CPU) the output's dtype and values are the reference's, and the backward runs",
-    "a .to(float32) or .to(x.dtype) in forward that undoes autocast's cast: let the ops choose, or use "
-    "torch.amp.custom_fwd(cast_inputs=...) on purpose",
+    "a cast in forward (.to(float32), .to(x.dtype)) that undoes autocast's, or operands of two dtypes: let "
+    "autocast's ops choose the dtype; a backward that mixes dtypes needs torch.amp.custom_fwd / custom_bwd",
 )
 def autocast(subject: Subject) -> str:
+    """Under autocast (bfloat16 on CPU) the output's dtype and values are the reference's, and the backward runs."""
     if subject.reference is None:
         raise NotApplicable("no reference: autocast's dtype for fn is whatever the reference's is")
     return _under_autocast(subject, "cpu")
@@ -63,17 +62,19 @@ def saved_bytes(fn, inputs: list) -> int:
         outputs = as_tuple(fn(*inputs))
     for node in custom_nodes(outputs):
         for value in vars(node).values():
-            if isinstance(value, torch.Tensor):
-                pack(value)
+            contents = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            for item in contents:  # a tensor kept on ctx, or in a list, tuple or dict kept there
+                if isinstance(item, torch.Tensor):
+                    pack(item)
     return sum(saved.values())
 
 
 @verifies(
     "memory",
-    f"the bytes saved for backward are at most {MEMORY_RATIO}× the reference's",
     "saving the whole input where the backward reads a part of it, or saving what can be recomputed cheaply",
 )
 def memory(subject: Subject) -> str:
+    """The bytes saved for backward are at most 1.5× the reference's."""
     if subject.reference is None:
         raise NotApplicable("no reference to measure against")
     mine = saved_bytes(subject.fn, subject.inputs())
@@ -89,10 +90,12 @@ VERSION_ERROR = "modified by an inplace operation"
 
 @verifies(
     "in-place",
-    "an input or output written in place after the forward is refused by the backward, or not read by it",
-    "a tensor kept on ctx (ctx.x = x) instead of ctx.save_for_backward(x): autograd cannot see it change",
+    "a tensor kept on ctx (ctx.x = x) instead of ctx.save_for_backward(x): autograd cannot see it change; "
+    "a forward that writes into its input must say so with ctx.mark_dirty",
 )
 def in_place(subject: Subject) -> str:
+    """The forward leaves its inputs alone, and an input or output written in place after the forward is
+    refused by the backward (its version check) or not read by it."""
     baseline = subject.baseline
     targets = [("inputs", i) for i in subject.tensors if subject.examples[i].is_floating_point()]
     targets += [("output", j) for j, out in enumerate(baseline.outputs) if isinstance(out, torch.Tensor)]
@@ -100,6 +103,7 @@ def in_place(subject: Subject) -> str:
     for kind, k in targets:
         inputs = subject.inputs()
         outputs = as_tuple(subject.fn(*inputs))
+        _unchanged_by_forward(subject, inputs)
         written = (inputs if kind == "inputs" else outputs)[k]
         try:
             with torch.no_grad():
@@ -126,12 +130,20 @@ def in_place(subject: Subject) -> str:
     return f"{len(targets)} tensors written after the forward: {refused} refused, {unread} not read by the backward"
 
 
+def _unchanged_by_forward(subject: Subject, inputs: list) -> None:
+    """fn's forward left every input as it was given."""
+    for i, (x, example) in enumerate(zip(inputs, subject.inputs())):
+        if isinstance(x, torch.Tensor) and not bool(((x.detach() == example) | (x.isnan() & example.isnan())).all()):
+            raise Failed(f"fn's forward wrote into inputs[{i}]: a Function that changes its input must "
+                         "ctx.mark_dirty it, and most should not change it at all")
+
+
 @verifies(
     "cuda",
-    "on a CUDA device: the reference's values and gradients in float32, and under float16 autocast",
     "a tensor created on the CPU inside forward or backward (torch.zeros(n) without device=)",
 )
 def cuda(subject: Subject) -> str:
+    """On a CUDA device: the reference's values and gradients in float32, and under float16 autocast."""
     if not torch.cuda.is_available():
         raise Skipped("no CUDA device here")
     if subject.reference is None:

@@ -66,17 +66,28 @@ class Subject:
     def _batch_dims(self, given: Sequence[int | None] | None) -> list[int | None]:
         """Per input, the dimension holding the batch, or None.
 
-        By default: dimension 0 of the first floating-point tensor, and of every
-        other tensor with exactly its shape (a target, a second operand of an
-        elementwise op); other inputs (weights) are shared by all samples.
+        By default dimension 0 of the first floating-point tensor when it has two
+        dimensions or more (a 1-d input may be one vector, not a batch of
+        scalars), and of every other tensor with exactly its shape (a target, a
+        second operand of an elementwise op) or with its first size alone (class
+        labels); other inputs (weights) are shared by all samples.
         """
         if given is not None:
             return list(given)
         first = next(self.examples[i] for i in self.tensors if self.examples[i].is_floating_point())
-        if first.dim() == 0:
+        if first.dim() < 2:
             return [None] * len(self.examples)
-        return [0 if i in self.tensors and self.examples[i].shape == first.shape else None
-                for i in range(len(self.examples))]
+
+        def batched(x: torch.Tensor) -> bool:
+            return x.shape == first.shape or (not x.is_floating_point() and x.shape == first.shape[:1])
+
+        return [0 if i in self.tensors and batched(self.examples[i]) else None for i in range(len(self.examples))]
+
+    def describe_inputs(self) -> str:
+        """One line: which inputs are differentiated, and where the batch is (what the defaults chose)."""
+        differentiated = ", ".join(f"inputs[{i}]" for i in self.differentiable)
+        batch = ", ".join(f"inputs[{i}] dim {d}" for i, d in enumerate(self.batch_dims) if d is not None)
+        return f"differentiating {differentiated}; batch along {batch or 'none (batch_dims=)'}"
 
     @property
     def batched(self) -> list[int]:

@@ -7,6 +7,8 @@ computes, and whether fn computes the right thing is the float64 property's job.
 
 from __future__ import annotations
 
+import types
+
 import torch
 import torch.func
 
@@ -37,11 +39,11 @@ def _in_dims(subject: Subject) -> tuple:
 
 @verifies(
     "vmap",
-    "torch.func.vmap over the batch dimension gives what a loop over the samples gives",
     "an old-style Function (ctx in forward), no generate_vmap_rule = True or vmap staticmethod, "
     "or Python control flow on tensor values",
 )
-def vmap(subject: Subject) -> str:
+def check_vmap(subject: Subject) -> str:
+    """Torch.func.vmap over the batch dimension gives what a loop over the samples gives."""
     _no_batch(subject)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
@@ -57,33 +59,39 @@ def vmap(subject: Subject) -> str:
 
 @verifies(
     "vmap-grad",
-    "per-sample gradients by torch.func.vmap(grad) equal one backward per sample",
-    "as for vmap, and a backward that leaves autograd (.numpy(), .item()) or writes into its input in place",
+    "a backward that assumes a batch dimension (one sample has none: use ... and -1 for dimensions), leaves "
+    "autograd (.numpy(), .item()) or writes into its input in place; and the causes under vmap",
 )
 def vmap_grad(subject: Subject) -> str:
+    """Per-sample gradients by torch.func.vmap(grad) equal one backward per sample."""
     _no_batch(subject)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
-    per_sample, upstreams = [], []
-    for k in range(n):
-        sample = [x.detach().requires_grad_(i in subject.differentiable) if isinstance(x, torch.Tensor) else x
-                  for i, x in enumerate(_sample(subject, inputs, k))]
-        run = subject.run(subject.fn, sample)
-        per_sample.append(run.grads)
-        upstreams.append(subject.upstream(run.outputs))
-    stacked_upstream = tuple(None if u[0] is None else torch.stack(u) for u in zip(*upstreams))
+    samples = [[x.detach().requires_grad_(i in subject.differentiable) if isinstance(x, torch.Tensor) else x
+                for i, x in enumerate(_sample(subject, inputs, k))] for k in range(n)]
+    outputs = [as_tuple(subject.fn(*sample)) for sample in samples]
+    # One upstream gradient for the whole batch, so that every sample gets its own.
+    upstream = subject.upstream(tuple(torch.stack(per_output) if isinstance(per_output[0], torch.Tensor) else None
+                                      for per_output in zip(*outputs)))
+    looped = [subject.gradients(outputs[k], samples[k], upstream=_sample_of(upstream, k)) for k in range(n)]
 
     def loss(*args):
         *inputs, upstream = args
         return sum((out * u).sum() for out, u in zip(as_tuple(subject.fn(*inputs)), upstream) if u is not None)
 
     argnums = tuple(subject.differentiable)
-    grads = torch.func.vmap(torch.func.grad(loss, argnums=argnums), in_dims=(*_in_dims(subject), 0))(
-        *inputs, stacked_upstream
+    upstream_dims = tuple(None if u is None else 0 for u in upstream)
+    grads = torch.func.vmap(torch.func.grad(loss, argnums=argnums), in_dims=(*_in_dims(subject), upstream_dims))(
+        *inputs, upstream
     )
-    pairs = [(f"inputs[{i}].grad", g, torch.stack([sample[j] for sample in per_sample]))
+    pairs = [(f"inputs[{i}].grad", g, torch.stack([sample[j] for sample in looped]))
              for j, (i, g) in enumerate(zip(argnums, grads))]
     return f"{n} samples: {subject.compare(pairs)}"
+
+
+def _sample_of(upstream: tuple, k: int) -> tuple:
+    """Sample k's upstream gradients, copies: a backward that writes into its gradient must not reach the rest."""
+    return tuple(None if u is None else u[k].clone() for u in upstream)
 
 
 def _of_differentiable(subject: Subject, inputs: list):
@@ -92,9 +100,13 @@ def _of_differentiable(subject: Subject, inputs: list):
         full = list(inputs)
         for i, x in zip(subject.differentiable, differentiable):
             full[i] = x
-        return tuple(out for out in as_tuple(subject.fn(*full)) if out.is_floating_point())
+        return tuple(out for out in as_tuple(subject.fn(*full)) if _floating(out))
 
     return fn
+
+
+def _floating(output) -> bool:
+    return isinstance(output, torch.Tensor) and output.is_floating_point()
 
 
 def _eager_jacobian(subject: Subject, inputs: list) -> list[list[torch.Tensor]]:
@@ -112,10 +124,10 @@ def _jacobian_inputs(subject: Subject) -> list:
 
 @verifies(
     "jacrev",
-    "torch.func.jacrev gives the Jacobian built from one eager backward per output element",
     "as for vmap: jacrev runs the backward under vmap",
 )
-def jacrev(subject: Subject) -> str:
+def check_jacrev(subject: Subject) -> str:
+    """Torch.func.jacrev gives the Jacobian built from one eager backward per output element."""
     inputs = _jacobian_inputs(subject)
     primals = tuple(inputs[i] for i in subject.differentiable)
     argnums = tuple(range(len(primals)))
@@ -130,10 +142,10 @@ def jacrev(subject: Subject) -> str:
 
 @verifies(
     "jvp",
-    "forward mode: torch.func.jvp gives the Jacobian times a tangent",
     "a jvp staticmethod whose formula differs from the backward's",
 )
-def jvp(subject: Subject) -> str:
+def check_jvp(subject: Subject) -> str:
+    """Forward mode: torch.func.jvp gives the Jacobian times a tangent."""
     inputs = _jacobian_inputs(subject)
     generator = torch.Generator().manual_seed(subject.seed + 1)
     tangents = tuple(torch.randn(inputs[i].shape, generator=generator, dtype=inputs[i].dtype)
@@ -155,17 +167,18 @@ def jvp(subject: Subject) -> str:
 
 @verifies(
     "compile",
-    "torch.compile(fullgraph=True) traces forward and backward with no graph break, with eager's results",
     "Python control flow on a tensor value (if x.sum() > 0), .item(), .numpy() or printing in forward or backward",
 )
-def compile(subject: Subject) -> str:
+def check_compile(subject: Subject) -> str:
+    """Torch.compile(fullgraph=True) traces forward and backward with no graph break, with eager's results."""
     import torch._dynamo
-
-    torch._dynamo.reset()  # a fresh cache: another fn compiled before must not count against this one
 
     def call(*inputs):  # as a model calls fn; the compiler starts from a plain function
         return subject.fn(*inputs)
 
+    # The compiler keeps its caches on code objects: a fresh one compiles afresh, without clearing (or counting
+    # against) anything the caller compiled.
+    call = types.FunctionType(call.__code__.replace(), call.__globals__, call.__name__, None, call.__closure__)
     compiled = torch.compile(call, fullgraph=True, backend=subject.compile_backend)
     try:
         run = subject.run(compiled, subject.inputs())
@@ -174,11 +187,12 @@ def compile(subject: Subject) -> str:
         if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
             reason += " (torch.compile refuses any Function that defines jvp: drop the jvp, or skip compile)"
         raise Failed(f"graph break: {reason}") from None
-    finally:
-        torch._dynamo.reset()
     return f"{subject.compile_backend}, no graph break: {subject.compare(subject.pairs(run, subject.baseline))}"
 
 
 def _reason(error: Exception) -> str:
+    """The graph break's first line, and where in the user's code it happened."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:2])[:300] if lines else type(error).__name__
+    where = next((line for line in reversed(lines) if line.startswith('File "')), None)  # innermost: fn's code
+    reason = lines[0][:200] if lines else type(error).__name__
+    return f"{reason} ({where})" if where else reason
