@@ -66,7 +66,7 @@ def check_layer_norm(input, normalized_shape, weight, bias, eps) -> None:
 
 
 def normalize(x: torch.Tensor, normalized_ndim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ = (x − μ) · rstd and rstd = 1/√(σ² + ε), the statistics over the normalized dimensions.
+    """x̂ = (x − μ) · rstd and rstd = 1/√(σ² + ε), μ and σ² over the normalized dimensions.
 
     rstd has x's shape with the normalized dimensions of size 1, so it broadcasts over d.
     """
@@ -119,27 +119,24 @@ class LayerNormFunction(HandDerivedFunction):
     - ∂J/∂γ = Σ_n g_n ⊙ x̂_n
     - ∂J/∂x = rstd · (ĝ − mean_d(ĝ) − x̂ · mean_d(ĝ ⊙ x̂))     (the three-term input gradient)
 
-    The forward is ``torch.native_layer_norm``, so the output is native's to the
-    bit. Saved: the input when ∂J/∂x or ∂J/∂γ is asked for, γ when ∂J/∂x is;
-    ∂J/∂β alone saves nothing. μ and rstd are recomputed from the input in the
-    backward (one pass, as native's forward makes), not saved: a Function that
-    works under torch.func can save only its inputs and outputs, and returning
-    them as outputs would make ``apply`` return three tensors where
-    F.layer_norm returns one (torch.func and torch.compile both call the plain
-    ``apply``, so it cannot drop them). Recomputed with differentiable
-    operations, they also carry the second derivative through μ and rstd when
-    the backward is itself differentiated.
+    The forward is ``torch.native_layer_norm``: the output is native's to the
+    bit. Saved: the input when ∂J/∂x or ∂J/∂γ is asked for, γ when ∂J/∂x is
+    (∂J/∂β alone saves nothing). μ and rstd are recomputed from the input, not
+    saved: a Function can save only its inputs and outputs, and returning them
+    as outputs would make ``apply`` return three tensors where F.layer_norm
+    returns one (torch.func and torch.compile call a Function's ``apply`` as
+    autograd.Function's, so an override could not drop them). Recomputed by
+    differentiable operations, they carry the second derivative when the
+    backward is itself differentiated.
 
-    Gradients agree with native torch to rounding, not to the bit, in float32
-    and float64: native's CPU kernel (1) computes ∂J/∂x rearranged as
-    rstd·ĝ + b·x + c, b and c per-sample constants from SIMD lane-wise sums,
-    (2) recomputes x̂ for ∂J/∂γ as rstd·x − rstd·μ in a fused multiply-add, and
-    (3) sums ∂J/∂γ and ∂J/∂β row after row in one buffer per thread, then adds
-    the threads' buffers, so its bits depend on the thread count. torch
-    operations cannot reproduce that order. The three-term form is the better
-    conditioned: where |μ| ≫ σ native's b·x + c cancels, and for one normalized
-    element (D = 1) native returns rounding noise of order ulp · rstd where the
-    exact gradient, given here, is zero.
+    Gradients agree with native's to rounding, not to the bit: native's CPU
+    kernel forms ∂J/∂x as rstd·ĝ + b·x + c (b, c per-sample constants from SIMD
+    lane-wise sums), recomputes x̂ for ∂J/∂γ in a fused multiply-add, and sums
+    ∂J/∂γ and ∂J/∂β row by row in one buffer per thread, so its bits depend on
+    the thread count; torch operations cannot reproduce that order. The
+    three-term form avoids the cancellation of b·x + c where |μ| ≫ σ, and for a
+    single normalized element (D = 1) gives the exact zero where native's
+    gradient is rounding noise.
     """
 
     generate_vmap_rule = True
@@ -155,7 +152,7 @@ class LayerNormFunction(HandDerivedFunction):
     def setup_context(ctx, inputs, output) -> None:
         x, normalized_shape, weight, _, eps = inputs
         need_x, _, need_weight, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̂ (from x), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what will be read.
+        # ∂J/∂x and ∂J/∂γ read x̂ (from x), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
         ctx.save_for_backward(x if need_x or need_weight else None, weight if need_x else None)
         ctx.normalized_ndim, ctx.eps = len(normalized_shape), eps
 
