@@ -1,7 +1,6 @@
 """LayerNormFunction against native layer_norm: values, gradients, transforms, bad input, per-sample gradients."""
 
 import math
-import re
 
 import pytest
 import torch

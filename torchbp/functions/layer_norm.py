@@ -15,8 +15,6 @@ g = ∂J/∂y is the upstream gradient, shape of x; ĝ = g ⊙ γ (g itself with
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
