@@ -1,0 +1,217 @@
+"""Layer normalisation y = x̂ ⊙ γ + β and its hand-derived backward.
+
+Index letters, as in the derivation: n runs over samples (every dimension before
+the normalized ones counts as one more sample axis), d over the D elements of
+the normalized dimensions (the last len(normalized_shape) dimensions). Per sample:
+
+    μ_n    = (1/D) Σ_d x_nd
+    σ²_n   = (1/D) Σ_d (x_nd − μ_n)²            (biased, as native torch)
+    rstd_n = 1 / √(σ²_n + ε)
+    x̂_nd   = (x_nd − μ_n) · rstd_n
+    y_nd   = x̂_nd γ_d + β_d                      (γ = 1 and β = 0 when absent)
+
+g = ∂J/∂y is the upstream gradient, shape of x; ĝ = g ⊙ γ (g itself without γ).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from torchbp.functions.base import HandDerivedFunction
+from torchbp.functions.validation import FLOATING, ShapeError, check_floating_and_matching
+
+# -- input checks ------------------------------------------------------------------------
+
+
+def check_layer_norm(input, normalized_shape, weight, bias, eps) -> None:
+    """Floating point, one dtype and device; input (*, *normalized_shape), weight and bias normalized_shape."""
+    shape = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else None
+    if (  # the common case, decided in a few comparisons; the checks below explain the others
+        shape
+        and isinstance(input, torch.Tensor)
+        and input.dtype in FLOATING
+        and type(eps) is float
+        and all(type(size) is int for size in shape)
+        and input.shape[input.dim() - len(shape):] == shape
+        and all(
+            t is None
+            or isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape
+            for t in (weight, bias)
+        )
+    ):
+        return
+    if shape is None or not all(isinstance(size, (int, torch.SymInt)) and not isinstance(size, bool) for size in shape):
+        raise TypeError(f"layer_norm: expected normalized_shape to be a tuple of ints, got {normalized_shape!r}")
+    if not shape:
+        raise ShapeError("layer_norm: expected normalized_shape of at least one dimension, got ()")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"layer_norm: expected eps to be a Python float, got {type(eps).__name__}")
+    check_floating_and_matching("layer_norm", input=input, weight=weight, bias=bias)
+    if input.dim() < len(shape) or input.shape[input.dim() - len(shape):] != shape:
+        raise ShapeError(
+            f"layer_norm: expected input of shape (*, {', '.join(map(str, shape))}) to match normalized_shape "
+            f"{shape}, got input {tuple(input.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != shape:
+            raise ShapeError(
+                f"layer_norm: expected {name} of shape normalized_shape {shape}, got {name} {tuple(t.shape)}"
+            )
+
+
+# -- the backward ------------------------------------------------------------------------
+
+
+def normalize(x: torch.Tensor, normalized_ndim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂ = (x − μ) · rstd and rstd = 1/√(σ² + ε), μ and σ² over the normalized dimensions.
+
+    rstd has x's shape with the normalized dimensions of size 1, so it broadcasts over d.
+    """
+    over_d = tuple(range(-normalized_ndim, 0))
+    centered = x - x.mean(over_d, keepdim=True)  # x − μ: (*, D)
+    rstd = torch.rsqrt(centered.square().mean(over_d, keepdim=True) + eps)  # 1/√(σ² + ε): (*, 1)
+    return centered * rstd, rstd
+
+
+def _sum_over_samples(t: torch.Tensor, sample_dims: tuple[int, ...]) -> torch.Tensor:
+    """Σ_n t_n; an input that is one sample (no sample dimension) is its own sum (sum(()) would sum all)."""
+    return t.sum(sample_dims) if sample_dims else t
+
+
+def layer_norm_backward(
+    g: torch.Tensor,
+    x: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    normalized_ndim: int,
+    eps: float,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Given g = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed."""
+    over_d = tuple(range(-normalized_ndim, 0))  # the normalized dimensions
+    over_n = tuple(range(g.dim() - normalized_ndim))  # the sample dimensions
+    grad_x = grad_weight = grad_bias = None
+    if need_x or need_weight:
+        x_hat, rstd = normalize(x, normalized_ndim, eps)  # (*, D) and (*, 1)
+    if need_x:
+        g_hat = g * weight if weight is not None else g  # ĝ = g ⊙ γ: (*, D)
+        mean_g_hat = g_hat.mean(over_d, keepdim=True)  # mean_d(ĝ): (*, 1)
+        mean_g_hat_x_hat = (g_hat * x_hat).mean(over_d, keepdim=True)  # mean_d(ĝ ⊙ x̂): (*, 1)
+        grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
+    if need_weight:
+        grad_weight = _sum_over_samples(g * x_hat, over_n)  # Σ_n g_n ⊙ x̂_n: normalized_shape
+    if need_bias:
+        grad_bias = _sum_over_samples(g, over_n)  # Σ_n g_n: normalized_shape
+    return grad_x, grad_weight, grad_bias
+
+
+class LayerNormFunction(HandDerivedFunction):
+    r"""y = x̂ ⊙ γ + β over the normalized dimensions, with the backward derived by hand.
+
+    ``LayerNormFunction.apply(input, normalized_shape, weight, bias, eps)`` as
+    ``torch.nn.functional.layer_norm``. Given g = ∂J/∂y and ĝ = g ⊙ γ:
+
+    - ∂J/∂β = Σ_n g_n
+    - ∂J/∂γ = Σ_n g_n ⊙ x̂_n
+    - ∂J/∂x = rstd · (ĝ − mean_d(ĝ) − x̂ · mean_d(ĝ ⊙ x̂))     (the three-term input gradient)
+
+    The forward is ``torch.native_layer_norm``: the output is native's to the
+    bit. Saved: the input when ∂J/∂x or ∂J/∂γ is asked for, γ when ∂J/∂x is
+    (∂J/∂β alone saves nothing). μ and rstd are recomputed from the input, not
+    saved: a Function can save only its inputs and outputs, and returning them
+    as outputs would make ``apply`` return three tensors where F.layer_norm
+    returns one (torch.func and torch.compile call a Function's ``apply`` as
+    autograd.Function's, so an override could not drop them). Recomputed by
+    differentiable operations, they carry the second derivative when the
+    backward is itself differentiated.
+
+    Gradients agree with native's to rounding, not to the bit: native's CPU
+    kernel forms ∂J/∂x as rstd·ĝ + b·x + c (b, c per-sample constants from SIMD
+    lane-wise sums), recomputes x̂ for ∂J/∂γ in a fused multiply-add, and sums
+    ∂J/∂γ and ∂J/∂β row by row in one buffer per thread, so its bits depend on
+    the thread count; torch operations cannot reproduce that order. The
+    three-term form avoids the cancellation of b·x + c where |μ| ≫ σ, and for a
+    single normalized element (D = 1) gives the exact zero where native's
+    gradient is rounding noise.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, normalized_shape, weight, bias, eps):
+        # Floating point, one dtype and device, shapes (*, *normalized_shape) and normalized_shape.
+        check_layer_norm(input, normalized_shape, weight, bias, eps)
+        output, _, _ = torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # y, μ, rstd
+        return output
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, normalized_shape, weight, _, eps = inputs
+        need_x, _, need_weight, _, _ = ctx.needs_input_grad
+        # ∂J/∂x and ∂J/∂γ read x̂ (from x), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
+        ctx.save_for_backward(x if need_x or need_weight else None, weight if need_x else None)
+        ctx.normalized_ndim, ctx.eps = len(normalized_shape), eps
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = layer_norm_backward(
+            g, x, weight, ctx.normalized_ndim, ctx.eps, need_x, need_weight, need_bias
+        )
+        return grad_x, None, grad_weight, grad_bias, None
+
+
+# -- the per-sample view ---------------------------------------------------------------
+# ∂J/∂γ = Σ_n g_n ⊙ x̂_n and ∂J/∂β = Σ_n g_n: kept apart, the terms are each sample's own
+# gradient. The sample is the first dimension; dimensions between it and the normalized
+# ones (t) are summed within a sample: δ and a_prev of shape (n, t, *normalized_shape)
+# give (n, *normalized_shape). δ = ∂J/∂y arrives at the output, a_prev is the input x.
+
+
+def _middle_dims(t: torch.Tensor, normalized_shape) -> tuple[int, ...]:
+    """The dimensions between the sample dimension and the normalized ones."""
+    return tuple(range(1, t.dim() - len(normalized_shape)))
+
+
+def per_sample_weight_grads(
+    delta: torch.Tensor, a_prev: torch.Tensor, normalized_shape, eps: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_t δ_n,t ⊙ x̂_n,t for every sample n: shape (n, *normalized_shape).
+
+    x̂ is recomputed from a_prev by the native forward without affine, the
+    forward's own x̂. ``out``, when given, receives the result.
+    """
+    x_hat = F.layer_norm(a_prev, normalized_shape, eps=eps)
+    middle = _middle_dims(delta, normalized_shape)
+    if not middle:
+        return torch.mul(delta, x_hat, out=out)
+    return torch.sum(delta * x_hat, middle, out=out)
+
+
+def per_sample_bias_grads(delta: torch.Tensor, normalized_shape, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_t δ_n,t for every sample n: shape (n, *normalized_shape)."""
+    middle = _middle_dims(delta, normalized_shape)
+    if not middle:
+        return delta.clone() if out is None else out.copy_(delta)
+    return torch.sum(delta, middle, out=out)
+
+
+def _norms_squared(per_sample: torch.Tensor) -> torch.Tensor:
+    """‖·‖² of each sample's gradient: (n, *normalized_shape) -> (n,)."""
+    return per_sample.square().flatten(1).sum(1)
+
+
+def per_sample_weight_grad_norms_squared(
+    delta: torch.Tensor, a_prev: torch.Tensor, normalized_shape, eps: float
+) -> torch.Tensor:
+    """‖Σ_t δ_n,t ⊙ x̂_n,t‖², shape (n,). The gradient is no larger than δ, so it is formed."""
+    return _norms_squared(per_sample_weight_grads(delta, a_prev, normalized_shape, eps))
+
+
+def per_sample_bias_grad_norms_squared(delta: torch.Tensor, normalized_shape) -> torch.Tensor:
+    """‖Σ_t δ_n,t‖², shape (n,)."""
+    middle = _middle_dims(delta, normalized_shape)
+    return _norms_squared(delta.sum(middle) if middle else delta)
