@@ -173,23 +173,38 @@ def cross_entropy_from_log_p(
 # -- the backward -----------------------------------------------------------------------------
 
 
-def scaled_index_distribution(
-    s: torch.Tensor, target: torch.Tensor, classes: int, ignore_index: int, label_smoothing: float
+def index_distribution_times(
+    c: torch.Tensor, target: torch.Tensor, log_p: torch.Tensor, ignore_index: int, label_smoothing: float
 ) -> torch.Tensor:
-    """s q for class-index targets: (N, C, d1, …).
+    """c q for class-index targets, of log p's shape (N, C, d1, …); c a scalar or (N, 1, d1, …).
 
-    Chosen with ``where`` rather than multiplied, so that a row with nothing
-    counted (ignored) stays exactly 0 whatever s is: native's gradient there is
-    0 even where s = g / 0 when every target is ignored.
+    q is 1 − ε + ε/C at the target class and ε/C at the others, scattered into
+    place: an ignored target's row is written as exactly 0 rather than
+    multiplied by 0, so it stays 0 whatever c is (native's gradient there is 0
+    even where s = g / 0, every target being ignored).
     """
-    dim = 0 if target.dim() == 0 else 1
-    class_index = torch.arange(classes, device=target.device).reshape(classes, *[1] * (target.dim() - 1))
-    hot = target.unsqueeze(dim) == class_index  # t_n = c
-    counted = (target != ignore_index).unsqueeze(dim)
+    dim = class_dim(log_p)
+    if log_p.shape[dim] == 0:  # no classes: every target is ignored, and there is nowhere to scatter
+        return torch.zeros_like(log_p)
+    counted = (target != ignore_index).unsqueeze(dim)  # (N, 1, d1, …)
+    index = torch.where(counted, target.unsqueeze(dim), 0).long()  # t_n, any class where ignored
     if label_smoothing == 0:
-        return torch.where(hot & counted, s, 0)
-    smooth = per_class(label_smoothing, classes)
-    return torch.where(counted, torch.where(hot, s * (1 - label_smoothing + smooth), s * smooth), 0)
+        return torch.zeros_like(log_p).scatter(dim, index, torch.where(counted, c, 0))
+    smooth = per_class(label_smoothing, log_p.shape[dim])
+    everywhere = torch.where(counted, c * smooth, 0).expand(log_p.shape)
+    return everywhere.scatter(dim, index, torch.where(counted, c * (1 - label_smoothing + smooth), 0))
+
+
+def through_log_softmax(u: torch.Tensor, log_p: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """∂J/∂z from u = ∂J/∂log p: u − p Σ_c u_c, since ∂ log p_c/∂z_k = [c = k] − p_k.
+
+    One multiply-add (one rounding), as native's log-softmax kernel computes it;
+    ``in_place`` writes it into u, a temporary of the caller's.
+    """
+    dim = class_dim(log_p)
+    total = u.sum(dim, keepdim=True)  # Σ_c u_nc: (N, 1, d1, …)
+    p = log_p.exp()
+    return u.addcmul_(p, total, value=-1) if in_place else torch.addcmul(u, p, total, value=-1)
 
 
 def cross_entropy_backward(
@@ -208,27 +223,21 @@ def cross_entropy_backward(
         return None, None
     dim = class_dim(z)
     C = z.shape[dim]
-    log_p = F.log_softmax(z, dim)  # log p = z − logsumexp z: (N, C, d1, …)
+    log_p = F.log_softmax(z, dim)  # log p = z − logsumexp z: (N, C, d1, …), recomputed (see the class)
     if reduction == "mean":  # s = g / count
-        count = math.prod(positions_shape(z)) if probabilities else (target != ignore_index).sum()
-        s = g / count
-    else:  # s = g: a scalar for "sum", (N, d1, …) for "none"
-        s = g.unsqueeze(dim) if reduction == "none" else g
+        count = math.prod(positions_shape(log_p)) if probabilities else (target != ignore_index).sum()
+        minus_s = -(g / count)
+    else:  # s = g: a scalar for "sum", (N, 1, d1, …) for "none"
+        minus_s = -(g.unsqueeze(dim) if reduction == "none" else g)
     grad_z = grad_q = None
     if need_z:
         if probabilities:
-            s_q = s * smoothed(target, label_smoothing, C)
+            u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
         else:
-            s_q = scaled_index_distribution(s, target, C, ignore_index, label_smoothing)
-        total = s_q.sum(dim, keepdim=True)  # Σ_c s q_nc: (N, 1, d1, …)
-        p = log_p.exp()
-        # p Σ_c s q_c − s q, as one multiply-add (one rounding), the way native's log-softmax backward computes it.
-        if products_in_place(g):  # the same arithmetic, into s q's buffer
-            grad_z = s_q.neg_().addcmul_(p, total)
-        else:
-            grad_z = torch.addcmul(-s_q, p, total)
+            u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing)
+        grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c s q_c − s q
     if need_target:
-        grad_q = -(s * log_p)  # −s log p
+        grad_q = minus_s * log_p  # −s log p
         if label_smoothing > 0:
             grad_q = grad_q * (1 - label_smoothing)  # through q' = (1 − ε) q + ε/C
     return grad_z, grad_q
@@ -239,25 +248,29 @@ class CrossEntropyFunction(HandDerivedFunction):
 
     Given g = ∂J/∂ℓ and s = g · scale (scale = 1/count for "mean", 1 otherwise):
 
+    - ∂J/∂log p_n = −s q_n, ℓ being linear in log p; through the log-softmax,
+      ∂ log p_nc/∂z_nk = [c = k] − p_nk, so
     - ∂J/∂z_n = p_n Σ_c s q_nc − s q_n     (= s (softmax(z_n) − y_n) for a one-hot y_n)
     - ∂J/∂q_n = −s log p_n · (1 − ε)       (class probabilities; class indices get no gradient)
 
-    since ∂ log p_nc / ∂z_nk = [c = k] − p_nk. z and the target are saved, and
-    log p is recomputed from z in the backward: the log p the forward computes
-    is outside autograd, and the backward must stay differentiable (double
-    backward) through p's dependence on z. The bytes saved are native's.
+    z and the target are saved, and log p is recomputed from z in the backward:
+    the forward's log p is outside autograd, and the backward must remain
+    differentiable (double backward) through p's dependence on z. The bytes
+    saved are native's (its log p and target); the price is one log-softmax.
 
     The forward is native's composition of native operations, so ℓ has native's
-    bits. The gradient's products and differences are native's, in its order,
-    but not its exponential: native's log-softmax backward takes e^{log p} with
-    its own vectorised exp, torch.exp with another (MKL's on x86), and about one
-    element in ten differs in the last bit. For index targets without smoothing
-    the gradient is otherwise native's to the bit (a test substitutes native's
-    exponential to show it); with label smoothing native splits s q into an
-    nll and a uniform term, and with probability targets it sums Σ_c in its
-    kernel's order. Each agrees with native to rounding, within torchbp.compare's
-    tolerance, in float32 and float64; float16 and bfloat16, which native's
-    kernel carries in float32, agree to their rounding.
+    bits. The backward is native's arithmetic in native's order, p Σ − s q in one
+    multiply-add as native's kernel, except e^{log p}: native's kernel takes it
+    with its own vectorised exp, torch.exp with another (MKL's on x86), and
+    about one element in ten differs in its last bit. Index targets without
+    smoothing are otherwise native's to the bit (a test substitutes native's
+    exponential to show it); with smoothing native adds s q as two terms (nll
+    and uniform), and for probability targets sums Σ_c in its kernel's order.
+    So gradients agree with native to rounding, within torchbp.compare's
+    tolerance in float32 and float64, and to their rounding in float16 and
+    bfloat16, which native's kernel carries in float32. Where p_t ≈ 1 for every
+    sample, the gradient p_t s − s is small against s, and a last bit of p is
+    large against it: compare those with a larger rtol.
     """
 
     generate_vmap_rule = True
@@ -276,9 +289,8 @@ class CrossEntropyFunction(HandDerivedFunction):
     def setup_context(ctx, inputs, output) -> None:
         z, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing = inputs
         ctx.probabilities = target.is_floating_point()
-        need_z = ctx.needs_input_grad[0]
-        # p needs z; s q needs the target, and only ∂J/∂z reads s q.
-        ctx.save_for_backward(z, target if need_z else None)
+        # p and log p need z; s q needs the target, and only ∂J/∂z reads s q.
+        ctx.save_for_backward(z, target if ctx.needs_input_grad[0] else None)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
