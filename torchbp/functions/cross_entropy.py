@@ -100,7 +100,9 @@ def check_cross_entropy(
             f"({input.dtype}), got {target.dtype}"
         )
     if target.device != input.device:
-        raise DeviceError(f"cross_entropy: expected target on the device of input ({input.device}), got {target.device}")
+        raise DeviceError(
+            f"cross_entropy: expected target on the device of input ({input.device}), got {target.device}"
+        )
     if target.shape != positions_shape(input):
         raise ShapeError(
             f"cross_entropy: expected a target of class indices of shape {tuple(positions_shape(input))} for input "
