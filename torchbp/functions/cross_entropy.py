@@ -113,9 +113,10 @@ def check_cross_entropy(
 def check_class_indices(target: torch.Tensor, classes: int, ignore_index: int) -> None:
     """Every class index lies in [0, C) or equals ignore_index.
 
-    This reads the target's values, so it runs eagerly only. Under torch.compile
-    and torch.func, native nll_loss in the forward refuses such an index itself,
-    so no gradient is ever computed from one.
+    This reads the target's values, so it runs eagerly only. Under torch.func and
+    torch.compile the forward's nll_loss refuses such an index itself (vmap's
+    gather, native's kernel with aot_eager, inductor's bounds check), so no
+    gradient is ever computed from one.
     """
     if target.numel() == 0:
         return
