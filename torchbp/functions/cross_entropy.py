@@ -1,0 +1,305 @@
+"""The cross-entropy loss of logits, ℓ_n = −Σ_c q_nc log p_nc, and its hand-derived backward.
+
+Index letters: c runs over the C classes (dimension 1 of z, or 0 for an unbatched
+z of shape (C,)); n over samples and positions, that is every other dimension
+(N, d1, …). z are the logits, log p_n = z_n − logsumexp_c z_nc their log-softmax,
+and q_n the target distribution: the one-hot vector of the class index t_n (all
+zero where t_n = ignore_index), or the given class probabilities. Label
+smoothing ε mixes it with the uniform distribution, (1 − ε) q_n + ε/C.
+ℓ is reduced as native torch reduces it: "mean" divides the sum by the count of
+targets (index targets: those not ignored; probabilities: every n), "sum"
+sums, "none" keeps ℓ_n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from torchbp.functions.base import HandDerivedFunction, products_in_place
+from torchbp.functions.mse_loss import check_reduction
+from torchbp.functions.shortcuts import transforms_active
+from torchbp.functions.validation import (
+    FLOATING,
+    DeviceError,
+    DTypeError,
+    ShapeError,
+    check_floating_and_matching,
+)
+
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+NATIVE_INDEX_DTYPES = (torch.int64, torch.uint8)  # what native nll_loss reads; the others are widened to int64
+
+
+class ArgumentError(ValueError, RuntimeError):
+    """An argument whose value the operation does not accept (native torch raises RuntimeError)."""
+
+
+class ClassIndexError(IndexError, RuntimeError):
+    """A class index outside [0, C) (native torch raises IndexError on the CPU, RuntimeError on CUDA)."""
+
+
+def class_dim(z: torch.Tensor) -> int:
+    return 0 if z.dim() == 1 else 1
+
+
+def positions_shape(z: torch.Tensor) -> torch.Size:
+    """(N, d1, …): z's shape without its class dimension, the shape of an index target and of ℓ."""
+    dim = class_dim(z)
+    return z.shape[:dim] + z.shape[dim + 1 :]
+
+
+# -- input checks ----------------------------------------------------------------------------
+
+
+def check_cross_entropy(
+    input: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
+) -> None:
+    """A floating-point input of shape (C,), (N, C) or (N, C, d1, …); a target of class indices
+    (an integer dtype, shape (N, d1, …)) or of class probabilities (the input's shape, dtype and
+    device); a known reduction; label_smoothing in [0, 1]."""
+    check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ArgumentError(f"cross_entropy: expected label_smoothing in [0, 1], got {label_smoothing}")
+    if (  # the common case, decided in a few comparisons; the checks below explain the others
+        isinstance(input, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and input.dtype in FLOATING
+        and input.dim() > 0
+        and target.device == input.device
+        and (
+            target.dtype in INDEX_DTYPES and target.shape == positions_shape(input)
+            or target.dtype == input.dtype and target.shape == input.shape and ignore_index < 0
+        )
+    ):
+        return
+    check_floating_and_matching("cross_entropy", input=input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"cross_entropy: expected target to be a torch.Tensor, got {type(target).__name__}")
+    if input.dim() == 0:
+        raise ShapeError("cross_entropy: expected input of shape (C,), (N, C) or (N, C, d1, ...), got ()")
+    if target.is_floating_point():
+        check_floating_and_matching("cross_entropy", input=input, target=target)
+        if target.shape != input.shape:
+            raise ShapeError(
+                f"cross_entropy: expected a floating-point target (class probabilities) of the input's shape "
+                f"{tuple(input.shape)}, got {tuple(target.shape)}; class indices of shape "
+                f"{tuple(positions_shape(input))} need an integer dtype"
+            )
+        if ignore_index >= 0:
+            raise ArgumentError(
+                f"cross_entropy: ignore_index applies to class-index targets only, got ignore_index {ignore_index} "
+                f"with a target of class probabilities {tuple(target.shape)}"
+            )
+        return
+    if target.dtype not in INDEX_DTYPES:
+        raise DTypeError(
+            f"cross_entropy: expected a target of class indices (an integer dtype) or of class probabilities "
+            f"({input.dtype}), got {target.dtype}"
+        )
+    if target.device != input.device:
+        raise DeviceError(
+            f"cross_entropy: expected target on the device of input ({input.device}), got {target.device}"
+        )
+    if target.shape != positions_shape(input):
+        raise ShapeError(
+            f"cross_entropy: expected a target of class indices of shape {tuple(positions_shape(input))} for input "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+
+
+def check_class_indices(target: torch.Tensor, classes: int, ignore_index: int) -> None:
+    """Every class index lies in [0, C) or equals ignore_index.
+
+    This reads the target's values, so it runs eagerly only. Under torch.func and
+    torch.compile the forward's nll_loss refuses such an index itself (vmap's
+    gather, native's kernel with aot_eager, inductor's bounds check), so no
+    gradient is ever computed from one.
+    """
+    if target.numel() == 0:
+        return
+    low, high = torch.stack(torch.aminmax(target)).tolist()  # one read for the common case
+    if 0 <= low and high < classes:
+        return
+    valid = (target >= 0) & (target < classes) | (target == ignore_index)
+    if bool(valid.all()):
+        return
+    bad = target[~valid][0].item()
+    raise ClassIndexError(
+        f"cross_entropy: expected class indices in [0, {classes}) or ignore_index {ignore_index}, got {bad} "
+        f"in the target of shape {tuple(target.shape)}"
+    )
+
+
+# -- the loss, from log p ---------------------------------------------------------------------
+
+
+def per_class(label_smoothing: float, classes: int) -> float:
+    """ε/C, as native's C++ divides: ε/0 is ∞ (a loss over no classes is then NaN, as native's)."""
+    return label_smoothing / classes if classes else math.inf
+
+
+def smoothed(q: torch.Tensor, label_smoothing: float, classes: int) -> torch.Tensor:
+    """(1 − ε) q + ε/C, in native's order of operations."""
+    return q * (1 - label_smoothing) + per_class(label_smoothing, classes) if label_smoothing > 0 else q
+
+
+def cross_entropy_from_log_p(
+    log_p: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
+) -> torch.Tensor:
+    """ℓ from log p, composed of the native operations native cross_entropy composes, so with its bits."""
+    dim = class_dim(log_p)
+    C = log_p.shape[dim]
+    if target.is_floating_point():
+        terms = log_p * smoothed(target, label_smoothing, C)  # q_nc log p_nc
+        if reduction == "none":
+            return -terms.sum(dim)
+        if reduction == "sum":
+            return -terms.sum()
+        if log_p.numel() == 0:  # the mean of nothing
+            return log_p.new_full((), math.nan)
+        return -terms.sum() / math.prod(positions_shape(log_p))
+    indices = target if target.dtype in NATIVE_INDEX_DTYPES else target.long()
+    nll = F.nll_loss(log_p, indices, ignore_index=ignore_index, reduction=reduction)  # −log p_n,t_n
+    if label_smoothing == 0:
+        return nll
+    uniform = (-log_p.sum(dim)).masked_fill_(target == ignore_index, 0.0)  # −Σ_c log p_nc, 0 where ignored
+    if reduction == "mean":
+        uniform = uniform.sum() / (target != ignore_index).sum()
+    elif reduction == "sum":
+        uniform = uniform.sum()
+    return (1 - label_smoothing) * nll + uniform * per_class(label_smoothing, C)
+
+
+# -- the backward -----------------------------------------------------------------------------
+
+
+def index_distribution_times(
+    c: torch.Tensor, target: torch.Tensor, log_p: torch.Tensor, ignore_index: int, label_smoothing: float
+) -> torch.Tensor:
+    """c q for class-index targets, of log p's shape (N, C, d1, …); c a scalar or (N, 1, d1, …).
+
+    q is 1 − ε + ε/C at the target class and ε/C at the others, scattered into
+    place: an ignored target's row is written as exactly 0 rather than
+    multiplied by 0, so it stays 0 whatever c is (native's gradient there is 0
+    even where s = g / 0, every target being ignored).
+    """
+    dim = class_dim(log_p)
+    if log_p.shape[dim] == 0:  # no classes: every target is ignored, and there is nowhere to scatter
+        return torch.zeros_like(log_p)
+    counted = (target != ignore_index).unsqueeze(dim)  # (N, 1, d1, …)
+    index = torch.where(counted, target.unsqueeze(dim), 0).long()  # t_n, any class where ignored
+    if label_smoothing == 0:
+        return torch.zeros_like(log_p).scatter(dim, index, torch.where(counted, c, 0))
+    smooth = per_class(label_smoothing, log_p.shape[dim])
+    everywhere = torch.where(counted, c * smooth, 0).expand(log_p.shape)
+    return everywhere.scatter(dim, index, torch.where(counted, c * (1 - label_smoothing + smooth), 0))
+
+
+def through_log_softmax(u: torch.Tensor, log_p: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """∂J/∂z from u = ∂J/∂log p: u − p Σ_c u_c, since ∂ log p_c/∂z_k = [c = k] − p_k.
+
+    One multiply-add (one rounding), as native's log-softmax kernel computes it;
+    ``in_place`` writes it into u, a temporary of the caller's.
+    """
+    dim = class_dim(log_p)
+    total = u.sum(dim, keepdim=True)  # Σ_c u_nc: (N, 1, d1, …)
+    p = log_p.exp()
+    return u.addcmul_(p, total, value=-1) if in_place else torch.addcmul(u, p, total, value=-1)
+
+
+def cross_entropy_backward(
+    g: torch.Tensor,
+    z: torch.Tensor,
+    target: torch.Tensor | None,
+    probabilities: bool,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    need_z: bool,
+    need_target: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Given g = ∂J/∂ℓ, the gradients (∂J/∂z, ∂J/∂q), each only when needed."""
+    if not (need_z or need_target):
+        return None, None
+    dim = class_dim(z)
+    C = z.shape[dim]
+    log_p = F.log_softmax(z, dim)  # log p = z − logsumexp z: (N, C, d1, …), recomputed (see the class)
+    if reduction == "mean":  # s = g / count
+        count = math.prod(positions_shape(log_p)) if probabilities else (target != ignore_index).sum()
+        minus_s = -(g / count)
+    else:  # s = g: a scalar for "sum", (N, 1, d1, …) for "none"
+        minus_s = -(g.unsqueeze(dim) if reduction == "none" else g)
+    grad_z = grad_q = None
+    if need_z:
+        if probabilities:
+            u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
+        else:
+            u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing)
+        grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c s q_c − s q
+    if need_target:
+        grad_q = minus_s * log_p  # −s log p
+        if label_smoothing > 0:
+            grad_q = grad_q * (1 - label_smoothing)  # through q' = (1 − ε) q + ε/C
+    return grad_z, grad_q
+
+
+class CrossEntropyFunction(HandDerivedFunction):
+    r"""ℓ_n = −Σ_c q_nc log p_nc, log p_n = z_n − logsumexp_c z_nc, with the backward derived by hand.
+
+    Given g = ∂J/∂ℓ and s = g · scale (scale = 1/count for "mean", 1 otherwise):
+
+    - ∂J/∂log p_n = −s q_n, ℓ being linear in log p; through the log-softmax,
+      ∂ log p_nc/∂z_nk = [c = k] − p_nk, so
+    - ∂J/∂z_n = p_n Σ_c s q_nc − s q_n     (= s (softmax(z_n) − y_n) for a one-hot y_n)
+    - ∂J/∂q_n = −s log p_n · (1 − ε)       (class probabilities; class indices get no gradient)
+
+    z and the target are saved, and log p is recomputed from z in the backward:
+    the forward's log p is outside autograd, and the backward must remain
+    differentiable (double backward) through p's dependence on z. The bytes
+    saved are native's (its log p and target); the price is one log-softmax.
+
+    The forward is native's composition of native operations, so ℓ has native's
+    bits. The backward is native's arithmetic in native's order, p Σ − s q in one
+    multiply-add as native's kernel, except e^{log p}: native's kernel takes it
+    with its own vectorised exp, torch.exp with another (MKL's on x86), and
+    about one element in ten differs in its last bit. Index targets without
+    smoothing are otherwise native's to the bit (a test substitutes native's
+    exponential to show it); with smoothing native adds s q as two terms (nll
+    and uniform), and for probability targets sums Σ_c in its kernel's order.
+    So gradients agree with native to rounding, within torchbp.compare's
+    tolerance in float32 and float64, and to their rounding in float16 and
+    bfloat16, which native's kernel carries in float32. Where p_t ≈ 1 for every
+    sample, the gradient p_t s − s is small against s, and a last bit of p is
+    large against it: compare those with a larger rtol.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        input: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
+    ) -> torch.Tensor:
+        check_cross_entropy(input, target, reduction, ignore_index, label_smoothing)
+        if not target.is_floating_point() and not (torch.compiler.is_compiling() or transforms_active()):
+            check_class_indices(target, input.shape[class_dim(input)], ignore_index)
+        log_p = F.log_softmax(input, class_dim(input))
+        return cross_entropy_from_log_p(log_p, target, reduction, ignore_index, label_smoothing)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        z, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing = inputs
+        ctx.probabilities = target.is_floating_point()
+        # p and log p need z; s q needs the target, and only ∂J/∂z reads s q.
+        ctx.save_for_backward(z, target if ctx.needs_input_grad[0] else None)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        z, target = ctx.saved_tensors
+        need_z, need_target = ctx.needs_input_grad[:2]
+        grads = cross_entropy_backward(
+            g, z, target, ctx.probabilities, ctx.reduction, ctx.ignore_index, ctx.label_smoothing, need_z, need_target
+        )
+        return (*grads, None, None, None)
