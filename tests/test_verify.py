@@ -75,6 +75,18 @@ OWN = [
             frozenset({"jvp"}))
         for reduction in ("mean", "sum", "none")
     ],
+    Own("functional.tanh", TF.tanh, torch.tanh, examples((6, 3)), {}, ONE_INPUT),
+    Own("functional.relu", TF.relu, torch.relu, (examples((6, 3))[0] + 0.01,), {}, ONE_INPUT),
+    Own("functional.layer_norm", lambda x, w, b: TF.layer_norm(x, (4,), w, b),
+        lambda x, w, b: F.layer_norm(x, (4,), w, b), examples((6, 4), (4,), (4,)), {}, frozenset({"jvp"})),
+    Own("functional.layer_norm, no affine", lambda x: TF.layer_norm(x, (3, 4)), lambda x: F.layer_norm(x, (3, 4)),
+        examples((5, 3, 4)), {}, ONE_INPUT),
+    Own("functional.cross_entropy, class indices", TF.cross_entropy, F.cross_entropy,
+        (*examples((6, 5)), torch.tensor([0, 4, 2, 2, 1, 3])), {}, frozenset({"jvp"})),
+    Own("functional.cross_entropy, probabilities, smoothed",
+        lambda z, q: TF.cross_entropy(z, q, label_smoothing=0.1),
+        lambda z, q: F.cross_entropy(z, q, label_smoothing=0.1),
+        (examples((6, 5))[0], torch.softmax(examples((6, 5))[0].flip(0), 1)), {}, frozenset({"jvp"})),
     Own("fuse_loss, the derivation's network and cost", fused_cost(), derivation_cost, DERIVATION_INPUTS,
         DERIVATION_BATCH, frozenset({"jvp"})),
     # The bare chain Function takes no part in autocast: torchbp.nn.Sequential and FusedLoss fall back

@@ -19,7 +19,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 LOWER_PRECISION = "lower precision"  # linear
-FLOAT32 = "float32"  # mse_loss
+FLOAT32 = "float32"  # mse_loss, cross_entropy
 
 if TorchVersion(torch.__version__) >= "2.4":
 

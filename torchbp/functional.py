@@ -6,7 +6,15 @@ import torch
 from torch.nn import _reduction
 
 from torchbp.autocast import FLOAT32, LOWER_PRECISION, cast_as_autocast_would
-from torchbp.functions import LinearFunction, MSELossFunction, ReLUFunction, SigmoidFunction, TanhFunction
+from torchbp.functions import (
+    CrossEntropyFunction,
+    LayerNormFunction,
+    LinearFunction,
+    MSELossFunction,
+    ReLUFunction,
+    SigmoidFunction,
+    TanhFunction,
+)
 from torchbp.functions.shortcuts import any_autocast_enabled
 
 
@@ -60,3 +68,41 @@ def mse_loss(
     if any_autocast_enabled() and isinstance(input, torch.Tensor):
         input, target = cast_as_autocast_would(FLOAT32, input, target)
     return MSELossFunction.apply(input, target, reduction)
+
+
+def layer_norm(
+    input: torch.Tensor,
+    normalized_shape: list[int] | tuple[int, ...] | torch.Size,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Layer normalisation over the last dimensions, as torch.nn.functional.layer_norm, backward by
+    LayerNormFunction. Under ``torch.autocast`` it runs in its input's dtype, as the native one does on the CPU."""
+    return LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy of logits, as torch.nn.functional.cross_entropy, backward by CrossEntropyFunction.
+
+    Class-index and class-probability targets, ``ignore_index`` and ``label_smoothing`` as native;
+    class weights (``weight=``) are refused. Under ``torch.autocast`` it runs in float32, as the native one does.
+    """
+    if weight is not None:
+        raise NotImplementedError("torchbp.functional.cross_entropy has no hand-derived backward for weight=")
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    if any_autocast_enabled() and isinstance(input, torch.Tensor):
+        (input,) = cast_as_autocast_would(FLOAT32, input)
+        if target.is_floating_point():
+            (target,) = cast_as_autocast_would(FLOAT32, target)
+    return CrossEntropyFunction.apply(input, target, reduction, ignore_index, label_smoothing)

@@ -21,7 +21,7 @@ from torch.nn.modules import module as module_hooks
 
 from torchbp import functional
 from torchbp.autocast import autocast_active
-from torchbp.functions import SequentialFunction, linear
+from torchbp.functions import SequentialFunction, layer_norm, linear
 from torchbp.functions.sequential import LINEAR, MSE_LOSS, RELU, SCALE, SIGMOID, TANH
 from torchbp.functions.shortcuts import any_autocast_enabled
 from torchbp.functions.validation import check_scale
@@ -113,6 +113,43 @@ class MSELoss(HandDerived, torch.nn.MSELoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.mse_loss(input, target, reduction=self.reduction)
+
+
+class LayerNorm(HandDerived, torch.nn.LayerNorm):
+    r"""torch.nn.LayerNorm whose backward is :class:`torchbp.functions.LayerNormFunction`.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot \gamma + \beta
+
+    Args:
+        normalized_shape, eps, elementwise_affine, bias, device, dtype: as torch.nn.LayerNorm.
+
+    Shape:
+        - Input: :math:`(*, \text{normalized\_shape})`; Output: the same shape.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return functional.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class CrossEntropyLoss(HandDerived, torch.nn.CrossEntropyLoss):
+    r"""torch.nn.CrossEntropyLoss whose backward is :class:`torchbp.functions.CrossEntropyFunction`.
+
+    .. math:: \ell_n = -\sum_c q_{nc} \log \operatorname{softmax}(z_n)_c, \qquad
+              \partial \ell_n / \partial z_n = \operatorname{softmax}(z_n) \textstyle\sum_c q_{nc} - q_n
+
+    Args:
+        ignore_index, reduction, label_smoothing, size_average, reduce: as torch.nn.CrossEntropyLoss.
+        weight: refused (NotImplementedError at the first call) unless None.
+
+    Shape:
+        - Input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, \dots)` logits.
+        - Target: class indices of the input's shape without C, or class probabilities of the input's shape.
+        - Output: a scalar, or the target's shape without C with ``reduction="none"``.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return functional.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                                        reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
 class Sequential(HandDerived, torch.nn.Sequential):
@@ -244,6 +281,8 @@ LAYERS: tuple[Layer, ...] = (
     Layer(torch.nn.Tanh, Tanh, TANH),
     Layer(torch.nn.ReLU, ReLU, RELU),
     Layer(torch.nn.MSELoss, MSELoss, MSE_LOSS),
+    Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss),
+    Layer(torch.nn.LayerNorm, LayerNorm, per_sample=layer_norm.PER_SAMPLE),
 )
 
 HAND_DERIVED = {layer.native: layer.hand for layer in LAYERS}  # what torchbp.convert swaps

@@ -19,26 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from torchbp.functions.base import HandDerivedFunction, products_in_place
-from torchbp.functions.mse_loss import check_reduction
 from torchbp.functions.shortcuts import transforms_active
 from torchbp.functions.validation import (
     FLOATING,
+    ArgumentError,
+    ClassIndexError,
     DeviceError,
     DTypeError,
     ShapeError,
     check_floating_and_matching,
+    check_reduction,
 )
 
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 NATIVE_INDEX_DTYPES = (torch.int64, torch.uint8)  # what native nll_loss reads; the others are widened to int64
-
-
-class ArgumentError(ValueError, RuntimeError):
-    """An argument whose value the operation does not accept (native torch raises RuntimeError)."""
-
-
-class ClassIndexError(IndexError, RuntimeError):
-    """A class index outside [0, C) (native torch raises IndexError on the CPU, RuntimeError on CUDA)."""
 
 
 def class_dim(z: torch.Tensor) -> int:

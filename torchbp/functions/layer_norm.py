@@ -215,3 +215,28 @@ def per_sample_bias_grad_norms_squared(delta: torch.Tensor, normalized_shape) ->
     """‖Σ_t δ_n,t‖², shape (n,)."""
     middle = _middle_dims(delta, normalized_shape)
     return _norms_squared(delta.sum(middle) if middle else delta)
+
+
+class LayerNormPerSample:
+    """A layer normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
+    per-sample gradients (weight: Σ_t δ_n,t ⊙ x̂_n,t; bias: Σ_t δ_n,t), or their squared norms summed."""
+
+    def grads(self, module, a_prev, delta, out):
+        grads = {}
+        if module.weight is not None and module.weight.requires_grad:
+            grads["weight"] = per_sample_weight_grads(delta, a_prev, module.normalized_shape, module.eps,
+                                                      out=out.get("weight"))
+        if module.bias is not None and module.bias.requires_grad:
+            grads["bias"] = per_sample_bias_grads(delta, module.normalized_shape, out=out.get("bias"))
+        return grads
+
+    def norms_squared(self, module, a_prev, delta):
+        total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
+        if module.weight is not None and module.weight.requires_grad:
+            total = total + per_sample_weight_grad_norms_squared(delta, a_prev, module.normalized_shape, module.eps)
+        if module.bias is not None and module.bias.requires_grad:
+            total = total + per_sample_bias_grad_norms_squared(delta, module.normalized_shape)
+        return total
+
+
+PER_SAMPLE = LayerNormPerSample()  # torchbp.nn's table of layers names it

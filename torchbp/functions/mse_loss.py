@@ -6,15 +6,7 @@ import torch
 
 from torchbp.functions.base import HandDerivedFunction, products_in_place
 from torchbp.functions.shortcuts import mse_loss_of_equal_shapes
-from torchbp.functions.validation import check_loss
-
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        # The message torch.nn.functional.mse_loss gives for the same mistake.
-        raise ValueError(f"{reduction} is not a valid value for reduction")
+from torchbp.functions.validation import check_loss, check_reduction
 
 
 class MSELossFunction(HandDerivedFunction):

@@ -27,6 +27,23 @@ class DeviceError(ValueError, RuntimeError):
     """Tensors that must live on one device live on several."""
 
 
+class ArgumentError(ValueError, RuntimeError):
+    """An argument whose value the operation does not accept (native torch raises RuntimeError)."""
+
+
+class ClassIndexError(IndexError, RuntimeError):
+    """A class index outside [0, C) (native torch raises IndexError on the CPU, RuntimeError on CUDA)."""
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        # The message torch.nn.functional's losses give for the same mistake.
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
 def _shape(tensor: torch.Tensor) -> str:
     return str(tuple(tensor.shape))
 
