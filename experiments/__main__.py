@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from experiments import seed, xor, spiral, digits  # noqa: F401, I001  (each registers itself, in this order)
+from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm  # noqa: F401, I001  (each registers itself, in this order)
 from experiments.derivation.explain import worked_example
 from experiments.registry import EXPERIMENTS, Config
 from experiments.runner import run_experiment, summary_table
