@@ -120,7 +120,10 @@ SMALL = {  # few elements: gradcheck and gradgradcheck perturb each one
     "dilation 2, non-square kernel": setting((2, 2, 5, 4), (2, 2, 2, 3), dilation=(2, 1)),
     "no bias, stride and padding per dimension": setting((2, 2, 4, 4), (2, 2, 3, 2), False, (1, 2), (1, 0)),
 }
-GRADCHECK_CASES = {**SMALL, "unbatched": setting((2, 5, 5), (3, 2, 2, 2), stride=(2, 1), padding=(0, 1))}
+GRADCHECK_CASES = {  # the settings verify's gradcheck and double-backward (below) do not see
+    "unbatched": setting((2, 5, 5), (3, 2, 2, 2), stride=(2, 1), padding=(0, 1)),
+    "1×1 kernel, stride 3": setting((2, 2, 4, 5), (2, 2, 1, 1), stride=(3, 3)),
+}
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES)
@@ -128,8 +131,9 @@ def test_gradcheck(case):
     assert torch.autograd.gradcheck(conv2d, requiring_grad(make_inputs(GRADCHECK_CASES[case])))
 
 
-def test_gradgradcheck_on_an_unbatched_input():  # batched ones: verify's double-backward property, below
-    assert torch.autograd.gradgradcheck(conv2d, requiring_grad(make_inputs(GRADCHECK_CASES["unbatched"])))
+@pytest.mark.parametrize("case", GRADCHECK_CASES)
+def test_gradgradcheck(case):
+    assert torch.autograd.gradgradcheck(conv2d, requiring_grad(make_inputs(GRADCHECK_CASES[case])))
 
 
 @pytest.mark.parametrize("case", SMALL)
@@ -190,6 +194,7 @@ NUMERIC_PADDINGS = [
     ("same", (2, 2), (3, 2), ((1, 1), (0, 0, 0, 1))),
     ("same", (4, 1), (1, 5), ((1, 0), (0, 0, 0, 1))),
     ((2, 1), (3, 3), (1, 1), ((2, 1), None)),
+    (2, (3, 3), (1, 1), ((2, 2), None)),
 ]
 
 
@@ -222,7 +227,7 @@ def test_numeric_padding_refuses_what_native_refuses(arguments, message):
 # -- bad input -------------------------------------------------------------------------------
 
 
-def call(input=(2, 3, 8, 8), weight=(4, 3, 3, 3), bias=(4,), stride=(1, 1), padding=(0, 0), dilation=(1, 1), **kw):
+def call(input=(2, 3, 8, 8), weight=(4, 3, 3, 3), bias=(4,), stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """conv2d on tensors of these shapes (or the given tensors), with one thing changed."""
     as_tensor = lambda t: torch.randn(t) if isinstance(t, tuple) else t  # noqa: E731
     return lambda: conv2d(as_tensor(input), as_tensor(weight), bias and as_tensor(bias), stride, padding, dilation)
