@@ -135,8 +135,9 @@ def numeric_padding(padding, kernel_size: Pair, dilation: Pair, stride: Pair = (
     where that is odd, native torch puts the one left over at the bottom or right: the
     pair holds the even part, extra the rest (zeros). A wrapper with a ``padding_mode``
     other than "zeros" pads (p_w, p_w + extra_w, p_h, p_h + extra_h) in that mode itself
-    and passes (0, 0). An int p is (p, p); a pair of ints comes back as it is. ValueError for any other
-    string, and for "same" with a stride above 1, as native torch refuses both.
+    and passes (0, 0). An int p is (p, p); a pair of ints comes back as it is.
+    ValueError for any other string, and for "same" with a stride above 1, as native
+    torch refuses both.
     """
     if isinstance(padding, int):
         return (padding, padding), None
