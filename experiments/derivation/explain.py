@@ -36,8 +36,8 @@ def torchbp_way(x, y, model) -> dict[str, np.ndarray]:
     with torchbp.PerSampleGradients(hand) as recorder:
         J = loss_fn(hand(x), y)
         J.backward()
-    (_, delta1), = recorder.records[hand[0]]
-    (a1, delta2), = recorder.records[hand[2]]
+    (_, delta1, _), = recorder.records[hand[0]]
+    (a1, delta2, _), = recorder.records[hand[2]]
     with torch.no_grad():
         z1 = hand[0](x)
         z2 = hand[2](a1)
@@ -141,7 +141,7 @@ CODE = [
     ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "z = F.linear(input, weight, bias)"),
     ("a = σ(z)", "torchbp/functions/sigmoid.py", "return torch.sigmoid(input)"),
     ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
-    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def backward(ctx, g"),
+    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def mse_loss_backward("),
     ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/functions/sigmoid.py", "def sigmoid_backward("),
     ("∂J/∂W = δᵀ a_prev", "torchbp/functions/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
     ("∂J/∂b = Σ_n δ_n", "torchbp/functions/linear.py", "grad_b = delta_n.sum(0)"),
