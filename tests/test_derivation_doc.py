@@ -3,11 +3,15 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import torchbp.functions.cross_entropy
 import torchbp.functions.sigmoid
 from experiments.__main__ import main
-from experiments.derivation.explain import render, three_ways
+from experiments.derivation import explain
+from experiments.derivation.chapters import CHAPTERS, cross_entropy
+from experiments.derivation.explain import BLOCK, render, three_ways
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "derivation.md"
@@ -26,10 +30,33 @@ def test_a_changed_number_in_the_document_is_noticed():
     assert changed != document and render(changed) != changed
 
 
+NETWORK_BLOCKS = {"samples", "forward", "backward", "per-sample", "update", "three-ways", "code"}
+CHAPTER_BLOCKS = {
+    "cross_entropy": {"cross-entropy-example", "cross-entropy-stability", "cross-entropy-variants",
+                      "cross-entropy-three-ways"},
+}
+
+
 def test_every_generated_block_is_filled():
     document = DOCUMENT.read_text()
     names = re.findall(r"<!-- generated: ([\w-]+) -->\n(?!<!-- end)", document)
-    assert set(names) == {"samples", "forward", "backward", "per-sample", "update", "three-ways", "code"}
+    assert sorted(names) == sorted(NETWORK_BLOCKS.union(*CHAPTER_BLOCKS.values()))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=explain.chapter_name)
+def test_each_chapter_renders_the_blocks_the_document_holds(chapter):
+    assert set(chapter.blocks(chapter.three_ways())) == CHAPTER_BLOCKS[explain.chapter_name(chapter)]
+
+
+@pytest.mark.parametrize("name", [match["name"] for match in BLOCK.finditer(DOCUMENT.read_text())])
+def test_a_changed_digit_in_any_generated_block_is_noticed(name):
+    document = DOCUMENT.read_text()
+    block = next(match for match in BLOCK.finditer(document) if match["name"] == name)
+    body = block["body"]
+    digit = re.search(r"\d", body)
+    changed_body = body[: digit.start()] + str((int(digit[0]) + 1) % 10) + body[digit.end():]
+    changed = document[: block.start("body")] + changed_body + document[block.end("body"):]
+    assert render(changed) == document
 
 
 def test_numpy_torchbp_and_autograd_agree():
@@ -40,11 +67,46 @@ def test_numpy_torchbp_and_autograd_agree():
     assert abs(per_sample.sum(0) - numbers["values"]["dJ_dW2"]).max() < 1e-15
 
 
-def test_a_wrong_hand_derived_backward_makes_the_three_ways_disagree(monkeypatch):
-    original = torchbp.functions.sigmoid.sigmoid_backward
-    monkeypatch.setattr(torchbp.functions.sigmoid, "sigmoid_backward", lambda g, a: original(g, a) * 1.001)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=explain.chapter_name)
+def test_each_chapters_numpy_torchbp_and_autograd_agree(chapter):
+    differences = chapter.three_ways()["differences"]
+    assert differences and all(difference <= 1e-12 for difference in differences.values())
+
+
+def test_the_cross_entropy_chapters_words_hold_for_its_example():
+    v = cross_entropy.three_ways()["values"]
+    target = cross_entropy.TARGET
+    assert v["p"][0].argmax() == target[0] and v["p"][1].argmin() == target[1]  # sample 1 right, sample 2 wrong
+    assert v["delta"][1, target[1]] < 0 and (np.delete(v["delta"][1], target[1]) > 0).all()
+    assert abs(v["delta"].sum(1)).max() < 1e-15  # each row of δ sums to zero
+    assert np.isnan(v["naive_p_shifted"]).all() and np.isfinite(v["delta_shifted"]).all()
+    assert (v["delta_ignored"][1] == 0).all()
+
+
+# the chapter, where the formula lives, its name there, and the wrong formula made from the right one
+PLANTED = {
+    "σ' 0.1 % too large": (three_ways, torchbp.functions.sigmoid, "sigmoid_backward",
+                           lambda original: lambda g, a: original(g, a) * 1.001),
+    "softmax's Jacobian left out: ∂J/∂z = ∂J/∂log p": (
+        cross_entropy.three_ways, torchbp.functions.cross_entropy, "through_log_softmax",
+        lambda original: lambda u, log_p, in_place: u),
+    "the mean's 1/N left out": (
+        cross_entropy.three_ways, torchbp.functions.cross_entropy, "cross_entropy_backward",
+        lambda original: lambda g, z, target, probabilities, reduction, *rest: original(
+            g, z, target, probabilities, "sum" if reduction == "mean" else reduction, *rest)),
+    "label smoothing left out of the backward's q": (
+        cross_entropy.three_ways, torchbp.functions.cross_entropy, "index_distribution_times",
+        lambda original: lambda c, target, log_p, ignore_index, label_smoothing: original(
+            c, target, log_p, ignore_index, 0.0)),
+}
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_a_wrong_hand_derived_backward_makes_the_three_ways_disagree(planted, monkeypatch):
+    chapter_three_ways, module, name, wrong = PLANTED[planted]
+    monkeypatch.setattr(module, name, wrong(getattr(module, name)))
     with pytest.raises(AssertionError, match="disagree"):
-        three_ways()
+        chapter_three_ways()
 
 
 def test_every_figure_the_document_shows_exists():
@@ -63,6 +125,13 @@ def test_seed_explain_prints_the_worked_example(capsys):
     for heading in ("Forward pass", "Backward pass", "Each sample's contribution", "agree"):
         assert heading in printed
     assert "δ2 = (ŷ − y)" in printed
+
+
+@pytest.mark.parametrize("chapter", [explain.chapter_name(chapter) for chapter in CHAPTERS])
+def test_explain_prints_a_chapters_worked_example(chapter, capsys):
+    assert explain.main(["--chapter", chapter]) == 0
+    printed = capsys.readouterr().out
+    assert "agree" in printed and "largest differences from NumPy" in printed and "Where each formula lives" in printed
 
 
 @pytest.mark.parametrize("argv", [["xor", "--explain"], ["--explain"]], ids=["another experiment", "no experiment"])
