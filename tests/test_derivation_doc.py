@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import torchbp.functions.cross_entropy
+import torchbp.functions.layer_norm
 import torchbp.functions.sigmoid
 from experiments.__main__ import main
 from experiments.derivation import explain
-from experiments.derivation.chapters import CHAPTERS, cross_entropy
+from experiments.derivation.chapters import CHAPTERS, cross_entropy, layer_norm
 from experiments.derivation.explain import BLOCK, render, three_ways
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,7 @@ NETWORK_BLOCKS = {"samples", "forward", "backward", "per-sample", "update", "thr
 CHAPTER_BLOCKS = {
     "cross_entropy": {"cross-entropy-example", "cross-entropy-stability", "cross-entropy-variants",
                       "cross-entropy-three-ways"},
+    "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
 }
 
 
@@ -83,6 +85,20 @@ def test_the_cross_entropy_chapters_words_hold_for_its_example():
     assert (v["delta_ignored"][1] == 0).all()
 
 
+def test_the_layer_norm_chapters_words_hold_for_its_example():
+    v = layer_norm.three_ways()["values"]
+    assert abs(v["dJ_dx"].sum(1)).max() < 1e-15  # a shift of x changes nothing
+    assert abs((v["x_hat"] * v["dJ_dx"]).sum(1)).max() < 1e-5  # nor, up to ε, does a scale
+
+
+def _without_the_term_through_sigma(original):
+    def backward(g, x, weight, normalized_ndim, eps, *needs):
+        grad_x, grad_weight, grad_bias = original(g, x, weight, normalized_ndim, eps, *needs)
+        x_hat, rstd = torchbp.functions.layer_norm.normalize(x, normalized_ndim, eps)
+        return grad_x + rstd * x_hat * (g * weight * x_hat).mean(-1, keepdim=True), grad_weight, grad_bias
+    return backward
+
+
 # the chapter, where the formula lives, its name there, and the wrong formula made from the right one
 PLANTED = {
     "σ' 0.1 % too large": (three_ways, torchbp.functions.sigmoid, "sigmoid_backward",
@@ -98,6 +114,17 @@ PLANTED = {
         cross_entropy.three_ways, torchbp.functions.cross_entropy, "index_distribution_times",
         lambda original: lambda c, target, log_p, ignore_index, label_smoothing: original(
             c, target, log_p, ignore_index, 0.0)),
+    "layer norm's term through σ left out": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward", _without_the_term_through_sigma),
+    "γ left out of ĝ": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
+        lambda original: lambda g, x, weight, *rest: original(g, x, None, *rest)),
+    "x̂ without rstd, x − μ in its place": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "normalize",
+        lambda original: lambda x, ndim, eps: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(x, ndim, eps))),
+    "∂J/∂γ = Σ g, without x̂": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
+        lambda original: lambda *args: (lambda gx, gw, gb: (gx, gb, gb))(*original(*args))),
 }
 
 
