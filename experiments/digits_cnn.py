@@ -40,5 +40,5 @@ def build(config: Config) -> Setup:
         metrics={"held_out_accuracy": accuracy(x_test, label_test)},
         headline_metric="held_out_accuracy",
         metric_every=100,
-        per_sample_every=None,  # until Conv2d has its per-sample rule
+        per_sample_every=50,
     )

@@ -87,6 +87,9 @@ OWN = [
         lambda z, q: TF.cross_entropy(z, q, label_smoothing=0.1),
         lambda z, q: F.cross_entropy(z, q, label_smoothing=0.1),
         (examples((6, 5))[0], torch.softmax(examples((6, 5))[0].flip(0), 1)), {}, frozenset({"jvp"})),
+    Own("functional.conv2d", lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1),
+        lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), examples((3, 2, 5, 5), (4, 2, 3, 3), (4,)), {},
+        frozenset({"jvp"})),
     Own("fuse_loss, the derivation's network and cost", fused_cost(), derivation_cost, DERIVATION_INPUTS,
         DERIVATION_BATCH, frozenset({"jvp"})),
     # The bare chain Function takes no part in autocast: torchbp.nn.Sequential and FusedLoss fall back

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.nn import _reduction
 
 from torchbp.autocast import FLOAT32, LOWER_PRECISION, cast_as_autocast_would
 from torchbp.functions import (
+    Conv2dFunction,
     CrossEntropyFunction,
     LayerNormFunction,
     LinearFunction,
@@ -15,6 +17,7 @@ from torchbp.functions import (
     SigmoidFunction,
     TanhFunction,
 )
+from torchbp.functions.conv2d import numeric_padding
 from torchbp.functions.shortcuts import any_autocast_enabled
 
 
@@ -106,3 +109,36 @@ def cross_entropy(
         if target.is_floating_point():
             (target,) = cast_as_autocast_would(FLOAT32, target)
     return CrossEntropyFunction.apply(input, target, reduction, ignore_index, label_smoothing)
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """2-d convolution, as torch.nn.functional.conv2d, backward by Conv2dFunction.
+
+    ``padding`` may be "valid", "same" (an odd total is padded one more at the bottom and right, as
+    native) or ints. ``groups`` other than 1 are refused. Under ``torch.autocast`` it runs in the
+    autocast dtype, as the native one does.
+    """
+    if groups != 1:
+        raise NotImplementedError(f"torchbp.functional.conv2d: groups=1 only, got groups={groups}")
+    stride, dilation = _pair(stride), _pair(dilation)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 4:
+        padding, extra = numeric_padding(padding, tuple(weight.shape[-2:]), dilation, stride)
+        if extra is not None:
+            input = F.pad(input, extra)  # the odd one of "same", at the bottom and right
+    else:
+        padding = _pair(padding)  # Conv2dFunction names a weight of the wrong shape
+    if any_autocast_enabled() and isinstance(input, torch.Tensor):
+        input, weight, bias = cast_as_autocast_would(LOWER_PRECISION, input, weight, bias)
+    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation)
+
+
+def _pair(value) -> tuple:
+    return (value, value) if isinstance(value, int) else tuple(value)

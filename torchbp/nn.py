@@ -21,7 +21,7 @@ from torch.nn.modules import module as module_hooks
 
 from torchbp import functional
 from torchbp.autocast import autocast_active
-from torchbp.functions import SequentialFunction, layer_norm, linear
+from torchbp.functions import SequentialFunction, conv2d, layer_norm, linear
 from torchbp.functions.sequential import LINEAR, MSE_LOSS, RELU, SCALE, SIGMOID, TANH
 from torchbp.functions.shortcuts import any_autocast_enabled
 from torchbp.functions.validation import check_scale
@@ -113,6 +113,26 @@ class MSELoss(HandDerived, torch.nn.MSELoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return functional.mse_loss(input, target, reduction=self.reduction)
+
+
+class Conv2d(HandDerived, torch.nn.Conv2d):
+    r"""torch.nn.Conv2d whose backward is :class:`torchbp.functions.Conv2dFunction`.
+
+    .. math:: z = W \star a_{prev} + b
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode, device, dtype:
+            as torch.nn.Conv2d. groups: 1 only (others raise NotImplementedError at the first call).
+
+    Shape:
+        - Input: :math:`(N, C_{in}, H, W)` or :math:`(C_{in}, H, W)`; Output: :math:`(N, C_{out}, H_{out}, W_{out})`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # as native: pad in the mode, then convolve with no padding
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return functional.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return functional.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class LayerNorm(HandDerived, torch.nn.LayerNorm):
@@ -283,6 +303,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer(torch.nn.MSELoss, MSELoss, MSE_LOSS),
     Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss),
     Layer(torch.nn.LayerNorm, LayerNorm, per_sample=layer_norm.PER_SAMPLE),
+    Layer(torch.nn.Conv2d, Conv2d, per_sample=conv2d.PER_SAMPLE),
 )
 
 HAND_DERIVED = {layer.native: layer.hand for layer in LAYERS}  # what torchbp.convert swaps

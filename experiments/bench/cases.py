@@ -28,13 +28,37 @@ class Case:
     memory: tuple[str, str] | None = None  # (training setup, torchbp variant) whose peak memory to measure
 
 
-def square_mlp(width: int, layers: int, seed: int = 0) -> torch.nn.Sequential:
-    """``layers`` linear layers of width × width with sigmoids between them (none after the last)."""
+def square_mlp(width: int, layers: int, seed: int = 0, between=lambda width: [torch.nn.Sigmoid()]):
+    """``layers`` linear layers of width × width with ``between(width)`` (a sigmoid) between them."""
     torch.manual_seed(seed)
-    modules = []
-    for _ in range(layers):
-        modules += [torch.nn.Linear(width, width), torch.nn.Sigmoid()]
-    return torch.nn.Sequential(*modules[:-1])
+    modules = [torch.nn.Linear(width, width)]
+    for _ in range(layers - 1):
+        modules += [*between(width), torch.nn.Linear(width, width)]
+    return torch.nn.Sequential(*modules)
+
+
+def conv_stack(channels: int, seed: int = 0) -> torch.nn.Sequential:
+    """Two 3×3 convolutions with a ReLU between, ``channels`` → 2·channels → channels, padding 1."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(channels, 2 * channels, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(2 * channels, channels, 3, padding=1))
+
+
+def image_data(batch: int, channels: int, size: int, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, channels, size, size)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+
+
+def digits_cnn_setup():
+    """digits-cnn's network on a batch of 64 of the digits, in float32."""
+    from experiments.digits import load_digits
+    from experiments.digits_cnn import small_cnn
+    from experiments.registry import Config
+
+    pixels, labels = load_digits()
+    config = Config(steps=1, lr=1e-3, batch_size=64, dtype="float32")
+    return small_cnn(config), torch.nn.CrossEntropyLoss(), pixels[:64].reshape(-1, 1, 8, 8).float(), labels[:64]
 
 
 def mlp_data(width: int, batch: int, seed: int = 1):
@@ -110,6 +134,16 @@ TRAINING_SETUPS = {
                            *seed.samples(0, torch.float64, "cpu")),
     "mid": lambda: (square_mlp(256, 3), torch.nn.MSELoss(), *mlp_data(256, 64)),
     "compute-bound": lambda: (square_mlp(1024, 3), torch.nn.MSELoss(), *mlp_data(1024, 512)),
+    "mid-tanh": lambda: (square_mlp(256, 3, between=lambda w: [torch.nn.Tanh()]), torch.nn.MSELoss(),
+                         *mlp_data(256, 64)),
+    "mid-relu": lambda: (square_mlp(256, 3, between=lambda w: [torch.nn.ReLU()]), torch.nn.MSELoss(),
+                         *mlp_data(256, 64)),
+    "mid-layernorm": lambda: (square_mlp(256, 3, between=lambda w: [torch.nn.LayerNorm(w), torch.nn.Tanh()]),
+                              torch.nn.MSELoss(), *mlp_data(256, 64)),
+    "mid-cross-entropy": lambda: (square_mlp(256, 3), torch.nn.CrossEntropyLoss(), mlp_data(256, 64)[0],
+                                  torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(2))),
+    "conv": lambda: (conv_stack(16), torch.nn.MSELoss(), *image_data(32, 16, 32)),
+    "digits-cnn": digits_cnn_setup,
 }
 
 
@@ -180,10 +214,47 @@ def lockstep_against_two_steps(setup: str):
     return make
 
 
-def training_case(title: str, setup: str, variant: str, target: float) -> Case:
+def training_case(title: str, setup: str, variant: str, target: float, memory_target: float = 1.05) -> Case:
     return Case(f"training step, {title}" + (", fused" if variant == "fused" else ""),
                 "torchbp.fuse" if variant == "fused" else "torchbp per-layer", "native autograd",
-                steps_against_native(setup, variant), target, 1.05, (setup, variant))
+                steps_against_native(setup, variant), target, memory_target, (setup, variant))
+
+
+def cnn_per_sample_against_torch_func():
+    """digits-cnn's per-sample gradients into reused buffers, against torch.func's vmap(grad)."""
+
+    def make():
+        native, _, x, labels = digits_cnn_setup()
+        hand = torchbp.convert(native)
+        loss_fn = torchbp.nn.CrossEntropyLoss(reduction="sum")
+        params = {name: p.detach() for name, p in native.named_parameters()}
+
+        def one_sample_loss(params, x_n, label_n):
+            logits = torch.func.functional_call(native, params, (x_n[None],))
+            return F.cross_entropy(logits, label_n[None], reduction="sum")
+
+        vmapped = torch.func.vmap(torch.func.grad(one_sample_loss), in_dims=(None, 0, 0))
+        buffers = per_sample_grads(hand, loss_fn, x, labels)
+        return (lambda: per_sample_grads(hand, loss_fn, x, labels, out=buffers)), (lambda: vmapped(params, x, labels))
+
+    return make
+
+
+def cnn_norms_against_a_backward():
+    """digits-cnn's per-sample gradient norms against one plain training backward."""
+
+    def make():
+        native, loss_fn, x, labels = digits_cnn_setup()
+        hand = torchbp.convert(native)
+        hand_loss = torchbp.nn.CrossEntropyLoss()
+
+        def backward():
+            hand.zero_grad(set_to_none=True)
+            hand_loss(hand(x), labels).backward()
+
+        return (lambda: per_sample_grad_norms(hand, hand_loss, x, labels)), backward
+
+    return make
 
 
 CASES = [
@@ -213,4 +284,14 @@ CASES = [
     training_case("mid MLP (3×256, batch 64)", "mid", "fused", 1.15),
     training_case("compute-bound MLP (3×1024, batch 512)", "compute-bound", "per-layer", 1.03),
     training_case("compute-bound MLP (3×1024, batch 512)", "compute-bound", "fused", 1.03),
+    training_case("mid MLP with tanh (3×256, batch 64)", "mid-tanh", "per-layer", 1.15),
+    training_case("mid MLP with ReLU (3×256, batch 64)", "mid-relu", "per-layer", 1.15),
+    training_case("mid MLP with LayerNorm and tanh (3×256, batch 64)", "mid-layernorm", "per-layer", 1.15),
+    training_case("mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy", "per-layer", 1.15),
+    training_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", "per-layer", 1.15, 1.3),
+    training_case("digits-cnn's network, batch 64", "digits-cnn", "per-layer", 1.3, 1.3),
+    Case("per-sample grads into reused buffers, digits-cnn, batch 64", "torchbp.per_sample_grads(out=)",
+         "torch.func vmap(grad)", cnn_per_sample_against_torch_func(), 0.5),
+    Case("per-sample norms, digits-cnn, batch 64", "torchbp.per_sample_grad_norms", "a plain backward",
+         cnn_norms_against_a_backward(), 2.0),
 ]

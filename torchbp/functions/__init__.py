@@ -1,5 +1,6 @@
 """The hand-derived autograd Functions: one file per layer, each holding its formula."""
 
+from torchbp.functions.conv2d import Conv2dFunction
 from torchbp.functions.cross_entropy import CrossEntropyFunction
 from torchbp.functions.layer_norm import LayerNormFunction
 from torchbp.functions.linear import LinearFunction
@@ -15,6 +16,7 @@ __all__ = [
     "SigmoidFunction",
     "TanhFunction",
     "ReLUFunction",
+    "Conv2dFunction",
     "LayerNormFunction",
     "MSELossFunction",
     "CrossEntropyFunction",

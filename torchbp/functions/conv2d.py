@@ -314,3 +314,38 @@ def per_sample_weight_grad_norms_squared(
         gram_a = U.transpose(1, 2) @ U  # u_l · u_m: (n, L, L)
         return (gram_delta * gram_a).sum((1, 2))
     return per_sample_weight_grads(delta, a_prev, stride, padding, dilation, kernel_size).square().sum((1, 2, 3, 4))
+
+
+class Conv2dPerSample:
+    """A convolution's per-sample rule (torchbp.per_sample): from a call's a_prev (the module's input) and δ,
+    each parameter's per-sample gradients (weight: δ_n U_nᵀ; bias: Σ_{h,w} δ_n), or their squared norms summed."""
+
+    def _padded(self, module, a_prev):
+        """a_prev as the convolution itself reads it, and the padding left to it."""
+        if module.padding_mode != "zeros":  # the module pads in its mode, then convolves with none
+            return F.pad(a_prev, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
+        padding, extra = numeric_padding(module.padding, module.kernel_size, module.dilation, module.stride)
+        return (F.pad(a_prev, extra) if extra else a_prev), padding
+
+    def grads(self, module, a_prev, delta, out):
+        grads = {}
+        if module.weight.requires_grad:
+            a_pad, padding = self._padded(module, a_prev)
+            grads["weight"] = per_sample_weight_grads(delta, a_pad, module.stride, padding, module.dilation,
+                                                      module.kernel_size, out=out.get("weight"))
+        if module.bias is not None and module.bias.requires_grad:
+            grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
+        return grads
+
+    def norms_squared(self, module, a_prev, delta):
+        total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
+        if module.weight.requires_grad:
+            a_pad, padding = self._padded(module, a_prev)
+            total = total + per_sample_weight_grad_norms_squared(delta, a_pad, module.stride, padding,
+                                                                 module.dilation, module.kernel_size)
+        if module.bias is not None and module.bias.requires_grad:
+            total = total + per_sample_bias_grads(delta).square().sum(1)
+        return total
+
+
+PER_SAMPLE = Conv2dPerSample()  # torchbp.nn's table of layers names it

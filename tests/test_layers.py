@@ -1,0 +1,147 @@
+"""The table of layers (torchbp.nn.LAYERS): every entry is a drop-in, and every tool picks it up from there.
+
+Cases are data: each native module below is converted, checked, trained in lockstep and, where it has
+parameters, asked for per-sample gradients, against native autograd and a loop over samples.
+"""
+
+import pytest
+import torch
+
+import torchbp
+from torchbp.nn import HAND_DERIVED, LAYERS
+from torchbp.per_sample import PER_SAMPLE_RULES
+
+
+def double(module):
+    return module.double()
+
+
+# name: (a model holding the layer, a loss, inputs, target); float64, seeded.
+def images(n=4, c=2, size=6):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, c, size, size, generator=generator, dtype=torch.float64)
+
+
+def vectors(n=5, f=6):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, f, generator=generator, dtype=torch.float64)
+
+
+def model_cases():
+    torch.manual_seed(0)
+    conv = lambda **kw: torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, **kw), torch.nn.ReLU(),  # noqa: E731
+                                            torch.nn.Flatten()).double()
+    mse = torch.nn.MSELoss(reduction="sum")
+    cases = {
+        "Linear": (torch.nn.Sequential(torch.nn.Linear(6, 3)).double(), mse, vectors(), None),
+        "Tanh": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh()).double(), mse, vectors(), None),
+        "ReLU": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU()).double(), mse, vectors(), None),
+        "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(),
+                      None),
+        "LayerNorm over two dimensions, no bias": (
+            torch.nn.Sequential(torch.nn.Unflatten(1, (2, 3)), torch.nn.LayerNorm((2, 3), bias=False)).double(),
+            mse, vectors(), None),
+        "CrossEntropyLoss": (torch.nn.Sequential(torch.nn.Linear(6, 4)).double(),
+                             torch.nn.CrossEntropyLoss(reduction="sum"), vectors(), torch.tensor([0, 3, 1, 1, 2])),
+        "Conv2d, padding 1": (conv(padding=1), mse, images(), None),
+        "Conv2d, same": (conv(padding="same"), mse, images(), None),
+        "Conv2d, stride 2, dilation 2": (conv(stride=2, dilation=2, padding=2), mse, images(), None),
+        "Conv2d, reflect padding": (conv(padding=1, padding_mode="reflect"), mse, images(), None),
+        "Conv2d, no bias": (conv(bias=False), mse, images(), None),
+    }
+    return {name: (model, loss, x, target if target is not None else torch.randn_like(model(x)))
+            for name, (model, loss, x, target) in cases.items()}
+
+
+CASES = model_cases()
+
+
+def test_the_table_is_the_one_list_convert_and_per_sample_read():
+    assert {layer.native for layer in LAYERS} == set(HAND_DERIVED)
+    assert {layer.hand for layer in LAYERS if layer.per_sample} == set(PER_SAMPLE_RULES)
+    for layer in LAYERS:
+        assert issubclass(layer.hand, layer.native) and layer.hand.__module__ == "torchbp.nn"
+        assert layer.native.__name__ == layer.hand.__name__
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_check_model_finds_the_layer_hand_derived_and_matching(name):
+    model, loss_fn, x, target = CASES[name]
+    report = torchbp.check_model(model, loss_fn, x, target)
+    report.assert_ok()
+    assert "native: none" in report.layers or "Flatten" in report.layers or "Unflatten" in report.layers, report.layers
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_convert_and_to_native_keep_the_state_dict(name):
+    model = CASES[name][0]
+    converted = torchbp.convert(model)
+    assert all(type(m) in {layer.hand for layer in LAYERS} or type(m) not in HAND_DERIVED for m in converted.modules())
+    for key, value in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], value)
+    assert [type(m) for m in torchbp.to_native(converted).modules()] == [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_per_sample_gradients_are_a_loop_over_samples(name):
+    model, loss_fn, x, target = CASES[name]
+    grads = torchbp.per_sample_grads(model, loss_fn, x, target)
+    assert set(grads) == {name for name, _ in model.named_parameters()}
+    for n in range(len(x)):
+        model.zero_grad()
+        loss_fn(model(x[n:n + 1]), target[n:n + 1]).backward()
+        for key, p in model.named_parameters():
+            torch.testing.assert_close(grads[key][n], p.grad, rtol=1e-10, atol=1e-12)
+    norms = torchbp.per_sample_grad_norms(model, loss_fn, x, target)
+    torch.testing.assert_close(norms, torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads.values())))
+
+
+@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm"])
+def test_per_sample_gradients_are_torch_funcs(name):
+    model, loss_fn, x, target = CASES[name]
+    params = {key: p.detach() for key, p in model.named_parameters()}
+
+    def one(params, x_n, target_n):
+        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
+
+    expected = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
+    grads = torchbp.per_sample_grads(model, loss_fn, x, target)
+    for key in params:
+        torch.testing.assert_close(grads[key], expected[key], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "CrossEntropyLoss"])
+def test_the_lockstep_trainer_trains_it_beside_native(name, tmp_path):
+    model, loss_fn, x, target = CASES[name]
+    trainer = torchbp.LockstepTrainer(model, loss_fn, lr=0.01, log_dir=tmp_path, per_sample_every=2)
+    with trainer:
+        result = trainer.train([(x, target)] * 4)
+    assert result.mismatch_step is None and result.steps == 4
+
+
+def test_a_planted_wrong_per_sample_formula_is_caught(monkeypatch):
+    monkeypatch.setattr(torchbp.functions.conv2d, "per_sample_bias_grads",
+                        lambda delta, out=None: delta.sum((2, 3)) * 2)
+    with pytest.raises(AssertionError):
+        test_per_sample_gradients_are_a_loop_over_samples("Conv2d, padding 1")
+
+
+REFUSED = [
+    ("Conv2d with groups", lambda: torchbp.convert(torch.nn.Conv2d(4, 4, 3, groups=2))(torch.randn(1, 4, 5, 5)),
+     NotImplementedError, "groups=1 only, got groups=2"),
+    ("CrossEntropyLoss with class weights",
+     lambda: torchbp.convert(torch.nn.CrossEntropyLoss(weight=torch.ones(3)))(torch.randn(2, 3), torch.tensor([0, 1])),
+     NotImplementedError, "no hand-derived backward for weight="),
+    ("a class index out of range",
+     lambda: torchbp.nn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([0, 3])), torchbp.ClassIndexError, "3"),
+    ("a conv2d weight of the wrong shape",
+     lambda: torchbp.functional.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3)), torchbp.ShapeError, "weight"),
+    ("a layer_norm input of the wrong shape",
+     lambda: torchbp.functional.layer_norm(torch.randn(2, 5), (4,)), torchbp.ShapeError, r"\(2, 5\)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [case[1:] for case in REFUSED], ids=[case[0] for case in REFUSED])
+def test_what_the_new_layers_refuse(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
