@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torchbp.functions.conv2d
 import torchbp.functions.cross_entropy
 import torchbp.functions.layer_norm
 import torchbp.functions.sigmoid
 from experiments.__main__ import main
 from experiments.derivation import explain
-from experiments.derivation.chapters import CHAPTERS, cross_entropy, layer_norm
+from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm
 from experiments.derivation.explain import BLOCK, render, three_ways
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ CHAPTER_BLOCKS = {
     "cross_entropy": {"cross-entropy-example", "cross-entropy-stability", "cross-entropy-variants",
                       "cross-entropy-three-ways"},
     "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
+    "conv2d": {"conv2d-forward", "conv2d-backward", "conv2d-three-ways"},
 }
 
 
@@ -91,6 +93,14 @@ def test_the_layer_norm_chapters_words_hold_for_its_example():
     assert abs((v["x_hat"] * v["dJ_dx"]).sum(1)).max() < 1e-5  # nor, up to ε, does a scale
 
 
+def test_the_convolution_chapters_words_hold_for_its_example():
+    v = conv2d.three_ways()["values"]
+    spread = np.zeros_like(v["dJ_dx"])  # each δ_hw adds δ_hw W onto the window it came from
+    for (h, w), delta_hw in np.ndenumerate(np.array(conv2d.DELTA)):
+        spread[h:h + 2, w:w + 2] += delta_hw * np.array(conv2d.WEIGHT)
+    assert abs(spread - v["dJ_dx"]).max() < 1e-15
+
+
 def _without_the_term_through_sigma(original):
     def backward(g, x, weight, normalized_ndim, eps, *needs):
         grad_x, grad_weight, grad_bias = original(g, x, weight, normalized_ndim, eps, *needs)
@@ -125,6 +135,16 @@ PLANTED = {
     "∂J/∂γ = Σ g, without x̂": (
         layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
         lambda original: lambda *args: (lambda gx, gw, gb: (gx, gb, gb))(*original(*args))),
+    "∂J/∂x with the kernel not rotated: δ correlated with W": (
+        conv2d.three_ways, torchbp.functions.conv2d, "input_gradient",
+        lambda original: lambda delta, W, *rest: original(delta, W.flip((2, 3)), *rest)),
+    "∂J/∂W with i and j swapped": (
+        conv2d.three_ways, torchbp.functions.conv2d, "weight_gradient",
+        lambda original: lambda *args: original(*args).transpose(2, 3)),
+    "∂J/∂b the mean of δ, not its sum": (
+        conv2d.three_ways, torchbp.functions.conv2d, "conv2d_backward",
+        lambda original: lambda delta, *rest: (
+            lambda gx, gW, gb: (gx, gW, gb / delta[0, 0].numel()))(*original(delta, *rest))),
 }
 
 
