@@ -219,9 +219,9 @@ def test_out_accumulates_a_layer_used_twice_from_scratch():
 
 BAD_CALLS = {
     "a layer without a per-sample rule": (
-        lambda: per_sample_grads(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)).double(),
+        lambda: per_sample_grads(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double(),
                                  torch.nn.MSELoss(), *data(4, (), torch.float64, widths=(3, 2))),
-        NotImplementedError, "no per-sample rule for 1 (LayerNorm); torchbp has rules for Linear only",
+        NotImplementedError, "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Linear, LayerNorm, Conv2d only",
     ),
     "a loss without a reduction": (
         lambda: per_sample_grads(mlp(), lambda out, y: ((out - y) ** 2).sum(), *data(4, (), torch.float64)),
