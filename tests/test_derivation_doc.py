@@ -3,11 +3,17 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import torchbp.functions.conv2d
+import torchbp.functions.cross_entropy
+import torchbp.functions.layer_norm
 import torchbp.functions.sigmoid
 from experiments.__main__ import main
-from experiments.derivation.explain import render, three_ways
+from experiments.derivation import explain
+from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm
+from experiments.derivation.explain import BLOCK, render, three_ways
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "derivation.md"
@@ -26,10 +32,35 @@ def test_a_changed_number_in_the_document_is_noticed():
     assert changed != document and render(changed) != changed
 
 
+NETWORK_BLOCKS = {"samples", "forward", "backward", "per-sample", "update", "three-ways", "code"}
+CHAPTER_BLOCKS = {
+    "cross_entropy": {"cross-entropy-example", "cross-entropy-stability", "cross-entropy-variants",
+                      "cross-entropy-three-ways"},
+    "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
+    "conv2d": {"conv2d-forward", "conv2d-backward", "conv2d-three-ways"},
+}
+
+
 def test_every_generated_block_is_filled():
     document = DOCUMENT.read_text()
     names = re.findall(r"<!-- generated: ([\w-]+) -->\n(?!<!-- end)", document)
-    assert set(names) == {"samples", "forward", "backward", "per-sample", "update", "three-ways", "code"}
+    assert sorted(names) == sorted(NETWORK_BLOCKS.union(*CHAPTER_BLOCKS.values()))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=explain.chapter_name)
+def test_each_chapter_renders_the_blocks_the_document_holds(chapter):
+    assert set(chapter.blocks(chapter.three_ways())) == CHAPTER_BLOCKS[explain.chapter_name(chapter)]
+
+
+@pytest.mark.parametrize("name", [match["name"] for match in BLOCK.finditer(DOCUMENT.read_text())])
+def test_a_changed_digit_in_any_generated_block_is_noticed(name):
+    document = DOCUMENT.read_text()
+    block = next(match for match in BLOCK.finditer(document) if match["name"] == name)
+    body = block["body"]
+    digit = re.search(r"\d", body)
+    changed_body = body[: digit.start()] + str((int(digit[0]) + 1) % 10) + body[digit.end():]
+    changed = document[: block.start("body")] + changed_body + document[block.end("body"):]
+    assert render(changed) == document
 
 
 def test_numpy_torchbp_and_autograd_agree():
@@ -40,11 +71,89 @@ def test_numpy_torchbp_and_autograd_agree():
     assert abs(per_sample.sum(0) - numbers["values"]["dJ_dW2"]).max() < 1e-15
 
 
-def test_a_wrong_hand_derived_backward_makes_the_three_ways_disagree(monkeypatch):
-    original = torchbp.functions.sigmoid.sigmoid_backward
-    monkeypatch.setattr(torchbp.functions.sigmoid, "sigmoid_backward", lambda g, a: original(g, a) * 1.001)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=explain.chapter_name)
+def test_each_chapters_numpy_torchbp_and_autograd_agree(chapter):
+    differences = chapter.three_ways()["differences"]
+    assert differences and all(difference <= 1e-12 for difference in differences.values())
+
+
+def test_the_cross_entropy_chapters_words_hold_for_its_example():
+    v = cross_entropy.three_ways()["values"]
+    target = cross_entropy.TARGET
+    assert v["p"][0].argmax() == target[0] and v["p"][1].argmin() == target[1]  # sample 1 right, sample 2 wrong
+    assert v["delta"][1, target[1]] < 0 and (np.delete(v["delta"][1], target[1]) > 0).all()
+    assert abs(v["delta"].sum(1)).max() < 1e-15  # each row of δ sums to zero
+    assert np.isnan(v["naive_p_shifted"]).all() and np.isfinite(v["delta_shifted"]).all()
+    assert (v["delta_ignored"][1] == 0).all()
+
+
+def test_the_layer_norm_chapters_words_hold_for_its_example():
+    v = layer_norm.three_ways()["values"]
+    assert abs(v["dJ_dx"].sum(1)).max() < 1e-15  # a shift of x changes nothing
+    assert abs((v["x_hat"] * v["dJ_dx"]).sum(1)).max() < 1e-5  # nor, up to ε, does a scale
+
+
+def test_the_convolution_chapters_words_hold_for_its_example():
+    v = conv2d.three_ways()["values"]
+    spread = np.zeros_like(v["dJ_dx"])  # each δ_hw adds δ_hw W onto the window it came from
+    for (h, w), delta_hw in np.ndenumerate(np.array(conv2d.DELTA)):
+        spread[h:h + 2, w:w + 2] += delta_hw * np.array(conv2d.WEIGHT)
+    assert abs(spread - v["dJ_dx"]).max() < 1e-15
+
+
+def _without_the_term_through_sigma(original):
+    def backward(g, x, weight, normalized_ndim, eps, *needs):
+        grad_x, grad_weight, grad_bias = original(g, x, weight, normalized_ndim, eps, *needs)
+        x_hat, rstd = torchbp.functions.layer_norm.normalize(x, normalized_ndim, eps)
+        return grad_x + rstd * x_hat * (g * weight * x_hat).mean(-1, keepdim=True), grad_weight, grad_bias
+    return backward
+
+
+# the chapter, where the formula lives, its name there, and the wrong formula made from the right one
+PLANTED = {
+    "σ' 0.1 % too large": (three_ways, torchbp.functions.sigmoid, "sigmoid_backward",
+                           lambda original: lambda g, a: original(g, a) * 1.001),
+    "softmax's Jacobian left out: ∂J/∂z = ∂J/∂log p": (
+        cross_entropy.three_ways, torchbp.functions.cross_entropy, "through_log_softmax",
+        lambda original: lambda u, log_p, in_place: u),
+    "the mean's 1/N left out": (
+        cross_entropy.three_ways, torchbp.functions.cross_entropy, "cross_entropy_backward",
+        lambda original: lambda g, z, target, probabilities, reduction, *rest: original(
+            g, z, target, probabilities, "sum" if reduction == "mean" else reduction, *rest)),
+    "label smoothing left out of the backward's q": (
+        cross_entropy.three_ways, torchbp.functions.cross_entropy, "index_distribution_times",
+        lambda original: lambda c, target, log_p, ignore_index, label_smoothing: original(
+            c, target, log_p, ignore_index, 0.0)),
+    "layer norm's term through σ left out": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward", _without_the_term_through_sigma),
+    "γ left out of ĝ": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
+        lambda original: lambda g, x, weight, *rest: original(g, x, None, *rest)),
+    "x̂ without rstd, x − μ in its place": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "normalize",
+        lambda original: lambda x, ndim, eps: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(x, ndim, eps))),
+    "∂J/∂γ = Σ g, without x̂": (
+        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
+        lambda original: lambda *args: (lambda gx, gw, gb: (gx, gb, gb))(*original(*args))),
+    "∂J/∂x with the kernel not rotated: δ correlated with W": (
+        conv2d.three_ways, torchbp.functions.conv2d, "input_gradient",
+        lambda original: lambda delta, W, *rest: original(delta, W.flip((2, 3)), *rest)),
+    "∂J/∂W with i and j swapped": (
+        conv2d.three_ways, torchbp.functions.conv2d, "weight_gradient",
+        lambda original: lambda *args: original(*args).transpose(2, 3)),
+    "∂J/∂b the mean of δ, not its sum": (
+        conv2d.three_ways, torchbp.functions.conv2d, "conv2d_backward",
+        lambda original: lambda delta, *rest: (
+            lambda gx, gW, gb: (gx, gW, gb / delta[0, 0].numel()))(*original(delta, *rest))),
+}
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_a_wrong_hand_derived_backward_makes_the_three_ways_disagree(planted, monkeypatch):
+    chapter_three_ways, module, name, wrong = PLANTED[planted]
+    monkeypatch.setattr(module, name, wrong(getattr(module, name)))
     with pytest.raises(AssertionError, match="disagree"):
-        three_ways()
+        chapter_three_ways()
 
 
 def test_every_figure_the_document_shows_exists():
@@ -63,6 +172,13 @@ def test_seed_explain_prints_the_worked_example(capsys):
     for heading in ("Forward pass", "Backward pass", "Each sample's contribution", "agree"):
         assert heading in printed
     assert "δ2 = (ŷ − y)" in printed
+
+
+@pytest.mark.parametrize("chapter", [explain.chapter_name(chapter) for chapter in CHAPTERS])
+def test_explain_prints_a_chapters_worked_example(chapter, capsys):
+    assert explain.main(["--chapter", chapter]) == 0
+    printed = capsys.readouterr().out
+    assert "agree" in printed and "largest differences from NumPy" in printed and "Where each formula lives" in printed
 
 
 @pytest.mark.parametrize("argv", [["xor", "--explain"], ["--explain"]], ids=["another experiment", "no experiment"])

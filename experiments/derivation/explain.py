@@ -1,10 +1,12 @@
-"""The worked example of the derivation, on the seed experiment's network, computed three ways.
+"""The worked examples of the derivation, on the seed experiment's network and on each later chapter's layer,
+computed three ways.
 
-NumPy (experiments/derivation/numpy_derivation.py, the formulas alone), torchbp (the
-hand-derived Functions) and native autograd must give the same numbers; they
-are checked against one another every time they are computed.
+NumPy (experiments/derivation/numpy_derivation.py and each chapter's numpy_way, the
+formulas alone), torchbp (the hand-derived Functions) and native autograd must give
+the same numbers; they are checked against one another every time they are computed.
 
-- ``python -m experiments seed --explain`` prints the example;
+- ``python -m experiments seed --explain`` prints the network's example,
+  ``python -m experiments.derivation.explain`` every chapter's (``--chapter`` one);
 - ``python -m experiments.derivation.explain --write docs/derivation.md`` refreshes the
   generated blocks of the document (numbers and code references);
 - tests/test_derivation_doc.py fails when the document is stale.
@@ -21,13 +23,14 @@ import numpy as np
 import torch
 
 import torchbp
+from experiments.derivation.chapters import CHAPTERS
+from experiments.derivation.example import agree, agreement_table, matrix
 from experiments.derivation.numpy_derivation import derive, gradient_descent_step
 from experiments.registry import Config
 from experiments.seed import HalfSumSquaredError, network, samples
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 LR = 0.5  # the seed experiment's learning rate
-AGREEMENT = 1e-12  # float64: the three ways differ by rounding only
 
 
 def torchbp_way(x, y, model) -> dict[str, np.ndarray]:
@@ -80,30 +83,11 @@ def three_ways(seed: int = 0) -> dict:
         "torchbp": torchbp_way(x, y, model),
         "autograd": autograd_way(x, y, model),
     }
-    differences = {
-        name: max(float(np.abs(np.asarray(ways[way][name]) - np.asarray(ways["NumPy"][name])).max())
-                  for way in ("torchbp", "autograd"))
-        for name in ways["NumPy"]
-    }
-    disagreeing = {name: d for name, d in differences.items() if not d <= AGREEMENT}
-    if disagreeing:
-        raise AssertionError(f"the three ways disagree beyond {AGREEMENT}: {disagreeing}")
+    differences = agree(ways)
     W1_next, W2_next = gradient_descent_step(W1, W2, ways["NumPy"]["dJ_dW1"], ways["NumPy"]["dJ_dW2"], LR)
     after = derive(x.numpy(), y.numpy(), W1_next, W2_next)
     return dict(x=x.numpy(), y=y.numpy(), W1=W1, W2=W2, values=ways["NumPy"], differences=differences,
                 W1_next=W1_next, W2_next=W2_next, J_next=after["J"])
-
-
-def matrix(name: str, value) -> str:
-    """A named matrix, one row a line; small entries in scientific notation, so that they keep their digits."""
-    value = np.asarray(value)
-    if value.ndim == 0:
-        return f"{name} = {value:.6f}"
-    small = 0 < np.abs(value).max() < 1e-2
-    number = "{: .5e}" if small else "{: .6f}"
-    rows = value.reshape(-1, value.shape[-1])
-    shape = "×".join(map(str, value.shape))
-    return f"{name}  ({shape})\n" + "\n".join("   " + "  ".join(number.format(v) for v in row) for row in rows)
 
 
 def blocks(numbers: dict) -> dict[str, str]:
@@ -128,20 +112,17 @@ def blocks(numbers: dict) -> dict[str, str]:
         "update": "\n\n".join([matrix(f"W1 − {LR} ∂J/∂W1", numbers["W1_next"]),
                                matrix(f"W2 − {LR} ∂J/∂W2", numbers["W2_next"]),
                                matrix("J after the step", numbers["J_next"])]),
-        "three-ways": "\n".join(
-            [f"| quantity | NumPy, torchbp and autograd agree to {AGREEMENT:g} |", "|---|---|"]
-            + [f"| {name} | {'yes' if d <= AGREEMENT else 'NO'} |" for name, d in numbers["differences"].items()]
-        ),
+        "three-ways": agreement_table(numbers["differences"]),
         "code": code_references(),
     }
 
 
 # formula, file, text that is on the implementing line
-CODE = [
+NETWORK_CODE = [
     ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "z = F.linear(input, weight, bias)"),
     ("a = σ(z)", "torchbp/functions/sigmoid.py", "return torch.sigmoid(input)"),
     ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
-    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def backward(ctx, g"),
+    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def mse_loss_backward("),
     ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/functions/sigmoid.py", "def sigmoid_backward("),
     ("∂J/∂W = δᵀ a_prev", "torchbp/functions/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
     ("∂J/∂b = Σ_n δ_n", "torchbp/functions/linear.py", "grad_b = delta_n.sum(0)"),
@@ -150,12 +131,17 @@ CODE = [
     ("per-sample δ_n a_prev,nᵀ", "torchbp/functions/linear.py", "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
     ("W ← W − η ∂J/∂W (NumPy)", "experiments/derivation/numpy_derivation.py", "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
 ]
+CODE = NETWORK_CODE + [row for chapter in CHAPTERS for row in chapter.CODE]
 
 
-def code_references(markdown: bool = True) -> str:
+def chapter_name(chapter) -> str:
+    return chapter.__name__.rsplit(".", 1)[1]
+
+
+def code_references(markdown: bool = True, rows=CODE) -> str:
     """A table for the document (links relative to docs/), or plain path:line columns for a terminal."""
     places = []
-    for formula, path, text in CODE:
+    for formula, path, text in rows:
         lines = (ROOT / path).read_text().splitlines()
         (number,) = [i + 1 for i, line in enumerate(lines) if text in line]  # exactly one line holds it
         places.append((formula, path, number))
@@ -172,41 +158,57 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- 
 def render(document: str, seed: int = 0) -> str:
     """``document`` with every generated block filled from the code."""
     generated = blocks(three_ways(seed))
+    for chapter in CHAPTERS:
+        generated |= chapter.blocks(chapter.three_ways())
 
     def fill(match):
         body = generated[match["name"]]
-        fence = "" if match["name"] in ("three-ways", "code") else "```text\n"
+        fence = "" if body.startswith("|") else "```text\n"  # tables are markdown, the rest plain text
         return f"{match[1]}{fence}{body}\n{'```' + chr(10) if fence else ''}{match[4]}"
 
     return BLOCK.sub(fill, document)
 
 
+def for_terminal(generated: dict[str, str], titles: dict[str, str], differences: dict[str, float]) -> str:
+    """Each block under its title, and the agreement table followed by the differences it stands for."""
+    largest = "\n\nlargest differences from NumPy: " + ", ".join(f"{name} {d:.1e}" for name, d in differences.items())
+    return "\n\n".join(f"== {titles[name]} ==\n\n{body}{largest if name.endswith('three-ways') else ''}"
+                       for name, body in generated.items())
+
+
 def worked_example(seed: int = 0) -> str:
     numbers = three_ways(seed)
     generated = blocks(numbers)
-    generated["code"] = code_references(markdown=False)
-    generated["three-ways"] += "\n\nlargest differences from NumPy: " + ", ".join(
-        f"{name} {d:.1e}" for name, d in numbers["differences"].items()
-    )
+    generated["code"] = code_references(markdown=False, rows=NETWORK_CODE)
     titles = {"samples": "The five samples and the initial weights", "forward": "Forward pass",
               "backward": "Backward pass", "per-sample": "Each sample's contribution to ∂J/∂W2",
               "update": f"One gradient-descent step (η = {LR})",
               "three-ways": "NumPy, torchbp and autograd agree", "code": "Where each formula lives"}
     notation = ("The notation of docs/derivation.md: a batch holds its samples as rows, z = a_prev Wᵀ, and δ = ∂J/∂z;\n"
                 "one sample's vectors (a1,n, δ2,n) are columns, so δ2,n a1,nᵀ is an outer product shaped like W2.")
-    return notation + "\n\n" + "\n\n".join(f"== {titles[name]} ==\n\n{body}" for name, body in generated.items())
+    return notation + "\n\n" + for_terminal(generated, titles, numbers["differences"])
+
+
+def chapter_example(chapter) -> str:
+    numbers = chapter.three_ways()
+    generated = chapter.blocks(numbers) | {"code": code_references(markdown=False, rows=chapter.CODE)}
+    return for_terminal(generated, chapter.TITLES | {"code": "Where each formula lives"}, numbers["differences"])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.derivation.explain", description=__doc__.splitlines()[0])
     parser.add_argument("--write", metavar="DOCUMENT", help="refresh the generated blocks of DOCUMENT in place")
+    parser.add_argument("--chapter", choices=["network"] + [chapter_name(c) for c in CHAPTERS],
+                        help="print this chapter's worked example alone")
     args = parser.parse_args(argv)
     if args.write:
         path = Path(args.write)
         path.write_text(render(path.read_text()))
         print(f"refreshed {path}")
-    else:
-        print(worked_example())
+        return 0
+    examples = {"network": worked_example} | {chapter_name(c): lambda c=c: chapter_example(c) for c in CHAPTERS}
+    chosen = [args.chapter] if args.chapter else list(examples)
+    print("\n\n".join(f"==== {name} ====\n\n{examples[name]()}" for name in chosen))
     return 0
 
 
