@@ -124,7 +124,7 @@ def test_per_sample_grads_match_torch_func_for_any_shape(n, middle, widths, redu
 
 
 def test_a_mean_loss_not_scaled_per_sample_is_caught(monkeypatch):
-    monkeypatch.setattr(torchbp.per_sample, "reduction_scale", lambda loss_fn, n: 1.0)  # the planted error
+    monkeypatch.setattr(torchbp.per_sample, "reduction_scale", lambda loss_fn, n, target=None: 1.0)  # the planted error
     model = mlp()
     x, y = data(5, (), torch.float64)
     ours = per_sample_grads(model, torch.nn.MSELoss(reduction="mean"), x, y)
@@ -300,3 +300,25 @@ def test_out_naming_a_frozen_parameter_is_refused():
     model[0].weight.requires_grad_(False)
     with pytest.raises(ValueError, match="does not require grad"):
         per_sample_grads(model, torch.nn.MSELoss(), x, y, out=good)
+
+
+@pytest.mark.parametrize("spatial", [(), (3, 2)], ids=["one target per sample", "a target per pixel"])
+def test_mean_cross_entropy_with_ignored_targets_gives_each_samples_own_gradient(spatial):
+    """The batch mean divides by every target not ignored, a sample's own loss by its own: the per-sample
+    scale is their ratio, sample by sample (and a sample with none gets zero, as torch.func gives)."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1).double() if spatial else torch.nn.Linear(3, 4).double()
+    x = torch.randn(6, 3, *spatial, dtype=torch.float64)
+    target = torch.tensor([0, 1, 1, 2, 3, 1]).view(6, *[1] * len(spatial)).expand(6, *spatial).clone()
+    if spatial:
+        target[0, 0, 0] = 1  # one ignored pixel in a sample that keeps others
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=1)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def own_loss(params, x_n, target_n):
+        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
+
+    expected = torch.func.vmap(torch.func.grad(own_loss), in_dims=(None, 0, 0))(params, x, target)
+    grads = per_sample_grads(model, loss_fn, x, target)
+    for name in params:
+        torch.testing.assert_close(grads[name], expected[name])

@@ -199,7 +199,7 @@ class LockstepTrainer:
         """Both losses, each side's gradients in its ``.grad``, and the torchbp side's per-sample record when due."""
         per_sample = None
         if self.per_sample_every is not None and step % self.per_sample_every == 0:
-            per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs)))
+            per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs), target))
         randomness = SameRandomness()  # dropout and the like draw alike on both sides
         with per_sample or NOT_RECORDING:
             hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)

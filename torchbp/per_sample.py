@@ -32,13 +32,24 @@ from torchbp.nn import HAND_DERIVED, LAYERS
 PER_SAMPLE_RULES = {layer.hand: layer.per_sample for layer in LAYERS if layer.per_sample is not None}
 
 
-def reduction_scale(loss_fn, batch_size: int) -> float:
-    """The factor that turns each sample's share of the batch loss's gradient into its own gradient."""
+def reduction_scale(loss_fn, batch_size: int, target: torch.Tensor | None = None) -> float | torch.Tensor:
+    """The factor that turns each sample's share of the batch loss's gradient into its own gradient.
+
+    "sum": 1. "mean": the batch loss divides by all the counted elements, a sample's own loss by its own,
+    so the factor is their ratio: N where every sample counts alike, and for class-index targets with an
+    ``ignore_index`` (a loss module with that attribute) the total count of targets not ignored over the
+    sample's own, per sample, shape (N,) (a sample with none of its own gets a zero gradient, as native
+    cross-entropy's backward and torch.func give it).
+    """
     reduction = getattr(loss_fn, "reduction", None)
     if reduction == "sum":
         return 1.0
     if reduction == "mean":
-        return float(batch_size)
+        ignore_index = getattr(loss_fn, "ignore_index", None)
+        if ignore_index is None or not isinstance(target, torch.Tensor) or target.is_floating_point():
+            return float(batch_size)
+        counted = (target != ignore_index).reshape(batch_size, -1).sum(1).to(torch.float64)  # each sample's
+        return torch.where(counted > 0, counted.sum() / counted.clamp(min=1), 0.0)
     raise ValueError(
         "per-sample gradients need a loss with reduction 'sum' or 'mean' (a loss module such as "
         f"torchbp.nn.MSELoss, or any callable with a .reduction attribute), got reduction={reduction!r}"
@@ -56,11 +67,12 @@ class PerSampleGradients:
         per_sample.grad_norms()   # (N,)
 
     Every parameter that requires grad must belong to a layer with a per-sample
-    rule (torchbp.nn.Linear); others raise NotImplementedError. ``scale`` multiplies
+    rule (those of torchbp.nn.LAYERS that have one); others raise NotImplementedError.
+    ``scale``, a number or one per sample, multiplies
     every per-sample gradient (see :func:`reduction_scale`).
     """
 
-    def __init__(self, model: torch.nn.Module, scale: float = 1.0):
+    def __init__(self, model: torch.nn.Module, scale: float | torch.Tensor = 1.0):
         self.model, self.scale = model, scale
         self.layers = {
             module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES
@@ -118,10 +130,16 @@ class PerSampleGradients:
                 batch_sizes.add(a_prev.shape[0])
                 if delta is None:
                     delta = a_prev.new_zeros(output_shape)
-                calls.setdefault(module, []).append((a_prev, delta * self.scale if self.scale != 1 else delta))
+                calls.setdefault(module, []).append((a_prev, self._scaled(delta)))
         if len(batch_sizes) > 1:
             raise ShapeError(f"per-sample gradients: layers saw different sample counts {sorted(batch_sizes)}")
         return calls
+
+    def _scaled(self, delta: torch.Tensor) -> torch.Tensor:
+        """scale · δ, the scale a number or one per sample."""
+        if isinstance(self.scale, torch.Tensor):
+            return delta * self.scale.to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
+        return delta * self.scale if self.scale != 1 else delta
 
     def _layer_grads(self, module, calls, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rule = PER_SAMPLE_RULES[type(module)]
@@ -208,7 +226,7 @@ def _recorded_pass(model, loss_fn: Callable, inputs: torch.Tensor, target: torch
         raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ...), the sample dimension first, got {shape}")
     model = _torchbp_model(model)
     loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
-    recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0]))
+    recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0], target))
     with recorder:
         recorder.backward(loss_fn(model(inputs), target))
     return recorder
