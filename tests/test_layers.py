@@ -127,10 +127,10 @@ def test_a_planted_wrong_per_sample_formula_is_caught(monkeypatch):
 
 
 REFUSED = [
-    ("Conv2d with groups", lambda: torchbp.convert(torch.nn.Conv2d(4, 4, 3, groups=2))(torch.randn(1, 4, 5, 5)),
+    ("conv2d with groups", lambda: torchbp.functional.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2),
      NotImplementedError, "groups=1 only, got groups=2"),
     ("CrossEntropyLoss with class weights",
-     lambda: torchbp.convert(torch.nn.CrossEntropyLoss(weight=torch.ones(3)))(torch.randn(2, 3), torch.tensor([0, 1])),
+     lambda: torchbp.nn.CrossEntropyLoss(weight=torch.ones(3))(torch.randn(2, 3), torch.tensor([0, 1])),
      NotImplementedError, "no hand-derived backward for weight="),
     ("a class index out of range",
      lambda: torchbp.nn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([0, 3])), torchbp.ClassIndexError, "3"),
@@ -145,3 +145,26 @@ REFUSED = [
 def test_what_the_new_layers_refuse(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_layer_norm_takes_a_low_precision_input_with_float32_parameters_as_natively():
+    """A Linear's bfloat16 output under autocast, into a LayerNorm whose parameters are float32."""
+    torch.manual_seed(0)
+    native = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = native(x), torchbp.convert(native)(x)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torchbp.check_model(native, torch.nn.MSELoss(), x, torch.randn(4, 8), rtol=2e-2).assert_ok()
+
+
+@pytest.mark.parametrize("native", [torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.CrossEntropyLoss(weight=torch.ones(3))],
+                         ids=["Conv2d with groups", "CrossEntropyLoss with class weights"])
+def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
+    assert type(torchbp.convert(native)) is type(native)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.ReLU(), torch.nn.Flatten())
+    report = torchbp.check_model(model.double(), torch.nn.MSELoss(), torch.randn(2, 4, 5, 5, dtype=torch.float64),
+                                 torch.randn(2, 36, dtype=torch.float64))
+    assert report.ok and report.layers == "hand-derived: 1 ReLU, loss MSELoss; native: 0 Conv2d, 2 Flatten"

@@ -1,8 +1,9 @@
 """Autocast for the hand-derived layers.
 
 Inside ``torch.autocast`` native torch casts the inputs of some operations
-before running them: linear to the autocast dtype (bfloat16 on CPU, float16
-on CUDA by default), mse_loss to float32. Autocast does not reach into a
+before running them: linear and conv2d to the autocast dtype (bfloat16 on CPU,
+float16 on CUDA by default), mse_loss and cross_entropy to float32; the activations
+and layer_norm run in their input's dtype. Autocast does not reach into a
 custom autograd Function (``torch.amp.custom_fwd`` does not work with the
 ``setup_context`` form), so the functional wrappers insert the same casts
 themselves, as ordinary differentiable ``Tensor.to`` calls: the hand-derived
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.torch_version import TorchVersion
 
-LOWER_PRECISION = "lower precision"  # linear
+LOWER_PRECISION = "lower precision"  # linear, conv2d
 FLOAT32 = "float32"  # mse_loss, cross_entropy
 
 if TorchVersion(torch.__version__) >= "2.4":

@@ -17,7 +17,7 @@ import torch
 
 from torchbp.compare import Report, settle
 from torchbp.convert import convert, to_native
-from torchbp.nn import HAND_DERIVED
+from torchbp.nn import HAND_DERIVED, runs_hand_derived
 
 
 class SameRandomness:
@@ -163,17 +163,16 @@ def describe_layers(model: torch.nn.Module, loss_fn=None) -> str:
 
     For example ``hand-derived: 0 Linear, 1 Sigmoid, loss MSELoss; native: 2 ReLU``.
     """
-    def layers(module: torch.nn.Module, prefix: str) -> list[tuple[str, type]]:
+    def layers(module: torch.nn.Module, prefix: str) -> list[tuple[str, torch.nn.Module]]:
         return [
-            (f"{prefix}.{name}" if prefix and name else prefix or name, type(m))
+            (f"{prefix}.{name}" if prefix and name else prefix or name, m)
             for name, m in module.named_modules()
             if not any(True for _ in m.children())  # leaves: the containers only arrange them
         ]
 
     found = layers(model, "") + (layers(loss_fn, "loss") if isinstance(loss_fn, torch.nn.Module) else [])
-    torchbp_classes = set(HAND_DERIVED) | set(HAND_DERIVED.values())
-    hand = [f"{name} {cls.__name__}" for name, cls in found if cls in torchbp_classes]
-    native = [f"{name} {cls.__name__}" for name, cls in found if cls not in torchbp_classes]
+    hand = [f"{name} {type(m).__name__}" for name, m in found if runs_hand_derived(m)]
+    native = [f"{name} {type(m).__name__}" for name, m in found if not runs_hand_derived(m)]
     return f"hand-derived: {', '.join(hand) or 'none'}; native: {', '.join(native) or 'none'}"
 
 
@@ -188,7 +187,7 @@ def _callable_name(fn) -> str:
 def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:
     """Refuse a model (and loss) in which torchbp would replace nothing."""
     modules = [*model.modules(), *(loss_fn.modules() if isinstance(loss_fn, torch.nn.Module) else [])]
-    if not any(type(m) in HAND_DERIVED or type(m) in HAND_DERIVED.values() for m in modules):
+    if not any(runs_hand_derived(m) for m in modules):
         raise ValueError(
             f"{caller}: {type(model).__name__} holds no layer that torchbp replaces "
             f"({', '.join(cls.__name__ for cls in HAND_DERIVED)}), so both sides would run native code"

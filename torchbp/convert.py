@@ -6,12 +6,14 @@ import copy
 
 import torch
 
-from torchbp.nn import FUSED, HAND_DERIVED, FusedLoss
+from torchbp.nn import FUSED, HAND_DERIVED, RUNS, FusedLoss
 
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
-    """Return ``module`` with every torch.nn.Linear, Sigmoid and MSELoss, at any depth
-    (``module`` itself included), replaced by its torchbp version.
+    """Return ``module`` with every layer of torchbp.nn.LAYERS (Linear, Conv2d, LayerNorm, Sigmoid, Tanh,
+    ReLU, MSELoss, CrossEntropyLoss), at any depth (``module`` itself included), replaced by its torchbp
+    version; an instance torchbp cannot run (a Conv2d with groups, a CrossEntropyLoss with class
+    weights) stays native.
 
     The replacement holds the same parameters, buffers and hooks: a torchbp
     layer adds no state to its native class, so the swap only changes which
@@ -26,7 +28,7 @@ def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
 
 def fuse(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """:func:`convert`, and every torch.nn.Sequential becomes a :class:`torchbp.nn.Sequential`,
-    which runs a chain of Linear and Sigmoid layers as one Function (and falls back to
+    which runs a chain of Linear layers and activations as one Function (and falls back to
     the per-layer path where that does not apply). Parameters and state_dict keys stay."""
     return _swap_classes(module, {**HAND_DERIVED, **FUSED}, inplace)
 
@@ -36,7 +38,7 @@ def fuse_loss(
 ) -> FusedLoss:
     """``scale * loss_fn(model(input), target)`` as one module, a :class:`torchbp.nn.FusedLoss` of
     :func:`fuse` of ``model`` and :func:`convert` of ``loss_fn`` (copies of both, unless ``inplace``).
-    A chain of Linear and Sigmoid layers with an MSELoss then runs as one Function, network and loss
+    A chain of Linear layers and activations with an MSELoss then runs as one Function, network and loss
     together: the derivation's J = ½ Σ (y − ŷ)² is ``fuse_loss(net, MSELoss(reduction="sum"), scale=0.5)``."""
     return FusedLoss(fuse(model, inplace), convert(loss_fn, inplace), scale)
 
@@ -55,6 +57,7 @@ def _swap_classes(
         module = copy.deepcopy(module)
     for submodule in module.modules():
         swapped = mapping.get(type(submodule))
-        if swapped is not None:
+        runs = RUNS.get(type(submodule))
+        if swapped is not None and (runs is None or runs(submodule)):
             submodule.__class__ = swapped
     return module

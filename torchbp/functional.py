@@ -44,10 +44,11 @@ def tanh(input: torch.Tensor) -> torch.Tensor:
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """max(input, 0), as torch.nn.functional.relu, backward by ReLUFunction.
 
-    ``inplace=True`` is accepted for the signature's sake and computes out of place:
-    the same result, with the input left as it was.
+    With ``inplace=True`` the result is written back into ``input`` (a copy recorded by autograd, so
+    the gradient still flows through ReLUFunction), and ``input`` is returned, as natively.
     """
-    return ReLUFunction.apply(input)
+    output = ReLUFunction.apply(input)
+    return input.copy_(output) if inplace else output
 
 
 def mse_loss(
@@ -81,7 +82,14 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Layer normalisation over the last dimensions, as torch.nn.functional.layer_norm, backward by
-    LayerNormFunction. Under ``torch.autocast`` it runs in its input's dtype, as the native one does on the CPU."""
+    LayerNormFunction. It runs in its input's dtype, as the native one does under ``torch.autocast`` on the
+    CPU; a float16 or bfloat16 input with float32 parameters is normalised in float32, as natively."""
+    if isinstance(input, torch.Tensor) and input.dtype in LOWER_PRECISION_DTYPES and any(
+        isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in (weight, bias)
+    ):
+        # A float16 or bfloat16 input with float32 parameters (a Linear's output under autocast): native's
+        # mixed kernel computes in float32 and returns the input's dtype; so does this.
+        return LayerNormFunction.apply(input.float(), tuple(normalized_shape), weight, bias, eps).to(input.dtype)
     return LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)
 
 
@@ -138,6 +146,9 @@ def conv2d(
     if any_autocast_enabled() and isinstance(input, torch.Tensor):
         input, weight, bias = cast_as_autocast_would(LOWER_PRECISION, input, weight, bias)
     return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation)
+
+
+LOWER_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _pair(value) -> tuple:

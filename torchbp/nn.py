@@ -13,7 +13,7 @@ lockstep trainer and per-sample gradients all read it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -88,14 +88,15 @@ class ReLU(HandDerived, torch.nn.ReLU):
     .. math:: a = \max(z, 0), \qquad \partial a / \partial z = 1[z > 0]
 
     Args:
-        inplace: as torch.nn.ReLU's, but computed out of place (the same result; the input is left alone).
+        inplace: as torch.nn.ReLU's: the result is written into the input, and the gradient still flows
+            through ReLUFunction.
 
     Shape:
         - Input: :math:`(*)`; Output: :math:`(*)`, the same shape.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return functional.relu(input)
+        return functional.relu(input, self.inplace)
 
 
 class MSELoss(HandDerived, torch.nn.MSELoss):
@@ -173,7 +174,7 @@ class CrossEntropyLoss(HandDerived, torch.nn.CrossEntropyLoss):
 
 
 class Sequential(HandDerived, torch.nn.Sequential):
-    r"""torch.nn.Sequential that runs a chain of torchbp Linear and Sigmoid layers as one Function.
+    r"""torch.nn.Sequential that runs a chain of torchbp Linear layers and activations as one Function.
 
     The whole chain's backward is :class:`torchbp.functions.SequentialFunction`:
     the derivation run layer by layer as one algorithm, with one autograd node
@@ -182,7 +183,7 @@ class Sequential(HandDerived, torch.nn.Sequential):
 
     It falls back to running its children one by one (the per-layer path)
     whenever the fused path would behave differently: a child that is not a
-    torchbp Linear or Sigmoid, a hook on a child (``torchbp.PerSampleGradients``
+    torchbp Linear or activation, a hook on a child (``torchbp.PerSampleGradients``
     registers one on each Linear) or a global module hook, autocast, or an
     input that is not a tensor. Made by :func:`torchbp.fuse`.
     """
@@ -218,7 +219,7 @@ class Sequential(HandDerived, torch.nn.Sequential):
 class FusedLoss(HandDerived, torch.nn.Module):
     r"""``scale * loss_fn(model(input), target)``, as one Function where the chain and the loss allow.
 
-    When ``model`` is a :class:`torchbp.nn.Sequential` of Linear and Sigmoid layers
+    When ``model`` is a :class:`torchbp.nn.Sequential` of Linear layers and activations
     and ``loss_fn`` a torchbp MSELoss (any reduction), the network, the
     loss and the constant ``scale`` run as one :class:`torchbp.functions.SequentialFunction`
     node whose last steps are the squared error and the scale: for the smallest
@@ -293,6 +294,8 @@ class Layer(NamedTuple):
     # gives {name: (N, *shape)} and norms_squared(module, a_prev, δ) the (N,) squared norms, from one call's input
     # a_prev and upstream gradient δ; it lives in the layer's file in torchbp/functions.
     per_sample: object | None = None
+    # Which instances it can run, where not all: torchbp.convert leaves the others native.
+    runs: Callable[[torch.nn.Module], bool] | None = None
 
 
 LAYERS: tuple[Layer, ...] = (
@@ -301,12 +304,24 @@ LAYERS: tuple[Layer, ...] = (
     Layer(torch.nn.Tanh, Tanh, TANH),
     Layer(torch.nn.ReLU, ReLU, RELU),
     Layer(torch.nn.MSELoss, MSELoss, MSE_LOSS),
-    Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss),
+    Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss, runs=lambda loss: loss.weight is None),  # no class weights
     Layer(torch.nn.LayerNorm, LayerNorm, per_sample=layer_norm.PER_SAMPLE),
-    Layer(torch.nn.Conv2d, Conv2d, per_sample=conv2d.PER_SAMPLE),
+    Layer(torch.nn.Conv2d, Conv2d, per_sample=conv2d.PER_SAMPLE, runs=lambda conv: conv.groups == 1),
 )
 
 HAND_DERIVED = {layer.native: layer.hand for layer in LAYERS}  # what torchbp.convert swaps
+RUNS = {layer.native: layer.runs for layer in LAYERS if layer.runs is not None}  # where only some instances
+
+
+def runs_hand_derived(module: torch.nn.Module) -> bool:
+    """Is ``module`` a torchbp layer, or a native one torchbp.convert would replace?"""
+    if type(module) in _HAND_CLASSES:
+        return True
+    runs = RUNS.get(type(module))
+    return type(module) in HAND_DERIVED and (runs is None or runs(module))
+
+
+_HAND_CLASSES = {layer.hand for layer in LAYERS}
 FUSED = {torch.nn.Sequential: Sequential}  # containers torchbp.fuse replaces as well
 _FUSABLE = {layer.hand: layer.step for layer in LAYERS if layer.step not in (None, MSE_LOSS)}
 # The losses a fused chain ends in. A native MSELoss broadcasts its target, so it runs as itself
