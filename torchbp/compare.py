@@ -19,9 +19,10 @@ Two limits of a tolerance scaled by the reference's largest magnitude:
   pass ``atol`` for an absolute floor;
 - a gradient that is the small difference of large terms (heavy cancellation)
   can differ between two correct implementations that add in different orders
-  by more than rtol times its own size; pass a larger ``rtol`` there. The
+  by more than rtol times its own size; pass a larger ``rtol`` there. Most
   torchbp Functions add in native torch's order, so on CPU they agree with it
-  to the bit in float32 and float64.
+  to the bit in float32 and float64; where they cannot, the README's table of
+  layers says so.
 
 :mod:`torchbp.check` runs a function or a model on both sides and compares
 them through this module.
