@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 import torchbp
 import torchbp.functional as TF
-from torchbp.functions import LinearFunction, SequentialFunction, SigmoidFunction
+from torchbp.functions import LinearFunction, SequentialFunction
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED
 
 FAST = dict(compile_backend="aot_eager")  # graph breaks and backward tracing as with inductor, less code generation

@@ -64,9 +64,9 @@ def check_function(
     actual_inputs = [_copy_leaf(x, requires_grad=i in wrt) for i, x in enumerate(inputs)]
     reference_inputs = [_copy_leaf(x, requires_grad=i in wrt) for i, x in enumerate(inputs)]
     randomness = SameRandomness()
-    actual_outputs = _as_tuple(fn(*actual_inputs))
+    actual_outputs = as_tuple(fn(*actual_inputs))
     randomness.replay()
-    reference_outputs = _as_tuple(reference(*reference_inputs))
+    reference_outputs = as_tuple(reference(*reference_inputs))
 
     count = max(len(actual_outputs), len(reference_outputs))
     pairs = [
@@ -227,7 +227,8 @@ def _copy_leaf(x, requires_grad: bool | None = None):
     return leaf.requires_grad_(requires_grad)
 
 
-def _as_tuple(output) -> tuple:
+def as_tuple(output) -> tuple:
+    """A function's output as a tuple of outputs (one output is a tuple of one)."""
     return tuple(output) if isinstance(output, (tuple, list)) else (output,)
 
 
@@ -237,7 +238,7 @@ def _get(items: Sequence, i: int):
 
 def _grad_outputs(given, reference_outputs: tuple) -> tuple:
     if given is not None:
-        return _as_tuple(given)
+        return as_tuple(given)
     generator = torch.Generator().manual_seed(0)
     return tuple(
         torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype).to(out.device)

@@ -14,12 +14,13 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from torchbp.check import as_tuple
 from torchbp.compare import check_tolerances
 # Importing each theme registers its properties; the report lists them in this order.
 from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401, I001
 from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
-from torchbp.verification.subject import Subject, as_tuple
+from torchbp.verification.subject import Subject
 
 VERIFY_PROPERTIES: tuple[str, ...] = tuple(PROPERTIES)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
+from torchbp.check import as_tuple
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
-from torchbp.verification.subject import Subject, as_tuple, custom_nodes
+from torchbp.verification.subject import Subject, custom_nodes
 
 NO_REFERENCE = "no reference given; gradcheck checks the gradients against finite differences"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from torchbp.check import SameRandomness
+from torchbp.check import as_tuple
 from torchbp.verification.gradients import GRADCHECK, _first_line
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
-from torchbp.verification.subject import Run, Subject, as_tuple
+from torchbp.verification.subject import Run, Subject
 
 
 def transposed(x: torch.Tensor) -> torch.Tensor:
@@ -99,11 +99,7 @@ def empty_batch(subject: Subject) -> str:
     if not subject.batched:
         raise NotApplicable("no input has a batch dimension (pass batch_dims)")
     if subject.reference is not None:
-        randomness = SameRandomness()
-        mine = subject.run(subject.fn, subject.inputs(samples=0))
-        randomness.replay()
-        theirs = subject.run(subject.reference, subject.inputs(samples=0))
-        return subject.compare(subject.pairs(mine, theirs))
+        return subject.compare(subject.pairs(*subject.run_both(torch.float64, samples=0)))
     inputs = subject.inputs(samples=0)
     run = subject.run(subject.fn, inputs)
     if all(out.numel() == 0 for out in run.outputs if isinstance(out, torch.Tensor)):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from torchbp.check import SameRandomness
+from torchbp.check import SameRandomness, as_tuple
 from torchbp.compare import DEFAULT_RTOL
 from torchbp.verification.outcome import Failed, NotApplicable, Skipped, verifies
-from torchbp.verification.subject import Run, Subject, as_tuple, custom_nodes
+from torchbp.verification.subject import Run, Subject, custom_nodes
 
 MEMORY_RATIO = 1.5
 AUTOCAST = {"cpu": torch.bfloat16, "cuda": torch.float16}

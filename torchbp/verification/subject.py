@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from torchbp.check import SameRandomness, _callable_name, _gradients
+from torchbp.check import SameRandomness, _callable_name, _gradients, as_tuple
 from torchbp.compare import DEFAULT_RTOL, compare_tensors
 from torchbp.verification.outcome import Failed
 
@@ -210,18 +210,12 @@ class Subject:
                 f"(rtol {_rtol(worst.dtype, rtol):.0e}) over {len(rows)} tensor{'s' if len(rows) > 1 else ''}")
 
 
-def as_tuple(output) -> tuple:
-    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
-
-
 def _rtol(dtype: torch.dtype | None, rtol: float | None) -> float:
     return rtol if rtol is not None else DEFAULT_RTOL.get(dtype, 0.0)
 
 
 def _describe(row, rtol: float | None) -> str:
-    if row.note and math.isinf(row.max_abs_error):
-        return f"{row.name}: {row.note}"
-    if row.note.startswith("NaN"):
+    if row.note and (math.isinf(row.max_abs_error) or row.note.startswith("NaN")):  # metadata, or non-finite
         return f"{row.name}: {row.note}"
     return f"{row.name}: rel. error {row.max_rel_error:.1e} > rtol {_rtol(row.dtype, rtol):.0e}"
 

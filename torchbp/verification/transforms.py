@@ -12,8 +12,9 @@ import types
 import torch
 import torch.func
 
+from torchbp.check import as_tuple
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
-from torchbp.verification.subject import Subject, as_tuple
+from torchbp.verification.subject import Subject
 
 SAMPLES = 4  # samples looped over, for the vmap properties
 JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
