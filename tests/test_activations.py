@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import torchbp
 import torchbp.functional as TF
 from torchbp.check import check_function, check_model
-from torchbp.functions import ReLUFunction, SigmoidFunction, TanhFunction, relu, sigmoid, tanh
+from torchbp.functions import ReLUFunction, SigmoidFunction, TanhFunction
 
 from conftest import DEVICES
 
@@ -25,18 +25,16 @@ class Activation(NamedTuple):
     function: type  # its autograd Function
     module: type  # its torchbp.nn class
     native_module: type
-    formula_module: object  # the file holding its backward formula
-    formula: str  # the formula's name there
-    wrong: Callable  # a planted wrong backward: g, a -> ∂J/∂z
+    wrong: Callable  # a planted wrong derivative: a -> f'(z)
 
 
 ACTIVATIONS = [
     Activation("sigmoid", TF.sigmoid, torch.sigmoid, SigmoidFunction, torchbp.nn.Sigmoid, torch.nn.Sigmoid,
-               sigmoid, "sigmoid_backward", lambda g, a: g * a),  # (1 − a) dropped
+               lambda a: a),  # (1 − a) dropped
     Activation("tanh", TF.tanh, torch.tanh, TanhFunction, torchbp.nn.Tanh, torch.nn.Tanh,
-               tanh, "tanh_backward", lambda g, a: g * (1 - a)),  # 1 − a for 1 − a²
+               lambda a: 1 - a),  # 1 − a for 1 − a²
     Activation("relu", TF.relu, torch.relu, ReLUFunction, torchbp.nn.ReLU, torch.nn.ReLU,
-               relu, "relu_backward", lambda g, a: g),  # no mask
+               lambda a: torch.ones_like(a)),  # no mask
 ]
 IDS = [activation.name for activation in ACTIVATIONS]
 SHAPES = [(), (5,), (3, 4), (0, 3), (2, 3, 4)]
@@ -82,9 +80,33 @@ def test_torchbp_verify_passes(activation):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
 def test_a_planted_wrong_formula_is_caught(activation, monkeypatch):
-    monkeypatch.setattr(activation.formula_module, activation.formula, activation.wrong)
+    monkeypatch.setattr(activation.function, "derivative", staticmethod(activation.wrong))
     report = check_function(activation.ours, activation.native, values(4, 3))
     assert not report.ok and "inputs[0].grad" in [row.name for row in report.mismatches]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
+def test_a_planted_wrong_formula_is_caught_in_the_fused_chain_too(activation, monkeypatch):
+    """One formula: the fused chain's step reads the same derivative as the per-layer backward."""
+    native = torch.nn.Sequential(torch.nn.Linear(3, 4), activation.native_module(), torch.nn.Linear(4, 2)).double()
+    fused = torchbp.fuse(native)
+    check_model(fused, torch.nn.MSELoss(), values(5, 3), values(5, 2)).assert_ok()
+    monkeypatch.setattr(activation.function, "derivative", staticmethod(activation.wrong))
+    x = values(5, 3).requires_grad_()
+    assert type(fused(x).grad_fn).__name__.startswith("SequentialFunction")
+    report = check_model(fused, torch.nn.MSELoss(), values(5, 3), values(5, 2))
+    assert not report.ok and "0.weight.grad" in [row.name for row in report.mismatches]
+
+
+def test_a_derivative_that_is_the_output_itself_leaves_the_output_alone(monkeypatch):
+    """An activation whose f' is a (eᶻ's) may return a itself: the products must not be written into it."""
+    monkeypatch.setattr(SigmoidFunction, "derivative", staticmethod(lambda a: a))
+    z = values(4, 3).requires_grad_()
+    a = TF.sigmoid(z)
+    kept = a.detach().clone()
+    a.backward(torch.full_like(a, 2.0))
+    assert torch.equal(a.detach(), kept)
+    assert torch.equal(z.grad, 2.0 * kept)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)

@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torchbp
-import torchbp.functions.conv2d as conv2d_module
+import torchbp.layers.conv2d as conv2d_module
 from torchbp.check import check_function
 from torchbp.compare import compare_tensors
-from torchbp.functions.conv2d import (
+from torchbp.layers.conv2d import (
     Conv2dFunction,
     numeric_padding,
     per_sample_bias_grads,

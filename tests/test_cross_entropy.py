@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from torch.autograd.gradcheck import GradcheckError
 
 import torchbp
-import torchbp.functions.cross_entropy as cross_entropy
+import torchbp.layers.cross_entropy as cross_entropy
 from torchbp.check import check_function
-from torchbp.functions.cross_entropy import ArgumentError, ClassIndexError, CrossEntropyFunction, class_dim
+from torchbp.layers.cross_entropy import ArgumentError, ClassIndexError, CrossEntropyFunction, class_dim
 from torchbp.verification.report import NOT_APPLICABLE, PASS, SKIPPED
 
 f32, f64 = torch.float32, torch.float64

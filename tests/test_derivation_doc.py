@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import torchbp.functions.conv2d
-import torchbp.functions.cross_entropy
-import torchbp.functions.layer_norm
-import torchbp.functions.sigmoid
+import torchbp.layers.conv2d
+import torchbp.layers.cross_entropy
+import torchbp.layers.layer_norm
+import torchbp.layers.sigmoid
 from experiments.__main__ import main
 from experiments.derivation import explain
 from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm
@@ -104,45 +104,45 @@ def test_the_convolution_chapters_words_hold_for_its_example():
 def _without_the_term_through_sigma(original):
     def backward(g, x, weight, normalized_ndim, eps, *needs):
         grad_x, grad_weight, grad_bias = original(g, x, weight, normalized_ndim, eps, *needs)
-        x_hat, rstd = torchbp.functions.layer_norm.normalize(x, normalized_ndim, eps)
+        x_hat, rstd = torchbp.layers.layer_norm.normalize(x, normalized_ndim, eps)
         return grad_x + rstd * x_hat * (g * weight * x_hat).mean(-1, keepdim=True), grad_weight, grad_bias
     return backward
 
 
 # the chapter, where the formula lives, its name there, and the wrong formula made from the right one
 PLANTED = {
-    "σ' 0.1 % too large": (three_ways, torchbp.functions.sigmoid, "sigmoid_backward",
-                           lambda original: lambda g, a: original(g, a) * 1.001),
+    "σ' 0.1 % too large": (three_ways, torchbp.layers.sigmoid.SigmoidFunction, "derivative",
+                           lambda original: lambda a: (original(a)[0] * 1.001, original(a)[1])),
     "softmax's Jacobian left out: ∂J/∂z = ∂J/∂log p": (
-        cross_entropy.three_ways, torchbp.functions.cross_entropy, "through_log_softmax",
+        cross_entropy.three_ways, torchbp.layers.cross_entropy, "through_log_softmax",
         lambda original: lambda u, log_p, in_place: u),
     "the mean's 1/N left out": (
-        cross_entropy.three_ways, torchbp.functions.cross_entropy, "cross_entropy_backward",
+        cross_entropy.three_ways, torchbp.layers.cross_entropy, "cross_entropy_backward",
         lambda original: lambda g, z, target, probabilities, reduction, *rest: original(
             g, z, target, probabilities, "sum" if reduction == "mean" else reduction, *rest)),
     "label smoothing left out of the backward's q": (
-        cross_entropy.three_ways, torchbp.functions.cross_entropy, "index_distribution_times",
+        cross_entropy.three_ways, torchbp.layers.cross_entropy, "index_distribution_times",
         lambda original: lambda c, target, log_p, ignore_index, label_smoothing: original(
             c, target, log_p, ignore_index, 0.0)),
     "layer norm's term through σ left out": (
-        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward", _without_the_term_through_sigma),
+        layer_norm.three_ways, torchbp.layers.layer_norm, "layer_norm_backward", _without_the_term_through_sigma),
     "γ left out of ĝ": (
-        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
+        layer_norm.three_ways, torchbp.layers.layer_norm, "layer_norm_backward",
         lambda original: lambda g, x, weight, *rest: original(g, x, None, *rest)),
     "x̂ without rstd, x − μ in its place": (
-        layer_norm.three_ways, torchbp.functions.layer_norm, "normalize",
+        layer_norm.three_ways, torchbp.layers.layer_norm, "normalize",
         lambda original: lambda x, ndim, eps: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(x, ndim, eps))),
     "∂J/∂γ = Σ g, without x̂": (
-        layer_norm.three_ways, torchbp.functions.layer_norm, "layer_norm_backward",
+        layer_norm.three_ways, torchbp.layers.layer_norm, "layer_norm_backward",
         lambda original: lambda *args: (lambda gx, gw, gb: (gx, gb, gb))(*original(*args))),
     "∂J/∂x with the kernel not rotated: δ correlated with W": (
-        conv2d.three_ways, torchbp.functions.conv2d, "input_gradient",
+        conv2d.three_ways, torchbp.layers.conv2d, "input_gradient",
         lambda original: lambda delta, W, *rest: original(delta, W.flip((2, 3)), *rest)),
     "∂J/∂W with i and j swapped": (
-        conv2d.three_ways, torchbp.functions.conv2d, "weight_gradient",
+        conv2d.three_ways, torchbp.layers.conv2d, "weight_gradient",
         lambda original: lambda *args: original(*args).transpose(2, 3)),
     "∂J/∂b the mean of δ, not its sum": (
-        conv2d.three_ways, torchbp.functions.conv2d, "conv2d_backward",
+        conv2d.three_ways, torchbp.layers.conv2d, "conv2d_backward",
         lambda original: lambda delta, *rest: (
             lambda gx, gW, gb: (gx, gW, gb / delta[0, 0].numel()))(*original(delta, *rest))),
 }

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torchbp
-import torchbp.functions.sequential
+import torchbp.layers.mse_loss
 from conftest import chain, chain_data
 from torchbp.compare import compare_tensors
 from torchbp.functions import DTypeError, SequentialFunction, ShapeError
@@ -141,12 +141,12 @@ def test_gradcheck_and_gradgradcheck_of_the_chain_with_its_loss(reduction):
 
 
 def test_a_wrong_loss_step_in_the_chain_is_caught(monkeypatch):
-    right = torchbp.functions.sequential.mse_loss_backward
+    right = torchbp.layers.mse_loss.mse_loss_backward
 
     def two_over_n_dropped(g, y_hat, y, reduction, *needs):
         return right(g, y_hat, y, "sum", *needs)  # (ŷ − y) · 2 ⊙ g: the mean's 1/N lost
 
-    monkeypatch.setattr(torchbp.functions.sequential, "mse_loss_backward", two_over_n_dropped)
+    monkeypatch.setattr(torchbp.layers.mse_loss, "mse_loss_backward", two_over_n_dropped)
     ours, theirs = native_and_fused(reduction="mean")
     x, y = chain_data(5, (2, 3, 1))
     with pytest.raises(AssertionError):

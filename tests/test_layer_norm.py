@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 import torchbp
 from torchbp.check import check_function
 from torchbp.compare import compare_tensors
-from torchbp.functions import layer_norm as layer_norm_module
-from torchbp.functions.layer_norm import (
+from torchbp.layers import layer_norm as layer_norm_module
+from torchbp.layers.layer_norm import (
     LayerNormFunction,
     normalize,
     per_sample_bias_grad_norms_squared,

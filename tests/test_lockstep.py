@@ -52,7 +52,7 @@ def test_trainer_trains_the_torchbp_copy_and_leaves_the_model_alone():
     assert last < first
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
     assert all(isinstance(m, (torchbp.nn.Linear, torchbp.nn.Sigmoid, torch.nn.Sequential)) for m in trainer.hand_model.modules())
-    assert not any(isinstance(m, torchbp.nn.HandDerived) for m in trainer.native_model.modules())
+    assert not any(isinstance(m, torchbp.hand_derived.HandDerivedModule) for m in trainer.native_model.modules())
 
 
 def test_a_wrong_gradient_stops_training_at_the_first_step_with_the_parameter_named(planted_weight_bug):

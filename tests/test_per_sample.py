@@ -152,7 +152,7 @@ def test_norms_form_the_gradients_only_where_the_layer_needs_it(monkeypatch, mid
     def refuse(*args):
         raise RuntimeError("formed an (N, out, in) gradient")
 
-    monkeypatch.setattr(torchbp.functions.linear, "per_sample_weight_grads", refuse)
+    monkeypatch.setattr(torchbp.layers.linear, "per_sample_weight_grads", refuse)
     call = lambda: per_sample_grad_norms(mlp(), torch.nn.MSELoss(), *data(5, middle, torch.float64))  # noqa: E731
     if forms:
         with pytest.raises(RuntimeError, match="formed"):
@@ -221,7 +221,7 @@ BAD_CALLS = {
     "a layer without a per-sample rule": (
         lambda: per_sample_grads(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double(),
                                  torch.nn.MSELoss(), *data(4, (), torch.float64, widths=(3, 2))),
-        NotImplementedError, "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Linear, LayerNorm, Conv2d only",
+        NotImplementedError, "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, LayerNorm, Linear only",
     ),
     "a loss without a reduction": (
         lambda: per_sample_grads(mlp(), lambda out, y: ((out - y) ** 2).sum(), *data(4, (), torch.float64)),

@@ -18,7 +18,7 @@ from torchbp import functional, functions, nn
 from torchbp.check import check_function, check_model
 from torchbp.compare import ComparedTensor, Report, compare_tensors
 from torchbp.convert import convert, fuse, fuse_loss, to_native
-from torchbp.functions import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
+from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
 from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
 from torchbp.tensorboard_log import new_run_dir

@@ -16,11 +16,23 @@ cast, and float64 tensors never are.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.torch_version import TorchVersion
 
 LOWER_PRECISION = "lower precision"  # linear, conv2d
 FLOAT32 = "float32"  # mse_loss, cross_entropy
+
+try:  # asked on every layer's every call: one C call for all devices (a private internal of torch)
+    from torch._C import _is_any_autocast_enabled
+
+    any_enabled: Callable[[], bool] = _is_any_autocast_enabled
+except ImportError:  # pragma: no cover - then every call asks for its input's device
+
+    def any_enabled() -> bool:
+        return True
+
 
 if TorchVersion(torch.__version__) >= "2.4":
 

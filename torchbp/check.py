@@ -17,7 +17,7 @@ import torch
 
 from torchbp.compare import Report, settle
 from torchbp.convert import convert, to_native
-from torchbp.nn import HAND_DERIVED, runs_hand_derived
+from torchbp.layers import HAND_DERIVED, runs_hand_derived
 
 
 class SameRandomness:

@@ -208,7 +208,7 @@ def compare_tensors(
     largest error. :func:`compare_many` decides the common case faster and calls
     this for everything else.
     """
-    check_tolerances(rtol, atol)
+    validate_tolerances(rtol, atol)
     if actual is None or reference is None:
         present = reference if actual is None else actual
         if present is None:
@@ -273,7 +273,7 @@ def settle(
     its verdict (exact) needs no figure, and max |reference| is read from the
     reference tensor when the row is built (see :class:`Identical`).
     """
-    check_tolerances(rtol, atol)
+    validate_tolerances(rtol, atol)
     entries = []
     for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs, defer_equal)):
         if figures is EQUAL_BITS:
@@ -386,7 +386,7 @@ def _foreach_max(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.amax() for t in tensors]
 
 
-def check_tolerances(rtol: float | None, atol: float | None) -> None:
+def validate_tolerances(rtol: float | None, atol: float | None) -> None:
     """A tolerance is a finite number ≥ 0, or None for the default."""
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

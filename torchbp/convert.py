@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 
-from torchbp.nn import FUSED, HAND_DERIVED, RUNS, FusedLoss
+from torchbp.layers import LAYERS, hand_class
+from torchbp.speed.fused import FusedLoss, Sequential
+
+_NATIVE = {layer.hand: layer.native for layer in LAYERS}
+_NATIVE[Sequential] = torch.nn.Sequential
 
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
-    """Return ``module`` with every layer of torchbp.nn.LAYERS (Linear, Conv2d, LayerNorm, Sigmoid, Tanh,
-    ReLU, MSELoss, CrossEntropyLoss), at any depth (``module`` itself included), replaced by its torchbp
-    version; an instance torchbp cannot run (a Conv2d with groups, a CrossEntropyLoss with class
+    """Return ``module`` with every layer of the table (``torchbp.nn.LAYERS``: Linear, Conv2d, LayerNorm,
+    Sigmoid, Tanh, ReLU, MSELoss, CrossEntropyLoss), at any depth (``module`` itself included), replaced by
+    its torchbp version; an instance torchbp cannot run (a Conv2d with groups, a CrossEntropyLoss with class
     weights) stays native.
 
     The replacement holds the same parameters, buffers and hooks: a torchbp
@@ -23,14 +28,18 @@ def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     swapped; a subclass of torch.nn.Linear has behaviour of its own and is left
     as it is.
     """
-    return _swap_classes(module, HAND_DERIVED, inplace)
+    return _swap_classes(module, hand_class, inplace)
 
 
 def fuse(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """:func:`convert`, and every torch.nn.Sequential becomes a :class:`torchbp.nn.Sequential`,
     which runs a chain of Linear layers and activations as one Function (and falls back to
     the per-layer path where that does not apply). Parameters and state_dict keys stay."""
-    return _swap_classes(module, {**HAND_DERIVED, **FUSED}, inplace)
+
+    def fused_class(m: torch.nn.Module) -> type[torch.nn.Module] | None:
+        return Sequential if type(m) is torch.nn.Sequential else hand_class(m)
+
+    return _swap_classes(module, fused_class, inplace)
 
 
 def fuse_loss(
@@ -45,19 +54,18 @@ def fuse_loss(
 
 def to_native(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """The reverse of :func:`convert` and :func:`fuse`: every torchbp layer becomes its torch.nn class."""
-    return _swap_classes(module, {hand: native for native, hand in {**HAND_DERIVED, **FUSED}.items()}, inplace)
+    return _swap_classes(module, lambda m: _NATIVE.get(type(m)), inplace)
 
 
 def _swap_classes(
-    module: torch.nn.Module, mapping: dict[type, type], inplace: bool
+    module: torch.nn.Module, new_class: Callable[[torch.nn.Module], type[torch.nn.Module] | None], inplace: bool
 ) -> torch.nn.Module:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
     if not inplace:
         module = copy.deepcopy(module)
     for submodule in module.modules():
-        swapped = mapping.get(type(submodule))
-        runs = RUNS.get(type(submodule))
-        if swapped is not None and (runs is None or runs(submodule)):
+        swapped = new_class(submodule)
+        if swapped is not None:
             submodule.__class__ = swapped
     return module

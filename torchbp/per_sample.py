@@ -24,11 +24,10 @@ from typing import Callable
 import torch
 
 from torchbp.convert import convert
-from torchbp.functions.validation import ShapeError
-from torchbp.nn import HAND_DERIVED, LAYERS
+from torchbp.layers import HAND_DERIVED, LAYERS
+from torchbp.validation import ShapeError
 
-
-# The layers with a per-sample rule, from torchbp.nn's table of layers (each rule lives in its layer's file).
+# The layers with a per-sample rule, from the table of layers (each rule lives in its layer's file).
 PER_SAMPLE_RULES = {layer.hand: layer.per_sample for layer in LAYERS if layer.per_sample is not None}
 
 
@@ -67,7 +66,7 @@ class PerSampleGradients:
         per_sample.grad_norms()   # (N,)
 
     Every parameter that requires grad must belong to a layer with a per-sample
-    rule (those of torchbp.nn.LAYERS that have one); others raise NotImplementedError.
+    rule (those of the table, torchbp.nn.LAYERS, that have one); others raise NotImplementedError.
     ``scale``, a number or one per sample, multiplies
     every per-sample gradient (see :func:`reduction_scale`).
     """

@@ -119,16 +119,16 @@ def blocks(numbers: dict) -> dict[str, str]:
 
 # formula, file, text that is on the implementing line
 NETWORK_CODE = [
-    ("z = a_prev Wᵀ + b", "torchbp/functions/linear.py", "z = F.linear(input, weight, bias)"),
-    ("a = σ(z)", "torchbp/functions/sigmoid.py", "return torch.sigmoid(input)"),
+    ("z = a_prev Wᵀ + b", "torchbp/layers/linear.py", "z = F.linear(input, weight, bias)"),
+    ("a = σ(z)", "torchbp/layers/sigmoid.py", "return torch.sigmoid(input)"),
     ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
-    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/functions/mse_loss.py", "def mse_loss_backward("),
-    ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/functions/sigmoid.py", "def sigmoid_backward("),
-    ("∂J/∂W = δᵀ a_prev", "torchbp/functions/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
-    ("∂J/∂b = Σ_n δ_n", "torchbp/functions/linear.py", "grad_b = delta_n.sum(0)"),
-    ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/functions/linear.py", "grad_a_prev = delta @ W"),
-    ("the same, layer after layer, as one algorithm", "torchbp/functions/sequential.py", "for l in reversed(range(len(kinds))):"),
-    ("per-sample δ_n a_prev,nᵀ", "torchbp/functions/linear.py", "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
+    ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/layers/mse_loss.py", "def mse_loss_backward("),
+    ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/layers/sigmoid.py", "return 1 - a, a"),
+    ("∂J/∂W = δᵀ a_prev", "torchbp/layers/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
+    ("∂J/∂b = Σ_n δ_n", "torchbp/layers/linear.py", "grad_b = delta_n.sum(0)"),
+    ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/layers/linear.py", "grad_a_prev = delta @ W"),
+    ("the same, layer after layer, as one algorithm", "torchbp/speed/fused.py", "for l in reversed(range(length)):"),
+    ("per-sample δ_n a_prev,nᵀ", "torchbp/layers/linear.py", "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
     ("W ← W − η ∂J/∂W (NumPy)", "experiments/derivation/numpy_derivation.py", "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
 ]
 CODE = NETWORK_CODE + [row for chapter in CHAPTERS for row in chapter.CODE]

@@ -1,25 +1,22 @@
-"""The hand-derived autograd Functions: one file per layer, each holding its formula."""
+"""The hand-derived autograd Functions, by name: ``torchbp.functions.LinearFunction`` and the rest.
 
-from torchbp.functions.conv2d import Conv2dFunction
-from torchbp.functions.cross_entropy import CrossEntropyFunction
-from torchbp.functions.layer_norm import LayerNormFunction
-from torchbp.functions.linear import LinearFunction
-from torchbp.functions.mse_loss import MSELossFunction
-from torchbp.functions.relu import ReLUFunction
-from torchbp.functions.sequential import SequentialFunction
-from torchbp.functions.sigmoid import SigmoidFunction
-from torchbp.functions.tanh import TanhFunction
-from torchbp.functions.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
+Each lives in its layer's file in ``torchbp/layers/`` and is named here from the
+table (``torchbp.layers.LAYERS``); ``SequentialFunction`` is the fused chain's
+(:mod:`torchbp.speed.fused`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torchbp.layers import LAYERS
+from torchbp.speed.fused import SequentialFunction
+from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
+
+globals().update({layer.function.__name__: layer.function for layer in LAYERS})
 
 __all__ = [
-    "LinearFunction",
-    "SigmoidFunction",
-    "TanhFunction",
-    "ReLUFunction",
-    "Conv2dFunction",
-    "LayerNormFunction",
-    "MSELossFunction",
-    "CrossEntropyFunction",
+    *(layer.function.__name__ for layer in LAYERS),
     "SequentialFunction",
     "ShapeError",
     "DTypeError",
@@ -27,3 +24,7 @@ __all__ = [
     "ArgumentError",
     "ClassIndexError",
 ]
+
+if TYPE_CHECKING:  # the table's names are made at run time: a type checker takes them as Any
+
+    def __getattr__(name: str) -> Any: ...

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from torchbp.check import as_tuple
-from torchbp.compare import check_tolerances
+from torchbp.compare import validate_tolerances
 # Importing each theme registers its properties; the report lists them in this order.
 from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401, I001
 from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped
@@ -132,7 +132,7 @@ def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rt
                           for x in inputs) or "no inputs"
         raise ValueError(f"verify: expected at least one floating-point tensor among the inputs, got {kinds}")
     try:
-        check_tolerances(rtol, atol)
+        validate_tolerances(rtol, atol)
     except ValueError as error:
         raise ValueError(f"verify: {error}") from None
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -1,4 +1,4 @@
-"""Convolution, worked on a 1-channel 4×4 image with a 2×2 kernel (torchbp/functions/conv2d.py).
+"""Convolution, worked on a 1-channel 4×4 image with a 2×2 kernel (torchbp/layers/conv2d.py).
 
 z = W ⋆ x + b, stride 1, no padding; given δ = ∂J/∂z, ∂J/∂x is the transposed
 convolution of δ with W, ∂J/∂W the correlation of x with δ, and ∂J/∂b = Σ δ.
@@ -70,7 +70,7 @@ TITLES = {"conv2d-forward": "Convolution of a 4×4 image with a 2×2 kernel: for
           "conv2d-backward": "Backward, from a given δ = ∂J/∂z",
           "conv2d-three-ways": "NumPy, torchbp and autograd agree"}
 
-PATH = "torchbp/functions/conv2d.py"
+PATH = "torchbp/layers/conv2d.py"
 CODE = [
     ("z = W ⋆ x + b", PATH, "z = F.conv2d(input, weight, bias, stride, padding, dilation)"),
     ("∂J/∂x: the transposed convolution of δ with W", PATH,

@@ -1,4 +1,4 @@
-"""Softmax with cross-entropy, worked on 2 samples × 3 classes (torchbp/functions/cross_entropy.py).
+"""Softmax with cross-entropy, worked on 2 samples × 3 classes (torchbp/layers/cross_entropy.py).
 
 ℓ_n = −Σ_c q_nc log p_nc with p_n = softmax(z_n), and ∂ℓ_n/∂z_n = p_n Σ_c q_nc − q_n;
 "mean" divides both by the count of targets. The same formula, with q changed,
@@ -102,7 +102,7 @@ TITLES = {"cross-entropy-example": "Softmax with cross-entropy: 2 samples × 3 c
           "cross-entropy-variants": "Label smoothing and ignore_index",
           "cross-entropy-three-ways": "NumPy, torchbp and autograd agree"}
 
-PATH = "torchbp/functions/cross_entropy.py"
+PATH = "torchbp/layers/cross_entropy.py"
 CODE = [
     ("log p = z − logsumexp z (log-softmax)", PATH, "log_p = F.log_softmax(z, dim)"),
     ("ℓ_n = −Σ_c q_nc log p_nc", PATH, "terms = log_p * smoothed(target, label_smoothing, C)"),

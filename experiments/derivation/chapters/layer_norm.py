@@ -1,4 +1,4 @@
-"""Layer normalisation, worked on a 2×3 input (torchbp/functions/layer_norm.py).
+"""Layer normalisation, worked on a 2×3 input (torchbp/layers/layer_norm.py).
 
 x̂ = (x − μ) · rstd and y = x̂ ⊙ γ + β over each row; given g = ∂J/∂y and ĝ = g ⊙ γ,
 ∂J/∂β = Σ_n g_n, ∂J/∂γ = Σ_n g_n ⊙ x̂_n and ∂J/∂x = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)).
@@ -72,7 +72,7 @@ TITLES = {"layer-norm-forward": "Layer normalisation of a 2×3 input: forward",
           "layer-norm-backward": "Backward, from a given g = ∂J/∂y",
           "layer-norm-three-ways": "NumPy, torchbp and autograd agree"}
 
-PATH = "torchbp/functions/layer_norm.py"
+PATH = "torchbp/layers/layer_norm.py"
 CODE = [
     ("rstd = 1/√(σ² + ε)", PATH, "rstd = torch.rsqrt(centered.square().mean(over_d, keepdim=True) + eps)"),
     ("x̂ = (x − μ) · rstd", PATH, "return centered * rstd, rstd"),

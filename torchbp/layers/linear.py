@@ -1,4 +1,5 @@
-"""The linear layer z = a_prev Wᵀ + b and its hand-derived backward.
+"""The linear layer z = a_prev Wᵀ + b: its Function, checks, functional form, module, fused step and
+per-sample rule.
 
 Index letters, as in the derivation: n runs over samples (every leading
 dimension of the input counts as one more sample axis), i over in_features,
@@ -8,12 +9,61 @@ o over out_features. δ = ∂J/∂z is the upstream gradient, shape (*, o).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from torchbp.functions.base import HandDerivedFunction
-from torchbp.functions.validation import check_linear
+from torchbp import autocast
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
+from torchbp.table import Layer, Step, register
+from torchbp.validation import FLOATING, ShapeError, shape_text, validate_floating_and_matching
+
+# -- input checks ----------------------------------------------------------------------
+
+
+def validate_linear_shapes(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """input is (*, in_features), weight is (out_features, in_features), bias is (out_features,)."""
+    if weight.dim() != 2:
+        raise ShapeError(f"linear: expected weight of shape (out_features, in_features), got {shape_text(weight)}")
+    out_features, in_features = weight.shape
+    if input.dim() == 0 or input.shape[-1] != in_features:
+        raise ShapeError(
+            f"linear: expected input of shape (*, {in_features}) to match weight {shape_text(weight)}, "
+            f"got input {shape_text(input)}"
+        )
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ShapeError(
+            f"linear: expected bias of shape ({out_features},) to match weight {shape_text(weight)}, "
+            f"got bias {shape_text(bias)}"
+        )
+
+
+def validate_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Floating point, one dtype and device, and shapes (*, i), (o, i) and (o,)."""
+    if (  # the common case, decided in a few comparisons; the checks above explain the rest
+        isinstance(input, torch.Tensor)
+        and isinstance(weight, torch.Tensor)
+        and input.dtype in FLOATING
+        and weight.dtype == input.dtype
+        and weight.device == input.device
+        and weight.dim() == 2
+        and input.dim() > 0
+        and input.shape[-1] == weight.shape[1]
+        and (
+            bias is None
+            or isinstance(bias, torch.Tensor)
+            and bias.dtype == input.dtype
+            and bias.device == input.device
+            and bias.shape == weight.shape[:1]
+        )
+    ):
+        return
+    validate_floating_and_matching("linear", input=input, weight=weight, bias=bias)
+    validate_linear_shapes(input, weight, bias)
+
+
+# -- the backward ----------------------------------------------------------------------
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -61,8 +111,7 @@ class LinearFunction(HandDerivedFunction):
 
     @staticmethod
     def forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # Floating point, one dtype and device, shapes (*, i), (o, i) and (o,): see validation.py.
-        check_linear(input, weight, bias)
+        validate_linear(input, weight, bias)
         z = F.linear(input, weight, bias)
         # With a bias and more than two dimensions, F.linear returns a view of its 2-d product. A custom
         # Function's output that is a view refuses in-place writes (a ReLU(inplace=True) after the layer);
@@ -70,16 +119,69 @@ class LinearFunction(HandDerivedFunction):
         return z if z._base is None else torch.ops.aten._unsafe_view(z, z.shape)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         a_prev, W, _ = inputs
         need_a_prev, need_W, _ = ctx.needs_input_grad
         # δ W reads W, δᵀ a_prev reads a_prev: keep only what will be read.
         ctx.save_for_backward(a_prev if need_W else None, W if need_a_prev else None)
 
     @staticmethod
-    def backward(ctx, delta: torch.Tensor):
+    def backward(ctx: Any, delta: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a_prev, W = ctx.saved_tensors
         return linear_backward(delta, a_prev, W, *ctx.needs_input_grad)
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """z = input weightᵀ + bias, as torch.nn.functional.linear, backward by LinearFunction.
+
+    Under ``torch.autocast`` it runs in the autocast dtype, as the native one does.
+    """
+    if autocast.any_enabled() and isinstance(input, torch.Tensor):  # one cheap call when autocast is off
+        input, weight, bias = autocast.cast_as_autocast_would(autocast.LOWER_PRECISION, input, weight, bias)
+    return LinearFunction.apply(input, weight, bias)  # type: ignore[no-any-return]
+
+
+class Linear(HandDerivedModule, torch.nn.Linear):
+    r"""torch.nn.Linear whose backward is :class:`LinearFunction`.
+
+    .. math:: z = a_{prev} W^\top + b
+
+    Args:
+        in_features, out_features, bias, device, dtype: as torch.nn.Linear.
+
+    Shape:
+        - Input: :math:`(*, H_{in})`, any number of leading dimensions, N = 0 included.
+        - Output: :math:`(*, H_{out})`.
+
+    Examples::
+
+        >>> m = torchbp.nn.Linear(2, 3)
+        >>> m(torch.randn(5, 2)).shape
+        torch.Size([5, 3])
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return linear(input, self.weight, self.bias)
+
+
+# -- the fused step --------------------------------------------------------------------
+
+
+def linear_step(
+    delta: torch.Tensor, a_prev: torch.Tensor, arguments: tuple[Any, ...], needs: tuple[bool, ...]
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
+    """Inside the fused chain: δ W for the layer below, and (∂J/∂W, ∂J/∂b)."""
+    W, _ = arguments
+    grad_a_prev, grad_W, grad_b = linear_backward(delta, a_prev, W, *needs)
+    return grad_a_prev, (grad_W, grad_b)
+
+
+def weight_and_bias(module: torch.nn.Module) -> tuple[Any, ...] | None:
+    """A Linear's arguments in the fused chain; None where weight or bias was reassigned as a plain attribute."""
+    parameters = module._parameters  # module.weight would pass through Module.__getattr__
+    if "weight" not in parameters or "bias" not in parameters:
+        return None
+    return parameters["weight"], parameters["bias"]
 
 
 # -- the per-sample view ---------------------------------------------------------------
@@ -135,7 +237,9 @@ class LinearPerSample:
     """A linear layer's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
     per-sample gradients (weight: δ_n a_prev,nᵀ; bias: δ_n), or their squared norms summed."""
 
-    def grads(self, module, a_prev, delta, out):
+    def grads(
+        self, module: Linear, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         grads = {}
         if module.weight.requires_grad:
             grads["weight"] = per_sample_weight_grads(delta, a_prev, out=out.get("weight"))
@@ -143,7 +247,7 @@ class LinearPerSample:
             grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
         return grads
 
-    def norms_squared(self, module, a_prev, delta):
+    def norms_squared(self, module: Linear, a_prev: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
         if module.weight.requires_grad:
             total = total + per_sample_weight_grad_norms_squared(delta, a_prev)
@@ -152,4 +256,9 @@ class LinearPerSample:
         return total
 
 
-PER_SAMPLE = LinearPerSample()  # torchbp.nn's table of layers names it
+
+register(Layer(
+    torch.nn.Linear, Linear, LinearFunction, linear,
+    step=Step("linear", LinearFunction.forward, linear_step, reads="input", arity=2, arguments=weight_and_bias),
+    per_sample=LinearPerSample(),
+))

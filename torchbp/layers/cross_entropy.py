@@ -1,4 +1,4 @@
-"""The cross-entropy loss of logits, ℓ_n = −Σ_c q_nc log p_nc, and its hand-derived backward.
+"""The cross-entropy loss of logits, ℓ_n = −Σ_c q_nc log p_nc: its Function, checks, functional form and module.
 
 Index letters: c runs over the C classes (dimension 1 of z, or 0 for an unbatched
 z of shape (C,)); n over samples and positions, that is every other dimension
@@ -14,21 +14,24 @@ sums, "none" keeps ℓ_n.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn import _reduction
 
-from torchbp.functions.base import HandDerivedFunction, products_in_place
-from torchbp.functions.shortcuts import transforms_active
-from torchbp.functions.validation import (
+from torchbp import autocast
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place, running_eagerly
+from torchbp.table import Layer, register
+from torchbp.validation import (
     FLOATING,
     ArgumentError,
     ClassIndexError,
     DeviceError,
     DTypeError,
     ShapeError,
-    check_floating_and_matching,
-    check_reduction,
+    validate_floating_and_matching,
+    validate_reduction,
 )
 
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -48,13 +51,13 @@ def positions_shape(z: torch.Tensor) -> torch.Size:
 # -- input checks ----------------------------------------------------------------------------
 
 
-def check_cross_entropy(
+def validate_cross_entropy(
     input: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
 ) -> None:
     """A floating-point input of shape (C,), (N, C) or (N, C, d1, …); a target of class indices
     (an integer dtype, shape (N, d1, …)) or of class probabilities (the input's shape, dtype and
     device); a known reduction; label_smoothing in [0, 1]."""
-    check_reduction(reduction)
+    validate_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ArgumentError(f"cross_entropy: expected label_smoothing in [0, 1], got {label_smoothing}")
     if (  # the common case, decided in a few comparisons; the checks below explain the others
@@ -69,13 +72,13 @@ def check_cross_entropy(
         )
     ):
         return
-    check_floating_and_matching("cross_entropy", input=input)
+    validate_floating_and_matching("cross_entropy", input=input)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"cross_entropy: expected target to be a torch.Tensor, got {type(target).__name__}")
     if input.dim() == 0:
         raise ShapeError("cross_entropy: expected input of shape (C,), (N, C) or (N, C, d1, ...), got ()")
     if target.is_floating_point():
-        check_floating_and_matching("cross_entropy", input=input, target=target)
+        validate_floating_and_matching("cross_entropy", input=input, target=target)
         if target.shape != input.shape:
             raise ShapeError(
                 f"cross_entropy: expected a floating-point target (class probabilities) of the input's shape "
@@ -104,7 +107,7 @@ def check_cross_entropy(
         )
 
 
-def check_class_indices(target: torch.Tensor, classes: int, ignore_index: int) -> None:
+def validate_class_indices(target: torch.Tensor, classes: int, ignore_index: int) -> None:
     """Every class index lies in [0, C) or equals ignore_index.
 
     This reads the target's values, so it runs eagerly only. Under torch.func and
@@ -276,24 +279,82 @@ class CrossEntropyFunction(HandDerivedFunction):
     def forward(
         input: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
     ) -> torch.Tensor:
-        check_cross_entropy(input, target, reduction, ignore_index, label_smoothing)
-        if not target.is_floating_point() and not (torch.compiler.is_compiling() or transforms_active()):
-            check_class_indices(target, input.shape[class_dim(input)], ignore_index)
+        validate_cross_entropy(input, target, reduction, ignore_index, label_smoothing)
+        if not target.is_floating_point() and running_eagerly():
+            validate_class_indices(target, input.shape[class_dim(input)], ignore_index)
         log_p = F.log_softmax(input, class_dim(input))
         return cross_entropy_from_log_p(log_p, target, reduction, ignore_index, label_smoothing)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         z, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing = inputs
         ctx.probabilities = target.is_floating_point()
         # p and log p need z; s q needs the target, and only ∂J/∂z reads s q.
         ctx.save_for_backward(z, target if ctx.needs_input_grad[0] else None)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         z, target = ctx.saved_tensors
         need_z, need_target = ctx.needs_input_grad[:2]
         grads = cross_entropy_backward(
             g, z, target, ctx.probabilities, ctx.reduction, ctx.ignore_index, ctx.label_smoothing, need_z, need_target
         )
         return (*grads, None, None, None)
+
+
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy of logits, as torch.nn.functional.cross_entropy, backward by CrossEntropyFunction.
+
+    Class-index and class-probability targets, ``ignore_index`` and ``label_smoothing`` as native;
+    class weights (``weight=``) are refused. Under ``torch.autocast`` it runs in float32, as the native one does.
+    """
+    if weight is not None:
+        raise NotImplementedError("torchbp.functional.cross_entropy has no hand-derived backward for weight=")
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    if autocast.any_enabled() and isinstance(input, torch.Tensor):
+        (input,) = autocast.cast_as_autocast_would(autocast.FLOAT32, input)
+        if target.is_floating_point():
+            (target,) = autocast.cast_as_autocast_would(autocast.FLOAT32, target)
+    return CrossEntropyFunction.apply(  # type: ignore[no-any-return]
+        input, target, reduction, ignore_index, label_smoothing
+    )
+
+
+class CrossEntropyLoss(HandDerivedModule, torch.nn.CrossEntropyLoss):
+    r"""torch.nn.CrossEntropyLoss whose backward is :class:`CrossEntropyFunction`.
+
+    .. math:: \ell_n = -\sum_c q_{nc} \log \operatorname{softmax}(z_n)_c, \qquad
+              \partial \ell_n / \partial z_n = \operatorname{softmax}(z_n) \textstyle\sum_c q_{nc} - q_n
+
+    Args:
+        ignore_index, reduction, label_smoothing, size_average, reduce: as torch.nn.CrossEntropyLoss.
+        weight: refused (NotImplementedError at the first call) unless None; ``torchbp.convert`` leaves a
+            weighted loss native.
+
+    Shape:
+        - Input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, \dots)` logits.
+        - Target: class indices of the input's shape without C, or class probabilities of the input's shape.
+        - Output: a scalar, or the target's shape without C with ``reduction="none"``.
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+def without_class_weights(loss: torch.nn.CrossEntropyLoss) -> bool:
+    return loss.weight is None
+
+
+register(Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss, CrossEntropyFunction, cross_entropy,
+               runs=without_class_weights))

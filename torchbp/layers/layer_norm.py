@@ -1,4 +1,4 @@
-"""Layer normalisation y = x̂ ⊙ γ + β and its hand-derived backward.
+"""Layer normalisation y = x̂ ⊙ γ + β: its Function, checks, functional form, module and per-sample rule.
 
 Index letters, as in the derivation: n runs over samples (every dimension before
 the normalized ones counts as one more sample axis), d over the D elements of
@@ -15,16 +15,19 @@ g = ∂J/∂y is the upstream gradient, shape of x; ĝ = g ⊙ γ (g itself with
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 import torch.nn.functional as F
 
-from torchbp.functions.base import HandDerivedFunction
-from torchbp.functions.validation import FLOATING, ShapeError, check_floating_and_matching
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
+from torchbp.table import Layer, register
+from torchbp.validation import FLOATING, ShapeError, validate_floating_and_matching
 
 # -- input checks ------------------------------------------------------------------------
 
 
-def check_layer_norm(input, normalized_shape, weight, bias, eps) -> None:
+def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: Any, eps: Any) -> None:
     """Floating point, one dtype and device; input (*, *normalized_shape), weight and bias normalized_shape."""
     shape = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else None
     if (  # the common case, decided in a few comparisons; the checks below explain the others
@@ -47,7 +50,7 @@ def check_layer_norm(input, normalized_shape, weight, bias, eps) -> None:
         raise ShapeError("layer_norm: expected normalized_shape of at least one dimension, got ()")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"layer_norm: expected eps to be a Python float, got {type(eps).__name__}")
-    check_floating_and_matching("layer_norm", input=input, weight=weight, bias=bias)
+    validate_floating_and_matching("layer_norm", input=input, weight=weight, bias=bias)
     if input.dim() < len(shape) or input.shape[input.dim() - len(shape):] != shape:
         raise ShapeError(
             f"layer_norm: expected input of shape (*, {', '.join(map(str, shape))}) to match normalized_shape "
@@ -140,14 +143,20 @@ class LayerNormFunction(HandDerivedFunction):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, normalized_shape, weight, bias, eps):
+    def forward(
+        input: torch.Tensor,
+        normalized_shape: tuple[int, ...],
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
         # Floating point, one dtype and device, shapes (*, *normalized_shape) and normalized_shape.
-        check_layer_norm(input, normalized_shape, weight, bias, eps)
+        validate_layer_norm(input, normalized_shape, weight, bias, eps)
         output, _, _ = torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # y, μ, rstd
         return output
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         x, normalized_shape, weight, _, eps = inputs
         need_x, _, need_weight, _, _ = ctx.needs_input_grad
         # ∂J/∂x and ∂J/∂γ read x̂ (from x), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
@@ -155,13 +164,52 @@ class LayerNormFunction(HandDerivedFunction):
         ctx.normalized_ndim, ctx.eps = len(normalized_shape), eps
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
         grad_x, grad_weight, grad_bias = layer_norm_backward(
             g, x, weight, ctx.normalized_ndim, ctx.eps, need_x, need_weight, need_bias
         )
         return grad_x, None, grad_weight, grad_bias, None
+
+
+LOWER_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def layer_norm(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Layer normalisation over the last dimensions, as torch.nn.functional.layer_norm, backward by
+    LayerNormFunction. It runs in its input's dtype, as the native one does under ``torch.autocast`` on the
+    CPU; a float16 or bfloat16 input with float32 parameters is normalised in float32, as natively."""
+    if isinstance(input, torch.Tensor) and input.dtype in LOWER_PRECISION_DTYPES and any(
+        isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in (weight, bias)
+    ):
+        # A float16 or bfloat16 input with float32 parameters (a Linear's output under autocast): native's
+        # mixed kernel computes in float32 and returns the input's dtype; so does this.
+        output = LayerNormFunction.apply(input.float(), tuple(normalized_shape), weight, bias, eps)
+        return output.to(input.dtype)  # type: ignore[no-any-return]
+    return LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)  # type: ignore[no-any-return]
+
+
+class LayerNorm(HandDerivedModule, torch.nn.LayerNorm):
+    r"""torch.nn.LayerNorm whose backward is :class:`LayerNormFunction`.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot \gamma + \beta
+
+    Args:
+        normalized_shape, eps, elementwise_affine, bias, device, dtype: as torch.nn.LayerNorm.
+
+    Shape:
+        - Input: :math:`(*, \text{normalized\_shape})`; Output: the same shape.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 # -- the per-sample view ---------------------------------------------------------------
@@ -221,7 +269,9 @@ class LayerNormPerSample:
     """A layer normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
     per-sample gradients (weight: Σ_t δ_n,t ⊙ x̂_n,t; bias: Σ_t δ_n,t), or their squared norms summed."""
 
-    def grads(self, module, a_prev, delta, out):
+    def grads(
+        self, module: LayerNorm, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         grads = {}
         if module.weight is not None and module.weight.requires_grad:
             grads["weight"] = per_sample_weight_grads(delta, a_prev, module.normalized_shape, module.eps,
@@ -230,7 +280,7 @@ class LayerNormPerSample:
             grads["bias"] = per_sample_bias_grads(delta, module.normalized_shape, out=out.get("bias"))
         return grads
 
-    def norms_squared(self, module, a_prev, delta):
+    def norms_squared(self, module: LayerNorm, a_prev: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
         if module.weight is not None and module.weight.requires_grad:
             total = total + per_sample_weight_grad_norms_squared(delta, a_prev, module.normalized_shape, module.eps)
@@ -239,4 +289,5 @@ class LayerNormPerSample:
         return total
 
 
-PER_SAMPLE = LayerNormPerSample()  # torchbp.nn's table of layers names it
+
+register(Layer(torch.nn.LayerNorm, LayerNorm, LayerNormFunction, layer_norm, per_sample=LayerNormPerSample()))

@@ -1,4 +1,4 @@
-r"""The 2-d convolution z = W ⋆ a_prev + b and its hand-derived backward.
+r"""The 2-d convolution z = W ⋆ a_prev + b: its Function, checks, functional form, module and per-sample rule.
 
 Index letters: n runs over samples, c over input channels, o over output
 channels, h and w over output rows and columns, i and j over kernel rows and
@@ -23,11 +23,15 @@ per-sample call under torch.func.vmap sees, is a batch of one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from torchbp.functions.base import HandDerivedFunction
-from torchbp.functions.validation import FLOATING, ShapeError, _shape, check_floating_and_matching
+from torchbp import autocast
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
+from torchbp.table import Layer, register
+from torchbp.validation import FLOATING, ShapeError, shape_text, validate_floating_and_matching
 
 Pair = tuple[int, int]
 
@@ -57,7 +61,7 @@ def _reaches(size: int, k: int, p: int, d: int) -> bool:
     return size + 2 * p >= d * (k - 1) + 1
 
 
-def check_conv2d_arguments(stride, padding, dilation) -> None:
+def validate_conv2d_arguments(stride, padding, dilation) -> None:
     """stride and dilation are pairs of ints ≥ 1, padding a pair of ints ≥ 0."""
     for name, value, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value)):
@@ -67,35 +71,35 @@ def check_conv2d_arguments(stride, padding, dilation) -> None:
             raise ValueError(f"conv2d: expected {name} of ints ≥ {least}, got {tuple(value)}")
 
 
-def check_conv2d_shapes(input, weight, bias, padding, dilation) -> None:
+def validate_conv2d_shapes(input, weight, bias, padding, dilation) -> None:
     """input (n, c, H, W) or (c, H, W), weight (o, c, kH, kW) with o, c ≥ 1, bias (o,), and a window that fits."""
     if weight.dim() != 4 or weight.shape[0] == 0 or weight.shape[1] == 0:
         raise ShapeError(
             "conv2d: expected weight of shape (out_channels, in_channels, kH, kW) with at least one channel "
-            f"of each, got {_shape(weight)}"
+            f"of each, got {shape_text(weight)}"
         )
     out_channels, in_channels, kH, kW = weight.shape
     if input.dim() not in (3, 4) or input.shape[-3] != in_channels:
         raise ShapeError(
             f"conv2d: expected input of shape (N, {in_channels}, H, W) or ({in_channels}, H, W) to match weight "
-            f"{_shape(weight)}, got input {_shape(input)}"
+            f"{shape_text(weight)}, got input {shape_text(input)}"
         )
     if bias is not None and tuple(bias.shape) != (out_channels,):
         raise ShapeError(
-            f"conv2d: expected bias of shape ({out_channels},) to match weight {_shape(weight)}, "
-            f"got bias {_shape(bias)}"
+            f"conv2d: expected bias of shape ({out_channels},) to match weight {shape_text(weight)}, "
+            f"got bias {shape_text(bias)}"
         )
     H, W = input.shape[-2:]
     if not (_reaches(H, kH, padding[0], dilation[0]) and _reaches(W, kW, padding[1], dilation[1])):
         reach = tuple(d * (k - 1) + 1 for k, d in zip((kH, kW), dilation))
         raise ShapeError(
             f"conv2d: expected input at least as large as the dilated kernel {reach} once padded, got input "
-            f"{_shape(input)} with padding {tuple(padding)} for weight {_shape(weight)} "
+            f"{shape_text(input)} with padding {tuple(padding)} for weight {shape_text(weight)} "
             f"with dilation {tuple(dilation)}"
         )
 
 
-def check_conv2d(input, weight, bias, stride, padding, dilation) -> None:
+def validate_conv2d(input, weight, bias, stride, padding, dilation) -> None:
     """Floating point, one dtype and device, shapes that fit, and numeric stride, padding and dilation."""
     if (  # the common case, decided in a few comparisons; the checks above explain the rest
         isinstance(input, torch.Tensor)
@@ -122,9 +126,9 @@ def check_conv2d(input, weight, bias, stride, padding, dilation) -> None:
         and _reaches(input.shape[-1], weight.shape[3], padding[1], dilation[1])
     ):
         return
-    check_floating_and_matching("conv2d", input=input, weight=weight, bias=bias)
-    check_conv2d_arguments(stride, padding, dilation)
-    check_conv2d_shapes(input, weight, bias, padding, dilation)
+    validate_floating_and_matching("conv2d", input=input, weight=weight, bias=bias)
+    validate_conv2d_arguments(stride, padding, dilation)
+    validate_conv2d_shapes(input, weight, bias, padding, dilation)
 
 
 def numeric_padding(padding, kernel_size: Pair, dilation: Pair, stride: Pair = (1, 1)) -> tuple[Pair, tuple | None]:
@@ -245,14 +249,14 @@ class Conv2dFunction(HandDerivedFunction):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation) -> torch.Tensor:
-        check_conv2d(input, weight, bias, stride, padding, dilation)
+        validate_conv2d(input, weight, bias, stride, padding, dilation)
         z = F.conv2d(input, weight, bias, stride, padding, dilation)
         # An unbatched input's output is a view of a batch of one; a custom Function's output that is a
         # view refuses in-place writes, native conv2d's does not. The same values, as a tensor that is not:
         return z if z._base is None else torch.ops.aten._unsafe_view(z, z.shape)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         a_prev, W, _, stride, padding, dilation = inputs
         need_a_prev, need_W = ctx.needs_input_grad[:2]
         # The transposed convolution reads W, the correlation a_prev: keep only what will be read.
@@ -261,13 +265,67 @@ class Conv2dFunction(HandDerivedFunction):
         ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
 
     @staticmethod
-    def backward(ctx, delta: torch.Tensor):
+    def backward(ctx: Any, delta: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a_prev, W = ctx.saved_tensors
         grads = conv2d_backward(
             delta, a_prev, W, ctx.input_size, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation,
             *ctx.needs_input_grad[:3],
         )
         return (*grads, None, None, None)
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """2-d convolution, as torch.nn.functional.conv2d, backward by Conv2dFunction.
+
+    ``padding`` may be "valid", "same" (an odd total is padded one more at the bottom and right, as
+    native) or ints. ``groups`` other than 1 are refused. Under ``torch.autocast`` it runs in the
+    autocast dtype, as the native one does.
+    """
+    if groups != 1:
+        raise NotImplementedError(f"torchbp.functional.conv2d: groups=1 only, got groups={groups}")
+    stride, dilation = _pair(stride), _pair(dilation)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 4:
+        padding, extra = numeric_padding(padding, tuple(weight.shape[-2:]), dilation, stride)
+        if extra is not None:
+            input = F.pad(input, extra)  # the odd one of "same", at the bottom and right
+    else:
+        padding = _pair(padding)  # Conv2dFunction names a weight of the wrong shape
+    if autocast.any_enabled() and isinstance(input, torch.Tensor):
+        input, weight, bias = autocast.cast_as_autocast_would(autocast.LOWER_PRECISION, input, weight, bias)
+    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation)  # type: ignore[no-any-return]
+
+
+def _pair(value: Any) -> Any:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Conv2d(HandDerivedModule, torch.nn.Conv2d):
+    r"""torch.nn.Conv2d whose backward is :class:`Conv2dFunction`.
+
+    .. math:: z = W \star a_{prev} + b
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode, device, dtype:
+            as torch.nn.Conv2d. groups: 1 only (others raise NotImplementedError at the first call;
+            ``torchbp.convert`` leaves such a layer native).
+
+    Shape:
+        - Input: :math:`(N, C_{in}, H, W)` or :math:`(C_{in}, H, W)`; Output: :math:`(N, C_{out}, H_{out}, W_{out})`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # as native: pad in the mode, then convolve with no padding
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 # -- the per-sample view ---------------------------------------------------------------
@@ -320,14 +378,16 @@ class Conv2dPerSample:
     """A convolution's per-sample rule (torchbp.per_sample): from a call's a_prev (the module's input) and δ,
     each parameter's per-sample gradients (weight: δ_n U_nᵀ; bias: Σ_{h,w} δ_n), or their squared norms summed."""
 
-    def _padded(self, module, a_prev):
+    def _padded(self, module: Conv2d, a_prev: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """a_prev as the convolution itself reads it, and the padding left to it."""
         if module.padding_mode != "zeros":  # the module pads in its mode, then convolves with none
             return F.pad(a_prev, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
         padding, extra = numeric_padding(module.padding, module.kernel_size, module.dilation, module.stride)
         return (F.pad(a_prev, extra) if extra else a_prev), padding
 
-    def grads(self, module, a_prev, delta, out):
+    def grads(
+        self, module: Conv2d, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         grads = {}
         if module.weight.requires_grad:
             a_pad, padding = self._padded(module, a_prev)
@@ -337,7 +397,7 @@ class Conv2dPerSample:
             grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
         return grads
 
-    def norms_squared(self, module, a_prev, delta):
+    def norms_squared(self, module: Conv2d, a_prev: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
         if module.weight.requires_grad:
             a_pad, padding = self._padded(module, a_prev)
@@ -348,4 +408,9 @@ class Conv2dPerSample:
         return total
 
 
-PER_SAMPLE = Conv2dPerSample()  # torchbp.nn's table of layers names it
+
+def without_groups(conv: torch.nn.Conv2d) -> bool:
+    return conv.groups == 1
+
+
+register(Layer(torch.nn.Conv2d, Conv2d, Conv2dFunction, conv2d, per_sample=Conv2dPerSample(), runs=without_groups))

@@ -1,11 +1,12 @@
-"""The ctx-in-forward fast path: taken eagerly, never under transforms or the compiler, and bit for bit
-the setup_context path's results, gradients and second gradients."""
+"""torchbp.speed.calls: the ctx-in-forward fast path is taken eagerly, never under transforms or the compiler,
+and gives bit for bit the setup_context path's results, gradients and second gradients."""
 
 import pytest
 import torch
 
+import torchbp.speed.calls
 from torchbp.functions import LinearFunction, MSELossFunction, SequentialFunction, SigmoidFunction
-from torchbp.functions.base import HandDerivedFunction
+from torchbp.hand_derived import HandDerivedFunction
 
 
 def tensors(*shapes, seed=0):
@@ -90,9 +91,8 @@ def test_the_fast_path_agrees_bit_for_bit_with_the_setup_context_path(case):
 
 def spy_on_the_fast_path(monkeypatch):
     calls = []
-    for function in (LinearFunction, SigmoidFunction, MSELossFunction, SequentialFunction):
-        eager = function._apply_eagerly
-        monkeypatch.setattr(function, "_apply_eagerly", lambda *a, eager=eager: calls.append(1) or eager(*a))
+    eager = torchbp.speed.calls.apply_eagerly
+    monkeypatch.setattr(torchbp.speed.calls, "apply_eagerly", lambda *a: calls.append(1) or eager(*a))
     return calls
 
 

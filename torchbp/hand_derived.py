@@ -1,0 +1,141 @@
+"""What every layer file builds on: the base of the hand-derived Functions, the elementwise base of the
+activations, products of factors, and the marker of torchbp's modules.
+
+This is the one place where the math meets the speed machinery (``torchbp.speed.calls``):
+``HandDerivedFunction.apply`` takes the cheaper call where it behaves the same,
+:func:`product` decides whether factors are multiplied in place or recorded, and
+:func:`squared_error` is the squared error's kernel without its broadcast. The
+formulas in ``torchbp/layers/`` read without either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+import torch
+
+from torchbp.speed import calls as speed  # the one hook into the speed package
+from torchbp.table import Step
+
+
+class HandDerivedFunction(torch.autograd.Function):
+    """Base of the torchbp Functions: ``apply`` runs the cheapest form that behaves the same.
+
+    Outside torch.func transforms and torch.compile, and with every argument
+    positional (as torchbp always calls them), a Function runs through its
+    twin with ``ctx`` in forward (see :mod:`torchbp.speed.calls`); otherwise
+    through the full ``Function.apply`` and ``setup_context``. Either way the
+    same ``forward``, ``setup_context`` and ``backward`` run.
+    """
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        if speed.shortcut_applies(kwargs):
+            return speed.apply_eagerly(cls, args)
+        return super().apply(*args, **kwargs)
+
+
+def running_eagerly() -> bool:
+    """Outside torch.compile and torch.func transforms: where a check may read a tensor's values."""
+    return not (torch.compiler.is_compiling() or speed.transforms_active())
+
+
+def products_in_place(*factors: torch.Tensor) -> bool:
+    """May a backward multiply these factors into a fresh temporary of its own, in place, rather than
+    record each product? (Not when the backward is differentiated, batched or compiled.)"""
+    return speed.products_in_place(*factors)
+
+
+def product(first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor:
+    """first ⊙ f1 ⊙ f2 …, multiplied left to right.
+
+    ``first`` must be a new tensor of the caller's (``1 - a``, ``ŷ - y``): where
+    :func:`products_in_place` allows, the factors are multiplied into it in place, so the
+    backward holds one temporary; otherwise every product is recorded (double backward).
+    Both give the same bits.
+    """
+    if products_in_place(first, *[f for f in factors if isinstance(f, torch.Tensor)]):
+        for factor in factors:
+            first.mul_(factor)
+        return first
+    result = first
+    for factor in factors:
+        result = result * factor
+    return result
+
+
+def squared_error(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``F.mse_loss(input, target, reduction=reduction)`` for an input and target of one shape."""
+    return speed.mse_loss_of_equal_shapes(input, target, reduction)
+
+
+class Indicator(NamedTuple):
+    """A derivative that is 1 or 0, given by where it is 0: ``g ⊙`` it is g there set to exactly 0 (a
+    selection, not a product, so a NaN or ∞ in g becomes 0 where the derivative is 0, as natively)."""
+
+    zero_where: torch.Tensor
+
+
+Derivative = Union[torch.Tensor, tuple[torch.Tensor, ...], Indicator]
+
+
+def times_derivative(g: torch.Tensor, a: torch.Tensor, derivative: Derivative) -> torch.Tensor:
+    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the saved output a: one tensor, factors (the first
+    a new tensor, multiplied with g first, then the others in order: the order native torch multiplies in),
+    or an :class:`Indicator`."""
+    if isinstance(derivative, Indicator):
+        return torch.where(derivative.zero_where, 0, g)
+    first, *rest = derivative if isinstance(derivative, tuple) else (derivative,)
+    if first is a:  # f' is a itself (as eᶻ's is): the products go into a new tensor, never into the saved output
+        return product(a * g, *rest)
+    return product(first, g, *rest)
+
+
+class ElementwiseFunction(HandDerivedFunction):
+    r"""An elementwise activation a = f(z) whose backward reads only its saved output.
+
+    A subclass writes ``forward(z)`` (its input check and the native op) and
+    ``derivative(a)``, f'(z) from the output a = f(z) (see :func:`times_derivative`
+    for its forms); this base saves a, and its backward is ∂J/∂z = g ⊙ f'(z). The
+    backward looks ``derivative`` up at call time, so the per-layer path and the
+    fused chain (:meth:`fused_step`) always share one formula.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def derivative(a: torch.Tensor) -> Derivative:
+        raise NotImplementedError
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(output)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "derivative" not in cls.__dict__:  # the eager twin of an activation: it inherits its backward
+            return
+
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            (a,) = ctx.saved_tensors
+            return times_derivative(g, a, cls.derivative(a))
+
+        cls.backward = staticmethod(backward)  # type: ignore[method-assign, assignment]
+
+    @classmethod
+    def fused_step(cls, kind: str) -> Step:
+        """Its :class:`torchbp.table.Step`: the same forward and backward inside the fused chain."""
+
+        def backward(
+            delta: torch.Tensor, a: torch.Tensor, arguments: tuple[()], needs: tuple[bool, ...]
+        ) -> tuple[torch.Tensor, tuple[()]]:
+            return times_derivative(delta, a, cls.derivative(a)), ()
+
+        return Step(kind, cls.forward, backward, reads="output")
+
+
+class HandDerivedModule:
+    """Marks a module as torchbp's, mixed in before its native class: its repr reads ``torchbp.Linear(...)``."""
+
+    def _get_name(self) -> str:
+        return f"torchbp.{type(self).__name__}"

@@ -1,0 +1,127 @@
+"""Shortcuts around PyTorch's per-call costs, which for a small layer exceed its arithmetic.
+
+Leans on private PyTorch internals: torch._C._FunctionBase.apply, _SingleLevelFunction.setup_context,
+torch._C._are_functorch_transforms_active, torch._C._nn.mse_loss, torch._C._functorch.is_batchedtensor,
+is_legacy_batchedtensor and unwrap_if_dead. Where a PyTorch version lacks them, every call takes the full path.
+
+- **The older-form twin** (:func:`apply_eagerly`). ``Function.apply`` on a ``setup_context``-style
+  Function first binds its arguments to ``forward``'s signature with ``inspect``, then calls
+  ``forward`` and ``setup_context`` as two Python calls. torchbp's Functions are always called with
+  their arguments given positionally, so outside torch.func transforms and torch.compile they run
+  through a twin in the older form (``forward(ctx, *args)``), whose forward calls the Function's own
+  ``forward`` and ``setup_context`` and whose backward is inherited: each formula still lives in one
+  place, and the twin only changes how PyTorch calls it. Measured on the 2-core CPU machine, torch
+  2.13.0, one thread: SigmoidFunction.apply on a 5×3 input 9.5 µs through the twin against 37 µs
+  through ``Function.apply``, LinearFunction.apply 14 µs against 58 µs (native torch.sigmoid: 2.7 µs).
+- **Products in place** (:func:`products_in_place`): a backward may multiply its factors into one
+  fresh temporary instead of recording each product, so it holds one temporary where native torch's
+  kernel holds one; this is what keeps the compute-bound MLP's peak memory at native's (1.003, where
+  recorded products hold one temporary per factor).
+- **The squared error's kernel** (:func:`mse_loss_of_equal_shapes`): ``F.mse_loss`` broadcasts its
+  arguments before calling the kernel; for one shape it calls the kernel directly: 4.0 µs against
+  9.4 µs on a 5×1 float64 input, 12 µs against 19 µs on 64×256 (one thread).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from torch._C import _are_functorch_transforms_active
+    from torch._C._functorch import is_batchedtensor, is_legacy_batchedtensor, unwrap_if_dead
+    from torch._C._nn import mse_loss as _mse_loss_kernel
+    from torch.autograd.function import _SingleLevelFunction
+
+    SHORTCUTS = True
+except ImportError:  # pragma: no cover - a PyTorch without these internals takes the full path
+    SHORTCUTS = False
+
+
+# Is a torch.func transform (vmap, grad, …) running? Asked on every layer's every call, so the C function
+# itself; without it, every call counts as transformed and takes the full path.
+transforms_active: Callable[[], bool] = _are_functorch_transforms_active if SHORTCUTS else (lambda: True)
+
+
+def shortcut_applies(kwargs: dict[str, Any]) -> bool:
+    """May a Function called with these keyword arguments run through its twin? Not under torch.compile
+    or a torch.func transform, which need the ``setup_context`` form, nor with keywords, which need binding."""
+    return not (kwargs or torch.compiler.is_compiling() or transforms_active())
+
+
+_TWINS: dict[type, Callable[..., Any]] = {}
+
+
+def apply_eagerly(function: type[torch.autograd.Function], args: tuple[Any, ...]) -> Any:
+    """``function.apply(*args)`` through its twin in the older form (made on first use)."""
+    apply = _TWINS.get(function)
+    if apply is None:
+        apply = _TWINS[function] = _ctx_in_forward_twin(function)
+    return apply(*_unwrap_dead_wrappers(args))
+
+
+def _ctx_in_forward_twin(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """The ``apply`` of a subclass of ``function`` in the older form, with ``ctx`` in forward.
+
+    PyTorch calls the older form's ``forward(ctx, *args)`` directly, without the
+    signature binding, when the class leaves ``setup_context`` as the base's.
+    The twin's forward runs ``function.forward`` and ``function.setup_context``,
+    and its backward is ``function.backward`` by inheritance; all three are
+    looked up at call time, so a patched formula is seen by both paths. Its
+    nodes are named ``<Function>EagerBackward``.
+    """
+
+    def forward(ctx: Any, *args: Any) -> Any:
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    twin = type(
+        f"{function.__name__}Eager",
+        (function,),
+        {
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(_SingleLevelFunction.setup_context),  # the older form
+            "__module__": function.__module__,
+        },
+    )
+    return super(torch.autograd.Function, twin).apply  # type: ignore[misc, no-any-return]  # _FunctionBase.apply
+
+
+def _unwrap_dead_wrappers(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with every tensor that a finished torch.func transform left wrapped unwrapped, as
+    ``Function.apply`` does (torch._functorch.utils.unwrap_dead_wrappers). A transform wraps every
+    tensor, a parameter too, as a plain ``torch.Tensor``, so only those are asked."""
+    return tuple([unwrap_if_dead(a) if type(a) is torch.Tensor else a for a in args])
+
+
+def products_in_place(*tensors: torch.Tensor) -> bool:
+    """May a backward multiply these tensors into its own fresh temporary, in place?
+
+    Not while the backward is itself being differentiated (grad mode is on inside a
+    backward only under ``create_graph=True``): every product must then be recorded.
+    Not when a factor is batched (torch.func transforms, ``is_grads_batched=True``,
+    vectorised jacobians): a batched tensor cannot be multiplied into an unbatched
+    one in place. Not while torch.compile traces the backward: the compiler fuses
+    the products anyway.
+    """
+    if torch.compiler.is_compiling() or not SHORTCUTS:  # first: the compiler is not to trace the checks below
+        return False
+    return not (
+        torch.is_grad_enabled()
+        or transforms_active()
+        or any(is_batchedtensor(t) or is_legacy_batchedtensor(t) for t in tensors if isinstance(t, torch.Tensor))
+    )
+
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
+
+
+def mse_loss_of_equal_shapes(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``F.mse_loss(input, target, reduction=reduction)`` for an input and target of one shape, without
+    its broadcast (the same kernel on the same tensors, so the same bits)."""
+    if not SHORTCUTS or torch.compiler.is_compiling():
+        return F.mse_loss(input, target, reduction=reduction)
+    return _mse_loss_kernel(input, target, _REDUCTIONS[reduction])  # type: ignore[no-any-return]

@@ -1,0 +1,79 @@
+"""What a layer file declares, and the one table the declarations fill.
+
+Each file in ``torchbp/layers/`` ends with one ``register(Layer(...))``: its native
+class, its drop-in module, its autograd Function, its functional form, and where
+it has them its step in the fused chain and its per-sample rule. ``torchbp.layers``
+imports every file in its folder, and ``torchbp.layers.LAYERS`` is the table they
+registered into; ``torchbp.nn``, ``torchbp.functional``, ``torchbp.functions``,
+``convert``, ``to_native``, ``fuse``, ``check_model``, the lockstep trainer and
+per-sample gradients read it, and nothing else lists layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import torch
+
+
+def no_arguments(module: torch.nn.Module) -> tuple[Any, ...]:
+    """An activation's arguments after its input: none."""
+    return ()
+
+
+class Step(NamedTuple):
+    """A layer's part in the fused chain (:func:`torchbp.fuse`): how one Function runs it among others.
+
+    The chain calls ``forward(h, *arguments)`` for the next h, and in the backward
+    ``backward(δ, h, arguments, needs)``, with δ = ∂J/∂(its output), h the tensor it
+    ``reads`` ("input" or "output"; None: neither) and ``needs`` the flags (its input,
+    *its arguments); that returns (∂J/∂(its input) or None, the arguments' gradients).
+    A step takes ``arity`` arguments after its input; ``arguments(module)`` gives a
+    module's (a Linear's weight and bias; for a loss, those after the target), or None
+    where that module cannot run fused.
+    """
+
+    kind: str  # its name in a chain's kinds, such as "linear"
+    forward: Callable[..., torch.Tensor]
+    backward: Callable[..., tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]]
+    reads: str | None  # "input" or "output"
+    arity: int = 0
+    arguments: Callable[[Any], tuple[Any, ...] | None] = no_arguments
+    loss: bool = False  # ends a chain (only constant scales may follow); its first argument is the target
+
+
+class PerSampleRule(Protocol):
+    """A layer's per-sample gradients (torchbp.per_sample), from one call's input a_prev and upstream δ."""
+
+    def grads(
+        self, module: Any, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """{parameter name: (N, *shape)} for the parameters that require grad, into ``out``'s tensors where given."""
+        ...
+
+    def norms_squared(self, module: Any, a_prev: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """(N,): each sample's squared gradient norm summed over the layer's parameters."""
+        ...
+
+
+class Layer(NamedTuple):
+    """One hand-derived layer, all torchbp knows of it: an entry of ``torchbp.layers.LAYERS``."""
+
+    native: type[torch.nn.Module]  # the torch.nn class it replaces
+    hand: type[torch.nn.Module]  # its torchbp class: a subclass of native with its own forward
+    function: type[torch.autograd.Function]  # the autograd Function holding its backward
+    functional: Callable[..., torch.Tensor]  # its functional form, with torch.nn.functional's signature
+    step: Step | None = None  # its step in the fused chain, if it has one
+    per_sample: PerSampleRule | None = None  # its per-sample rule, if it has parameters
+    runs: Callable[[Any], bool] | None = None  # which instances it can run, where not all (convert leaves the rest)
+
+
+REGISTERED: list[Layer] = []  # in the order the files were imported
+
+
+def register(layer: Layer) -> Layer:
+    """Enter ``layer`` in the table; each layer file calls this once, at its end."""
+    if any(entry.native is layer.native for entry in REGISTERED):
+        raise ValueError(f"{layer.native.__name__} is registered twice")
+    REGISTERED.append(layer)
+    return layer
