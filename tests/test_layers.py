@@ -4,6 +4,16 @@ Cases are data: each native module below is converted, checked, trained in locks
 parameters, asked for per-sample gradients, against native autograd and a loop over samples.
 """
 
+import ast
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -168,3 +178,101 @@ def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
     report = torchbp.check_model(model.double(), torch.nn.MSELoss(), torch.randn(2, 4, 5, 5, dtype=torch.float64),
                                  torch.randn(2, 36, dtype=torch.float64))
     assert report.ok and report.layers == "hand-derived: 1 ReLU, loss MSELoss; native: 0 Conv2d, 2 Flatten"
+
+
+# -- one home per layer ------------------------------------------------------------------------
+
+LAYER_FILES = {  # every layer of the table, and the one file that defines it
+    "Conv2d": "torchbp/layers/conv2d.py",
+    "CrossEntropyLoss": "torchbp/layers/cross_entropy.py",
+    "LayerNorm": "torchbp/layers/layer_norm.py",
+    "Linear": "torchbp/layers/linear.py",
+    "MSELoss": "torchbp/layers/mse_loss.py",
+    "ReLU": "torchbp/layers/relu.py",
+    "Sigmoid": "torchbp/layers/sigmoid.py",
+    "Tanh": "torchbp/layers/tanh.py",
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_file(obj) -> str:
+    return obj.__module__.replace(".", "/") + ".py"
+
+
+def top_level_definitions(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.name for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
+
+
+def calls_to(name: str, path: Path) -> int:
+    return sum(isinstance(node, ast.Call) and getattr(node.func, "id", None) == name
+               for node in ast.walk(ast.parse(path.read_text())))
+
+
+def test_the_table_lists_every_layer_and_its_one_file():
+    assert {layer.hand.__name__: module_file(layer.hand) for layer in LAYERS} == LAYER_FILES
+    assert sorted(f"torchbp/layers/{p.name}" for p in (ROOT / "torchbp" / "layers").glob("*.py")
+                  if p.name != "__init__.py") == sorted(LAYER_FILES.values())
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.hand.__name__)
+def test_a_layers_file_alone_holds_its_function_checks_functional_form_module_and_registration(layer):
+    home = ROOT / LAYER_FILES[layer.hand.__name__]
+    names = {layer.function.__name__, layer.functional.__name__, layer.hand.__name__}
+    for piece in (layer.function, layer.functional, layer.hand):
+        assert module_file(piece) == LAYER_FILES[layer.hand.__name__]
+    if layer.per_sample is not None:
+        assert module_file(type(layer.per_sample)) == LAYER_FILES[layer.hand.__name__]
+    if layer.step is not None:
+        assert module_file(layer.step.forward) == LAYER_FILES[layer.hand.__name__]
+    assert calls_to("register", home) == 1
+    # Its checks: every validate_* its forward calls is defined in its file or shared in torchbp/validation.py.
+    forward = ast.parse(textwrap.dedent(inspect.getsource(layer.function.forward)))
+    called = {node.func.id for node in ast.walk(forward) if isinstance(node, ast.Call)
+              and getattr(node.func, "id", "").startswith("validate_")}
+    assert called, f"{layer.function.__name__}.forward validates nothing"
+    shared = top_level_definitions(ROOT / "torchbp" / "validation.py")
+    assert called <= top_level_definitions(home) | shared
+    # No other file of the library defines these names, and none outside torchbp/layers registers a layer.
+    for path in (ROOT / "torchbp").rglob("*.py"):
+        if path != home:
+            assert not names & top_level_definitions(path), path
+        if path.parent.name != "layers":
+            assert calls_to("register", path) == 0, path
+
+
+NEW_LAYER_CHECK = """
+import torch, torchbp
+import torch.nn.functional as F
+assert torchbp.nn.Softsign is torchbp.layers.softsign.Softsign
+assert torchbp.functional.softsign is torchbp.layers.softsign.softsign
+assert torchbp.functions.SoftsignFunction is torchbp.layers.softsign.SoftsignFunction
+torch.manual_seed(0)
+native = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Softsign(), torch.nn.Linear(4, 2)).double()
+x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+assert type(torchbp.convert(native)[1]) is torchbp.nn.Softsign
+report = torchbp.check_model(native, torch.nn.MSELoss(), x, y)
+report.assert_ok()
+assert "1 Softsign" in report.layers.split(";")[0], report.layers
+fused = torchbp.fuse(native)
+assert type(fused(x.requires_grad_()).grad_fn).__name__.startswith("SequentialFunction")
+torchbp.check_model(fused, torch.nn.MSELoss(), x, y).assert_ok()
+torchbp.verify(torchbp.functional.softsign, F.softsign, torch.randn(6, 4), compile_backend="aot_eager").assert_ok()
+print("a new layer in one file")
+"""
+
+
+def contributing_example() -> str:
+    page = (ROOT / "docs" / "contributing.md").read_text()
+    return next(block for block in re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+                if "register(Layer(torch.nn.Softsign" in block)
+
+
+def test_a_new_layer_is_one_file(tmp_path):
+    """The contributor page's Softsign, added as one file to a copy of the package, is everywhere a layer is."""
+    shutil.copytree(ROOT / "torchbp", tmp_path / "torchbp", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "torchbp" / "layers" / "softsign.py").write_text(contributing_example())
+    result = subprocess.run([sys.executable, "-c", NEW_LAYER_CHECK], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "a new layer in one file" in result.stdout

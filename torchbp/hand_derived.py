@@ -79,47 +79,52 @@ class Indicator(NamedTuple):
 Derivative = Union[torch.Tensor, tuple[torch.Tensor, ...], Indicator]
 
 
-def times_derivative(g: torch.Tensor, a: torch.Tensor, derivative: Derivative) -> torch.Tensor:
-    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the saved output a: one tensor, factors (the first
+def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivative) -> torch.Tensor:
+    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: one tensor, factors (the first
     a new tensor, multiplied with g first, then the others in order: the order native torch multiplies in),
     or an :class:`Indicator`."""
     if isinstance(derivative, Indicator):
         return torch.where(derivative.zero_where, 0, g)
     first, *rest = derivative if isinstance(derivative, tuple) else (derivative,)
-    if first is a:  # f' is a itself (as eᶻ's is): the products go into a new tensor, never into the saved output
-        return product(a * g, *rest)
+    if first is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
+        return product(saved * g, *rest)
     return product(first, g, *rest)
 
 
 class ElementwiseFunction(HandDerivedFunction):
-    r"""An elementwise activation a = f(z) whose backward reads only its saved output.
+    r"""An elementwise activation a = f(z) whose backward reads one saved tensor: its output a, or its input z.
 
-    A subclass writes ``forward(z)`` (its input check and the native op) and
-    ``derivative(a)``, f'(z) from the output a = f(z) (see :func:`times_derivative`
-    for its forms); this base saves a, and its backward is ∂J/∂z = g ⊙ f'(z). The
-    backward looks ``derivative`` up at call time, so the per-layer path and the
-    fused chain (:meth:`fused_step`) always share one formula.
+    A subclass writes ``forward(input)`` (its input check and the native op) and
+    ``derivative(t)``, f'(z) from the saved tensor t (a by default; z where the
+    subclass sets ``saves = "input"``), in one of the forms :func:`times_derivative`
+    takes. This base saves t, and its backward is ∂J/∂z = g ⊙ f'(z). The backward
+    looks ``derivative`` up at call time, so the per-layer path and the fused chain
+    (:meth:`fused_step`) always share one formula.
     """
 
     generate_vmap_rule = True
+    saves = "output"  # or "input": the tensor the derivative is computed from
 
     @staticmethod
-    def derivative(a: torch.Tensor) -> Derivative:
+    def derivative(t: torch.Tensor) -> Derivative:
         raise NotImplementedError
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        ctx.save_for_backward(output)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "derivative" not in cls.__dict__:  # the eager twin of an activation: it inherits its backward
+        if "derivative" not in cls.__dict__:  # the eager twin of an activation: it inherits what it needs
             return
+        if cls.saves not in ("output", "input"):
+            raise ValueError(f"{cls.__name__}.saves: expected 'output' or 'input', got {cls.saves!r}")
+        from_output = cls.saves == "output"
+
+        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            ctx.save_for_backward(output if from_output else inputs[0])
 
         def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-            (a,) = ctx.saved_tensors
-            return times_derivative(g, a, cls.derivative(a))
+            (t,) = ctx.saved_tensors
+            return times_derivative(g, t, cls.derivative(t))
 
+        cls.setup_context = staticmethod(setup_context)  # type: ignore[method-assign, assignment]
         cls.backward = staticmethod(backward)  # type: ignore[method-assign, assignment]
 
     @classmethod
@@ -127,11 +132,11 @@ class ElementwiseFunction(HandDerivedFunction):
         """Its :class:`torchbp.table.Step`: the same forward and backward inside the fused chain."""
 
         def backward(
-            delta: torch.Tensor, a: torch.Tensor, arguments: tuple[()], needs: tuple[bool, ...]
+            delta: torch.Tensor, t: torch.Tensor, arguments: tuple[()], needs: tuple[bool, ...]
         ) -> tuple[torch.Tensor, tuple[()]]:
-            return times_derivative(delta, a, cls.derivative(a)), ()
+            return times_derivative(delta, t, cls.derivative(t)), ()
 
-        return Step(kind, cls.forward, backward, reads="output")
+        return Step(kind, cls.forward, backward, reads=cls.saves)
 
 
 class HandDerivedModule:

@@ -155,7 +155,9 @@ class PerSampleGradients:
         see :func:`per_sample_grads`.
         """
         calls = self._calls()
-        self._check_out(out or {}, calls)
+        if out:
+            batch = next(iter(calls.values()))[0][0].shape[0] if calls else 0
+            validate_out(self.model, out, batch)
         result = {}
         for module, layer_calls in calls.items():
             prefix = self.layers[module]
@@ -165,32 +167,6 @@ class PerSampleGradients:
                 result[full[local]] = grad
         order = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
         return dict(sorted(result.items(), key=lambda item: order[item[0]]))
-
-    def _check_out(self, out: dict[str, torch.Tensor], calls) -> None:
-        if not out:
-            return
-        batch = next(iter(calls.values()))[0][0].shape[0] if calls else 0
-        parameters = dict(self.model.named_parameters())
-        storages = {}
-        for name, tensor in out.items():
-            if name not in parameters:
-                raise KeyError(f"per-sample gradients: out names {name!r}, which is not a parameter of the model")
-            p = parameters[name]
-            if not p.requires_grad:
-                raise ValueError(f"per-sample gradients: out names {name!r}, a parameter that does not require grad")
-            if tensor.shape != (batch, *p.shape) or tensor.dtype != p.dtype or tensor.device != p.device:
-                raise ShapeError(
-                    f"per-sample gradients: out[{name!r}] is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}, "
-                    f"expected {(batch, *p.shape)} {p.dtype} on {p.device}"
-                )
-            # Every sample's gradient needs memory of its own: an expanded or overlapping
-            # buffer, or one shared by two names, would be written over without an error.
-            if not tensor.is_contiguous():
-                raise ValueError(f"per-sample gradients: out[{name!r}] must be contiguous (a fresh or earlier result)")
-            storage = tensor.untyped_storage().data_ptr()
-            if tensor.numel() and storage in storages:
-                raise ValueError(f"per-sample gradients: out[{name!r}] shares its memory with out[{storages[storage]!r}]")
-            storages[storage] = name
 
     def grad_norms(self) -> torch.Tensor:
         """Each sample's total gradient norm over all parameters, (N,).
@@ -209,6 +185,32 @@ class PerSampleGradients:
         if squared is None:
             return torch.zeros(0)
         return squared.sqrt()
+
+
+def validate_out(model: torch.nn.Module, out: dict[str, torch.Tensor], batch: int) -> None:
+    """``out`` names parameters of ``model`` that require grad, each with a contiguous tensor of its own of
+    shape (batch, *parameter.shape), the parameter's dtype and device."""
+    parameters = dict(model.named_parameters())
+    storages: dict[int, str] = {}
+    for name, tensor in out.items():
+        if name not in parameters:
+            raise KeyError(f"per-sample gradients: out names {name!r}, which is not a parameter of the model")
+        p = parameters[name]
+        if not p.requires_grad:
+            raise ValueError(f"per-sample gradients: out names {name!r}, a parameter that does not require grad")
+        if tensor.shape != (batch, *p.shape) or tensor.dtype != p.dtype or tensor.device != p.device:
+            raise ShapeError(
+                f"per-sample gradients: out[{name!r}] is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}, "
+                f"expected {(batch, *p.shape)} {p.dtype} on {p.device}"
+            )
+        # Every sample's gradient needs memory of its own: an expanded or overlapping
+        # buffer, or one shared by two names, would be written over without an error.
+        if not tensor.is_contiguous():
+            raise ValueError(f"per-sample gradients: out[{name!r}] must be contiguous (a fresh or earlier result)")
+        storage = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and storage in storages:
+            raise ValueError(f"per-sample gradients: out[{name!r}] shares its memory with out[{storages[storage]!r}]")
+        storages[storage] = name
 
 
 def _torchbp_model(model: torch.nn.Module) -> torch.nn.Module:

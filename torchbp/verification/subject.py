@@ -30,36 +30,17 @@ class Run(NamedTuple):
     grads: list[torch.Tensor | None]
 
 
-class Subject:
-    """``fn`` and ``reference`` with their example inputs, and what verify's properties share."""
+class Examples:
+    """The example inputs, in the forms the properties need: which are differentiated, where the batch is,
+    and fresh copies in any dtype, device, layout and number of samples."""
 
-    def __init__(
-        self,
-        fn: Callable,
-        reference: Callable | None,
-        inputs: Sequence,
-        *,
-        batch_dims: Sequence[int | None] | None,
-        nondiff: Sequence[int],
-        once_differentiable: bool,
-        rtol: float | None,
-        atol: float | None,
-        compile_backend: str,
-        seed: int,
-    ):
-        self.fn, self.reference = fn, reference
-        self.name = _callable_name(fn)
+    def __init__(self, inputs: Sequence, batch_dims: Sequence[int | None] | None, nondiff: Sequence[int]):
         self.examples = list(inputs)
         self.tensors = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
         floating = [i for i in self.tensors if inputs[i].is_floating_point()]
         asked = [i for i in floating if inputs[i].requires_grad]
         self.differentiable = [i for i in (asked or floating) if i not in set(nondiff)]
         self.batch_dims = self._batch_dims(batch_dims)
-        self.once_differentiable = once_differentiable
-        self.rtol, self.atol = rtol, atol
-        self.compile_backend = compile_backend
-        self.seed = seed
-        self._baseline: Run | None = None
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -125,6 +106,41 @@ class Subject:
             made.append(x.requires_grad_(i in requires))
         return made
 
+    def subsets(self) -> list[tuple[int, ...]]:
+        """The sets of differentiable inputs a backward may be asked for: all of them while that is few."""
+        d = self.differentiable
+        if len(d) <= 4:
+            return [s for k in range(1, len(d) + 1) for s in itertools.combinations(d, k)]
+        return [(i,) for i in d] + [tuple(d)]
+
+
+class Subject(Examples):
+    """``fn`` and ``reference`` with their example inputs, and what verify's properties share: running both
+    from fresh inputs under one seeded upstream gradient, and comparing them."""
+
+    def __init__(
+        self,
+        fn: Callable,
+        reference: Callable | None,
+        inputs: Sequence,
+        *,
+        batch_dims: Sequence[int | None] | None,
+        nondiff: Sequence[int],
+        once_differentiable: bool,
+        rtol: float | None,
+        atol: float | None,
+        compile_backend: str,
+        seed: int,
+    ):
+        super().__init__(inputs, batch_dims, nondiff)
+        self.fn, self.reference = fn, reference
+        self.name = _callable_name(fn)
+        self.once_differentiable = once_differentiable
+        self.rtol, self.atol = rtol, atol
+        self.compile_backend = compile_backend
+        self.seed = seed
+        self._baseline: Run | None = None
+
     # -- running --------------------------------------------------------------------------
 
     def upstream(self, outputs: Sequence[torch.Tensor]) -> tuple:
@@ -169,13 +185,6 @@ class Subject:
         if self._baseline is None:
             self._baseline = self.run(self.fn, self.inputs())
         return self._baseline
-
-    def subsets(self) -> list[tuple[int, ...]]:
-        """The sets of differentiable inputs a backward may be asked for: all of them while that is few."""
-        d = self.differentiable
-        if len(d) <= 4:
-            return [s for k in range(1, len(d) + 1) for s in itertools.combinations(d, k)]
-        return [(i,) for i in d] + [tuple(d)]
 
     # -- comparing ------------------------------------------------------------------------
 
