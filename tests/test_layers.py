@@ -263,6 +263,7 @@ print("a new layer in one file")
 
 
 def contributing_example() -> str:
+    """The layer file docs/contributing.md shows."""
     page = (ROOT / "docs" / "contributing.md").read_text()
     return next(block for block in re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
                 if "register(Layer(torch.nn.Softsign" in block)

@@ -15,6 +15,7 @@ the same numbers; they are checked against one another every time they are compu
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 from pathlib import Path
@@ -123,7 +124,7 @@ NETWORK_CODE = [
     ("a = σ(z)", "torchbp/layers/sigmoid.py", "return torch.sigmoid(input)"),
     ("J = ½ Σ (y − ŷ)²", "experiments/seed.py", "return 0.5 * self.sum_squared_error(y_hat, y)"),
     ("∂J/∂ŷ = ŷ − y: mse_loss's 2(ŷ − y), times the ½", "torchbp/layers/mse_loss.py", "def mse_loss_backward("),
-    ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/layers/sigmoid.py", "return 1 - a, a"),
+    ("δ = ∂J/∂a ⊙ σ'(z), σ'(z) = a(1 − a)", "torchbp/layers/sigmoid.py", "return torch.rsub(a, 1), a"),
     ("∂J/∂W = δᵀ a_prev", "torchbp/layers/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
     ("∂J/∂b = Σ_n δ_n", "torchbp/layers/linear.py", "grad_b = delta_n.sum(0)"),
     ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/layers/linear.py", "grad_a_prev = delta @ W"),
@@ -139,7 +140,8 @@ def chapter_name(chapter) -> str:
 
 
 def code_references(markdown: bool = True, rows=CODE) -> str:
-    """A table for the document (links relative to docs/), or plain path:line columns for a terminal."""
+    """A table for the document, each place linked to the API reference's entry for the function or class
+    that holds it; or plain path:line columns for a terminal."""
     places = []
     for formula, path, text in rows:
         lines = (ROOT / path).read_text().splitlines()
@@ -149,7 +151,28 @@ def code_references(markdown: bool = True, rows=CODE) -> str:
         width = max(len(formula) for formula, _, _ in places)
         return "\n".join(f"{formula:<{width}}  {path}:{number}" for formula, path, number in places)
     return "\n".join(["| formula | implemented at |", "|---|---|"]
-                     + [f"| {formula} | [`{path}:{number}`](../{path}#L{number}) |" for formula, path, number in places])
+                     + [f"| {formula} | [`{path}:{number}`]({api_anchor(path, number)}) |"
+                        for formula, path, number in places])
+
+
+API_PAGES = {"torchbp/layers/": "reference/layers.md", "torchbp/speed/": "reference/speed.md",
+             "experiments/": "reference/experiments.md"}
+
+
+def api_anchor(path: str, line: int) -> str:
+    """The API reference page and anchor of the innermost function or class whose body holds ``line``."""
+    names, node = [], ast.parse((ROOT / path).read_text())
+    while True:
+        inner = [child for child in ast.iter_child_nodes(node)
+                 if isinstance(child, (ast.FunctionDef, ast.ClassDef)) and child.lineno <= line <= child.end_lineno]
+        if not inner:
+            break
+        node = inner[0]
+        names.append(node.name)
+        if isinstance(node, ast.FunctionDef):  # a function's own nested definitions are not documented
+            break
+    page = next(page for prefix, page in API_PAGES.items() if path.startswith(prefix))
+    return f"{page}#" + ".".join([path.removesuffix(".py").replace("/", "."), *names])
 
 
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.DOTALL)

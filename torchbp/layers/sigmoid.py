@@ -26,7 +26,8 @@ class SigmoidFunction(ElementwiseFunction):
 
     @staticmethod
     def derivative(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return 1 - a, a  # σ' = (1 − a) a, multiplied into g as g (1 − a) a
+        # σ' = (1 − a) a, multiplied into g as g (1 − a) a; torch.rsub(a, 1) is 1 − a without __rsub__'s Python
+        return torch.rsub(a, 1), a
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
