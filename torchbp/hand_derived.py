@@ -30,9 +30,9 @@ class HandDerivedFunction(torch.autograd.Function):
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        if speed.shortcut_applies(kwargs):
-            return speed.apply_eagerly(cls, args)
-        return super().apply(*args, **kwargs)
+        if kwargs or torch.compiler.is_compiling() or speed.transforms_active():  # these need setup_context's form
+            return super().apply(*args, **kwargs)
+        return speed.apply_eagerly(cls, args)
 
 
 def running_eagerly() -> bool:
@@ -40,10 +40,10 @@ def running_eagerly() -> bool:
     return not (torch.compiler.is_compiling() or speed.transforms_active())
 
 
-def products_in_place(*factors: torch.Tensor) -> bool:
+def products_in_place(*factors: torch.Tensor | float) -> bool:
     """May a backward multiply these factors into a fresh temporary of its own, in place, rather than
     record each product? (Not when the backward is differentiated, batched or compiled.)"""
-    return speed.products_in_place(*factors)
+    return speed.products_in_place(factors)
 
 
 def product(first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor:
@@ -54,14 +54,13 @@ def product(first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor
     backward holds one temporary; otherwise every product is recorded (double backward).
     Both give the same bits.
     """
-    if products_in_place(first, *[f for f in factors if isinstance(f, torch.Tensor)]):
+    if speed.products_in_place(factors):
         for factor in factors:
             first.mul_(factor)
         return first
-    result = first
     for factor in factors:
-        result = result * factor
-    return result
+        first = first * factor
+    return first
 
 
 def squared_error(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -83,9 +82,9 @@ def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivativ
     """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: one tensor, factors (the first
     a new tensor, multiplied with g first, then the others in order: the order native torch multiplies in),
     or an :class:`Indicator`."""
-    if isinstance(derivative, Indicator):
+    if type(derivative) is Indicator:
         return torch.where(derivative.zero_where, 0, g)
-    first, *rest = derivative if isinstance(derivative, tuple) else (derivative,)
+    first, rest = (derivative[0], derivative[1:]) if type(derivative) is tuple else (derivative, ())
     if first is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
         return product(saved * g, *rest)
     return product(first, g, *rest)

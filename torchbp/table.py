@@ -28,9 +28,9 @@ class Step(NamedTuple):
     ``backward(δ, h, arguments, needs)``, with δ = ∂J/∂(its output), h the tensor it
     ``reads`` ("input" or "output"; None: neither) and ``needs`` the flags (its input,
     *its arguments); that returns (∂J/∂(its input) or None, the arguments' gradients).
-    A step takes ``arity`` arguments after its input; ``arguments(module)`` gives a
-    module's (a Linear's weight and bias; for a loss, those after the target), or None
-    where that module cannot run fused.
+    A step takes ``arity`` arguments after its input, of which those at ``constants`` are not
+    tensors; ``arguments(module)`` gives a module's (a Linear's weight and bias; for a loss,
+    those after the target), or None where that module cannot run fused.
     """
 
     kind: str  # its name in a chain's kinds, such as "linear"
@@ -40,6 +40,7 @@ class Step(NamedTuple):
     arity: int = 0
     arguments: Callable[[Any], tuple[Any, ...] | None] = no_arguments
     loss: bool = False  # ends a chain (only constant scales may follow); its first argument is the target
+    constants: tuple[int, ...] = ()  # which of its arguments are not tensors (a loss's reduction)
 
 
 class PerSampleRule(Protocol):

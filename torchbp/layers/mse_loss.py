@@ -120,5 +120,5 @@ def reduction_of(loss: torch.nn.Module) -> tuple[Any, ...]:
 register(Layer(
     torch.nn.MSELoss, MSELoss, MSELossFunction, mse_loss,
     step=Step("mse_loss", MSELossFunction.forward, mse_loss_step, reads="input", arity=2, arguments=reduction_of,
-              loss=True),
+              loss=True, constants=(1,)),
 ))

@@ -45,12 +45,6 @@ except ImportError:  # pragma: no cover - a PyTorch without these internals take
 transforms_active: Callable[[], bool] = _are_functorch_transforms_active if SHORTCUTS else (lambda: True)
 
 
-def shortcut_applies(kwargs: dict[str, Any]) -> bool:
-    """May a Function called with these keyword arguments run through its twin? Not under torch.compile
-    or a torch.func transform, which need the ``setup_context`` form, nor with keywords, which need binding."""
-    return not (kwargs or torch.compiler.is_compiling() or transforms_active())
-
-
 _TWINS: dict[type, Callable[..., Any]] = {}
 
 
@@ -97,8 +91,8 @@ def _unwrap_dead_wrappers(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple([unwrap_if_dead(a) if type(a) is torch.Tensor else a for a in args])
 
 
-def products_in_place(*tensors: torch.Tensor) -> bool:
-    """May a backward multiply these tensors into its own fresh temporary, in place?
+def products_in_place(factors: tuple[torch.Tensor | float, ...]) -> bool:
+    """May a backward multiply these factors into its own fresh temporary, in place?
 
     Not while the backward is itself being differentiated (grad mode is on inside a
     backward only under ``create_graph=True``): every product must then be recorded.
@@ -109,11 +103,12 @@ def products_in_place(*tensors: torch.Tensor) -> bool:
     """
     if torch.compiler.is_compiling() or not SHORTCUTS:  # first: the compiler is not to trace the checks below
         return False
-    return not (
-        torch.is_grad_enabled()
-        or transforms_active()
-        or any(is_batchedtensor(t) or is_legacy_batchedtensor(t) for t in tensors if isinstance(t, torch.Tensor))
-    )
+    if torch.is_grad_enabled() or transforms_active():
+        return False
+    for factor in factors:
+        if isinstance(factor, torch.Tensor) and (is_batchedtensor(factor) or is_legacy_batchedtensor(factor)):
+            return False
+    return True
 
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum

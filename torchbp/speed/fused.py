@@ -53,7 +53,7 @@ def scale_backward(
     return delta * c, (None,)  # c δ
 
 
-SCALE = Step("scale", scale, scale_backward, reads=None, arity=1)
+SCALE = Step("scale", scale, scale_backward, reads=None, arity=1, constants=(0,))
 STEPS: dict[str, Step] = {layer.step.kind: layer.step for layer in LAYERS if layer.step is not None}
 STEPS[SCALE.kind] = SCALE
 
@@ -63,6 +63,7 @@ class Plan(NamedTuple):
 
     steps: tuple[Step, ...]
     starts: tuple[int, ...]  # each step's first argument in the flat list of arguments
+    constants: tuple[int, ...]  # where in the flat list the arguments that are not tensors are
     saved: tuple[int | None, ...]  # for h_0 … h_L: where in (x, *returned) the backward reads it, or None
     returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
     arriving: tuple[int | None, ...]  # for h_0 … h_L: where its gradient is among the outputs' gradients
@@ -95,18 +96,21 @@ class SequentialFunction(HandDerivedFunction):
         x, kinds, *args = inputs
         chain = plan(kinds)
         # What is not a tensor (a reduction, a scale's constant) is kept on ctx, apart from the saved tensors.
-        ctx.chain, ctx.constants = chain, {i: a for i, a in enumerate(args) if not _tensor_or_none(a)}
+        ctx.chain, ctx.constants = chain, {i: args[i] for i in chain.constants}
+        for i in chain.constants:
+            args[i] = None
         ctx.set_materialize_grads(False)  # the h_l returned for the backward's sake get no gradient, mostly
         x_and_output = (x, *output)
-        tensors = [a if _tensor_or_none(a) else None for a in args]
-        ctx.save_for_backward(*tensors, *[None if i is None else x_and_output[i] for i in chain.saved])
+        ctx.save_for_backward(*args, *[None if i is None else x_and_output[i] for i in chain.saved])
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         chain, constants, needs = ctx.chain, ctx.constants, ctx.needs_input_grad
         saved = ctx.saved_tensors
         length = len(chain.steps)
-        args, hs = saved[: -length - 1], saved[-length - 1 :]
+        args, hs = list(saved[: -length - 1]), saved[-length - 1 :]
+        for i, constant in constants.items():
+            args[i] = constant
         # needs is (x, kinds, *args): the lowest argument whose gradient is wanted, x counted as -2.
         # A gradient is wanted below step l while lowest < starts[l] (δ W of a linear layer only then);
         # past that the backward stops.
@@ -120,17 +124,11 @@ class SequentialFunction(HandDerivedFunction):
                 continue
             step, i = chain.steps[l], chain.starts[l]
             h = hs[l + 1] if step.reads == "output" else hs[l]  # what a scale is given it does not read
-            arguments = tuple(constants.get(j, args[j]) for j in range(i, i + step.arity))
-            delta, grad_args[i : i + step.arity] = step.backward(
-                delta, h, arguments, (lowest < i, *needs[i + 2 : i + 2 + step.arity])
-            )
+            end = i + step.arity
+            delta, grad_args[i:end] = step.backward(delta, h, tuple(args[i:end]), (lowest < i, *needs[i + 2 : end + 2]))
             if lowest >= i:
                 break
         return (delta if needs[0] else None, None, *grad_args)
-
-
-def _tensor_or_none(argument: Any) -> bool:
-    return argument is None or isinstance(argument, torch.Tensor)
 
 
 def cached_while_eager(function: Callable[..., Plan]) -> Callable[..., Plan]:
@@ -147,6 +145,7 @@ def plan(kinds: tuple[str, ...]) -> Plan:
         raise ValueError(f"expected steps of {tuple(STEPS)}, and after a loss only {SCALE.kind!r}; got {kinds}")
     steps = tuple(STEPS[kind] for kind in kinds)
     starts = tuple(sum(step.arity for step in steps[:l]) for l in range(len(steps)))
+    constants = tuple(start + c for step, start in zip(steps, starts) for c in step.constants)
     # Step l (counted from 0) reads h_l (its input: δᵀ h_l, h_l − y) or h_{l+1} (its output: σ' = (1 − a) a),
     # or neither (a scale), and writes h_{l+1}.
     read = [False] * (len(kinds) + 1)
@@ -156,7 +155,7 @@ def plan(kinds: tuple[str, ...]) -> Plan:
     returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
     arriving = tuple(returned.index(l) if l in returned else None for l in range(len(kinds) + 1))
     saved = tuple(((0 if l == 0 else arriving[l] + 1) if read[l] else None) for l in range(len(kinds) + 1))  # type: ignore[operator]
-    return Plan(steps, starts, saved, returned, arriving)
+    return Plan(steps, starts, constants, saved, returned, arriving)
 
 
 def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
