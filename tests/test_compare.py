@@ -6,11 +6,10 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-
-import torchbp
 from hypothesis import given
 from hypothesis import strategies as st
 
+import torchbp
 from torchbp.check import check_function, check_model
 from torchbp.compare import DEFAULT_RTOL, compare_many, compare_tensors
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction

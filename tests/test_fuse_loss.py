@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 import torchbp
 import torchbp.layers.mse_loss
-from conftest import chain, chain_data
 from torchbp.compare import compare_tensors
 from torchbp.functions import DTypeError, SequentialFunction, ShapeError
 
+from conftest import chain, chain_data
 
 
 def loss_and_gradients(loss_fn, parameters, x, y):

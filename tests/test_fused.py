@@ -12,7 +12,6 @@ from torchbp.functions import SequentialFunction
 from conftest import DEVICES, chain, chain_data
 
 
-
 def test_fuse_makes_a_torchbp_sequential_and_to_native_reverses_it():
     model = chain()
     fused = torchbp.fuse(model)

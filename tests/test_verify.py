@@ -3,7 +3,8 @@
 That each property catches the mistake it names is tests/test_verify_corpus.py's job.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch

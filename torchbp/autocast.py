@@ -16,7 +16,7 @@ cast, and float64 tensors never are.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.torch_version import TorchVersion

@@ -11,7 +11,8 @@ its criterion and its report, is :mod:`torchbp.compare`'s.
 from __future__ import annotations
 
 import copy
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Callable, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
-
 
 DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.float64: 1e-7,

@@ -19,7 +19,7 @@ their mean over the N samples is ``.grad``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -114,10 +114,12 @@ def validate_conv2d(input, weight, bias, stride, padding, dilation) -> None:
         and weight.shape[1] > 0
         and (
             bias is None
-            or isinstance(bias, torch.Tensor)
-            and bias.dtype == input.dtype
-            and bias.device == input.device
-            and bias.shape == weight.shape[:1]
+            or (
+                isinstance(bias, torch.Tensor)
+                and bias.dtype == input.dtype
+                and bias.device == input.device
+                and bias.shape == weight.shape[:1]
+            )
         )
         and _is_pair(stride, 1)
         and _is_pair(padding, 0)

@@ -67,8 +67,8 @@ def validate_cross_entropy(
         and input.dim() > 0
         and target.device == input.device
         and (
-            target.dtype in INDEX_DTYPES and target.shape == positions_shape(input)
-            or target.dtype == input.dtype and target.shape == input.shape and ignore_index < 0
+            (target.dtype in INDEX_DTYPES and target.shape == positions_shape(input))
+            or (target.dtype == input.dtype and target.shape == input.shape and ignore_index < 0)
         )
     ):
         return

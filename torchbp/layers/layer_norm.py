@@ -15,7 +15,8 @@ g = ∂J/∂y is the upstream gradient, shape of x; ĝ = g ⊙ γ (g itself with
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: An
         and input.shape[input.dim() - len(shape):] == shape
         and all(
             t is None
-            or isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape
+            or (isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape)
             for t in (weight, bias)
         )
     ):

@@ -52,10 +52,12 @@ def validate_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         and input.shape[-1] == weight.shape[1]
         and (
             bias is None
-            or isinstance(bias, torch.Tensor)
-            and bias.dtype == input.dtype
-            and bias.device == input.device
-            and bias.shape == weight.shape[:1]
+            or (
+                isinstance(bias, torch.Tensor)
+                and bias.dtype == input.dtype
+                and bias.device == input.device
+                and bias.shape == weight.shape[:1]
+            )
         )
     ):
         return

@@ -24,7 +24,8 @@ is_legacy_batchedtensor and unwrap_if_dead. Where a PyTorch version lacks them, 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

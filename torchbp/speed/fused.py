@@ -28,7 +28,8 @@ autograd's time per layer, 1.36× through :class:`Sequential` and 1.25× through
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.modules import module as module_hooks

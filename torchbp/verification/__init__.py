@@ -10,14 +10,15 @@ they share: fresh inputs in any form, one seeded upstream gradient, the comparis
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from torchbp.check import as_tuple
 from torchbp.compare import validate_tolerances
+
 # Importing each theme registers its properties; the report lists them in this order.
-from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401, I001
+from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401  # isort: skip
 from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
 from torchbp.verification.subject import Subject
@@ -217,4 +218,4 @@ def _check_same_outputs(subject: Subject) -> None:
                          f"{show(shapes)}: the reference must compute the same function as fn")
 
 
-__all__ = ["verify", "VerifyReport", "VerifyRow", "VERIFY_PROPERTIES"]
+__all__ = ["VERIFY_PROPERTIES", "VerifyReport", "VerifyRow", "verify"]

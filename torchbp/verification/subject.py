@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
 from torchbp.check import SameRandomness, _callable_name, _gradients, as_tuple
 from torchbp.compare import DEFAULT_RTOL, compare_tensors
 from torchbp.verification.outcome import Failed
-
 
 UPSTREAM_STREAM = 0x5EED_0F_6  # an offset no one seeds their examples with
 
