@@ -151,7 +151,9 @@ class ModelPair:
         pairs.append(("loss", *losses))
         if inputs is not None and inputs[1].requires_grad:
             pairs.append(("input.grad", inputs[0].grad, inputs[1].grad))
-        for name, grad_name, mine, theirs in zip(self.names, self.grad_names, self.hand_parameters, self.native_parameters):
+        for name, grad_name, mine, theirs in zip(
+            self.names, self.grad_names, self.hand_parameters, self.native_parameters
+        ):
             if parameters:
                 pairs.append((name, mine, theirs))
             if mine.requires_grad or theirs.requires_grad:

@@ -84,7 +84,9 @@ class Settled(NamedTuple):
         return relative_error(self.max_abs_error, self.reference_max)
 
     def row(self) -> ComparedTensor:
-        return _row(self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol)
+        return _row(
+            self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol
+        )
 
 
 class Identical(NamedTuple):
@@ -190,7 +192,9 @@ class Report:
         ]
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
         lines = [headline] + ([self.layers] if self.layers else [])
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]
+        ]
         lines += [f"  {row.name}: {row.note}" for row in self.rows if row.note]
         return "\n".join(lines)
 

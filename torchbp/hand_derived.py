@@ -10,7 +10,7 @@ formulas in ``torchbp/layers/`` read without either.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 
@@ -76,7 +76,7 @@ class Indicator(NamedTuple):
     zero_where: torch.Tensor
 
 
-Derivative = Union[torch.Tensor, tuple[torch.Tensor, ...], Indicator]
+Derivative = torch.Tensor | tuple[torch.Tensor, ...] | Indicator
 
 
 def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivative) -> torch.Tensor:

@@ -224,7 +224,9 @@ def _recorded_pass(model, loss_fn: Callable, inputs: torch.Tensor, target: torch
     """One forward and a backward that stops at the recorded layers, of a torchbp version of ``model``."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ...), the sample dimension first, got {shape}")
+        raise ShapeError(
+            f"per-sample gradients: expected inputs of shape (N, ...), the sample dimension first, got {shape}"
+        )
     model = _torchbp_model(model)
     loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
     recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0], target))

@@ -244,7 +244,7 @@ def cnn_norms_against_a_backward():
     """digits-cnn's per-sample gradient norms against one plain training backward."""
 
     def make():
-        native, loss_fn, x, labels = digits_cnn_setup()
+        native, _, x, labels = digits_cnn_setup()
         hand = torchbp.convert(native)
         hand_loss = torchbp.nn.CrossEntropyLoss()
 

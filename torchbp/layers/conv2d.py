@@ -365,7 +365,7 @@ def per_sample_weight_grad_norms_squared(
     L² (o + c·kH·kW) per sample against o·c·kH·kW·L for the gradient, so they are
     used while L (o + c·kH·kW) < o·c·kH·kW: few output positions, many channels.
     """
-    n, o = delta.shape[:2]
+    o = delta.shape[1]
     U = _unfold(a_prev, kernel_size, stride, padding, dilation)  # (n, c·kH·kW, L)
     ckk, L = U.shape[1:]
     if L * (o + ckk) < o * ckk:

@@ -40,7 +40,9 @@ def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: An
         and input.shape[input.dim() - len(shape):] == shape
         and all(
             t is None
-            or (isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape)
+            or (
+                isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape
+            )
             for t in (weight, bias)
         )
     ):

@@ -121,7 +121,7 @@ def needs_input_grad(subject: Subject) -> str:
         nodes = custom_nodes(outputs)
         nodes_seen += len(nodes)
         for node in nodes:
-            node.register_hook(lambda returned, _, node=node: extra.extend(
+            node.register_hook(lambda returned, _, node=node, subset=subset: extra.extend(
                 f"{type(node).__name__} returned a gradient for {_argument(subject, node, k)}, which needs none "
                 f"(inputs {list(subset)} require grad)"
                 for k, ((edge, _), grad) in enumerate(zip(node.next_functions, returned))

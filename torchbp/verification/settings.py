@@ -62,7 +62,9 @@ def saved_bytes(fn, inputs: list) -> int:
         outputs = as_tuple(fn(*inputs))
     for node in custom_nodes(outputs):
         for value in vars(node).values():
-            contents = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            contents = (
+                value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            )
             for item in contents:  # a tensor kept on ctx, or in a list, tuple or dict kept there
                 if isinstance(item, torch.Tensor):
                     pack(item)
