@@ -32,7 +32,7 @@ class HandDerivedFunction(torch.autograd.Function):
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
         if speed.shortcut_applies(kwargs):
             return speed.apply_eagerly(cls, args)
-        return super().apply(*args, **kwargs)
+        return super().apply(*args, **kwargs)  # type: ignore[no-untyped-call]  # torch leaves apply untyped
 
 
 def running_eagerly() -> bool:
@@ -124,8 +124,8 @@ class ElementwiseFunction(HandDerivedFunction):
             (t,) = ctx.saved_tensors
             return times_derivative(g, t, cls.derivative(t))
 
-        cls.setup_context = staticmethod(setup_context)  # type: ignore[method-assign, assignment]
-        cls.backward = staticmethod(backward)  # type: ignore[method-assign, assignment]
+        cls.setup_context = staticmethod(setup_context)  # type: ignore[method-assign]
+        cls.backward = staticmethod(backward)  # type: ignore[method-assign]
 
     @classmethod
     def fused_step(cls, kind: str) -> Step:
