@@ -188,7 +188,7 @@ class PerSampleGradients:
                 layer = PER_SAMPLE_RULES[type(module)].norms_squared(module, *calls[0])
             else:
                 grads = self._layer_grads(module, calls, {}).values()
-                layer = cast(torch.Tensor, sum(g.flatten(1).square().sum(1) for g in grads))  # 0 if it has none
+                layer = cast(torch.Tensor, sum(g.flatten(1).square().sum(1) for g in grads))  # 0 if all are frozen
             squared = layer if squared is None else squared + layer
         if squared is None:
             return torch.zeros(0)

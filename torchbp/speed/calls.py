@@ -125,4 +125,5 @@ def mse_loss_of_equal_shapes(input: torch.Tensor, target: torch.Tensor, reductio
     its broadcast (the same kernel on the same tensors, so the same bits)."""
     if not SHORTCUTS or torch.compiler.is_compiling():
         return F.mse_loss(input, target, reduction=reduction)
-    return _mse_loss_kernel(input, target, _REDUCTIONS[reduction])  # type: ignore[arg-type]  # the stub says str; the kernel takes the enum
+    # torch's stub says the reduction is a str; the kernel takes the enum's value
+    return _mse_loss_kernel(input, target, _REDUCTIONS[reduction])  # type: ignore[arg-type]
