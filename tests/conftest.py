@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import settings
@@ -9,10 +11,11 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def chain(widths=(2, 3, 1), bias=True, dtype=torch.float64, last_sigmoid=True):
-    """A torch.nn.Sequential of Linear layers of the given widths, each followed by a Sigmoid (the last one optional)."""
+    """A torch.nn.Sequential of Linear layers of the given widths, each followed by a Sigmoid
+    (the last one optional)."""
     torch.manual_seed(0)
     layers = []
-    for n_in, n_out in zip(widths, widths[1:]):
+    for n_in, n_out in itertools.pairwise(widths):
         layers += [torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.Sigmoid()]
     return torch.nn.Sequential(*(layers if last_sigmoid else layers[:-1])).to(dtype)
 

@@ -3,7 +3,8 @@
 Cases are data: every test runs over ACTIVATIONS, so an activation added there is held to all of them.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch

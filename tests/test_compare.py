@@ -6,11 +6,10 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-
-import torchbp
 from hypothesis import given
 from hypothesis import strategies as st
 
+import torchbp
 from torchbp.check import check_function, check_model
 from torchbp.compare import DEFAULT_RTOL, compare_many, compare_tensors
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
@@ -268,7 +267,9 @@ def network(bias=True):
 @pytest.mark.parametrize("given_as", ["native", "torchbp"])
 def test_check_model_compares_output_loss_input_and_every_parameter(given_as):
     model = network() if given_as == "native" else torchbp.convert(network())
-    report = check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    report = check_model(
+        model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    )
     assert report.ok, str(report)
     names = [row.name for row in report.rows]
     assert names == ["output", "loss", "input.grad", "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"]
@@ -276,14 +277,20 @@ def test_check_model_compares_output_loss_input_and_every_parameter(given_as):
 
 def test_check_model_catches_a_planted_bug_in_a_layer(monkeypatch):
     monkeypatch.setattr(SigmoidFunction, "backward", MissingSigmoidDerivative.backward)
-    report = check_model(network(), torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    report = check_model(
+        network(), torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    )
     assert not report.ok
-    assert {row.name for row in report.mismatches} == {"input.grad", "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"}
+    assert {row.name for row in report.mismatches} == {
+        "input.grad", "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"
+    }
 
 
 def test_check_model_catches_a_planted_bug_in_the_loss(monkeypatch):
     monkeypatch.setattr(MSELossFunction, "backward", SumScaleForMean.backward)
-    report = check_model(network(), torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    report = check_model(
+        network(), torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    )
     assert "loss" not in {row.name for row in report.mismatches}
     assert "2.weight.grad" in {row.name for row in report.mismatches}
 
@@ -291,7 +298,9 @@ def test_check_model_catches_a_planted_bug_in_the_loss(monkeypatch):
 def test_check_model_leaves_the_model_alone():
     model = network()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    check_model(
+        model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    )
     assert all(type(m).__module__.startswith("torch.nn") for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -300,24 +309,32 @@ def test_check_model_leaves_the_model_alone():
 def test_check_model_skips_frozen_parameters():
     model = network()
     model[0].weight.requires_grad_(False)
-    report = check_model(model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    report = check_model(
+        model, torch.nn.MSELoss(), torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    )
     assert report.ok and "0.weight.grad" not in [row.name for row in report.rows]
 
 
 def test_check_model_refuses_a_model_torchbp_would_not_change():
     with pytest.raises(ValueError, match="no layer that torchbp replaces"):
-        check_model(torch.nn.Sequential(torch.nn.GELU()), lambda out, y: (out - y).sum(), torch.randn(3), torch.randn(3))
+        check_model(
+            torch.nn.Sequential(torch.nn.GELU()), lambda out, y: (out - y).sum(), torch.randn(3), torch.randn(3)
+        )
 
 
 def test_check_model_gives_both_sides_the_same_dropout_mask():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).double()
-    report = check_model(model, torch.nn.MSELoss(), torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64))
+    report = check_model(
+        model, torch.nn.MSELoss(), torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    )
     assert report.ok, str(report)
 
 
 def test_check_model_accepts_a_plain_loss_function():
     half_sse = lambda out, y: 0.5 * ((out - y) ** 2).sum()  # noqa: E731
-    report = check_model(network(bias=False), half_sse, torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64))
+    report = check_model(
+        network(bias=False), half_sse, torch.randn(5, 2, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64)
+    )
     assert report.ok, str(report)
 
 
@@ -436,7 +453,9 @@ def test_a_tolerance_must_be_a_finite_number_of_at_least_zero(tolerances):
 
 
 ODD_KINDS = {
-    "float8": lambda: (torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn), torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn)),
+    "float8": lambda: (
+        torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn), torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn)
+    ),
     "a conjugate view": lambda: (torch.tensor([1 + 2j]).conj(), torch.tensor([1 - 2j])),
     "complex within its default tolerance": lambda: (torch.tensor([1 + 1j]) * (1 + 1e-7), torch.tensor([1 + 1j])),
 }

@@ -381,7 +381,7 @@ def test_per_sample_grads_match_reference(case, reference):
 
 @pytest.mark.parametrize("case", PER_SAMPLE_CASES)
 def test_per_sample_weight_grads_add_up_to_the_weight_gradient(case):
-    x, w, b, delta, arguments = per_sample_arguments(PER_SAMPLE_CASES[case])
+    x, _, _, delta, arguments = per_sample_arguments(PER_SAMPLE_CASES[case])
     stride, padding, dilation, kernel = arguments
     summed = per_sample_weight_grads(delta, x, *arguments).sum(0)
     torch.testing.assert_close(summed, weight_gradient(x, delta, kernel, stride, padding, dilation))
@@ -422,7 +422,7 @@ class RecordShapes(torch.utils._python_dispatch.TorchDispatchMode):
 
 @pytest.mark.parametrize("case", NORM_CASES)
 def test_per_sample_norms_are_the_norms_of_the_gradients(case):
-    x, w, b, delta, arguments = per_sample_arguments(NORM_CASES[case][0])
+    x, _, _, delta, arguments = per_sample_arguments(NORM_CASES[case][0])
     expected = per_sample_weight_grads(delta, x, *arguments).flatten(1).square().sum(1)
     torch.testing.assert_close(per_sample_weight_grad_norms_squared(delta, x, *arguments), expected)
 
@@ -430,7 +430,7 @@ def test_per_sample_norms_are_the_norms_of_the_gradients(case):
 @pytest.mark.parametrize("case", NORM_CASES)
 def test_per_sample_norms_form_the_gradients_only_where_that_is_cheaper(case):
     (shape, gram) = NORM_CASES[case]
-    x, w, b, delta, arguments = per_sample_arguments(shape)
+    x, w, _, delta, arguments = per_sample_arguments(shape)
     with RecordShapes() as recorded:
         per_sample_weight_grad_norms_squared(delta, x, *arguments)
     formed = (len(x), w.shape[0], w[0].numel())  # (n, o, c·kH·kW)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
-from torch.autograd.gradcheck import GradcheckError
 from hypothesis import strategies as st
+from torch.autograd.gradcheck import GradcheckError
 
 import torchbp
 from torchbp.check import check_function

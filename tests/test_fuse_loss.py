@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 import torchbp
 import torchbp.layers.mse_loss
-from conftest import chain, chain_data
 from torchbp.compare import compare_tensors
 from torchbp.functions import DTypeError, SequentialFunction, ShapeError
 
+from conftest import chain, chain_data
 
 
 def loss_and_gradients(loss_fn, parameters, x, y):
@@ -104,7 +104,8 @@ def test_training_steps_follow_native_training_to_the_bit():
     fused = torchbp.fuse_loss(native, torch.nn.MSELoss(reduction="sum"), scale=0.5)
     x, y = chain_data(5, (2, 3, 1))
     steps = []
-    for loss_fn, model in ((fused, fused), (lambda x, y: 0.5 * torch.nn.MSELoss(reduction="sum")(native(x), y), native)):
+    half_sse = lambda x, y: 0.5 * torch.nn.MSELoss(reduction="sum")(native(x), y)  # noqa: E731
+    for loss_fn, model in ((fused, fused), (half_sse, native)):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         for _ in range(20):
             optimizer.zero_grad()
@@ -174,7 +175,9 @@ def test_falls_back_to_loss_of_model_and_stays_equal_to_native(case, monkeypatch
     fused = torchbp.fuse_loss(model, loss_fn, scale=0.5)
     chains = []
     original = SequentialFunction.apply
-    monkeypatch.setattr(SequentialFunction, "apply", lambda x, kinds, *a: chains.append(kinds) or original(x, kinds, *a))
+    monkeypatch.setattr(
+        SequentialFunction, "apply", lambda x, kinds, *a: chains.append(kinds) or original(x, kinds, *a)
+    )
     x, y = chain_data(5, (2, 3, 1))
 
     def reference(x, y):
@@ -196,11 +199,21 @@ def test_under_autocast_the_per_layer_path_runs(monkeypatch):
 
 
 BAD_INPUT = {
-    "a target of another shape": (lambda x, y: (x, y[:, 0]), ShapeError, r"mse_loss: expected target of the input's shape \(5, 1\), got \(5,\)"),
-    "a target of another dtype": (lambda x, y: (x, y.float()), DTypeError, "mse_loss: expected target to have the dtype of input"),
-    "an input of the wrong width": (lambda x, y: (x[:, :1], y), ShapeError, r"linear: expected input of shape \(\*, 2\)"),
-    "an integer input": (lambda x, y: (x.long(), y), DTypeError, "linear: expected input to be a floating-point tensor"),
-    "a target that is no tensor": (lambda x, y: (x, y.tolist()), TypeError, "mse_loss: expected target to be a torch.Tensor"),
+    "a target of another shape": (
+        lambda x, y: (x, y[:, 0]), ShapeError, r"mse_loss: expected target of the input's shape \(5, 1\), got \(5,\)"
+    ),
+    "a target of another dtype": (
+        lambda x, y: (x, y.float()), DTypeError, "mse_loss: expected target to have the dtype of input"
+    ),
+    "an input of the wrong width": (
+        lambda x, y: (x[:, :1], y), ShapeError, r"linear: expected input of shape \(\*, 2\)"
+    ),
+    "an integer input": (
+        lambda x, y: (x.long(), y), DTypeError, "linear: expected input to be a floating-point tensor"
+    ),
+    "a target that is no tensor": (
+        lambda x, y: (x, y.tolist()), TypeError, "mse_loss: expected target to be a torch.Tensor"
+    ),
 }
 
 
@@ -254,7 +267,9 @@ def test_compiled_fused_loss_has_no_graph_break_and_native_gradients():
         assert row.ok, row
 
 
-@pytest.mark.parametrize("kinds", [("mse_loss", "linear"), ("linear", "softplus")], ids=["a layer after the loss", "an unknown step"])
+@pytest.mark.parametrize(
+    "kinds", [("mse_loss", "linear"), ("linear", "softplus")], ids=["a layer after the loss", "an unknown step"]
+)
 def test_a_chain_that_is_no_chain_of_known_steps_is_refused(kinds):
     with pytest.raises(ValueError, match="expected steps of"):
         SequentialFunction.apply(torch.randn(5, 2), kinds, torch.randn(5, 2), "sum", torch.randn(3, 2), None)

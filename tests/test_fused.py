@@ -12,7 +12,6 @@ from torchbp.functions import SequentialFunction
 from conftest import DEVICES, chain, chain_data
 
 
-
 def test_fuse_makes_a_torchbp_sequential_and_to_native_reverses_it():
     model = chain()
     fused = torchbp.fuse(model)
@@ -68,7 +67,9 @@ def every_output_summed(x, w1, b1, w2):
     return sum(h.sum() * (i + 1) for i, h in enumerate(sequential_function(x, w1, b1, w2)))
 
 
-@pytest.mark.parametrize("fn", [lambda *a: sequential_function(*a)[-1], every_output_summed], ids=["output", "every h_l"])
+@pytest.mark.parametrize(
+    "fn", [lambda *a: sequential_function(*a)[-1], every_output_summed], ids=["output", "every h_l"]
+)
 def test_gradcheck_and_gradgradcheck(fn):
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)

@@ -137,7 +137,8 @@ def test_a_planted_wrong_per_sample_formula_is_caught(monkeypatch):
 
 
 REFUSED = [
-    ("conv2d with groups", lambda: torchbp.functional.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2),
+    ("conv2d with groups",
+     lambda: torchbp.functional.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2),
      NotImplementedError, "groups=1 only, got groups=2"),
     ("CrossEntropyLoss with class weights",
      lambda: torchbp.nn.CrossEntropyLoss(weight=torch.ones(3))(torch.randn(2, 3), torch.tensor([0, 1])),
@@ -170,7 +171,8 @@ def test_layer_norm_takes_a_low_precision_input_with_float32_parameters_as_nativ
         torchbp.check_model(native, torch.nn.MSELoss(), x, torch.randn(4, 8), rtol=2e-2).assert_ok()
 
 
-@pytest.mark.parametrize("native", [torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.CrossEntropyLoss(weight=torch.ones(3))],
+@pytest.mark.parametrize("native",
+                         [torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.CrossEntropyLoss(weight=torch.ones(3))],
                          ids=["Conv2d with groups", "CrossEntropyLoss with class weights"])
 def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
     assert type(torchbp.convert(native)) is type(native)

@@ -15,9 +15,8 @@ from conftest import DEVICES
 
 def network(dtype=torch.float64):
     torch.manual_seed(0)
-    return torchbp.convert(
-        torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 2), torch.nn.Sigmoid()).to(dtype)
-    )
+    native = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 2), torch.nn.Sigmoid())
+    return torchbp.convert(native.to(dtype))
 
 
 def data(dtype=torch.float64, device="cpu"):

@@ -139,7 +139,7 @@ def test_convert_leaves_subclasses_of_native_layers_alone():
 
 
 def test_convert_refuses_what_is_not_a_module():
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         torchbp.convert(lambda x: x)
 
 

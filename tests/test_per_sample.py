@@ -1,5 +1,7 @@
 """Per-sample gradients from the hand-derived backward, against three references."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sa
 def mlp(bias=True, dtype=torch.float64, widths=(3, 4, 2)):
     torch.manual_seed(0)
     layers = []
-    for n_in, n_out in zip(widths, widths[1:]):
+    for n_in, n_out in itertools.pairwise(widths):
         layers += [torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.Sigmoid()]
     return torch.nn.Sequential(*layers[:-1]).to(dtype)
 
@@ -79,7 +81,9 @@ CASES = [
 
 
 def case_id(case):
-    return f"N{case['n']}-{'3d' if case['middle'] else '2d'}-{'bias' if case['bias'] else 'nobias'}-{str(case['dtype'])[6:]}-{case['reduction']}"
+    layout = "3d" if case["middle"] else "2d"
+    bias = "bias" if case["bias"] else "nobias"
+    return f"N{case['n']}-{layout}-{bias}-{str(case['dtype'])[6:]}-{case['reduction']}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -221,7 +225,8 @@ BAD_CALLS = {
     "a layer without a per-sample rule": (
         lambda: per_sample_grads(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double(),
                                  torch.nn.MSELoss(), *data(4, (), torch.float64, widths=(3, 2))),
-        NotImplementedError, "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, LayerNorm, Linear only",
+        NotImplementedError,
+        "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, LayerNorm, Linear only",
     ),
     "a loss without a reduction": (
         lambda: per_sample_grads(mlp(), lambda out, y: ((out - y) ** 2).sum(), *data(4, (), torch.float64)),
@@ -242,7 +247,8 @@ BAD_CALLS = {
         KeyError, "weight",
     ),
     "inputs without a sample dimension": (
-        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)),
+        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64),
+                                 torch.randn(2, dtype=torch.float64)),
         torchbp.ShapeError, "expected inputs of shape (N, ...), the sample dimension first, got (3,)",
     ),
 }

@@ -16,7 +16,8 @@ def network(bias=True):
 
 def data():
     generator = torch.Generator().manual_seed(1)
-    return torch.rand(5, 2, generator=generator, dtype=torch.float64), torch.rand(5, 1, generator=generator, dtype=torch.float64)
+    x = torch.rand(5, 2, generator=generator, dtype=torch.float64)
+    return x, torch.rand(5, 1, generator=generator, dtype=torch.float64)
 
 
 def half_sse(model, loss_cls):
@@ -45,7 +46,8 @@ TRANSFORMS = {
     "vmap(grad)": lambda loss, params, x, y: vmap(grad(loss), in_dims=(None, 0, 0))(params, x[:, None], y[:, None]),
     "jacrev": lambda loss, params, x, y: jacrev(loss)(params, x, y),
     "hessian (jacrev of jacrev)": lambda loss, params, x, y: jacrev(jacrev(loss))(params, x, y),
-    "hessian wrt the input (jacrev of jacrev)": lambda loss, params, x, y: jacrev(jacrev(lambda x: loss(params, x, y)))(x),
+    "hessian wrt the input (jacrev of jacrev)":
+        lambda loss, params, x, y: jacrev(jacrev(lambda x: loss(params, x, y)))(x),
     "vmap of the forward": lambda loss, params, x, y: vmap(lambda x_n: loss(params, x_n[None], y[:1]))(x),
 }
 
@@ -69,7 +71,8 @@ def test_forward_mode_transforms_are_refused_with_pytorchs_error(forward_mode):
 def test_a_wrong_backward_shows_in_the_hessian(monkeypatch):
     from torchbp.functions import SigmoidFunction
 
-    monkeypatch.setattr(SigmoidFunction, "backward", staticmethod(lambda ctx, g: g * 2 * (1 - ctx.saved_tensors[0]) * ctx.saved_tensors[0]))
+    twice_the_derivative = lambda ctx, g: g * 2 * (1 - ctx.saved_tensors[0]) * ctx.saved_tensors[0]  # noqa: E731
+    monkeypatch.setattr(SigmoidFunction, "backward", staticmethod(twice_the_derivative))
     ours, theirs = both(TRANSFORMS["hessian (jacrev of jacrev)"])
     with pytest.raises(AssertionError):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
@@ -103,7 +106,8 @@ BATCHED_GRADIENTS = {
     "autograd.grad(is_grads_batched=True)": lambda f, x: torch.autograd.grad(
         f(x.requires_grad_()), x, torch.eye(1, dtype=torch.float64).reshape(1).repeat(3), is_grads_batched=True
     )[0],
-    "autograd.functional.jacobian(vectorize=True)": lambda f, x: torch.autograd.functional.jacobian(f, x, vectorize=True),
+    "autograd.functional.jacobian(vectorize=True)":
+        lambda f, x: torch.autograd.functional.jacobian(f, x, vectorize=True),
     "autograd.functional.hessian(vectorize=True)": lambda f, x: torch.autograd.functional.hessian(f, x, vectorize=True),
     "jacrev under no_grad": lambda f, x: _no_grad(lambda: jacrev(f)(x)),
     "jacrev(jacrev) under no_grad": lambda f, x: _no_grad(lambda: jacrev(jacrev(f))(x)),

@@ -16,7 +16,10 @@ BAD_INPUTS = {
         torchbp.ShapeError, ["(5, 3)", "(4, 2)", "(*, 2)"],
     ),
     "linear: 0-d input": (lambda: linear(torch.tensor(1.0), torch.randn(4, 1)), torchbp.ShapeError, ["()"]),
-    "linear: 1-D weight": (lambda: linear(torch.randn(5, 3), torch.randn(3)), torchbp.ShapeError, ["(3,)", "(out_features, in_features)"]),
+    "linear: 1-D weight": (
+        lambda: linear(torch.randn(5, 3), torch.randn(3)),
+        torchbp.ShapeError, ["(3,)", "(out_features, in_features)"],
+    ),
     "linear: bias of the wrong size": (
         lambda: linear(torch.randn(5, 3), torch.randn(4, 3), torch.randn(3)),
         torchbp.ShapeError, ["(4,)", "(3,)"],
@@ -39,7 +42,9 @@ BAD_INPUTS = {
     ),
     "linear: not a tensor": (lambda: linear([[1.0, 2.0]], torch.randn(4, 2)), TypeError, ["torch.Tensor", "list"]),
     "sigmoid: integer input": (lambda: sigmoid(torch.ones(3, dtype=torch.int32)), torchbp.DTypeError, ["torch.int32"]),
-    "sigmoid: complex input": (lambda: sigmoid(torch.ones(3, dtype=torch.complex64)), torchbp.DTypeError, ["complex64"]),
+    "sigmoid: complex input": (
+        lambda: sigmoid(torch.ones(3, dtype=torch.complex64)), torchbp.DTypeError, ["complex64"]
+    ),
     "mse_loss: target of another shape": (
         lambda: mse_loss(torch.randn(5, 1), torch.randn(5)),
         torchbp.ShapeError, ["(5, 1)", "(5,)"],
@@ -80,7 +85,9 @@ def test_bad_input_raises_a_clear_error(case):
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in BAD_INPUTS if issubclass(BAD_INPUTS[c][1], (torchbp.ShapeError, torchbp.DTypeError, torchbp.DeviceError))]
+    "case",
+    [c for c in BAD_INPUTS
+     if issubclass(BAD_INPUTS[c][1], (torchbp.ShapeError, torchbp.DTypeError, torchbp.DeviceError))],
 )
 def test_torchbp_errors_are_runtime_errors_like_native_torchs(case):
     call, _, _ = BAD_INPUTS[case]

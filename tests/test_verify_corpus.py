@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from torchbp.verification import VERIFY_PROPERTIES, verify
+
 from verify_corpus import (
     CORPUS,
     ContiguousOnly,

@@ -18,42 +18,42 @@ from torchbp import functional, functions, nn
 from torchbp.check import check_function, check_model
 from torchbp.compare import ComparedTensor, Report, compare_tensors
 from torchbp.convert import convert, fuse, fuse_loss, to_native
-from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
 from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
 from torchbp.tensorboard_log import new_run_dir
+from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
 from torchbp.verification import VERIFY_PROPERTIES, VerifyReport, VerifyRow, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "functional",
-    "functions",
-    "nn",
-    "convert",
-    "fuse",
-    "fuse_loss",
-    "to_native",
-    "check_function",
-    "check_model",
-    "verify",
-    "VerifyReport",
-    "VerifyRow",
     "VERIFY_PROPERTIES",
-    "compare_tensors",
-    "Report",
-    "ComparedTensor",
-    "LockstepTrainer",
-    "LockstepMismatch",
-    "LockstepResult",
-    "StepRecord",
-    "new_run_dir",
-    "per_sample_grads",
-    "per_sample_grad_norms",
-    "PerSampleGradients",
-    "ShapeError",
-    "DTypeError",
-    "DeviceError",
     "ArgumentError",
     "ClassIndexError",
+    "ComparedTensor",
+    "DTypeError",
+    "DeviceError",
+    "LockstepMismatch",
+    "LockstepResult",
+    "LockstepTrainer",
+    "PerSampleGradients",
+    "Report",
+    "ShapeError",
+    "StepRecord",
+    "VerifyReport",
+    "VerifyRow",
+    "check_function",
+    "check_model",
+    "compare_tensors",
+    "convert",
+    "functional",
+    "functions",
+    "fuse",
+    "fuse_loss",
+    "new_run_dir",
+    "nn",
+    "per_sample_grad_norms",
+    "per_sample_grads",
+    "to_native",
+    "verify",
 ]

@@ -16,7 +16,8 @@ cast, and float64 tensors never are.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch.torch_version import TorchVersion
@@ -51,9 +52,9 @@ else:  # torch 2.3 names the CPU and CUDA states apart
         return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
-def cast_as_autocast_would(policy: str, *tensors: torch.Tensor | None) -> tuple:
+def cast_as_autocast_would(policy: str, *tensors: torch.Tensor | None) -> tuple[Any, ...]:
     """``tensors`` as native autocast would hand them to an operation of ``policy``, unchanged outside autocast."""
-    device_type = tensors[0].device.type
+    device_type = cast(torch.Tensor, tensors[0]).device.type  # the first is the operation's input, never None
     if not _enabled(device_type):
         return tensors
     target = _dtype(device_type) if policy == LOWER_PRECISION else torch.float32

@@ -11,7 +11,8 @@ its criterion and its report, is :mod:`torchbp.compare`'s.
 from __future__ import annotations
 
 import copy
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,9 +29,10 @@ class SameRandomness:
     where the first run started, so dropout masks and the like agree.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+        self.cuda = torch.cuda.get_rng_state_all() if initialized else None
 
     def replay(self) -> None:
         torch.set_rng_state(self.cpu)
@@ -41,7 +43,7 @@ class SameRandomness:
 def check_function(
     fn: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
     reference: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
-    *inputs,
+    *inputs: Any,
     grad_output: torch.Tensor | Sequence[torch.Tensor] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -146,11 +148,15 @@ class ModelPair:
         and :class:`torchbp.LockstepTrainer` both report through this; the trainer
         passes ``defer_equal`` (see :func:`settle`), as most of its reports are never read.
         """
-        pairs = [("output", *outputs)] if outputs is not None else []
+        pairs: list[tuple[str, torch.Tensor | None, torch.Tensor | None]] = (
+            [("output", *outputs)] if outputs is not None else []
+        )
         pairs.append(("loss", *losses))
         if inputs is not None and inputs[1].requires_grad:
             pairs.append(("input.grad", inputs[0].grad, inputs[1].grad))
-        for name, grad_name, mine, theirs in zip(self.names, self.grad_names, self.hand_parameters, self.native_parameters):
+        for name, grad_name, mine, theirs in zip(
+            self.names, self.grad_names, self.hand_parameters, self.native_parameters
+        ):
             if parameters:
                 pairs.append((name, mine, theirs))
             if mine.requires_grad or theirs.requires_grad:
@@ -158,7 +164,7 @@ class ModelPair:
         return Report(title, settle(pairs, rtol, atol, defer_equal))
 
 
-def describe_layers(model: torch.nn.Module, loss_fn=None) -> str:
+def describe_layers(model: torch.nn.Module, loss_fn: Callable[..., Any] | None = None) -> str:
     """One line naming the layers of ``model`` (and of a loss module) torchbp replaces and those it leaves native.
 
     For example ``hand-derived: 0 Linear, 1 Sigmoid, loss MSELoss; native: 2 ReLU``.
@@ -176,7 +182,7 @@ def describe_layers(model: torch.nn.Module, loss_fn=None) -> str:
     return f"hand-derived: {', '.join(hand) or 'none'}; native: {', '.join(native) or 'none'}"
 
 
-def _callable_name(fn) -> str:
+def _callable_name(fn: Callable[..., Any]) -> str:
     """``Cube.apply`` for a Function's apply (whose __qualname__ is ``Function.apply``), else the qualified name."""
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, type):
@@ -184,7 +190,7 @@ def _callable_name(fn) -> str:
     return getattr(fn, "__qualname__", type(fn).__name__)
 
 
-def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn) -> None:
+def require_hand_derived_layers(caller: str, model: torch.nn.Module, loss_fn: Callable[..., Any] | None) -> None:
     """Refuse a model (and loss) in which torchbp would replace nothing."""
     modules = [*model.modules(), *(loss_fn.modules() if isinstance(loss_fn, torch.nn.Module) else [])]
     if not any(runs_hand_derived(m) for m in modules):
@@ -201,7 +207,13 @@ class _SideRun(NamedTuple):
     loss: torch.Tensor
 
 
-def _run_model(to_side, model, loss_fn, inputs, target) -> _SideRun:
+def _run_model(
+    to_side: Callable[[torch.nn.Module], torch.nn.Module],
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+) -> _SideRun:
     """Forward, loss and backward on one side's copy, the gradients left in ``.grad``."""
     side_model = to_side(model)
     side_model.zero_grad(set_to_none=True)  # the copy's own gradients only
@@ -214,7 +226,7 @@ def _run_model(to_side, model, loss_fn, inputs, target) -> _SideRun:
     return _SideRun(side_model, x, output, loss)
 
 
-def _copy_leaf(x, requires_grad: bool | None = None):
+def _copy_leaf(x: Any, requires_grad: bool | None = None) -> Any:
     """A new leaf with x's values and strides, so each side gets its own graph and grads."""
     if not isinstance(x, torch.Tensor):
         return copy.deepcopy(x)
@@ -227,16 +239,18 @@ def _copy_leaf(x, requires_grad: bool | None = None):
     return leaf.requires_grad_(requires_grad)
 
 
-def as_tuple(output) -> tuple:
+def as_tuple(output: Any) -> tuple[Any, ...]:
     """A function's output as a tuple of outputs (one output is a tuple of one)."""
     return tuple(output) if isinstance(output, (tuple, list)) else (output,)
 
 
-def _get(items: Sequence, i: int):
+def _get(items: Sequence[Any], i: int) -> Any:
     return items[i] if i < len(items) else None
 
 
-def _grad_outputs(given, reference_outputs: tuple) -> tuple:
+def _grad_outputs(
+    given: torch.Tensor | Sequence[torch.Tensor] | None, reference_outputs: tuple[Any, ...]
+) -> tuple[torch.Tensor | None, ...]:
     if given is not None:
         return as_tuple(given)
     generator = torch.Generator().manual_seed(0)
@@ -248,7 +262,9 @@ def _grad_outputs(given, reference_outputs: tuple) -> tuple:
     )
 
 
-def _gradients(outputs: tuple, grad_outputs: tuple, wrt: list[torch.Tensor]) -> list:
+def _gradients(
+    outputs: tuple[Any, ...], grad_outputs: tuple[torch.Tensor | None, ...], wrt: list[torch.Tensor]
+) -> list[torch.Tensor | None]:
     """∂(Σ outputs · grad_outputs)/∂wrt; None for each when nothing is differentiable."""
     pairs = [
         (out, g) for out, g in zip(outputs, grad_outputs)

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Callable, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import torch
-
 
 DEFAULT_RTOL: dict[torch.dtype, float] = {
     torch.float64: 1e-7,
@@ -84,7 +84,9 @@ class Settled(NamedTuple):
         return relative_error(self.max_abs_error, self.reference_max)
 
     def row(self) -> ComparedTensor:
-        return _row(self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol)
+        return _row(
+            self.name, tuple(self.shape), self.dtype, self.max_abs_error, self.reference_max, self.rtol, self.atol
+        )
 
 
 class Identical(NamedTuple):
@@ -126,14 +128,14 @@ class Report:
 
     def __init__(self, title: str, rows: Iterable[ComparedTensor | Settled | Identical] = (), layers: str = ""):
         self.title = title
-        self._entries = list(rows)
+        self._entries: list[ComparedTensor | Settled | Identical] = list(rows)
         self.layers = layers  # what was compared: which layers are hand-derived, which native (see describe_layers)
 
     @property
     def rows(self) -> list[ComparedTensor]:
         if any(type(entry) is not ComparedTensor for entry in self._entries):
-            self._entries = [entry if type(entry) is ComparedTensor else entry.row() for entry in self._entries]
-        return self._entries
+            self._entries = [entry if isinstance(entry, ComparedTensor) else entry.row() for entry in self._entries]
+        return cast(list[ComparedTensor], self._entries)  # every entry is a row now
 
     def append(self, row: ComparedTensor) -> None:
         self._entries.append(row)
@@ -190,7 +192,9 @@ class Report:
         ]
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
         lines = [headline] + ([self.layers] if self.layers else [])
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *body]
+        ]
         lines += [f"  {row.name}: {row.note}" for row in self.rows if row.note]
         return "\n".join(lines)
 
@@ -264,8 +268,15 @@ def compare_many(
     return Report("", settle(pairs, rtol, atol)).rows
 
 
+# (name, actual, reference): tensors or None, or whatever else a checked function returned
+Pair: TypeAlias = tuple[str, Any, Any]
+
+
 def settle(
-    pairs, rtol: float | None = None, atol: float | None = None, defer_equal: bool = False
+    pairs: Sequence[Pair],
+    rtol: float | None = None,
+    atol: float | None = None,
+    defer_equal: bool = False,
 ) -> list[ComparedTensor | Settled | Identical]:
     """What :func:`compare_many` returns, with the rows of the common case not yet built.
 
@@ -274,9 +285,9 @@ def settle(
     reference tensor when the row is built (see :class:`Identical`).
     """
     validate_tolerances(rtol, atol)
-    entries = []
+    entries: list[ComparedTensor | Settled | Identical] = []
     for (name, actual, reference), figures in zip(pairs, _common_case_figures(pairs, defer_equal)):
-        if figures is EQUAL_BITS:
+        if isinstance(figures, EqualBits):
             # A scalar (the loss) is held outright: it costs nothing and is often freed before its row is read.
             held = (lambda tensor=reference: tensor) if reference.dim() == 0 else weakref.ref(reference)
             entries.append(Identical(name, reference.shape, reference.dtype, held, reference._version, rtol, atol))
@@ -299,10 +310,10 @@ class EqualBits:
 
 
 EQUAL_BITS = EqualBits()
-Figures = "tuple[float, float] | EqualBits | None"  # (max |actual − reference|, max |reference|)
+Figures: TypeAlias = "tuple[float, float] | EqualBits | None"  # (max |actual − reference|, max |reference|)
 
 
-def _common_case_figures(pairs, defer_equal: bool = False) -> list[Figures]:
+def _common_case_figures(pairs: Sequence[Pair], defer_equal: bool = False) -> list[Figures]:
     """(max |actual − reference|, max |reference|) for each pair of the common case, None for the others.
 
     Equal bits need no arithmetic: on the CPU, where reading a boolean costs
@@ -333,7 +344,9 @@ def _common_case_figures(pairs, defer_equal: bool = False) -> list[Figures]:
     return figures
 
 
-def _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal: bool) -> list[Figures]:
+def _figures_where_bits_are_equal_on_sight(
+    actual: list[torch.Tensor], reference: list[torch.Tensor], defer_equal: bool
+) -> list[Figures]:
     """torch.equal first; the magnitudes of every pair (or, deferring, of the unequal ones) and the
     float64 errors of the unequal ones after."""
     equal = [torch.equal(a, b) for a, b in zip(actual, reference)]
@@ -348,7 +361,7 @@ def _figures_where_bits_are_equal_on_sight(actual, reference, defer_equal: bool)
     return [EQUAL_BITS if k not in largest else (errors[k], largest[k]) for k in range(len(equal))]
 
 
-def _figures_in_one_pass(actual, reference, exact: bool) -> list[Figures]:
+def _figures_in_one_pass(actual: list[torch.Tensor], reference: list[torch.Tensor], exact: bool) -> list[Figures]:
     """Differences and magnitudes in the tensors' own dtype, read back together; the nonzero differences
     again in float64 unless the dtype is float64 already (``exact``)."""
     maxima = _maxima(_absolute_differences(actual, reference) + _magnitudes(reference))
@@ -366,7 +379,9 @@ def _float64_errors(actual: list[torch.Tensor], reference: list[torch.Tensor]) -
 
 @torch.no_grad()  # parameters are compared as values, not recorded
 def _absolute_differences(actual: list[torch.Tensor], reference: list[torch.Tensor]) -> list[torch.Tensor]:
-    return list(torch._foreach_abs_(torch._foreach_sub(actual, reference)))
+    differences = torch._foreach_sub(actual, reference)
+    torch._foreach_abs_(differences)
+    return list(differences)
 
 
 @torch.no_grad()
@@ -379,7 +394,7 @@ def _maxima(tensors: list[torch.Tensor]) -> list[float]:
     return torch.stack(_foreach_max(tensors)).tolist()
 
 
-def _foreach_max(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def _foreach_max(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | list[torch.Tensor]:
     """Each tensor's largest element (one call where this PyTorch has torch._foreach_max)."""
     if hasattr(torch, "_foreach_max"):
         return torch._foreach_max(tensors)
@@ -393,7 +408,7 @@ def validate_tolerances(rtol: float | None, atol: float | None) -> None:
             raise ValueError(f"{name} must be a finite number of at least 0 (or None for the default), got {value!r}")
 
 
-def _summarisable(actual, reference) -> bool:
+def _summarisable(actual: object, reference: object) -> bool:
     """Can this pair take compare_many's common case?"""
     return (
         isinstance(actual, torch.Tensor)
@@ -431,7 +446,15 @@ def relative_error(max_abs: float, reference_max: float) -> float:
     return 0.0 if max_abs == 0 else math.inf
 
 
-def _row(name, shape, dtype, max_abs: float, reference_max: float, rtol, atol) -> ComparedTensor:
+def _row(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    max_abs: float,
+    reference_max: float,
+    rtol: float | None,
+    atol: float | None,
+) -> ComparedTensor:
     """The verdict on finite figures."""
     allowed = tolerance(dtype, reference_max, rtol, atol)
     return ComparedTensor(name, shape, dtype, max_abs, relative_error(max_abs, reference_max), allowed, reference_max,

@@ -10,7 +10,7 @@ formulas in ``torchbp/layers/`` read without either.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,7 +31,7 @@ class HandDerivedFunction(torch.autograd.Function):
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
         if kwargs or torch.compiler.is_compiling() or speed.transforms_active():  # these need setup_context's form
-            return super().apply(*args, **kwargs)
+            return super().apply(*args, **kwargs)  # type: ignore[no-untyped-call]  # torch leaves apply untyped
         return speed.apply_eagerly(cls, args)
 
 
@@ -75,16 +75,19 @@ class Indicator(NamedTuple):
     zero_where: torch.Tensor
 
 
-Derivative = Union[torch.Tensor, tuple[torch.Tensor, ...], Indicator]
+Derivative = torch.Tensor | tuple[torch.Tensor, ...] | Indicator
 
 
 def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivative) -> torch.Tensor:
     """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: one tensor, factors (the first
     a new tensor, multiplied with g first, then the others in order: the order native torch multiplies in),
     or an :class:`Indicator`."""
-    if type(derivative) is Indicator:
+    if isinstance(derivative, Indicator):
         return torch.where(derivative.zero_where, 0, g)
-    first, rest = (derivative[0], derivative[1:]) if type(derivative) is tuple else (derivative, ())
+    if isinstance(derivative, torch.Tensor):
+        first, rest = derivative, ()
+    else:
+        first, rest = derivative[0], derivative[1:]
     if first is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
         return product(saved * g, *rest)
     return product(first, g, *rest)
@@ -123,8 +126,8 @@ class ElementwiseFunction(HandDerivedFunction):
             (t,) = ctx.saved_tensors
             return times_derivative(g, t, cls.derivative(t))
 
-        cls.setup_context = staticmethod(setup_context)  # type: ignore[method-assign, assignment]
-        cls.backward = staticmethod(backward)  # type: ignore[method-assign, assignment]
+        cls.setup_context = staticmethod(setup_context)  # type: ignore[method-assign]
+        cls.backward = staticmethod(backward)  # type: ignore[method-assign]
 
     @classmethod
     def fused_step(cls, kind: str) -> Step:

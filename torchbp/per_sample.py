@@ -19,9 +19,11 @@ their mean over the N samples is ``.grad``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from torchbp.convert import convert
 from torchbp.layers import HAND_DERIVED, LAYERS
@@ -31,7 +33,9 @@ from torchbp.validation import ShapeError
 PER_SAMPLE_RULES = {layer.hand: layer.per_sample for layer in LAYERS if layer.per_sample is not None}
 
 
-def reduction_scale(loss_fn, batch_size: int, target: torch.Tensor | None = None) -> float | torch.Tensor:
+def reduction_scale(
+    loss_fn: Callable[..., torch.Tensor], batch_size: int, target: torch.Tensor | None = None
+) -> float | torch.Tensor:
     """The factor that turns each sample's share of the batch loss's gradient into its own gradient.
 
     "sum": 1. "mean": the batch loss divides by all the counted elements, a sample's own loss by its own,
@@ -86,27 +90,27 @@ class PerSampleGradients:
                 f"torchbp has rules for {', '.join(cls.__name__ for cls in PER_SAMPLE_RULES)} only "
                 "(freeze those parameters with requires_grad_(False) to take the others' per-sample gradients)"
             )
-        self.records: dict[torch.nn.Module, list[list]] = {}  # layer: one [a_prev, δ] per call
+        self.records: dict[torch.nn.Module, list[list[Any]]] = {}  # layer: one [a_prev, δ] per call
         self.outputs: list[torch.Tensor] = []  # each call's z, for a backward that stops at them
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
 
     def __enter__(self) -> PerSampleGradients:
         self.records.clear()
         self.handles = [module.register_forward_hook(self._record) for module in self.layers]
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles, self.outputs = [], []
 
-    def _record(self, module, inputs, output) -> None:
+    def _record(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         if not output.requires_grad:
             return
         record = [inputs[0].detach(), None, output.shape]  # δ arrives during backward
         self.records.setdefault(module, []).append(record)
         self.outputs.append(output)
-        output.register_hook(lambda delta: record.__setitem__(1, delta.detach()))
+        output.register_hook(lambda delta: record.__setitem__(1, delta.detach()))  # type: ignore[no-untyped-call]
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` only as far as the recorded layers' outputs: every δ, no ``.grad``."""
@@ -118,7 +122,8 @@ class PerSampleGradients:
 
         The scale goes onto δ, (N, out), rather than onto the (N, out, in) results.
         """
-        calls, batch_sizes = {}, set()
+        calls: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        batch_sizes: set[int] = set()
         for module, records in self.records.items():
             for a_prev, delta, output_shape in records:
                 if a_prev.dim() < 2:
@@ -140,7 +145,9 @@ class PerSampleGradients:
             return delta * self.scale.to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
         return delta * self.scale if self.scale != 1 else delta
 
-    def _layer_grads(self, module, calls, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _layer_grads(
+        self, module: torch.nn.Module, calls: list[tuple[torch.Tensor, torch.Tensor]], out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         rule = PER_SAMPLE_RULES[type(module)]
         grads = rule.grads(module, *calls[0], out)
         for a_prev, delta in calls[1:]:  # a layer used several times: its contributions add up
@@ -180,7 +187,8 @@ class PerSampleGradients:
             if len(calls) == 1:
                 layer = PER_SAMPLE_RULES[type(module)].norms_squared(module, *calls[0])
             else:
-                layer = sum(g.flatten(1).square().sum(1) for g in self._layer_grads(module, calls, {}).values())
+                grads = self._layer_grads(module, calls, {}).values()
+                layer = cast(torch.Tensor, sum(g.flatten(1).square().sum(1) for g in grads))  # 0 if all are frozen
             squared = layer if squared is None else squared + layer
         if squared is None:
             return torch.zeros(0)
@@ -220,11 +228,15 @@ def _torchbp_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _recorded_pass(model, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor) -> PerSampleGradients:
+def _recorded_pass(
+    model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor, target: torch.Tensor
+) -> PerSampleGradients:
     """One forward and a backward that stops at the recorded layers, of a torchbp version of ``model``."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ShapeError(f"per-sample gradients: expected inputs of shape (N, ...), the sample dimension first, got {shape}")
+        raise ShapeError(
+            f"per-sample gradients: expected inputs of shape (N, ...), the sample dimension first, got {shape}"
+        )
     model = _torchbp_model(model)
     loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
     recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0], target))
@@ -235,7 +247,7 @@ def _recorded_pass(model, loss_fn: Callable, inputs: torch.Tensor, target: torch
 
 def per_sample_grads(
     model: torch.nn.Module,
-    loss_fn: Callable,
+    loss_fn: Callable[..., torch.Tensor],
     inputs: torch.Tensor,
     target: torch.Tensor,
     *,
@@ -260,7 +272,7 @@ def per_sample_grads(
 
 
 def per_sample_grad_norms(
-    model: torch.nn.Module, loss_fn: Callable, inputs: torch.Tensor, target: torch.Tensor
+    model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
     """Each sample's total gradient norm over all parameters, (N,), scaled as :func:`per_sample_grads`.
 

@@ -11,7 +11,8 @@ per-sample gradients read it, and nothing else lists layers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import torch
 

@@ -61,7 +61,9 @@ def validate_floating_and_matching(op: str, **tensors: torch.Tensor | None) -> N
     if (  # the common case, decided in a few comparisons; the loop below explains the others
         isinstance(first, torch.Tensor)
         and first.dtype in FLOATING
-        and all(isinstance(t, torch.Tensor) and t.dtype == first.dtype and t.device == first.device for t in present[1:])
+        and all(
+            isinstance(t, torch.Tensor) and t.dtype == first.dtype and t.device == first.device for t in present[1:]
+        )
     ):
         return
     named = [(name, t) for name, t in tensors.items() if t is not None]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +244,7 @@ def cnn_norms_against_a_backward():
     """digits-cnn's per-sample gradient norms against one plain training backward."""
 
     def make():
-        native, loss_fn, x, labels = digits_cnn_setup()
+        native, _, x, labels = digits_cnn_setup()
         hand = torchbp.convert(native)
         hand_loss = torchbp.nn.CrossEntropyLoss()
 

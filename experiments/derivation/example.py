@@ -13,7 +13,8 @@ AGREEMENT = 1e-12  # float64: the three ways differ by rounding only
 
 
 def agree(ways: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """The largest difference from NumPy of each quantity torchbp and autograd compute; AssertionError beyond AGREEMENT."""
+    """The largest difference from NumPy of each quantity torchbp and autograd compute;
+    AssertionError beyond AGREEMENT."""
     numpy_way, *others = ways.values()
     names = list(others[0])
     differences = {

@@ -95,8 +95,8 @@ def blocks(numbers: dict) -> dict[str, str]:
     """The document's generated blocks, by name."""
     v = numbers["values"]
     per_sample = v["per_sample_dJ_dW2"]
-    labels = [f"sample {n + 1}:  δ2,{n + 1} a1,{n + 1}ᵀ =" for n in range(per_sample.shape[0])] + ["sum:", "∂J/∂W2:"]
-    rows = list(per_sample[:, 0]) + [per_sample.sum(0)[0], v["dJ_dW2"][0]]
+    labels = [*(f"sample {n + 1}:  δ2,{n + 1} a1,{n + 1}ᵀ =" for n in range(per_sample.shape[0])), "sum:", "∂J/∂W2:"]
+    rows = [*per_sample[:, 0], per_sample.sum(0)[0], v["dJ_dW2"][0]]
     width = max(map(len, labels))  # the numbers of every line in the same columns
     return {
         "samples": "\n\n".join([matrix("x", numbers["x"]), matrix("y", numbers["y"]),
@@ -129,8 +129,10 @@ NETWORK_CODE = [
     ("∂J/∂b = Σ_n δ_n", "torchbp/layers/linear.py", "grad_b = delta_n.sum(0)"),
     ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/layers/linear.py", "grad_a_prev = delta @ W"),
     ("the same, layer after layer, as one algorithm", "torchbp/speed/fused.py", "for l in reversed(range(length)):"),
-    ("per-sample δ_n a_prev,nᵀ", "torchbp/layers/linear.py", "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
-    ("W ← W − η ∂J/∂W (NumPy)", "experiments/derivation/numpy_derivation.py", "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
+    ("per-sample δ_n a_prev,nᵀ", "torchbp/layers/linear.py",
+     "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
+    ("W ← W − η ∂J/∂W (NumPy)", "experiments/derivation/numpy_derivation.py",
+     "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
 ]
 CODE = NETWORK_CODE + [row for chapter in CHAPTERS for row in chapter.CODE]
 
@@ -219,7 +221,9 @@ def chapter_example(chapter) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.derivation.explain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.derivation.explain", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--write", metavar="DOCUMENT", help="refresh the generated blocks of DOCUMENT in place")
     parser.add_argument("--chapter", choices=["network"] + [chapter_name(c) for c in CHAPTERS],
                         help="print this chapter's worked example alone")

@@ -94,7 +94,9 @@ FIGURES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.derivation.figures", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.derivation.figures", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", default="docs", help="folder for the PNG files (default docs)")
     args = parser.parse_args(argv)
     try:
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("python -m experiments.derivation.figures: error: needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        print("python -m experiments.derivation.figures: error: needs matplotlib (pip install matplotlib)",
+              file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

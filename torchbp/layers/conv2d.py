@@ -23,6 +23,7 @@ per-sample call under torch.func.vmap sees, is a batch of one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ Pair = tuple[int, int]
 # -- input checks ----------------------------------------------------------------------
 
 
-def _is_pair(value, least: int) -> bool:
+def _is_pair(value: Any, least: int) -> bool:
     """A tuple (or list) of two ints ≥ least, in a few comparisons."""
     return (
         isinstance(value, (tuple, list))
@@ -51,7 +52,7 @@ def _is_pair(value, least: int) -> bool:
     )
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> bool:
     """An int, or the symbolic int torch.compile may trace one as; not a bool."""
     return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
 
@@ -61,7 +62,7 @@ def _reaches(size: int, k: int, p: int, d: int) -> bool:
     return size + 2 * p >= d * (k - 1) + 1
 
 
-def validate_conv2d_arguments(stride, padding, dilation) -> None:
+def validate_conv2d_arguments(stride: Any, padding: Any, dilation: Any) -> None:
     """stride and dilation are pairs of ints ≥ 1, padding a pair of ints ≥ 0."""
     for name, value, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value)):
@@ -71,7 +72,13 @@ def validate_conv2d_arguments(stride, padding, dilation) -> None:
             raise ValueError(f"conv2d: expected {name} of ints ≥ {least}, got {tuple(value)}")
 
 
-def validate_conv2d_shapes(input, weight, bias, padding, dilation) -> None:
+def validate_conv2d_shapes(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> None:
     """input (n, c, H, W) or (c, H, W), weight (o, c, kH, kW) with o, c ≥ 1, bias (o,), and a window that fits."""
     if weight.dim() != 4 or weight.shape[0] == 0 or weight.shape[1] == 0:
         raise ShapeError(
@@ -99,7 +106,7 @@ def validate_conv2d_shapes(input, weight, bias, padding, dilation) -> None:
         )
 
 
-def validate_conv2d(input, weight, bias, stride, padding, dilation) -> None:
+def validate_conv2d(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any) -> None:
     """Floating point, one dtype and device, shapes that fit, and numeric stride, padding and dilation."""
     if (  # the common case, decided in a few comparisons; the checks above explain the rest
         isinstance(input, torch.Tensor)
@@ -114,10 +121,12 @@ def validate_conv2d(input, weight, bias, stride, padding, dilation) -> None:
         and weight.shape[1] > 0
         and (
             bias is None
-            or isinstance(bias, torch.Tensor)
-            and bias.dtype == input.dtype
-            and bias.device == input.device
-            and bias.shape == weight.shape[:1]
+            or (
+                isinstance(bias, torch.Tensor)
+                and bias.dtype == input.dtype
+                and bias.device == input.device
+                and bias.shape == weight.shape[:1]
+            )
         )
         and _is_pair(stride, 1)
         and _is_pair(padding, 0)
@@ -131,7 +140,12 @@ def validate_conv2d(input, weight, bias, stride, padding, dilation) -> None:
     validate_conv2d_shapes(input, weight, bias, padding, dilation)
 
 
-def numeric_padding(padding, kernel_size: Pair, dilation: Pair, stride: Pair = (1, 1)) -> tuple[Pair, tuple | None]:
+def numeric_padding(
+    padding: str | int | Sequence[int],
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int] = (1, 1),
+) -> tuple[tuple[int, ...], tuple[int, int, int, int] | None]:
     """``padding`` in the form Conv2dFunction takes: (pair, extra), extra being None or the
     ``F.pad`` pads (left, right, top, bottom) to apply to the input first.
 
@@ -162,7 +176,9 @@ def numeric_padding(padding, kernel_size: Pair, dilation: Pair, stride: Pair = (
 # -- the backward ----------------------------------------------------------------------
 
 
-def input_gradient(delta: torch.Tensor, W: torch.Tensor, input_size, stride, padding, dilation) -> torch.Tensor:
+def input_gradient(
+    delta: torch.Tensor, W: torch.Tensor, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+) -> torch.Tensor:
     """∂J/∂a_prev, the transposed convolution of δ with W less the padding: (n, o, h, w) -> (n, c, H, W)."""
     # The last rows and columns that no window reaches (fewer than s of them) get a zero
     # gradient; conv_transpose2d leaves them out unless output_padding adds them back.
@@ -173,7 +189,9 @@ def input_gradient(delta: torch.Tensor, W: torch.Tensor, input_size, stride, pad
     return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, 1, dilation)
 
 
-def weight_gradient(a_prev: torch.Tensor, delta: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+def weight_gradient(
+    a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+) -> torch.Tensor:
     """∂J/∂W = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]: (o, c, kH, kW).
 
     Read with n as the channel summed over and δ as the kernel, this is a convolution
@@ -212,9 +230,11 @@ def conv2d_backward(
         a_prev = None if a_prev is None else a_prev.unsqueeze(0)
     grad_a_prev = grad_W = grad_b = None
     if need_a_prev:
+        assert W is not None  # saved whenever ∂J/∂a_prev is needed
         grad_a_prev = input_gradient(delta, W, input_size, stride, padding, dilation)  # (n, c, H, W)
         grad_a_prev = grad_a_prev.squeeze(0) if unbatched else grad_a_prev
     if need_W:
+        assert a_prev is not None  # saved whenever ∂J/∂W is needed
         grad_W = weight_gradient(a_prev, delta, kernel_size, stride, padding, dilation)  # (o, c, kH, kW)
     if need_b:
         grad_b = delta.sum((0, 2, 3))  # Σ_{n,h,w} δ: (o,)
@@ -248,7 +268,14 @@ class Conv2dFunction(HandDerivedFunction):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, weight, bias, stride, padding, dilation) -> torch.Tensor:
+    def forward(
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: Pair,
+        padding: Pair,
+        dilation: Pair,
+    ) -> torch.Tensor:
         validate_conv2d(input, weight, bias, stride, padding, dilation)
         z = F.conv2d(input, weight, bias, stride, padding, dilation)
         # An unbatched input's output is a view of a batch of one; a custom Function's output that is a
@@ -278,9 +305,9 @@ def conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    stride: int | tuple[int, int] = 1,
-    padding: str | int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
+    stride: int | tuple[int, ...] = 1,
+    padding: str | int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
 ) -> torch.Tensor:
     """2-d convolution, as torch.nn.functional.conv2d, backward by Conv2dFunction.
@@ -303,7 +330,7 @@ def conv2d(
     return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation)  # type: ignore[no-any-return]
 
 
-def _pair(value: Any) -> Any:
+def _pair(value: Any) -> tuple[Any, ...]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
@@ -334,12 +361,24 @@ class Conv2d(HandDerivedModule, torch.nn.Conv2d):
 # above sums over n inside one convolution; kept apart, the terms are each sample's gradient.
 
 
-def _unfold(a_prev: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+def _unfold(
+    a_prev: torch.Tensor,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
     return F.unfold(a_prev, kernel_size, dilation, padding, stride)  # (n, c·kH·kW, L)
 
 
 def per_sample_weight_grads(
-    delta: torch.Tensor, a_prev: torch.Tensor, stride, padding, dilation, kernel_size, out: torch.Tensor | None = None
+    delta: torch.Tensor,
+    a_prev: torch.Tensor,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """δ_n U_nᵀ for every sample n: shape (n, o, c, kH, kW). ``out``, when given, receives it (see linear's)."""
     n, o = delta.shape[:2]
@@ -354,7 +393,12 @@ def per_sample_bias_grads(delta: torch.Tensor, out: torch.Tensor | None = None) 
 
 
 def per_sample_weight_grad_norms_squared(
-    delta: torch.Tensor, a_prev: torch.Tensor, stride, padding, dilation, kernel_size
+    delta: torch.Tensor,
+    a_prev: torch.Tensor,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    kernel_size: tuple[int, ...],
 ) -> torch.Tensor:
     """‖δ_n U_nᵀ‖², shape (n,), without forming the (n, o, c, kH, kW) gradients where that is cheaper.
 
@@ -363,7 +407,7 @@ def per_sample_weight_grad_norms_squared(
     L² (o + c·kH·kW) per sample against o·c·kH·kW·L for the gradient, so they are
     used while L (o + c·kH·kW) < o·c·kH·kW: few output positions, many channels.
     """
-    n, o = delta.shape[:2]
+    o = delta.shape[1]
     U = _unfold(a_prev, kernel_size, stride, padding, dilation)  # (n, c·kH·kW, L)
     ckk, L = U.shape[1:]
     if L * (o + ckk) < o * ckk:
@@ -378,7 +422,7 @@ class Conv2dPerSample:
     """A convolution's per-sample rule (torchbp.per_sample): from a call's a_prev (the module's input) and δ,
     each parameter's per-sample gradients (weight: δ_n U_nᵀ; bias: Σ_{h,w} δ_n), or their squared norms summed."""
 
-    def _padded(self, module: Conv2d, a_prev: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def _padded(self, module: Conv2d, a_prev: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """a_prev as the convolution itself reads it, and the padding left to it."""
         if module.padding_mode != "zeros":  # the module pads in its mode, then convolves with none
             return F.pad(a_prev, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)

@@ -67,8 +67,8 @@ def validate_cross_entropy(
         and input.dim() > 0
         and target.device == input.device
         and (
-            target.dtype in INDEX_DTYPES and target.shape == positions_shape(input)
-            or target.dtype == input.dtype and target.shape == input.shape and ignore_index < 0
+            (target.dtype in INDEX_DTYPES and target.shape == positions_shape(input))
+            or (target.dtype == input.dtype and target.shape == input.shape and ignore_index < 0)
         )
     ):
         return
@@ -225,12 +225,17 @@ def cross_entropy_backward(
     C = z.shape[dim]
     log_p = F.log_softmax(z, dim)  # log p = z − logsumexp z: (N, C, d1, …), recomputed (see the class)
     if reduction == "mean":  # s = g / count
-        count = math.prod(positions_shape(log_p)) if probabilities else (target != ignore_index).sum()
+        if probabilities:
+            count: int | torch.Tensor = math.prod(positions_shape(log_p))
+        else:
+            assert target is not None  # saved whenever ∂J/∂z is needed, as it is for class indices
+            count = (target != ignore_index).sum()
         minus_s = -(g / count)
     else:  # s = g: a scalar for "sum", (N, 1, d1, …) for "none"
         minus_s = -(g.unsqueeze(dim) if reduction == "none" else g)
     grad_z = grad_q = None
     if need_z:
+        assert target is not None  # saved whenever ∂J/∂z is needed
         if probabilities:
             u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
         else:

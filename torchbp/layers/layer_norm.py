@@ -15,7 +15,8 @@ g = ∂J/∂y is the upstream gradient, shape of x; ĝ = g ⊙ γ (g itself with
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,9 @@ def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: An
         and input.shape[input.dim() - len(shape):] == shape
         and all(
             t is None
-            or isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape
+            or (
+                isinstance(t, torch.Tensor) and t.dtype == input.dtype and t.device == input.device and t.shape == shape
+            )
             for t in (weight, bias)
         )
     ):
@@ -97,6 +100,7 @@ def layer_norm_backward(
     over_n = tuple(range(g.dim() - normalized_ndim))  # the sample dimensions
     grad_x = grad_weight = grad_bias = None
     if need_x or need_weight:
+        assert x is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
         x_hat, rstd = normalize(x, normalized_ndim, eps)  # (*, D) and (*, 1)
     if need_x:
         g_hat = g * weight if weight is not None else g  # ĝ = g ⊙ γ: (*, D)
@@ -219,13 +223,17 @@ class LayerNorm(HandDerivedModule, torch.nn.LayerNorm):
 # give (n, *normalized_shape). δ = ∂J/∂y arrives at the output, a_prev is the input x.
 
 
-def _middle_dims(t: torch.Tensor, normalized_shape) -> tuple[int, ...]:
+def _middle_dims(t: torch.Tensor, normalized_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The dimensions between the sample dimension and the normalized ones."""
     return tuple(range(1, t.dim() - len(normalized_shape)))
 
 
 def per_sample_weight_grads(
-    delta: torch.Tensor, a_prev: torch.Tensor, normalized_shape, eps: float, out: torch.Tensor | None = None
+    delta: torch.Tensor,
+    a_prev: torch.Tensor,
+    normalized_shape: tuple[int, ...],
+    eps: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ_t δ_n,t ⊙ x̂_n,t for every sample n: shape (n, *normalized_shape).
 
@@ -239,7 +247,9 @@ def per_sample_weight_grads(
     return torch.sum(delta * x_hat, middle, out=out)
 
 
-def per_sample_bias_grads(delta: torch.Tensor, normalized_shape, out: torch.Tensor | None = None) -> torch.Tensor:
+def per_sample_bias_grads(
+    delta: torch.Tensor, normalized_shape: tuple[int, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Σ_t δ_n,t for every sample n: shape (n, *normalized_shape)."""
     middle = _middle_dims(delta, normalized_shape)
     if not middle:
@@ -253,13 +263,13 @@ def _norms_squared(per_sample: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_weight_grad_norms_squared(
-    delta: torch.Tensor, a_prev: torch.Tensor, normalized_shape, eps: float
+    delta: torch.Tensor, a_prev: torch.Tensor, normalized_shape: tuple[int, ...], eps: float
 ) -> torch.Tensor:
     """‖Σ_t δ_n,t ⊙ x̂_n,t‖², shape (n,). The gradient is no larger than δ, so it is formed."""
     return _norms_squared(per_sample_weight_grads(delta, a_prev, normalized_shape, eps))
 
 
-def per_sample_bias_grad_norms_squared(delta: torch.Tensor, normalized_shape) -> torch.Tensor:
+def per_sample_bias_grad_norms_squared(delta: torch.Tensor, normalized_shape: tuple[int, ...]) -> torch.Tensor:
     """‖Σ_t δ_n,t‖², shape (n,)."""
     middle = _middle_dims(delta, normalized_shape)
     return _norms_squared(delta.sum(middle) if middle else delta)

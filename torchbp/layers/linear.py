@@ -52,10 +52,12 @@ def validate_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         and input.shape[-1] == weight.shape[1]
         and (
             bias is None
-            or isinstance(bias, torch.Tensor)
-            and bias.dtype == input.dtype
-            and bias.device == input.device
-            and bias.shape == weight.shape[:1]
+            or (
+                isinstance(bias, torch.Tensor)
+                and bias.dtype == input.dtype
+                and bias.device == input.device
+                and bias.shape == weight.shape[:1]
+            )
         )
     ):
         return
@@ -82,10 +84,12 @@ def linear_backward(
     """Given δ = ∂J/∂z, the gradients (∂J/∂a_prev, ∂J/∂W, ∂J/∂b), each only when needed."""
     grad_a_prev = grad_W = grad_b = None
     if need_a_prev:
+        assert W is not None  # saved whenever ∂J/∂a_prev is needed
         grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
     if need_W or need_b:
         delta_n = _rows(delta)  # every leading dimension is a sample: (n, o)
     if need_W:
+        assert a_prev is not None  # saved whenever ∂J/∂W is needed
         grad_W = delta_n.T @ _rows(a_prev)  # δᵀ a_prev = Σ_n δ_n a_prev,nᵀ: (o, i)
     if need_b:
         grad_b = delta_n.sum(0)  # Σ_n δ_n: (o,)

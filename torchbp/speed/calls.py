@@ -24,7 +24,8 @@ is_legacy_batchedtensor and unwrap_if_dead. Where a PyTorch version lacks them, 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,4 +120,5 @@ def mse_loss_of_equal_shapes(input: torch.Tensor, target: torch.Tensor, reductio
     its broadcast (the same kernel on the same tensors, so the same bits)."""
     if not SHORTCUTS or torch.compiler.is_compiling():
         return F.mse_loss(input, target, reduction=reduction)
-    return _mse_loss_kernel(input, target, _REDUCTIONS[reduction])  # type: ignore[no-any-return]
+    # torch's stub says the reduction is a str; the kernel takes the enum's value
+    return _mse_loss_kernel(input, target, _REDUCTIONS[reduction])  # type: ignore[arg-type]

@@ -28,7 +28,8 @@ autograd's time per layer, 1.36× through :class:`Sequential` and 1.25× through
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch.nn.modules import module as module_hooks
@@ -188,7 +189,7 @@ class Sequential(HandDerivedModule, torch.nn.Sequential):
     def forward(self, input: Any) -> Any:
         chain = self._fused_chain(input)
         if chain is None:
-            return super().forward(input)
+            return super().forward(input)  # type: ignore[no-untyped-call]  # torch leaves it untyped
         kinds, args = chain
         return SequentialFunction.apply(input, tuple(kinds), *args)[-1]
 
@@ -257,7 +258,8 @@ class FusedLoss(HandDerivedModule, torch.nn.Module):
         return SequentialFunction.apply(input, tuple(kinds), *args)[-1]
 
     def _fused_chain(self, input: Any, target: Any) -> tuple[list[str], list[Any]] | None:
-        model, loss_fn = self._modules["model"], self._modules["loss_fn"]
+        # past Module.__getattr__; both were set in __init__, loss_fn as a Module
+        model, loss_fn = self._modules["model"], cast(torch.nn.Module, self._modules["loss_fn"])
         step = _FUSABLE_LOSSES.get(type(loss_fn))
         if (
             step is None

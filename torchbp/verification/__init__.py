@@ -10,15 +10,17 @@ they share: fresh inputs in any form, one seeded upstream gradient, the comparis
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
 from torchbp.check import as_tuple
 from torchbp.compare import validate_tolerances
+
 # Importing each theme registers its properties; the report lists them in this order.
-from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401, I001
-from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped
+from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401  # isort: skip
+from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Property, Skipped
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
 from torchbp.verification.subject import Subject
 
@@ -26,9 +28,9 @@ VERIFY_PROPERTIES: tuple[str, ...] = tuple(PROPERTIES)
 
 
 def verify(
-    fn: Callable,
-    reference: Callable | None,
-    *inputs,
+    fn: Callable[..., Any],
+    reference: Callable[..., Any] | None,
+    *inputs: Any,
     batch_dims: Sequence[int | None] | None = None,
     nondiff: Iterable[int] = (),
     once_differentiable: bool = False,
@@ -86,10 +88,11 @@ def verify(
 
 
 def _cuda_devices() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+    return list(range(torch.cuda.device_count())) if initialized else []
 
 
-def _run(prop, subject: Subject) -> VerifyRow:
+def _run(prop: Property, subject: Subject) -> VerifyRow:
     start = time.perf_counter()
     try:
         measured = prop.check(subject)
@@ -108,7 +111,7 @@ def _run(prop, subject: Subject) -> VerifyRow:
     return row._replace(seconds=time.perf_counter() - start)
 
 
-def _chosen(only, skip) -> tuple[list[str], set[str]]:
+def _chosen(only: Iterable[str] | None, skip: Iterable[str]) -> tuple[list[str], set[str]]:
     """The properties to report, in the report's order, and those of them to leave out."""
     only = [only] if isinstance(only, str) else only  # one name alone
     skip = {skip} if isinstance(skip, str) else set(skip)
@@ -122,7 +125,18 @@ def _chosen(only, skip) -> tuple[list[str], set[str]]:
     return [name for name in VERIFY_PROPERTIES if name in chosen], skip
 
 
-def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed):
+def _subject(
+    fn: Callable[..., Any],
+    reference: Callable[..., Any] | None,
+    inputs: tuple[Any, ...],
+    batch_dims: Sequence[int | None] | None,
+    nondiff: Iterable[int],
+    once_differentiable: bool,
+    rtol: float | None,
+    atol: float | None,
+    compile_backend: str,
+    seed: int,
+) -> Subject:
     if not callable(fn):
         raise TypeError(f"verify: fn must be callable (a function or MyFunction.apply), got {type(fn).__name__}")
     if reference is not None and not callable(reference):
@@ -153,7 +167,7 @@ def _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rt
     return subject
 
 
-def _positions(option: str, given, allow_none: bool) -> list:
+def _positions(option: str, given: Any, allow_none: bool) -> list[Any]:
     """``given`` as a list of ints (or None where allowed), or a TypeError naming the option."""
     entries = "an int or None" if allow_none else "an int"
     if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__"):
@@ -165,10 +179,10 @@ def _positions(option: str, given, allow_none: bool) -> list:
     return values
 
 
-def _check_batch_dims(batch_dims: list, inputs: Sequence) -> None:
+def _check_batch_dims(batch_dims: list[int | None], inputs: Sequence[Any]) -> None:
     if len(batch_dims) != len(inputs):
         raise ValueError(f"verify: batch_dims has {len(batch_dims)} entries for {len(inputs)} inputs")
-    sizes = set()
+    sizes: set[int] = set()
     for i, (dim, x) in enumerate(zip(batch_dims, inputs)):
         if dim is None:
             continue
@@ -197,6 +211,7 @@ def _check_deterministic(subject: Subject) -> None:
 def _check_same_outputs(subject: Subject) -> None:
     """The reference must compute a function of the same shape as fn; when fn itself raises, the
     properties report that."""
+    assert subject.reference is not None  # checked only where one is given
     with torch.no_grad():
         try:
             mine = as_tuple(subject.fn(*subject.inputs(requires=())))
@@ -211,10 +226,10 @@ def _check_same_outputs(subject: Subject) -> None:
     shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in mine]
     reference_shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in theirs]
     if shapes != reference_shapes:
-        def show(s):
+        def show(s: list[Any]) -> str:
             return str(s[0]) if len(s) == 1 else str(s)
         raise ValueError(f"verify: the reference's output has shape {show(reference_shapes)} where fn's has "
                          f"{show(shapes)}: the reference must compute the same function as fn")
 
 
-__all__ = ["verify", "VerifyReport", "VerifyRow", "VERIFY_PROPERTIES"]
+__all__ = ["VERIFY_PROPERTIES", "VerifyReport", "VerifyRow", "verify"]

@@ -3,6 +3,8 @@ differentiated twice, and for every subset of inputs that may ask for them."""
 
 from __future__ import annotations
 
+from typing import Any, TypedDict, cast
+
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
@@ -37,13 +39,22 @@ def float32(subject: Subject) -> str:
     return _against_reference(subject, torch.float32)
 
 
-GRADCHECK = dict(eps=1e-6, atol=1e-5, rtol=1e-3)
+class GradcheckOptions(TypedDict):
+    """gradcheck's and gradgradcheck's step and tolerances, passed as keyword arguments."""
+
+    eps: float
+    atol: float
+    rtol: float
+
+
+GRADCHECK: GradcheckOptions = dict(eps=1e-6, atol=1e-5, rtol=1e-3)
 FAST_MODE_FROM = 500  # differentiable elements; slow mode builds whole Jacobians, its cost grows with their square
 
 
-def _large(subject: Subject, inputs: list) -> bool:
+def _large(subject: Subject, inputs: list[Any]) -> bool:
     """Large enough for gradcheck's fast mode (a random projection of the Jacobian instead of all of it)."""
-    return sum(inputs[i].numel() for i in subject.differentiable) > FAST_MODE_FROM
+    elements: int = sum(inputs[i].numel() for i in subject.differentiable)
+    return elements > FAST_MODE_FROM
 
 
 @verifies(
@@ -97,7 +108,8 @@ def _marked_once_differentiable(subject: Subject) -> bool:
     if not differentiable:
         return False
     try:
-        sum(differentiable).backward()  # into these fresh leaves' .grad; the mark's error shows only here
+        # into these fresh leaves' .grad; the mark's error shows only here
+        cast(torch.Tensor, sum(differentiable)).backward()  # type: ignore[no-untyped-call]
     except RuntimeError as error:
         return "once_differentiable" in str(error)
     return False
@@ -114,14 +126,16 @@ def needs_input_grad(subject: Subject) -> str:
     if len(subsets) == 1 and not others:
         raise NotApplicable("one tensor input: there is no gradient to leave out")
     baseline = dict(zip(subject.differentiable, subject.baseline.grads))
-    nodes_seen, extra, pairs = 0, [], []
+    nodes_seen = 0
+    extra: list[str] = []
+    pairs: list[tuple[str, Any, Any]] = []
     for subset in subsets:
         inputs = subject.inputs(requires=subset)
         outputs = as_tuple(subject.fn(*inputs))
         nodes = custom_nodes(outputs)
         nodes_seen += len(nodes)
         for node in nodes:
-            node.register_hook(lambda returned, _, node=node: extra.extend(
+            node.register_hook(lambda returned, _, node=node, subset=subset: extra.extend(
                 f"{type(node).__name__} returned a gradient for {_argument(subject, node, k)}, which needs none "
                 f"(inputs {list(subset)} require grad)"
                 for k, ((edge, _), grad) in enumerate(zip(node.next_functions, returned))
@@ -136,7 +150,7 @@ def needs_input_grad(subject: Subject) -> str:
     return f"{len(subsets)} subset{'s' if len(subsets) > 1 else ''}: {measured}{nodes_note}"
 
 
-def _argument(subject: Subject, node, k: int) -> str:
+def _argument(subject: Subject, node: torch.autograd.function.BackwardCFunction, k: int) -> str:
     """The k-th tensor argument of ``node``'s Function, as verify numbers inputs where fn is that Function."""
     if len(node.next_functions) == len(subject.tensors):  # fn hands its tensors to the Function as they come
         return f"inputs[{subject.tensors[k]}]"

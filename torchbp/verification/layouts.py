@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
@@ -39,7 +42,8 @@ LAYOUTS = {"transposed": transposed, "strided": strided}
 def non_contiguous(subject: Subject) -> str:
     """The same outputs and gradients for transposed, strided and expanded inputs (and upstream gradients)."""
     baseline = subject.baseline
-    tried, pairs = [], []
+    tried: list[str] = []
+    pairs: list[tuple[str, Any, Any]] = []
     for name, layout in LAYOUTS.items():
         inputs = subject.inputs(layout=layout)
         upstream = tuple(None if u is None else layout(u) for u in subject.upstream(baseline.outputs))
@@ -57,16 +61,16 @@ def non_contiguous(subject: Subject) -> str:
     return f"{', '.join(tried)}: {subject.compare(pairs)}"
 
 
-def _expanded(subject: Subject) -> list | None:
+def _expanded(subject: Subject) -> list[tuple[str, Any, Any]] | None:
     """Inputs that are one sample expanded along the batch dimension (stride 0), against the same values
     materialised; the gradients are those of the one sample. None where it does not apply."""
     if not subject.batched or subject.batch_size < 2:
         return None
 
-    def run(fn, materialise: bool) -> Run:
+    def run(fn: Callable[..., Any], materialise: bool) -> Run:
         leaves = subject.inputs(samples=1)
-        inputs = [_expand(x, subject.batch_dims[i], subject.batch_size, materialise) if i in subject.batched else x
-                  for i, x in enumerate(leaves)]
+        inputs = [x if dim is None else _expand(x, dim, subject.batch_size, materialise)
+                  for x, dim in zip(leaves, subject.batch_dims)]
         outputs = as_tuple(fn(*inputs))
         return Run(leaves, outputs, subject.gradients(outputs, leaves))
 

@@ -8,7 +8,11 @@ the error is what was measured.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+if TYPE_CHECKING:
+    from torchbp.verification.subject import Subject
 
 
 class Failed(Exception):
@@ -23,19 +27,22 @@ class Skipped(Exception):
     """The property applies but cannot be exercised here (no GPU, left out); the message says why."""
 
 
+Check: TypeAlias = "Callable[[Subject], str]"  # what it measured, or one of the exceptions above
+
+
 class Property(NamedTuple):
     name: str
-    check: Callable
+    check: Check
     fix: str  # the usual cause of a failure and its fix, one line
 
 
 PROPERTIES: dict[str, Property] = {}
 
 
-def verifies(name: str, fix: str):
+def verifies(name: str, fix: str) -> Callable[[Check], Check]:
     """Register a property under ``name``; the report lists properties in the order registered."""
 
-    def register(check: Callable) -> Callable:
+    def register(check: Check) -> Check:
         PROPERTIES[name] = Property(name, check, fix)
         return check
 

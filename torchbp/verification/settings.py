@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from torchbp.check import SameRandomness, as_tuple
@@ -17,6 +20,7 @@ def _under_autocast(subject: Subject, device: str) -> str:
     """fn and the reference under autocast on ``device``, from float32 inputs: the same output dtypes and
     values to the autocast dtype's tolerance; a backward that runs and gives each input a finite gradient
     of its dtype where the reference's is finite. (The gradients' values are the float32 property's.)"""
+    assert subject.reference is not None  # the callers return NotApplicable without one
     dtype = AUTOCAST[device]
     sides = []
     randomness = SameRandomness()
@@ -48,11 +52,11 @@ def autocast(subject: Subject) -> str:
     return _under_autocast(subject, "cpu")
 
 
-def saved_bytes(fn, inputs: list) -> int:
+def saved_bytes(fn: Callable[..., Any], inputs: list[Any]) -> int:
     """Bytes of the tensors ``fn`` saves for its backward: through save_for_backward (seen by
     saved-tensor hooks) and stashed on an autograd.Function's ctx. A tensor saved twice counts once;
     a view counts its own elements, not its base's."""
-    saved = {}
+    saved: dict[tuple[int, torch.Size, tuple[int, ...], torch.dtype], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         saved[(t.data_ptr(), t.shape, t.stride(), t.dtype)] = t.numel() * t.element_size()
@@ -62,7 +66,9 @@ def saved_bytes(fn, inputs: list) -> int:
         outputs = as_tuple(fn(*inputs))
     for node in custom_nodes(outputs):
         for value in vars(node).values():
-            contents = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            contents = (
+                value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            )
             for item in contents:  # a tensor kept on ctx, or in a list, tuple or dict kept there
                 if isinstance(item, torch.Tensor):
                     pack(item)
@@ -130,7 +136,7 @@ def in_place(subject: Subject) -> str:
     return f"{len(targets)} tensors written after the forward: {refused} refused, {unread} not read by the backward"
 
 
-def _unchanged_by_forward(subject: Subject, inputs: list) -> None:
+def _unchanged_by_forward(subject: Subject, inputs: list[Any]) -> None:
     """fn's forward left every input as it was given."""
     for i, (x, example) in enumerate(zip(inputs, subject.inputs())):
         if isinstance(x, torch.Tensor) and not bool(((x.detach() == example) | (x.isnan() & example.isnan())).all()):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 from torchbp.check import SameRandomness, _callable_name, _gradients, as_tuple
-from torchbp.compare import DEFAULT_RTOL, compare_tensors
+from torchbp.compare import DEFAULT_RTOL, ComparedTensor, compare_tensors
 from torchbp.verification.outcome import Failed
-
 
 UPSTREAM_STREAM = 0x5EED_0F_6  # an offset no one seeds their examples with
 
@@ -25,16 +25,16 @@ UPSTREAM_STREAM = 0x5EED_0F_6  # an offset no one seeds their examples with
 class Run(NamedTuple):
     """One forward and backward: the inputs it was given, its outputs, the gradients of the differentiable inputs."""
 
-    inputs: list
-    outputs: tuple[torch.Tensor, ...]
-    grads: list[torch.Tensor | None]
+    inputs: list[Any]
+    outputs: tuple[Any, ...]  # whatever fn returned: tensors, or anything else
+    grads: list[Any]  # tensors, or None where none flowed
 
 
 class Examples:
     """The example inputs, in the forms the properties need: which are differentiated, where the batch is,
     and fresh copies in any dtype, device, layout and number of samples."""
 
-    def __init__(self, inputs: Sequence, batch_dims: Sequence[int | None] | None, nondiff: Sequence[int]):
+    def __init__(self, inputs: Sequence[Any], batch_dims: Sequence[int | None] | None, nondiff: Sequence[int]):
         self.examples = list(inputs)
         self.tensors = [i for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
         floating = [i for i in self.tensors if inputs[i].is_floating_point()]
@@ -77,7 +77,8 @@ class Examples:
 
     @property
     def batch_size(self) -> int:
-        return min(self.examples[i].shape[self.batch_dims[i]] for i in self.batched)
+        size: int = min(self.examples[i].shape[self.batch_dims[i]] for i in self.batched)
+        return size
 
     def inputs(
         self,
@@ -87,23 +88,24 @@ class Examples:
         device: torch.device | str | None = None,
         layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
         samples: int | None = None,
-    ) -> list:
+    ) -> list[Any]:
         """Fresh leaves from the examples: floating-point ones in ``dtype``, the inputs in ``requires``
         (all differentiable ones by default) requiring grad, ``samples`` samples along the batch
         dimensions, each laid out by ``layout`` (same values, other strides)."""
-        requires = set(self.differentiable if requires is None else requires)
+        requiring = set(self.differentiable if requires is None else requires)
         made = []
         for i, x in enumerate(self.examples):
             if not isinstance(x, torch.Tensor):
                 made.append(x)
                 continue
             x = x.detach()
-            if samples is not None and self.batch_dims[i] is not None:
-                x = x.narrow(self.batch_dims[i], 0, samples)
+            dim = self.batch_dims[i]
+            if samples is not None and dim is not None:
+                x = x.narrow(dim, 0, samples)
             x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype, copy=True)
             if layout is not None:
                 x = layout(x)
-            made.append(x.requires_grad_(i in requires))
+            made.append(x.requires_grad_(i in requiring))
         return made
 
     def subsets(self) -> list[tuple[int, ...]]:
@@ -120,9 +122,9 @@ class Subject(Examples):
 
     def __init__(
         self,
-        fn: Callable,
-        reference: Callable | None,
-        inputs: Sequence,
+        fn: Callable[..., Any],
+        reference: Callable[..., Any] | None,
+        inputs: Sequence[Any],
         *,
         batch_dims: Sequence[int | None] | None,
         nondiff: Sequence[int],
@@ -131,7 +133,7 @@ class Subject(Examples):
         atol: float | None,
         compile_backend: str,
         seed: int,
-    ):
+    ) -> None:
         super().__init__(inputs, batch_dims, nondiff)
         self.fn, self.reference = fn, reference
         self.name = _callable_name(fn)
@@ -143,7 +145,7 @@ class Subject(Examples):
 
     # -- running --------------------------------------------------------------------------
 
-    def upstream(self, outputs: Sequence[torch.Tensor]) -> tuple:
+    def upstream(self, outputs: Sequence[Any]) -> tuple[torch.Tensor | None, ...]:
         """The upstream gradient for each output: normal, from the seeded generator (None for the rest).
 
         Its stream is offset from ``seed``: examples drawn from ``manual_seed(0)`` in the output's shape
@@ -158,21 +160,32 @@ class Subject(Examples):
         )
 
     def run(
-        self, fn: Callable, inputs: list, wrt: Sequence[int] | None = None, upstream: tuple | None = None
+        self,
+        fn: Callable[..., Any],
+        inputs: list[Any],
+        wrt: Sequence[int] | None = None,
+        upstream: tuple[torch.Tensor | None, ...] | None = None,
     ) -> Run:
         """Forward ``fn`` on ``inputs`` and backpropagate ``upstream`` (the seeded one by default)
         to the inputs in ``wrt`` (the differentiable ones)."""
         outputs = as_tuple(fn(*inputs))
         return Run(inputs, outputs, self.gradients(outputs, inputs, wrt, upstream))
 
-    def gradients(self, outputs: tuple, inputs: list, wrt: Sequence[int] | None = None, upstream: tuple | None = None):
+    def gradients(
+        self,
+        outputs: tuple[Any, ...],
+        inputs: list[Any],
+        wrt: Sequence[int] | None = None,
+        upstream: tuple[torch.Tensor | None, ...] | None = None,
+    ) -> list[Any]:
         """∂(Σ outputs · upstream)/∂inputs[i] for each i in ``wrt`` (the differentiable inputs)."""
         wrt = self.differentiable if wrt is None else wrt
         upstream = self.upstream(outputs) if upstream is None else upstream
         return _gradients(outputs, upstream, [inputs[i] for i in wrt])
 
-    def run_both(self, dtype: torch.dtype, **options) -> tuple[Run, Run]:
+    def run_both(self, dtype: torch.dtype, **options: Any) -> tuple[Run, Run]:
         """fn and the reference from identical inputs, drawing the same random numbers."""
+        assert self.reference is not None  # the properties that compare with it check for one first
         randomness = SameRandomness()
         mine = self.run(self.fn, self.inputs(dtype, **options))
         randomness.replay()
@@ -188,7 +201,7 @@ class Subject(Examples):
 
     # -- comparing ------------------------------------------------------------------------
 
-    def pairs(self, mine: Run, theirs: Run, wrt: Sequence[int] | None = None) -> list:
+    def pairs(self, mine: Run, theirs: Run, wrt: Sequence[int] | None = None) -> list[tuple[str, Any, Any]]:
         """(name, fn's, reference's) for each output and each gradient."""
         wrt = self.differentiable if wrt is None else wrt
         count = len(theirs.outputs)
@@ -199,7 +212,7 @@ class Subject(Examples):
         ]
         return pairs + [(f"inputs[{i}].grad", a, b) for i, a, b in zip(wrt, mine.grads, theirs.grads)]
 
-    def compare(self, pairs: list, rtol: float | None = None, atol: float | None = None) -> str:
+    def compare(self, pairs: list[tuple[str, Any, Any]], rtol: float | None = None, atol: float | None = None) -> str:
         """Compare every pair (see :mod:`torchbp.compare`); raise Failed naming the worst, else say how close."""
         rtol = self.rtol if rtol is None else rtol
         atol = self.atol if atol is None else atol
@@ -220,19 +233,24 @@ class Subject(Examples):
 
 
 def _rtol(dtype: torch.dtype | None, rtol: float | None) -> float:
-    return rtol if rtol is not None else DEFAULT_RTOL.get(dtype, 0.0)
+    if rtol is not None:
+        return rtol
+    return 0.0 if dtype is None else DEFAULT_RTOL.get(dtype, 0.0)
 
 
-def _describe(row, rtol: float | None) -> str:
+def _describe(row: ComparedTensor, rtol: float | None) -> str:
     if row.note and (math.isinf(row.max_abs_error) or row.note.startswith("NaN")):  # metadata, or non-finite
         return f"{row.name}: {row.note}"
     return f"{row.name}: rel. error {row.max_rel_error:.1e} > rtol {_rtol(row.dtype, rtol):.0e}"
 
 
-def custom_nodes(outputs: Sequence[torch.Tensor]) -> list:
+def custom_nodes(outputs: Sequence[Any]) -> list[torch.autograd.function.BackwardCFunction]:
     """The autograd.Function nodes in the graph that produced ``outputs``."""
-    found, seen = [], set()
-    stack = [out.grad_fn for out in outputs if isinstance(out, torch.Tensor) and out.grad_fn is not None]
+    found: list[torch.autograd.function.BackwardCFunction] = []
+    seen: set[torch.autograd.graph.Node] = set()
+    stack: list[torch.autograd.graph.Node | None] = [
+        out.grad_fn for out in outputs if isinstance(out, torch.Tensor) and out.grad_fn is not None
+    ]
     while stack:
         node = stack.pop()
         if node is None or node in seen:

@@ -8,6 +8,8 @@ computes, and whether fn computes the right thing is the float64 property's job.
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.func
@@ -29,12 +31,12 @@ def _samples(subject: Subject, count: int) -> int:
     return min(count, subject.batch_size)
 
 
-def _sample(subject: Subject, inputs: list, n: int) -> list:
+def _sample(subject: Subject, inputs: list[Any], n: int) -> list[Any]:
     """Sample n of each batched input, its batch dimension removed (what fn sees under vmap)."""
     return [x.select(subject.batch_dims[i], n) if i in subject.batched else x for i, x in enumerate(inputs)]
 
 
-def _in_dims(subject: Subject) -> tuple:
+def _in_dims(subject: Subject) -> tuple[int | None, ...]:
     return tuple(subject.batch_dims)
 
 
@@ -76,7 +78,7 @@ def vmap_grad(subject: Subject) -> str:
                                       for per_output in zip(*outputs)))
     looped = [subject.gradients(outputs[k], samples[k], upstream=_sample_of(upstream, k)) for k in range(n)]
 
-    def loss(*args):
+    def loss(*args: Any) -> Any:
         *inputs, upstream = args
         return sum((out * u).sum() for out, u in zip(as_tuple(subject.fn(*inputs)), upstream) if u is not None)
 
@@ -90,14 +92,14 @@ def vmap_grad(subject: Subject) -> str:
     return f"{n} samples: {subject.compare(pairs)}"
 
 
-def _sample_of(upstream: tuple, k: int) -> tuple:
+def _sample_of(upstream: tuple[torch.Tensor | None, ...], k: int) -> tuple[torch.Tensor | None, ...]:
     """Sample k's upstream gradients, copies: a backward that writes into its gradient must not reach the rest."""
     return tuple(None if u is None else u[k].clone() for u in upstream)
 
 
-def _of_differentiable(subject: Subject, inputs: list):
+def _of_differentiable(subject: Subject, inputs: list[Any]) -> Callable[..., tuple[torch.Tensor, ...]]:
     """fn as a function of its differentiable inputs alone (the others fixed), to its floating-point outputs."""
-    def fn(*differentiable):
+    def fn(*differentiable: torch.Tensor) -> tuple[torch.Tensor, ...]:
         full = list(inputs)
         for i, x in zip(subject.differentiable, differentiable):
             full[i] = x
@@ -106,19 +108,21 @@ def _of_differentiable(subject: Subject, inputs: list):
     return fn
 
 
-def _floating(output) -> bool:
+def _floating(output: object) -> bool:
     return isinstance(output, torch.Tensor) and output.is_floating_point()
 
 
-def _eager_jacobian(subject: Subject, inputs: list) -> list[list[torch.Tensor]]:
+def _eager_jacobian(subject: Subject, inputs: list[Any]) -> list[list[torch.Tensor]]:
     """∂output_j/∂inputs[i] for every output j and differentiable input i, from fn's own backward,
     one row at a time."""
     primals = tuple(inputs[i] for i in subject.differentiable)
-    jacobian = torch.autograd.functional.jacobian(_of_differentiable(subject, inputs), primals, vectorize=False)
+    jacobian = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]  # torch leaves it untyped
+        _of_differentiable(subject, inputs), primals, vectorize=False
+    )
     return [list(per_output) for per_output in jacobian]
 
 
-def _jacobian_inputs(subject: Subject) -> list:
+def _jacobian_inputs(subject: Subject) -> list[Any]:
     samples = _samples(subject, JACOBIAN_SAMPLES) if subject.batched else None
     return subject.inputs(requires=(), samples=samples)
 
@@ -154,14 +158,15 @@ def check_jvp(subject: Subject) -> str:
 
     primals = tuple(inputs[i] for i in subject.differentiable)
     try:
-        _, forward = torch.func.jvp(_of_differentiable(subject, inputs), primals, tangents)
+        forward = torch.func.jvp(_of_differentiable(subject, inputs), primals, tangents)[1]  # (outputs, tangents)
     except NotImplementedError as error:
         if "jvp" in str(error):
             raise NotApplicable("fn's Function defines no jvp staticmethod (forward mode)") from None
         raise
     pairs = []
     for j, (out, jacobians) in enumerate(zip(forward, _eager_jacobian(subject, inputs))):
-        expected = sum(J.reshape(out.numel(), -1) @ t.reshape(-1) for J, t in zip(jacobians, tangents))  # Σ_i J_i t_i
+        products = (J.reshape(out.numel(), -1) @ t.reshape(-1) for J, t in zip(jacobians, tangents))
+        expected = cast(torch.Tensor, sum(products))  # Σ_i J_i t_i, over at least one input
         pairs.append((f"output[{j}] tangent", out, expected.reshape(out.shape)))
     return subject.compare(pairs)
 
@@ -174,7 +179,7 @@ def check_compile(subject: Subject) -> str:
     """Torch.compile(fullgraph=True) traces forward and backward with no graph break, with eager's results."""
     import torch._dynamo
 
-    def call(*inputs):  # as a model calls fn; the compiler starts from a plain function
+    def call(*inputs: Any) -> Any:  # as a model calls fn; the compiler starts from a plain function
         return subject.fn(*inputs)
 
     # The compiler keeps its caches on code objects: a fresh one compiles afresh, without clearing (or counting

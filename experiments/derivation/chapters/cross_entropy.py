@@ -80,7 +80,8 @@ def blocks(numbers: dict) -> dict[str, str]:
     v = numbers["values"]
     return {
         "cross-entropy-example": "\n\n".join([
-            matrix("z", numbers["z"]), f"t = {TARGET}", matrix("q (one-hot t)", v["q"]), matrix("p = softmax(z)", v["p"]),
+            matrix("z", numbers["z"]), f"t = {TARGET}", matrix("q (one-hot t)", v["q"]),
+            matrix("p = softmax(z)", v["p"]),
             matrix("ℓ = −Σ_c q log p", v["loss"]), matrix("J = (1/N) Σ_n ℓ_n", v["J"]),
             matrix("δ = ∂J/∂z = (p − q) / N", v["delta"])]),
         "cross-entropy-stability": "\n\n".join([
