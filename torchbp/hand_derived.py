@@ -84,8 +84,9 @@ def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivativ
     or an :class:`Indicator`."""
     if isinstance(derivative, Indicator):
         return torch.where(derivative.zero_where, 0, g)
+    rest: tuple[torch.Tensor, ...] = ()
     if isinstance(derivative, torch.Tensor):
-        first, rest = derivative, ()
+        first = derivative
     else:
         first, rest = derivative[0], derivative[1:]
     if first is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
