@@ -64,3 +64,13 @@ def test_float64_tensors_are_not_cast_as_in_native_autocast():
 def test_outside_autocast_nothing_is_cast():
     x, w = torch.randn(3, 4), torch.randn(2, 4)
     assert torchbp.functional.linear(x, w).dtype == torch.float32
+
+
+def test_a_weight_that_is_no_tensor_is_named_under_autocast_as_outside_it():
+    x = torch.randn(2, 2)
+    with pytest.raises(TypeError, match=r"expected weight to be a torch\.Tensor, got list"):
+        torchbp.functional.linear(x, [[1.0, 2.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+        TypeError, match=r"expected weight to be a torch\.Tensor, got list"
+    ):
+        torchbp.functional.linear(x, [[1.0, 2.0]])

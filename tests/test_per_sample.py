@@ -328,3 +328,19 @@ def test_mean_cross_entropy_with_ignored_targets_gives_each_samples_own_gradient
     grads = per_sample_grads(model, loss_fn, x, target)
     for name in params:
         torch.testing.assert_close(grads[name], expected[name])
+
+
+def test_the_norms_of_a_layer_called_twice_with_every_parameter_frozen_are_zero():
+    """Its per-sample gradients sum to nothing, whether or not another layer's come before them."""
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(3, 3).double().requires_grad_(False)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)  # so that the layer's outputs require grad
+    y = torch.randn(4, 3, dtype=torch.float64)
+    loss_fn = torch.nn.MSELoss(reduction="sum")
+    alone = torch.nn.Sequential(shared, torch.nn.Sigmoid(), shared)
+    torch.testing.assert_close(per_sample_grad_norms(alone, loss_fn, x, y), torch.zeros(4, dtype=torch.float64))
+    after = torch.nn.Sequential(torch.nn.Linear(3, 3).double(), shared, torch.nn.Sigmoid(), shared)
+    grads = per_sample_grads(after, loss_fn, x, y)
+    assert set(grads) == {"0.weight", "0.bias"}
+    expected = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads.values()))
+    torch.testing.assert_close(per_sample_grad_norms(after, loss_fn, x, y), expected)

@@ -60,7 +60,10 @@ def cast_as_autocast_would(policy: str, *tensors: torch.Tensor | None) -> tuple[
     target = _dtype(device_type) if policy == LOWER_PRECISION else torch.float32
     return tuple(
         t.to(target)
-        if t is not None and t.is_floating_point() and t.dtype != torch.float64 and t.device.type == device_type
+        if isinstance(t, torch.Tensor)  # anything else is left for the operation's checks to name
+        and t.is_floating_point()
+        and t.dtype != torch.float64
+        and t.device.type == device_type
         else t
         for t in tensors
     )

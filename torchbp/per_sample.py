@@ -20,7 +20,7 @@ their mean over the N samples is ``.grad``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -187,8 +187,10 @@ class PerSampleGradients:
             if len(calls) == 1:
                 layer = PER_SAMPLE_RULES[type(module)].norms_squared(module, *calls[0])
             else:
-                grads = self._layer_grads(module, calls, {}).values()
-                layer = cast(torch.Tensor, sum(g.flatten(1).square().sum(1) for g in grads))  # 0 if all are frozen
+                delta = calls[0][1]
+                layer = delta.new_zeros(delta.shape[0])  # stays 0 where every parameter of the layer is frozen
+                for grad in self._layer_grads(module, calls, {}).values():
+                    layer = layer + grad.flatten(1).square().sum(1)
             squared = layer if squared is None else squared + layer
         if squared is None:
             return torch.zeros(0)
