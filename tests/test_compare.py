@@ -465,3 +465,19 @@ ODD_KINDS = {
 def test_compare_many_takes_what_compare_tensors_takes(case):
     pair = ("t", *ODD_KINDS[case]())
     assert compare_many([pair]) == [compare_tensors(*pair)] and compare_tensors(*pair).ok
+
+
+NON_TENSOR_OUTPUTS = [  # (what fn returns besides its tensor, what the reference returns, do they match)
+    (3, 3, True),
+    (3, 4, False),
+    (3, 3.0, False),  # another type is another value
+    ("mean", "mean", True),
+    (None, None, True),
+]
+
+
+@pytest.mark.parametrize("mine, theirs, match", NON_TENSOR_OUTPUTS)
+def test_an_output_that_is_no_tensor_is_compared_with_equals(mine, theirs, match):
+    report = check_function(lambda x: (2 * x, mine), lambda x: (2 * x, theirs), torch.randn(3, dtype=torch.float64))
+    assert report.ok is match, str(report)
+    assert report.rows[0].ok and report.rows[2].ok  # the tensor output and the gradient

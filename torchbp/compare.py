@@ -222,6 +222,8 @@ def compare_tensors(
             name, tuple(present.shape), present.dtype, float("inf"), float("inf"), 0.0, 0.0, False,
             f"missing on the {side}",
         )
+    if not (isinstance(actual, torch.Tensor) and isinstance(reference, torch.Tensor)):
+        return _compare_other_values(name, actual, reference)
     shape, dtype = tuple(reference.shape), reference.dtype
     mismatch = None
     if tuple(actual.shape) != shape:
@@ -469,6 +471,17 @@ def _compare_exactly(name: str, actual: torch.Tensor, reference: torch.Tensor) -
     reference_max = float(reference.long().abs().max().item()) if reference.numel() else 0.0
     max_rel = relative_error(max_abs, reference_max)
     return ComparedTensor(name, shape, dtype, max_abs, max_rel, 0.0, reference_max, ok, "" if ok else "not equal")
+
+
+def _compare_other_values(name: str, actual: object, reference: object) -> ComparedTensor:
+    """An output that is not a tensor on one side or both (a count, a flag): equal when of one type and ==."""
+    try:
+        equal = type(actual) is type(reference) and bool(actual == reference)
+    except Exception:  # an == that gives no single truth value (an array's, say): not equal as far as we can tell
+        equal = False
+    note = f"not a tensor ({type(actual).__name__} here, {type(reference).__name__} in the reference), compared with =="
+    error = 0.0 if equal else math.inf
+    return ComparedTensor(name, None, None, error, error, 0.0, 0.0, equal, note)
 
 
 def _where(error: torch.Tensor, finite: torch.Tensor, max_abs: float) -> str:
