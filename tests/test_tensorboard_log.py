@@ -65,6 +65,25 @@ def test_a_steps_scalars_share_one_event_per_run_and_all_reach_the_files(tmp_pat
     ]
 
 
+def test_a_step_is_logged_from_plain_values_the_match_figures_only_where_it_was_checked(tmp_path):
+    import torch
+
+    log = TensorBoardLog(tmp_path, name="mine")
+    log.step(0, 0.5, 0.5, abs_loss_difference=0.0, max_grad_error=1e-7, grad_norms=torch.tensor([1.0, 2.0]))
+    log.step(1, 0.25, 0.25)  # not checked, nothing recorded per sample
+    log.close(verdict="**MATCH**", step=2)
+    assert scalar_events(tmp_path / "hand") == [(0, {"loss/mine": 0.5}), (1, {"loss/mine": 0.25})]
+    assert scalar_events(tmp_path / "autograd") == [(0, {"loss/mine": 0.5}), (1, {"loss/mine": 0.25})]
+    (hand,) = event_files(tmp_path / "hand")
+    histograms = [(event.step, v.tag) for event in LegacyEventFileLoader(str(hand)).Load() for v in event.summary.value
+                  if v.HasField("histo")]
+    assert histograms == [(0, "per_sample/mine/grad_norm")]
+    (pair,) = [p for p in event_files(tmp_path) if p.parent == tmp_path]
+    assert [(event.step, sorted(v.tag for v in event.summary.value)) for event in LegacyEventFileLoader(str(pair)).Load()
+            if event.summary.value] == [(0, ["match/mine/abs_loss_difference", "match/mine/max_grad_error"]),
+                                        (2, ["verdict/mine"])]
+
+
 @pytest.mark.parametrize("name, tag", [(None, "loss"), ("seed", "loss/seed")])
 def test_tags_are_grouped_by_quantity_then_by_the_runs_name(name, tag):
     log = TensorBoardLog.__new__(TensorBoardLog)

@@ -185,7 +185,9 @@ class LockstepTrainer:
         record = self._record(step, hand_loss, native_loss, report, per_sample)
         lap("checking")
         if self.log is not None:
-            self.log.step(record)
+            self.log.step(step, record.hand_loss, record.autograd_loss,
+                          *((record.loss_difference, record.max_grad_error) if checked else (None, None)),
+                          grad_norms=None if per_sample is None else per_sample.grad_norms())
         lap("logging")
         if report is not None and not report.ok:
             self.result.mismatch_step = step
@@ -321,12 +323,8 @@ class LockstepTrainer:
 
     def close(self, hparams: dict | None = None) -> None:
         """Write the verdict (a text card) and the hyperparameters, and close the log."""
-        if self.log is None:
-            return
-        self.log.text("verdict", self.verdict(), self.result.steps)
-        if hparams is not None:
-            self.log.hparams(hparams)
-        self.log.close()
+        if self.log is not None:
+            self.log.close(verdict=self.verdict(), step=self.result.steps, hparams=hparams)
 
     def verdict(self) -> str:
         """The run's result in a few lines of markdown: MATCH or MISMATCH, what was checked, what was compared."""

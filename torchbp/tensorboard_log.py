@@ -26,7 +26,6 @@ import time
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,9 +39,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from torchbp import event_records
 from torchbp.event_records import with_fast_checksums
-
-if TYPE_CHECKING:
-    from torchbp.lockstep import StepRecord
 
 SIDES = ("hand", "autograd")
 PAIR = "."  # the run folder itself: what belongs to the pair
@@ -125,18 +121,21 @@ class TensorBoardLog:
         """``group/name/quantity``, leaving out what is None: ``tag("loss")`` is ``loss/seed`` in a run named seed."""
         return "/".join(part for part in (group, self.name, quantity) if part is not None)
 
-    def step(self, record: StepRecord) -> None:
-        """What one lockstep step measured: both losses; on a checked step how far apart they are;
-        on a step that recorded them, the per-sample gradient norms. What :meth:`scalar` does for one
-        value, done once for the step's four: this runs at every step of a small network."""
-        now, step = time.time(), record.step
-        self.pending["hand"].append((step, now, self.loss_tag, record.hand_loss))
-        self.pending["autograd"].append((step, now, self.loss_tag, record.autograd_loss))
-        if record.report is not None:
-            self.pending[PAIR].append((step, now, self.abs_loss_difference_tag, record.loss_difference))
-            self.pending[PAIR].append((step, now, self.max_grad_error_tag, record.max_grad_error))
-        if record.per_sample is not None:
-            self.histogram("hand", self.tag("per_sample", "grad_norm"), record.per_sample.grad_norms(), record.step)
+    def step(
+        self, step: int, hand_loss: float, autograd_loss: float, abs_loss_difference: float | None = None,
+        max_grad_error: float | None = None, grad_norms: torch.Tensor | None = None,
+    ) -> None:
+        """One lockstep step: both losses; on a checked step, how far apart the two models are
+        (None where the step was not checked); where the step recorded them, the per-sample gradient
+        norms. What :meth:`scalar` does for one value, done at once: this runs at every step of a small network."""
+        now = time.time()
+        self.pending["hand"].append((step, now, self.loss_tag, hand_loss))
+        self.pending["autograd"].append((step, now, self.loss_tag, autograd_loss))
+        for tag, value in ((self.abs_loss_difference_tag, abs_loss_difference), (self.max_grad_error_tag, max_grad_error)):
+            if value is not None:
+                self.pending[PAIR].append((step, now, tag, value))
+        if grad_norms is not None:
+            self.histogram("hand", self.tag("per_sample", "grad_norm"), grad_norms, step)
         if time.monotonic() >= self.next_write:
             self.flush()
 
@@ -218,7 +217,13 @@ class TensorBoardLog:
             writer.flush()
         self.next_write = time.monotonic() + self.flush_secs
 
-    def close(self) -> None:
+    def close(self, verdict: str | None = None, step: int = 0, hparams: dict | None = None) -> None:
+        """Write the held scalars, the run's ``verdict`` as a text card at ``step`` and its ``hparams``
+        where given, and close the files."""
+        if verdict is not None:
+            self.text("verdict", verdict, step)
+        if hparams is not None:
+            self.hparams(hparams)
         self._write_pending()
         for writer in self.writers.values():
             writer.close()
