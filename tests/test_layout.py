@@ -1,4 +1,5 @@
-"""The layout shows the architecture: data flows one way, so no torchbp module imports one that imports it back."""
+"""The layout shows the architecture: data flows one way, so no torchbp module imports one that imports it back;
+the experiments folder lists the experiments."""
 
 import ast
 from pathlib import Path
@@ -106,3 +107,10 @@ def test_a_class_of_the_trainer_and_its_log_does_one_job_in_under_150_lines(file
     tree = ast.parse((PACKAGE / file).read_text())
     sizes = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
     assert {name: size for name, size in sizes.items() if size >= 150} == {}
+
+
+def test_the_experiments_folder_lists_the_experiments_one_file_each():
+    from experiments.__main__ import EXPERIMENTS  # importing the command registers every experiment
+
+    files = {path.stem for path in (PACKAGE.parent / "experiments").glob("*.py")} - {"__init__", "__main__"}
+    assert files == {name.replace("-", "_") for name in EXPERIMENTS}
