@@ -298,7 +298,8 @@ def test_a_mismatch_is_not_recorded_as_what_stopped_the_run():
 def test_the_verdict_is_written_from_the_result_alone(fields, headline):
     lines = LockstepResult(**fields).verdict(2, "free-running", "hand-derived: 0 Linear; native: none").splitlines()
     assert lines[0] == headline
-    assert f"| steps taken, checked | {fields.get('steps', 0)}, {fields.get('checks', 0)} (every 2, free-running) |" in lines
+    steps, checks = fields.get("steps", 0), fields.get("checks", 0)
+    assert f"| steps taken, checked | {steps}, {checks} (every 2, free-running) |" in lines
     assert "| layers | hand-derived: 0 Linear; native: none |" in lines
 
 

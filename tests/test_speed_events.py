@@ -69,7 +69,8 @@ def test_written_scalars_are_one_event_per_step_the_first_of_a_tag_carrying_its_
     scalar = lambda tag, value, carried=None: Summary.Value(  # noqa: E731
         tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value]), metadata=carried)
     assert written == [
-        Event(step=0, wall_time=1.0, summary=Summary(value=[scalar("loss", 0.5, described), scalar("error", 0.25, described)])),
+        Event(step=0, wall_time=1.0,
+              summary=Summary(value=[scalar("loss", 0.5, described), scalar("error", 0.25, described)])),
         Event(step=1, wall_time=2.0, summary=Summary(value=[scalar("loss", 0.125)])),
     ]
 

@@ -33,7 +33,8 @@ def across_processes(
     """The mean of each loss over the processes, and ``report`` (None on a step that was not checked)
     failed by an added row where this process's check passed and another's did not."""
     ok = report is None or report.ok
-    figures = torch.stack([hand_loss.double(), native_loss.double(), torch.tensor(0.0 if ok else 1.0, device=hand_loss.device, dtype=torch.float64)])
+    failed = torch.tensor(0.0 if ok else 1.0, device=hand_loss.device, dtype=torch.float64)
+    figures = torch.stack([hand_loss.double(), native_loss.double(), failed])
     dist.all_reduce(figures)
     world = dist.get_world_size()
     if report is not None and report.ok and bool(figures[2] != 0):

@@ -126,7 +126,8 @@ class TensorBoardLog:
         now = time.time()
         self.pending["hand"].append((step, now, self.loss_tag, hand_loss))
         self.pending["autograd"].append((step, now, self.loss_tag, autograd_loss))
-        for tag, value in ((self.abs_loss_difference_tag, abs_loss_difference), (self.max_grad_error_tag, max_grad_error)):
+        differences = ((self.abs_loss_difference_tag, abs_loss_difference), (self.max_grad_error_tag, max_grad_error))
+        for tag, value in differences:
             if value is not None:
                 self.pending[PAIR].append((step, now, tag, value))
         if grad_norms is not None:

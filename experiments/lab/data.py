@@ -1,4 +1,4 @@
-"""The data several experiments share: scikit-learn's 8×8 digits, and the precision the digits take with cross-entropy."""
+"""The data several experiments share: scikit-learn's 8×8 digits, and their precision under cross-entropy."""
 
 from __future__ import annotations
 

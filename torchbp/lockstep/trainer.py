@@ -62,9 +62,8 @@ class LockstepTrainer:
         require_hand_derived_layers("LockstepTrainer", model, loss_fn)
         self.hand_model, self.native_model = convert(model), to_native(model)
         self.layers = describe_layers(model, loss_fn)  # what is compared: named in every report
-        self.comparison = StepComparison(
-            ModelPair(self.hand_model, self.native_model), self.layers, check_every, free_running, rtol, atol
-        )
+        pair = ModelPair(self.hand_model, self.native_model)
+        self.comparison = StepComparison(pair, self.layers, check_every, free_running, rtol, atol)
         self.distributed = process_group_active() if distributed is None else distributed
         # What a step runs: the models themselves, or their DDP wrappers.
         self.hand_runner, self.native_runner = (
