@@ -9,11 +9,11 @@ framed with google-crc32c's checksums, and queued as one item per flush.
 
 Measured with a throwaway script (not kept): LockstepTrainer.step with each log in one process,
 interleaved, a flush's time spread over the steps it wrote; the project's 2-core CPU machine,
-torch 2.13.0, nine runs (five with 2 threads, four with 1) while another test run shared the
-cores. A flush costs 16–40 µs a step this way (109 once, under the heaviest load) against
+torch 2.13.0, eleven runs (six with 2 threads, five with 1), nine of them while another test run
+shared the cores. A flush costs 16–40 µs a step this way (109 once, under the heaviest load) against
 155–445 µs the plain way, on the derivation's 2-3-1 network (float64) and on the mid MLP
 (3×256, batch 64) alike: 10.6–19.4 % of a lockstep step on the 2-3-1 network in every run;
-2.7–6.6 % on the mid MLP in the six runs where its step took 3.6–8.6 ms, 0.2–0.7 % in the
+2.7–6.6 % on the mid MLP in the eight runs where its step took 3.6–8.6 ms, 0.2–0.7 % in the
 three where the other load stretched it to 54–123 ms. ``python -m experiments.bench`` cannot
 show it: its second or so of 20 ms blocks mostly ends before the log's first flush, and its
 median would leave a block holding one out.
