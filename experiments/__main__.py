@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm  # noqa: F401, I001  (each registers itself, in this order)
 from experiments.derivation.explain import worked_example
-from experiments.registry import EXPERIMENTS, Config
-from experiments.runner import run_experiment, summary_table
+from experiments.lab.registry import EXPERIMENTS, Config
+from experiments.lab.runner import run_experiment, summary_table
 
 PROG = "python -m experiments"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from experiments.digits import CROSS_ENTROPY_DTYPE, load_digits
-from experiments.metrics import accuracy
-from experiments.minibatches import Minibatches, split
-from experiments.registry import Config, Setup, experiment
+from experiments.lab.data import CROSS_ENTROPY_DTYPE, load_digits
+from experiments.lab.metrics import accuracy
+from experiments.lab.minibatches import Minibatches, split
+from experiments.lab.registry import Config, Setup, experiment
 
 
 def layernorm_mlp(config: Config, width: int = 64) -> torch.nn.Sequential:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 import torchbp
-from experiments.minibatches import Minibatches
-from experiments.models import sigmoid_mlp
-from experiments.registry import Config, Setup, experiment
+from experiments.lab.minibatches import Minibatches
+from experiments.lab.models import sigmoid_mlp
+from experiments.lab.registry import Config, Setup, experiment
 from torchbp.lockstep import LockstepTrainer, StepRecord
 
 SAMPLES = 5

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from experiments.metrics import accuracy
-from experiments.minibatches import Minibatches, split
-from experiments.models import sigmoid_mlp
-from experiments.registry import Config, Setup, experiment
+from experiments.lab.metrics import accuracy
+from experiments.lab.minibatches import Minibatches, split
+from experiments.lab.models import sigmoid_mlp
+from experiments.lab.registry import Config, Setup, experiment
 
 POINTS = 2000
 MOMENTUM = 0.9  # plain SGD stalls near 80 % on the spirals; momentum carries it past 97 %

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from experiments.metrics import accuracy
-from experiments.minibatches import Minibatches
-from experiments.models import sigmoid_mlp
-from experiments.registry import Config, Setup, experiment
+from experiments.lab.metrics import accuracy
+from experiments.lab.minibatches import Minibatches
+from experiments.lab.models import sigmoid_mlp
+from experiments.lab.registry import Config, Setup, experiment
 
 
 @experiment(

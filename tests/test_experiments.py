@@ -25,7 +25,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tensorboard.util.tensor_util import make_ndarray
 
 from experiments.__main__ import main
-from experiments.registry import EXPERIMENTS
+from experiments.lab.registry import EXPERIMENTS
 from experiments.seed import build as build_seed
 from torchbp.functions import LinearFunction
 from torchbp.lockstep import LockstepTrainer

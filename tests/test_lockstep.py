@@ -5,7 +5,7 @@ import torch
 
 import torchbp
 from torchbp.functions import LinearFunction, SigmoidFunction
-from torchbp.lockstep import LockstepMismatch, LockstepTrainer
+from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer
 from torchbp.tensorboard_log import TensorBoardLog, new_run_dir
 
 
@@ -258,3 +258,53 @@ def test_a_trainer_used_in_a_with_block_closes_its_log_with_the_last_steps_and_t
     pair = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     pair.Reload()
     assert pair.Tensors("verdict/mine")
+
+
+def test_the_lockstep_names_are_the_same_objects_from_torchbp_and_from_torchbp_lockstep():
+    from torchbp import lockstep
+
+    for name in ("LockstepTrainer", "LockstepMismatch", "LockstepResult", "StepRecord", "new_run_dir"):
+        assert getattr(lockstep, name) is getattr(torchbp, name)
+
+
+@pytest.mark.parametrize("stop, words", [
+    (KeyboardInterrupt(), "an interrupt"),
+    (SystemExit(143), "an exit with status 143 (SIGTERM)"),
+    (SystemExit(1), "an exit with status 1"),
+    (RuntimeError("planted"), "an error (RuntimeError)"),
+])
+def test_a_run_records_what_stopped_it_and_its_verdict_says_so(stop, words):
+    result = LockstepResult(steps=4, checks=4)
+    with pytest.raises(type(stop)):
+        with result.run(steps=10):
+            raise stop
+    assert result.stopped_by == words and result.steps_planned == 14 and result.seconds > 0
+    assert result.verdict(1, "synced", "layers").startswith(f"**STOPPED** by {words} after 4 of 14 steps;")
+
+
+def test_a_mismatch_is_not_recorded_as_what_stopped_the_run():
+    result = LockstepResult()
+    with pytest.raises(LockstepMismatch):
+        with result.run(steps=None):
+            raise LockstepMismatch(0, torchbp.Report("planted"))
+    assert result.stopped_by is None
+
+
+@pytest.mark.parametrize("fields, headline", [
+    ({}, "**NOT CHECKED**: no step was compared."),
+    ({"steps": 3, "checks": 3}, "**MATCH**: the two models agreed at every one of 3 checked steps."),
+    ({"steps": 1, "checks": 1, "mismatch_step": 0}, "**MISMATCH** at step 0: the report is in the program's output."),
+])
+def test_the_verdict_is_written_from_the_result_alone(fields, headline):
+    lines = LockstepResult(**fields).verdict(2, "free-running", "hand-derived: 0 Linear; native: none").splitlines()
+    assert lines[0] == headline
+    steps, checks = fields.get("steps", 0), fields.get("checks", 0)
+    assert f"| steps taken, checked | {steps}, {checks} (every 2, free-running) |" in lines
+    assert "| layers | hand-derived: 0 Linear; native: none |" in lines
+
+
+def test_the_trainers_verdict_is_its_results():
+    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, check_every=2)
+    trainer.train(batches(), steps=3)
+    assert trainer.verdict() == trainer.result.verdict(2, "synced", trainer.layers)
+    assert trainer.verdict().startswith("**MATCH**: the two models agreed at every one of 2 checked steps.")

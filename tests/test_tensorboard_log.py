@@ -1,23 +1,11 @@
-"""The lockstep run's TensorBoard log: what reaches the event files, when, and how they are framed."""
+"""The lockstep run's TensorBoard log: what reaches the event files, and when."""
 
 import time
 
 import pytest
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-from tensorboard.compat.tensorflow_stub import errors
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboards_checksum
-
-from hypothesis import given
-from hypothesis import strategies as st
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.compat.proto.tensor_pb2 import TensorProto
-from tensorboard.compat.proto.types_pb2 import DT_FLOAT
 from tensorboard.util.tensor_util import make_ndarray
 
-from torchbp import event_records
-from torchbp.event_records import frame, masked_crc32c
 from torchbp.tensorboard_log import TensorBoardLog, event_files
 
 
@@ -29,26 +17,6 @@ def scalar_events(folder):
         for event in LegacyEventFileLoader(str(path)).Load()
         if event.summary.value and event.summary.value[0].HasField("tensor")
     ]
-
-
-@pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)), b"event" * 100])
-def test_checksums_are_tensorboards_own(data):
-    assert masked_crc32c(data) == tensorboards_checksum(data)
-
-
-def test_a_framed_record_reads_back_and_a_corrupted_one_is_refused(tmp_path):
-    from tensorboard.compat.proto.event_pb2 import Event
-
-    data = Event(step=7, wall_time=1.0).SerializeToString()
-    good, bad = tmp_path / "good", tmp_path / "bad"
-    good.write_bytes(frame(data))
-    corrupted = bytearray(frame(data))
-    corrupted[-1] ^= 1  # the data's checksum, one bit off
-    bad.write_bytes(bytes(corrupted))
-    PyRecordReader_New(str(good)).GetNext()  # tensorboard's reader checks both checksums
-    with pytest.raises(errors.DataLossError, match="crc32"):
-        PyRecordReader_New(str(bad)).GetNext()
-    assert [event.step for event in LegacyEventFileLoader(str(good)).Load()] == [7]
 
 
 def test_a_steps_scalars_share_one_event_per_run_and_all_reach_the_files(tmp_path):
@@ -63,6 +31,25 @@ def test_a_steps_scalars_share_one_event_per_run_and_all_reach_the_files(tmp_pat
     assert scalar_events(tmp_path) == [
         (s, {"match/mine/abs_loss_difference": 0.5 * s, "match/mine/max_grad_error": 0.25 * s}) for s in range(3)
     ]
+
+
+def test_a_step_is_logged_from_plain_values_the_match_figures_only_where_it_was_checked(tmp_path):
+    import torch
+
+    log = TensorBoardLog(tmp_path, name="mine")
+    log.step(0, 0.5, 0.5, abs_loss_difference=0.0, max_grad_error=1e-7, grad_norms=torch.tensor([1.0, 2.0]))
+    log.step(1, 0.25, 0.25)  # not checked, nothing recorded per sample
+    log.close(verdict="**MATCH**", step=2)
+    assert scalar_events(tmp_path / "hand") == [(0, {"loss/mine": 0.5}), (1, {"loss/mine": 0.25})]
+    assert scalar_events(tmp_path / "autograd") == [(0, {"loss/mine": 0.5}), (1, {"loss/mine": 0.25})]
+    (hand,) = event_files(tmp_path / "hand")
+    histograms = [(event.step, v.tag) for event in LegacyEventFileLoader(str(hand)).Load() for v in event.summary.value
+                  if v.HasField("histo")]
+    assert histograms == [(0, "per_sample/mine/grad_norm")]
+    (pair,) = [p for p in event_files(tmp_path) if p.parent == tmp_path]
+    loaded = LegacyEventFileLoader(str(pair)).Load()
+    tags = [(event.step, sorted(v.tag for v in event.summary.value)) for event in loaded if event.summary.value]
+    assert tags == [(0, ["match/mine/abs_loss_difference", "match/mine/max_grad_error"]), (2, ["verdict/mine"])]
 
 
 @pytest.mark.parametrize("name, tag", [(None, "loss"), ("seed", "loss/seed")])
@@ -92,25 +79,3 @@ def test_a_histogram_after_held_scalars_keeps_the_order_they_were_logged_in(tmp_
     (path,) = [p for p in event_files(tmp_path / "hand")]
     tags = [v.tag for event in LegacyEventFileLoader(str(path)).Load() for v in event.summary.value]
     assert tags == ["metrics/accuracy", "per_sample/grad_norm"]
-
-
-def test_the_logs_writers_frame_records_with_the_checksums_computed_in_c(tmp_path):
-    log = TensorBoardLog(tmp_path)
-    for writer in log.writers.values():
-        record_writer = writer._get_file_writer().event_writer._async_writer._writer
-        assert "write" in vars(record_writer), "tensorboard's pure-Python checksums are back: 15 µs per event"
-    log.close()
-
-
-@given(
-    step=st.integers(0, 2**62), wall_time=st.floats(0, 2e9),
-    values=st.lists(st.tuples(st.text(min_size=1, max_size=80), st.floats(width=32)), min_size=1, max_size=4),
-)
-def test_scalar_events_serialized_by_hand_are_protobufs_own(step, wall_time, values):
-    ours = event_records.event(step, wall_time, [
-        event_records.scalar_value(event_records.scalar_value_prefix(tag), value) for tag, value in values
-    ])
-    theirs = Event(step=step, wall_time=wall_time, summary=Summary(value=[
-        Summary.Value(tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value])) for tag, value in values
-    ]))
-    assert Event.FromString(ours) == theirs

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from torchbp.compare import ComparedTensor, Report
+
 
 def process_group_active() -> bool:
     """True inside an initialised process group of more than one process."""
@@ -25,9 +27,19 @@ def data_parallel(model: torch.nn.Module) -> DistributedDataParallel:
     return DistributedDataParallel(model, device_ids=[parameter.device] if on_gpu else None)
 
 
-def across_processes(hand_loss: torch.Tensor, native_loss: torch.Tensor, ok: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The mean of each loss over the processes, and whether every process's check passed."""
-    figures = torch.stack([hand_loss.double(), native_loss.double(), torch.tensor(0.0 if ok else 1.0, device=hand_loss.device, dtype=torch.float64)])
+def across_processes(
+    hand_loss: torch.Tensor, native_loss: torch.Tensor, report: Report | None
+) -> tuple[torch.Tensor, torch.Tensor, Report | None]:
+    """The mean of each loss over the processes, and ``report`` (None on a step that was not checked)
+    failed by an added row where this process's check passed and another's did not."""
+    ok = report is None or report.ok
+    failed = torch.tensor(0.0 if ok else 1.0, device=hand_loss.device, dtype=torch.float64)
+    figures = torch.stack([hand_loss.double(), native_loss.double(), failed])
     dist.all_reduce(figures)
     world = dist.get_world_size()
-    return (figures[0] / world).to(hand_loss.dtype), (figures[1] / world).to(native_loss.dtype), bool(figures[2] == 0)
+    if report is not None and report.ok and bool(figures[2] != 0):
+        report.append(ComparedTensor(
+            "other processes", None, None, float("nan"), float("nan"), 0.0, 0.0, False,
+            "another process's check failed at this step; its report is in its own output",
+        ))
+    return (figures[0] / world).to(hand_loss.dtype), (figures[1] / world).to(native_loss.dtype), report

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import torchbp
 from experiments import seed
-from experiments.registry import EXPERIMENTS
+from experiments.lab.registry import EXPERIMENTS
 from torchbp.per_sample import per_sample_grad_norms, per_sample_grads
 
 
@@ -52,9 +52,9 @@ def image_data(batch: int, channels: int, size: int, seed: int = 1):
 
 def digits_cnn_setup():
     """digits-cnn's network on a batch of 64 of the digits, in float32."""
-    from experiments.digits import load_digits
+    from experiments.lab.data import load_digits
     from experiments.digits_cnn import small_cnn
-    from experiments.registry import Config
+    from experiments.lab.registry import Config
 
     pixels, labels = load_digits()
     config = Config(steps=1, lr=1e-3, batch_size=64, dtype="float32")

@@ -27,7 +27,7 @@ import torchbp
 from experiments.derivation.chapters import CHAPTERS
 from experiments.derivation.example import agree, agreement_table, matrix
 from experiments.derivation.numpy_derivation import derive, gradient_descent_step
-from experiments.registry import Config
+from experiments.lab.registry import Config
 from experiments.seed import HalfSumSquaredError, network, samples
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.derivation.explain import three_ways
-from experiments.registry import EXPERIMENTS
+from experiments.lab.registry import EXPERIMENTS
 from torchbp.lockstep import LockstepTrainer
 
 

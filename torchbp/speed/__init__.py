@@ -6,6 +6,8 @@
 - :mod:`torchbp.speed.fused`: the fused chain, a network (and its loss) as one
   Function, built by :func:`torchbp.fuse` and :func:`torchbp.fuse_loss` from the
   steps the layers register.
+- :mod:`torchbp.speed.events`: TensorBoard scalar events serialized and framed by hand, with
+  C checksums, for the lockstep trainer's log (:mod:`torchbp.tensorboard_log`).
 
 Each module's docstring gives the figure that justifies it, measured by
 ``python -m experiments.bench`` or the command it names.

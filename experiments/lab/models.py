@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.registry import Config
+from experiments.lab.registry import Config
 
 
 def sigmoid_mlp(widths: tuple[int, ...], config: Config, bias: bool = True) -> torch.nn.Sequential:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from experiments.minibatches import Shards
-from experiments.registry import Config, Experiment
+from experiments.lab.minibatches import Shards
+from experiments.lab.registry import Config, Experiment
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer
 from torchbp.tensorboard_log import new_run_dir
 

@@ -1,0 +1,206 @@
+"""The lockstep trainer: one step of both models, checked when due; the loop; the metrics."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from torchbp.check import ModelPair, SameRandomness, describe_layers, require_hand_derived_layers
+from torchbp.convert import convert, to_native
+from torchbp.distributed import across_processes, data_parallel, process_group_active
+from torchbp.lockstep.comparison import StepComparison
+from torchbp.lockstep.result import LockstepMismatch, LockstepResult, StepRecord, Stopwatch
+from torchbp.per_sample import PerSampleGradients, reduction_scale
+from torchbp.tensorboard_log import TensorBoardLog
+
+NOT_RECORDING = nullcontext()  # in place of a PerSampleGradients on steps that record none
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Metric = Callable[[torch.nn.Module], float]
+
+
+class LockstepTrainer:
+    """Train the torchbp version of ``model`` and its native twin in lockstep.
+
+    Args:
+        model: built from supported layers, native or torchbp; it is copied, not changed.
+        loss_fn: a loss module (converted for each side) or a plain function of (output, target).
+        optimizer: parameters -> optimizer, called once per side; by default ``torch.optim.SGD(params, lr=lr)``.
+        lr: the default optimizer's learning rate.
+        check_every: compare every this many steps (1: every step).
+        free_running: let both models train on their own (see :mod:`torchbp.lockstep`).
+        rtol, atol: the comparison's tolerances (see :mod:`torchbp.compare`).
+        log_dir: a fresh TensorBoard run folder (see :func:`torchbp.new_run_dir`); None logs nothing.
+        log_name: what the run's charts are grouped under (``loss/<log_name>``, see :mod:`torchbp.tensorboard_log`),
+            so that several models' runs in one log folder get charts of their own. None: plain ``loss``.
+        metrics: name -> function of a model, evaluated on both sides every ``metric_every`` steps and at
+            the end, logged under one tag in both runs.
+        metric_every: how often to evaluate metrics.
+        per_sample_every: record the torchbp model's per-sample gradients every this many steps (None: never),
+            from the step's own backward; logged as a histogram of their norms, carried by ``StepRecord.per_sample``.
+        distributed: wrap both models in DistributedDataParallel, each process passing its own shard of every
+            batch (default: inside a process group of more than one process; see :mod:`torchbp.distributed`).
+            Give ``log_dir`` on one process only.
+
+    Close it (or use it in a ``with`` block) to write the log's last scalars and its verdict.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+        lr: float = 0.1, check_every: int = 1, free_running: bool = False,
+        rtol: float | None = None, atol: float | None = None,
+        log_dir: str | Path | None = None, log_name: str | None = None,
+        metrics: dict[str, Metric] | None = None, metric_every: int = 100,
+        per_sample_every: int | None = None, distributed: bool | None = None,
+    ):
+        _require_positive_steps(check_every=check_every, metric_every=metric_every, per_sample_every=per_sample_every)
+        require_hand_derived_layers("LockstepTrainer", model, loss_fn)
+        self.hand_model, self.native_model = convert(model), to_native(model)
+        self.layers = describe_layers(model, loss_fn)  # what is compared: named in every report
+        pair = ModelPair(self.hand_model, self.native_model)
+        self.comparison = StepComparison(pair, self.layers, check_every, free_running, rtol, atol)
+        self.distributed = process_group_active() if distributed is None else distributed
+        # What a step runs: the models themselves, or their DDP wrappers.
+        self.hand_runner, self.native_runner = (
+            data_parallel(side) if self.distributed else side for side in (self.hand_model, self.native_model)
+        )
+        self.hand_loss_fn, self.native_loss_fn = (
+            (convert(loss_fn), to_native(loss_fn)) if isinstance(loss_fn, torch.nn.Module) else (loss_fn, loss_fn)
+        )
+        make_optimizer = optimizer or (lambda params: torch.optim.SGD(params, lr=lr))
+        self.hand_optimizer, self.native_optimizer = (
+            make_optimizer(side.parameters()) for side in (self.hand_model, self.native_model)
+        )
+        self.metrics, self.metric_every = dict(metrics or {}), metric_every
+        if per_sample_every is not None:
+            reduction_scale(self.hand_loss_fn, 1)  # refuses a loss whose per-sample scale is unknown
+        self.per_sample_every = per_sample_every
+        self.log = TensorBoardLog(log_dir, log_name) if log_dir is not None else None
+        self.result = LockstepResult()
+        self.stopwatch = Stopwatch(self.result.time_split)
+
+    def step(self, inputs: torch.Tensor, target: torch.Tensor) -> StepRecord:
+        """Sync, forward and backward on both sides, check, log, update (checked when due)."""
+        step, lap = self.result.steps, self.stopwatch.start()
+        checked = self.comparison.due(step)
+        if checked:
+            self.comparison.sync()
+        lap("checking")
+        hand_loss, native_loss, per_sample = self._forward_backward_both(step, inputs, target)
+        lap("training")
+        report = self.comparison.compare(step, hand_loss, native_loss) if checked else None
+        if self.distributed:
+            hand_loss, native_loss, report = across_processes(hand_loss, native_loss, report)
+        record = self.result.add_step(step, hand_loss, native_loss, report, per_sample)
+        lap("checking")
+        if self.log is not None:
+            self.log.step(step, record.hand_loss, record.autograd_loss,
+                          *((record.loss_difference, record.max_grad_error) if checked else (None, None)),
+                          grad_norms=None if per_sample is None else per_sample.grad_norms())
+        lap("logging")
+        if report is not None and not report.ok:
+            self.result.mismatch_step = step
+            raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
+        self.hand_optimizer.step()
+        self.native_optimizer.step()
+        lap("training")
+        return record
+
+    def _forward_backward_both(self, step: int, inputs: torch.Tensor, target: torch.Tensor):
+        """Both losses, each side's gradients in its ``.grad``, and the torchbp side's per-sample record when due."""
+        per_sample = None
+        if self.per_sample_every is not None and step % self.per_sample_every == 0:
+            per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs), target))
+        randomness = SameRandomness()  # dropout and the like draw alike on both sides
+        with per_sample or NOT_RECORDING:
+            hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
+        randomness.replay()
+        native_loss = _forward_backward(self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target)
+        return hand_loss, native_loss, per_sample
+
+    def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
+        """Every metric on both models, logged at ``step``; by default the number of steps taken,
+        which is the step whose loss is taken at the current parameters."""
+        step = self.result.steps if step is None else step
+        values, lap = {}, self.stopwatch.start()
+        with torch.no_grad():
+            for name, metric in self.metrics.items():
+                values[name] = (float(metric(self.hand_model)), float(metric(self.native_model)))
+                if self.log is not None:
+                    self.log.metric(name, *values[name], step)
+        lap("logging")
+        self.result.metrics = values
+        return values
+
+    def train(
+        self, batches: Iterable[Batch], steps: int | None = None, on_step: Callable[[StepRecord], None] | None = None,
+    ) -> LockstepResult:
+        """Run ``steps`` lockstep steps over ``batches`` (re-iterated as epochs), or one pass when
+        ``steps`` is None. ``on_step`` sees each record (a progress bar, extra logging)."""
+        try:
+            with self.result.run(steps):
+                for inputs, target in _schedule(batches, steps):
+                    if self.metrics and self.result.steps % self.metric_every == 0:
+                        self.evaluate()  # at the parameters this step's loss is taken at
+                    record = self.step(inputs, target)
+                    if on_step is not None:
+                        on_step(record)
+                if self.metrics:
+                    self.evaluate()  # after the last update
+        finally:
+            if self.log is not None:
+                self.log.flush()
+        return self.result
+
+    def __enter__(self) -> LockstepTrainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, hparams: dict | None = None) -> None:
+        """Write the verdict (a text card) and the hyperparameters, and close the log."""
+        if self.log is not None:
+            self.log.close(verdict=self.verdict(), step=self.result.steps, hparams=hparams)
+
+    def verdict(self) -> str:
+        """The run's result in a few lines of markdown: MATCH or MISMATCH, what was checked, what was compared."""
+        return self.result.verdict(self.comparison.every, self.comparison.mode, self.layers)
+
+
+def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(inputs), target)
+    loss.backward()
+    return loss.detach()
+
+
+def _schedule(batches: Iterable[Batch], steps: int | None):
+    if steps is None:
+        return iter(batches)
+    if steps < 0:
+        raise ValueError(f"steps must be zero or more, got {steps}")
+    return islice(_epochs(batches), steps)
+
+
+def _epochs(batches: Iterable[Batch]):
+    """The batches again and again; stops when a pass yields nothing (an exhausted iterator)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
+def _require_positive_steps(**intervals: int | None) -> None:
+    """Each of ``intervals`` (None: never) must be a positive number of steps."""
+    for name, steps in intervals.items():
+        if steps is not None and steps < 1:
+            raise ValueError(f"{name} must be a positive number of steps, got {steps}")
