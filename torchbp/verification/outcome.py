@@ -9,10 +9,7 @@ the error is what was measured.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
-
-if TYPE_CHECKING:
-    from torchbp.verification.subject import Subject
+from typing import Any, NamedTuple, TypeVar
 
 
 class Failed(Exception):
@@ -27,12 +24,14 @@ class Skipped(Exception):
     """The property applies but cannot be exercised here (no GPU, left out); the message says why."""
 
 
-Check: TypeAlias = "Callable[[Subject], str]"  # what it measured, or one of the exceptions above
+# A property: a function of the Subject (not named here, which would make the two modules import each other)
+# returning what it measured, or raising one of the exceptions above.
+Check = TypeVar("Check", bound=Callable[[Any], str])
 
 
 class Property(NamedTuple):
     name: str
-    check: Check
+    check: Callable[[Any], str]
     fix: str  # the usual cause of a failure and its fix, one line
 
 
