@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm  # noqa: F401, I001  (each registers itself, in this order)
+# Each experiment registers itself as it is imported: this order is the default run's.
+from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm  # noqa: F401  # isort: skip
 from experiments.derivation.explain import worked_example
 from experiments.lab.registry import EXPERIMENTS, Config
 from experiments.lab.runner import run_experiment, summary_table
@@ -64,19 +65,30 @@ seed_int.__name__ = "seed (0 to 2**63 - 1)"
 
 def parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    p.add_argument("names", nargs="*", metavar="NAME", help=f"experiments to run (default: all: {', '.join(EXPERIMENTS)})")
-    p.add_argument("--list", action="store_true", help="list the experiments (or the NAMEs given) and their defaults, then exit")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"experiments to run (default: all: {', '.join(EXPERIMENTS)})"
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list the experiments (or the NAMEs given) and their defaults, then exit"
+    )
     p.add_argument("--steps", type=positive_int, help="training steps (default: each experiment's own)")
     p.add_argument("--lr", type=positive_float, help="learning rate of SGD (spiral's has momentum 0.9)")
     p.add_argument("--batch-size", type=positive_int, help="minibatch size (seed and xor are full-batch)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed for data, initialisation and order (default 0)")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default: each experiment's own)")
+    p.add_argument(
+        "--dtype", choices=["float32", "float64"], help="floating-point type (default: each experiment's own)"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
     p.add_argument("--logdir", default="runs", help="TensorBoard log folder (default runs)")
     p.add_argument("--check-every", type=positive_int, default=1, help="compare gradients every N steps (default 1)")
-    p.add_argument("--free-running", action="store_true", help="let both models train on their own and report their drift")
-    p.add_argument("--explain", action="store_true",
-                   help="with seed: print the derivation worked through on its network (docs/derivation.md), then exit")
+    p.add_argument(
+        "--free-running", action="store_true", help="let both models train on their own and report their drift"
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="with seed: print the derivation worked through on its network (docs/derivation.md), then exit",
+    )
     return p
 
 
@@ -89,8 +101,13 @@ def configs(args) -> dict[str, Config]:
     overrides = {
         key: value
         for key, value in dict(
-            steps=args.steps, lr=args.lr, dtype=args.dtype, seed=args.seed, device=args.device,
-            check_every=args.check_every, free_running=args.free_running,
+            steps=args.steps,
+            lr=args.lr,
+            dtype=args.dtype,
+            seed=args.seed,
+            device=args.device,
+            check_every=args.check_every,
+            free_running=args.free_running,
         ).items()
         if value is not None
     }
@@ -98,8 +115,10 @@ def configs(args) -> dict[str, Config]:
     for name in dict.fromkeys(args.names or EXPERIMENTS):  # in order, without repeats
         experiment = EXPERIMENTS[name]
         if experiment.full_batch and args.batch_size is not None:
-            print(f"{PROG}: note: --batch-size does not apply to {name}, which trains on all its samples at once",
-                  file=sys.stderr)
+            print(
+                f"{PROG}: note: --batch-size does not apply to {name}, which trains on all its samples at once",
+                file=sys.stderr,
+            )
         batch = {} if experiment.full_batch or args.batch_size is None else {"batch_size": args.batch_size}
         chosen[name] = dataclasses.replace(experiment.defaults, **overrides, **batch)
     return chosen
@@ -144,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rank, world = start_processes(chosen)
     chosen = {name: on_this_process(config, world) for name, config in chosen.items()}
+
     def terminate(*_):
         print(f"{PROG}: terminated; the logs written so far are in {args.logdir}", file=sys.stderr)
         sys.exit(143)  # unwinds through the trainer, which writes its verdict and closes its log
@@ -156,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        print(f"{PROG}: error: unexpected failure (a bug in torchbp or an experiment; traceback above)", file=sys.stderr)
+        print(
+            f"{PROG}: error: unexpected failure (a bug in torchbp or an experiment; traceback above)", file=sys.stderr
+        )
         return 3
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

@@ -14,7 +14,10 @@ from experiments.lab.registry import Config, Setup, experiment
 @experiment(
     "digits",
     "scikit-learn's 8×8 digits, 64-32-10 sigmoid MLP, MSE on one-hot targets, held-out accuracy",
-    steps=3000, lr=4.0, batch_size=32, dtype="float32",
+    steps=3000,
+    lr=4.0,
+    batch_size=32,
+    dtype="float32",
 )
 def build(config: Config) -> Setup:
     pixels, labels = load_digits()

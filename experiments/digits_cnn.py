@@ -26,7 +26,10 @@ def small_cnn(config: Config) -> torch.nn.Sequential:
 @experiment(
     "digits-cnn",
     "scikit-learn's 8×8 digits as images, conv-ReLU-conv-ReLU-linear, cross-entropy, Adam, held-out accuracy",
-    steps=600, lr=3e-3, batch_size=64, dtype=CROSS_ENTROPY_DTYPE,
+    steps=600,
+    lr=3e-3,
+    batch_size=64,
+    dtype=CROSS_ENTROPY_DTYPE,
 )
 def build(config: Config) -> Setup:
     pixels, labels = load_digits()

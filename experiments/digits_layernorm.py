@@ -14,8 +14,12 @@ def layernorm_mlp(config: Config, width: int = 64) -> torch.nn.Sequential:
     """64 → (linear → LayerNorm → tanh) × 2 → linear → 10 logits."""
     torch.manual_seed(config.seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(64, width), torch.nn.LayerNorm(width), torch.nn.Tanh(),
-        torch.nn.Linear(width, width), torch.nn.LayerNorm(width), torch.nn.Tanh(),
+        torch.nn.Linear(64, width),
+        torch.nn.LayerNorm(width),
+        torch.nn.Tanh(),
+        torch.nn.Linear(width, width),
+        torch.nn.LayerNorm(width),
+        torch.nn.Tanh(),
         torch.nn.Linear(width, 10),
     ).to(dtype=config.torch_dtype, device=config.device)
 
@@ -23,7 +27,10 @@ def layernorm_mlp(config: Config, width: int = 64) -> torch.nn.Sequential:
 @experiment(
     "digits-layernorm",
     "scikit-learn's 8×8 digits, 64-64-64-10 MLP with LayerNorm and tanh, cross-entropy, SGD with momentum",
-    steps=1000, lr=0.05, batch_size=64, dtype=CROSS_ENTROPY_DTYPE,
+    steps=1000,
+    lr=0.05,
+    batch_size=64,
+    dtype=CROSS_ENTROPY_DTYPE,
 )
 def build(config: Config) -> Setup:
     pixels, labels = load_digits()

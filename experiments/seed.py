@@ -14,7 +14,7 @@ training step's own backward, and from torchbp.per_sample_grads at the end.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -141,7 +141,10 @@ class ContributionHeatMaps:
     "seed",
     "the derivation's 2-3-1 sigmoid network, 5 samples, ½ SSE, per-sample contributions to ∂J/∂W2",
     full_batch=True,
-    steps=2000, lr=0.5, batch_size=None, dtype="float64",
+    steps=2000,
+    lr=0.5,
+    batch_size=None,
+    dtype="float64",
 )
 def build(config: Config) -> Setup:
     x, y = samples(config.seed, config.torch_dtype, config.device)

@@ -29,7 +29,10 @@ def two_spirals(points: int, seed: int, turns: float = 1.0, noise: float = 0.05)
 @experiment(
     "spiral",
     f"two interleaved spirals ({POINTS} points), 2-32-32-1 sigmoid MLP, minibatch SGD with momentum 0.9",
-    steps=3000, lr=3.0, batch_size=128, dtype="float32",
+    steps=3000,
+    lr=3.0,
+    batch_size=128,
+    dtype="float32",
 )
 def build(config: Config) -> Setup:
     xy, labels = two_spirals(POINTS, config.seed)

@@ -14,7 +14,10 @@ from experiments.lab.registry import Config, Setup, experiment
     "xor",
     "the 4-sample XOR problem, 2-4-1 sigmoid MLP with biases, full-batch gradient descent",
     full_batch=True,
-    steps=3000, lr=5.0, batch_size=None, dtype="float32",
+    steps=3000,
+    lr=5.0,
+    batch_size=None,
+    dtype="float32",
 )
 def build(config: Config) -> Setup:
     options = dict(dtype=config.torch_dtype, device=config.device)

@@ -17,13 +17,17 @@ BATCH = 8
 
 def model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 2), torch.nn.Sigmoid()).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 2), torch.nn.Sigmoid()
+    ).double()
 
 
 def data():
     generator = torch.Generator().manual_seed(1)
-    return (torch.randn(BATCH, 3, generator=generator, dtype=torch.float64),
-            torch.rand(BATCH, 2, generator=generator, dtype=torch.float64))
+    return (
+        torch.randn(BATCH, 3, generator=generator, dtype=torch.float64),
+        torch.rand(BATCH, 2, generator=generator, dtype=torch.float64),
+    )
 
 
 def main(out_file: str, mode: str) -> None:

@@ -30,12 +30,15 @@ class Activation(NamedTuple):
 
 
 ACTIVATIONS = [
-    Activation("sigmoid", TF.sigmoid, torch.sigmoid, SigmoidFunction, torchbp.nn.Sigmoid, torch.nn.Sigmoid,
-               lambda a: a),  # (1 − a) dropped
-    Activation("tanh", TF.tanh, torch.tanh, TanhFunction, torchbp.nn.Tanh, torch.nn.Tanh,
-               lambda a: 1 - a),  # 1 − a for 1 − a²
-    Activation("relu", TF.relu, torch.relu, ReLUFunction, torchbp.nn.ReLU, torch.nn.ReLU,
-               lambda a: torch.ones_like(a)),  # no mask
+    Activation(
+        "sigmoid", TF.sigmoid, torch.sigmoid, SigmoidFunction, torchbp.nn.Sigmoid, torch.nn.Sigmoid, lambda a: a
+    ),  # (1 − a) dropped
+    Activation(
+        "tanh", TF.tanh, torch.tanh, TanhFunction, torchbp.nn.Tanh, torch.nn.Tanh, lambda a: 1 - a
+    ),  # 1 − a for 1 − a²
+    Activation(
+        "relu", TF.relu, torch.relu, ReLUFunction, torchbp.nn.ReLU, torch.nn.ReLU, lambda a: torch.ones_like(a)
+    ),  # no mask
 ]
 IDS = [activation.name for activation in ACTIVATIONS]
 SHAPES = [(), (5,), (3, 4), (0, 3), (2, 3, 4)]
@@ -74,8 +77,12 @@ def test_nan_and_infinite_upstream_gradients_flow_as_natively(activation):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=IDS)
 def test_torchbp_verify_passes(activation):
-    report = torchbp.verify(activation.ours, activation.native, values(6, 4) + 0.01,  # off ReLU's kink: gradcheck
-                            compile_backend="aot_eager")
+    report = torchbp.verify(
+        activation.ours,
+        activation.native,
+        values(6, 4) + 0.01,  # off ReLU's kink: gradcheck
+        compile_backend="aot_eager",
+    )
     report.assert_ok()
 
 

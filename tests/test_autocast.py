@@ -14,9 +14,9 @@ if torch.cuda.is_available():
 
 def network(device):
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(4, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 3), torch.nn.Sigmoid()
-    ).to(device)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 3), torch.nn.Sigmoid()).to(
+        device
+    )
 
 
 def step(model, loss_fn, device, dtype):
@@ -48,8 +48,9 @@ def test_autocast_gives_native_dtypes_and_values(device, dtype):
 def test_a_wrong_gradient_under_autocast_is_still_caught(monkeypatch):
     monkeypatch.setattr(SigmoidFunction, "backward", staticmethod(lambda ctx, grad_output: grad_output))
     native = network("cpu")
-    ours, theirs = step(torchbp.convert(native), torchbp.nn.MSELoss(), "cpu", torch.bfloat16), step(
-        native, torch.nn.MSELoss(), "cpu", torch.bfloat16
+    ours, theirs = (
+        step(torchbp.convert(native), torchbp.nn.MSELoss(), "cpu", torch.bfloat16),
+        step(native, torch.nn.MSELoss(), "cpu", torch.bfloat16),
     )
     rtol = DEFAULT_RTOL[torch.bfloat16]
     assert not compare_tensors("0.weight", ours[2]["0.weight"], theirs[2]["0.weight"], rtol=rtol).ok
@@ -70,7 +71,8 @@ def test_a_weight_that_is_no_tensor_is_named_under_autocast_as_outside_it():
     x = torch.randn(2, 2)
     with pytest.raises(TypeError, match=r"expected weight to be a torch\.Tensor, got list"):
         torchbp.functional.linear(x, [[1.0, 2.0]])
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
-        TypeError, match=r"expected weight to be a torch\.Tensor, got list"
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(TypeError, match=r"expected weight to be a torch\.Tensor, got list"),
     ):
         torchbp.functional.linear(x, [[1.0, 2.0]])

@@ -33,13 +33,14 @@ LOSS_CHART = """(() => {
   const rows = card ? [...card.querySelectorAll("tb-data-table-content-row")] : [];
   if (rows.length < 2) return null;
   const chart = card.querySelector("line-chart").getBoundingClientRect();
-  return {width: chart.width, height: chart.height, rows: rows.map(row => row.textContent.replace(/\\s+/g, " ").trim())};
+  const text = row => row.textContent.replace(/\\s+/g, " ").trim();
+  return {width: chart.width, height: chart.height, rows: rows.map(text)};
 })()"""
 
 # The heat map's card, once its image has loaded. Time Series opens only its first two groups,
 # so the per_sample group is opened as a reader would, by clicking its bar while it is collapsed.
 HEAT_MAP = """(() => {
-  const title = document.querySelector('image-card tb-truncated-path[title="%s"]');
+  const title = document.querySelector('image-card tb-truncated-path[title="IMAGE_TAG"]');
   if (!title) {
     const group = document.querySelector('metrics-card-group-toolbar [title="per_sample"]');
     const bar = group && group.closest("button");
@@ -51,7 +52,7 @@ HEAT_MAP = """(() => {
   const image = card.querySelector("img");
   if (!image || !image.complete || image.naturalWidth === 0) return null;
   return {width: image.naturalWidth, height: image.naturalHeight, card: card.textContent.replace(/\\s+/g, " ")};
-})()""" % IMAGE_TAG
+})()""".replace("IMAGE_TAG", IMAGE_TAG)
 
 
 def chromium_binary() -> str:
@@ -131,13 +132,19 @@ class DevTools:
 @contextlib.contextmanager
 def tensorboard(logdir: Path, output: Path):
     """A TensorBoard server on a free port of 127.0.0.1; yields its address."""
-    with output.open("w") as sink, process_group(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"],
-        stdout=sink, stderr=subprocess.STDOUT,
-    ) as server:
+    with (
+        output.open("w") as sink,
+        process_group(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        ) as server,
+    ):
         deadline = time.monotonic() + 60
         while not (found := re.search(r"http://127\.0\.0\.1:\d+/", output.read_text())):
-            assert server.poll() is None and time.monotonic() < deadline, f"TensorBoard did not start:\n{output.read_text()}"
+            assert server.poll() is None and time.monotonic() < deadline, (
+                f"TensorBoard did not start:\n{output.read_text()}"
+            )
             time.sleep(0.2)
         yield found.group(0)
 
@@ -160,9 +167,20 @@ def headless_chromium(binary: str, profile: Path):
     replies, replies_write = os.pipe()
     child_ends = (commands_read, replies_write)
     command = [
-        sys.executable, "-c", AS_FDS_3_AND_4, str(commands_read), str(replies_write),
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-        f"--user-data-dir={profile}", "--window-size=1400,1800", "--hide-scrollbars", "about:blank",
+        sys.executable,
+        "-c",
+        AS_FDS_3_AND_4,
+        str(commands_read),
+        str(replies_write),
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--remote-debugging-pipe",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1800",
+        "--hide-scrollbars",
+        "about:blank",
     ]
     try:
         with process_group(command, pass_fds=child_ends, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
@@ -182,8 +200,10 @@ def test_tensorboard_shows_seeds_loss_chart_with_both_runs_and_its_heat_map_in_a
     (run_dir,) = (logdir / "seed").iterdir()
     run = run_dir.relative_to(logdir).as_posix()  # seed/<run-id>, as TensorBoard names it
 
-    with tensorboard(logdir, tmp_path / "tensorboard.log") as address, \
-            headless_chromium(binary, tmp_path / "profile") as page:
+    with (
+        tensorboard(logdir, tmp_path / "tensorboard.log") as address,
+        headless_chromium(binary, tmp_path / "profile") as page,
+    ):
         page.open(address + "#timeseries")  # the tab TensorBoard opens on
         loss_chart = page.wait_for("loss/seed chart with two runs", LOSS_CHART, tmp_path / "loss_chart.png")
         heat_map = page.wait_for("loaded heat map", HEAT_MAP, tmp_path / "heat_map.png")

@@ -56,20 +56,28 @@ class BiasSumOverPartOfTheBatch(LinearFunction):
 
 PLANTED_BUGS = {
     "transposed weight gradient": dict(
-        fn=TransposedWeightGradient.apply, reference=F.linear,
-        inputs=lambda: (leaf(5, 3), leaf(3, 3), leaf(3)), wrong="inputs[1].grad",
+        fn=TransposedWeightGradient.apply,
+        reference=F.linear,
+        inputs=lambda: (leaf(5, 3), leaf(3, 3), leaf(3)),
+        wrong="inputs[1].grad",
     ),
     "missing sigmoid derivative": dict(
-        fn=MissingSigmoidDerivative.apply, reference=torch.sigmoid,
-        inputs=lambda: (leaf(5, 3),), wrong="inputs[0].grad",
+        fn=MissingSigmoidDerivative.apply,
+        reference=torch.sigmoid,
+        inputs=lambda: (leaf(5, 3),),
+        wrong="inputs[0].grad",
     ),
     "wrong reduction scale": dict(
-        fn=lambda x, y: SumScaleForMean.apply(x, y, "mean"), reference=F.mse_loss,
-        inputs=lambda: (leaf(5, 3), torch.randn(5, 3, dtype=torch.float64)), wrong="inputs[0].grad",
+        fn=lambda x, y: SumScaleForMean.apply(x, y, "mean"),
+        reference=F.mse_loss,
+        inputs=lambda: (leaf(5, 3), torch.randn(5, 3, dtype=torch.float64)),
+        wrong="inputs[0].grad",
     ),
     "bias gradient summed over part of the leading dimensions": dict(
-        fn=BiasSumOverPartOfTheBatch.apply, reference=F.linear,
-        inputs=lambda: (leaf(2, 4, 3), leaf(5, 3), leaf(5)), wrong="inputs[2].grad",
+        fn=BiasSumOverPartOfTheBatch.apply,
+        reference=F.linear,
+        inputs=lambda: (leaf(2, 4, 3), leaf(5, 3), leaf(5)),
+        wrong="inputs[2].grad",
     ),
 }
 
@@ -163,7 +171,7 @@ def test_tolerance_follows_dtype_and_reference_magnitude(dtype, relative_error, 
     # The verdict does not depend on the gradients' scale (within the dtype's range).
     scales = (1e-2, 1.0, 1e2) if dtype == torch.float16 else (1e-8, 1.0, 1e6)
     for scale in scales:
-        reference = (torch.linspace(-1, 1, 101, dtype=torch.float64) * scale)
+        reference = torch.linspace(-1, 1, 101, dtype=torch.float64) * scale
         actual = reference + relative_error * scale
         row = compare_tensors("t", actual.to(dtype), reference.to(dtype))
         assert row.ok is passes, (scale, row)
@@ -282,7 +290,11 @@ def test_check_model_catches_a_planted_bug_in_a_layer(monkeypatch):
     )
     assert not report.ok
     assert {row.name for row in report.mismatches} == {
-        "input.grad", "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"
+        "input.grad",
+        "0.weight.grad",
+        "0.bias.grad",
+        "2.weight.grad",
+        "2.bias.grad",
     }
 
 
@@ -356,7 +368,8 @@ MANY_CASES = {
     "bfloat16": (torch.tensor([1.0, 2.0], dtype=torch.bfloat16), torch.tensor([1.0, 2.5], dtype=torch.bfloat16)),
     "complex, close": (torch.tensor([1 + 1j]), torch.tensor([1 + (1 + 1e-7) * 1j])),
     "float64 overflow in the difference": (
-        torch.tensor([1.7e308], dtype=torch.float64), torch.tensor([-1.7e308], dtype=torch.float64),
+        torch.tensor([1.7e308], dtype=torch.float64),
+        torch.tensor([-1.7e308], dtype=torch.float64),
     ),
     "non-contiguous": (torch.randn(4, 3).T, torch.randn(4, 3).T),
 }
@@ -454,7 +467,8 @@ def test_a_tolerance_must_be_a_finite_number_of_at_least_zero(tolerances):
 
 ODD_KINDS = {
     "float8": lambda: (
-        torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn), torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn)
+        torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn),
+        torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn),
     ),
     "a conjugate view": lambda: (torch.tensor([1 + 2j]).conj(), torch.tensor([1 - 2j])),
     "complex within its default tolerance": lambda: (torch.tensor([1 + 1j]) * (1 + 1e-7), torch.tensor([1 + 1j])),

@@ -55,8 +55,13 @@ def test_every_layer_of_a_small_classifier_traces_into_one_graph():
     """digits-cnn's network and digits-layernorm's blocks: Conv2d, ReLU, LayerNorm, Tanh, Linear, cross-entropy."""
     torch.manual_seed(0)
     native = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 8),
-        torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.Linear(8, 3),
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 8),
+        torch.nn.LayerNorm(8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 3),
     )
     hand = torchbp.convert(native)
     x, labels = torch.randn(5, 1, 4, 4), torch.tensor([0, 2, 1, 1, 0])

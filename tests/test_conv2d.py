@@ -54,8 +54,10 @@ def make_inputs(case: dict, dtype=f64, seed=0) -> tuple:
 
 def requiring_grad(inputs: tuple, which: str = "xwb") -> tuple:
     x, w, b, *arguments = inputs
-    return (*(t if t is None else t.clone().requires_grad_(name in which) for name, t in zip("xwb", (x, w, b))),
-            *arguments)
+    return (
+        *(t if t is None else t.clone().requires_grad_(name in which) for name, t in zip("xwb", (x, w, b))),
+        *arguments,
+    )
 
 
 # -- against native autograd ---------------------------------------------------------------
@@ -216,8 +218,10 @@ def test_numeric_padding_gives_natives_convolution(padding, kernel, dilation, ex
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(("full", (3, 3), (1, 1)), "Invalid padding string: 'full'"),
-     (("same", (3, 3), (1, 1), (2, 1)), "not supported for strided convolutions")],
+    [
+        (("full", (3, 3), (1, 1)), "Invalid padding string: 'full'"),
+        (("same", (3, 3), (1, 1), (2, 1)), "not supported for strided convolutions"),
+    ],
 )
 def test_numeric_padding_refuses_what_native_refuses(arguments, message):
     with pytest.raises(ValueError, match=message):
@@ -235,24 +239,38 @@ def call(input=(2, 3, 8, 8), weight=(4, 3, 3, 3), bias=(4,), stride=(1, 1), padd
 
 BAD_INPUTS = {
     "3-d weight": (
-        call(weight=(4, 3, 3)), torchbp.ShapeError,
-        r"weight of shape \(out_channels, in_channels, kH, kW\).*\(4, 3, 3\)"),
+        call(weight=(4, 3, 3)),
+        torchbp.ShapeError,
+        r"weight of shape \(out_channels, in_channels, kH, kW\).*\(4, 3, 3\)",
+    ),
     "weight with no output channel": (
-        call(weight=(0, 3, 3, 3), bias=None), torchbp.ShapeError, r"at least one channel.*\(0, 3, 3, 3\)"),
+        call(weight=(0, 3, 3, 3), bias=None),
+        torchbp.ShapeError,
+        r"at least one channel.*\(0, 3, 3, 3\)",
+    ),
     "2-d input": (call(input=(3, 8)), torchbp.ShapeError, r"\(N, 3, H, W\) or \(3, H, W\).*got input \(3, 8\)"),
     "input channels differ from weight's": (
-        call(input=(2, 5, 8, 8)), torchbp.ShapeError,
-        r"\(N, 3, H, W\).*weight \(4, 3, 3, 3\), got input \(2, 5, 8, 8\)"),
+        call(input=(2, 5, 8, 8)),
+        torchbp.ShapeError,
+        r"\(N, 3, H, W\).*weight \(4, 3, 3, 3\), got input \(2, 5, 8, 8\)",
+    ),
     "bias of the wrong size": (call(bias=(3,)), torchbp.ShapeError, r"bias of shape \(4,\).*got bias \(3,\)"),
     "kernel larger than the padded input": (
-        call(input=(2, 3, 4, 4), dilation=(2, 2)), torchbp.ShapeError,
-        r"dilated kernel \(5, 5\).*input \(2, 3, 4, 4\) with padding \(0, 0\).*dilation \(2, 2\)"),
+        call(input=(2, 3, 4, 4), dilation=(2, 2)),
+        torchbp.ShapeError,
+        r"dilated kernel \(5, 5\).*input \(2, 3, 4, 4\) with padding \(0, 0\).*dilation \(2, 2\)",
+    ),
     "integer input": (
-        call(input=torch.ones(2, 3, 8, 8, dtype=torch.int64)), torchbp.DTypeError, "floating-point.*torch.int64"),
+        call(input=torch.ones(2, 3, 8, 8, dtype=torch.int64)),
+        torchbp.DTypeError,
+        "floating-point.*torch.int64",
+    ),
     "float64 weight with a float32 input": (
-        call(weight=torch.randn(4, 3, 3, 3, dtype=f64)), torchbp.DTypeError, "torch.float32.*torch.float64"),
-    "weight on another device": (
-        call(weight=torch.randn(4, 3, 3, 3, device="meta")), torchbp.DeviceError, "cpu.*meta"),
+        call(weight=torch.randn(4, 3, 3, 3, dtype=f64)),
+        torchbp.DTypeError,
+        "torch.float32.*torch.float64",
+    ),
+    "weight on another device": (call(weight=torch.randn(4, 3, 3, 3, device="meta")), torchbp.DeviceError, "cpu.*meta"),
     "not a tensor": (call(input=[[1.0]]), TypeError, "torch.Tensor.*list"),
     "stride as an int": (call(stride=2), TypeError, "stride as a tuple of two ints, got 2"),
     "padding as a string": (call(padding="same"), TypeError, "padding.*'same'.*numeric_padding"),
@@ -297,14 +315,20 @@ def replaced(name, wrong):
 
 PLANTED = {
     "∂J/∂a_prev: the kernel not flipped (a correlation of δ)": replaced(
-        "input_gradient", lambda real, delta, W, *rest: real(delta, W.flip(2, 3), *rest)),
+        "input_gradient", lambda real, delta, W, *rest: real(delta, W.flip(2, 3), *rest)
+    ),
     "∂J/∂W: the window read from the far end": replaced(
-        "weight_gradient", lambda real, a, delta, k, s, p, d: F.conv2d(
-            a.transpose(0, 1), delta.transpose(0, 1), None, d, p, s)[:, :, -k[0]:, -k[1]:].transpose(0, 1)),
+        "weight_gradient",
+        lambda real, a, delta, k, s, p, d: F.conv2d(a.transpose(0, 1), delta.transpose(0, 1), None, d, p, s)[
+            :, :, -k[0] :, -k[1] :
+        ].transpose(0, 1),
+    ),
     "∂J/∂W: stride and dilation not traded": replaced(
-        "weight_gradient", lambda real, a, delta, k, s, p, d: real(a, delta, k, d, p, s)),
+        "weight_gradient", lambda real, a, delta, k, s, p, d: real(a, delta, k, d, p, s)
+    ),
     "∂J/∂W: kernel rows and columns swapped": replaced(
-        "weight_gradient", lambda real, *args: real(*args).transpose(2, 3)),
+        "weight_gradient", lambda real, *args: real(*args).transpose(2, 3)
+    ),
     "∂J/∂b: a mean over positions, not a sum": bias_gradient(lambda delta: delta.mean((2, 3)).sum(0)),
     "∂J/∂b: summed over part of the batch": bias_gradient(lambda delta: delta[1:].sum((0, 2, 3))),
 }
@@ -351,13 +375,15 @@ def loop_reference(x, w, b, delta, stride, padding, dilation):
     for n in range(len(x)):
         w_n, b_n = (None if t is None else t.clone().requires_grad_() for t in (w, b))
         wanted = [t for t in (w_n, b_n) if t is not None]
-        per_sample.append(torch.autograd.grad(F.conv2d(x[n : n + 1], w_n, b_n, stride, padding, dilation), wanted,
-                                              delta[n : n + 1]))
+        per_sample.append(
+            torch.autograd.grad(F.conv2d(x[n : n + 1], w_n, b_n, stride, padding, dilation), wanted, delta[n : n + 1])
+        )
     return [torch.stack(grads) for grads in zip(*per_sample)]
 
 
 def func_reference(x, w, b, delta, stride, padding, dilation):
     """torch.func.vmap(torch.func.grad(...)) of F.conv2d: every call sees one unbatched sample."""
+
     def cost(w, b, x_n, delta_n):
         return (F.conv2d(x_n, w, b, stride, padding, dilation) * delta_n).sum()
 
@@ -415,8 +441,9 @@ class RecordShapes(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.shapes |= {tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out])
-                        if isinstance(t, torch.Tensor)}
+        self.shapes |= {
+            tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)
+        }
         return out
 
 
@@ -439,9 +466,13 @@ def test_per_sample_norms_form_the_gradients_only_where_that_is_cheaper(case):
 
 PER_SAMPLE_PLANTED = {
     "each δ_n paired with the previous sample's windows": (
-        "_unfold", lambda a, k, s, p, d: F.unfold(a, k, d, p, s).roll(1, 0)),
-    "windows unfolded without padding": ("_unfold", lambda a, k, s, p, d: F.unfold(
-        F.pad(a, (0, 2 * p[1], 0, 2 * p[0])), k, d, 0, s)),
+        "_unfold",
+        lambda a, k, s, p, d: F.unfold(a, k, d, p, s).roll(1, 0),
+    ),
+    "windows unfolded without padding": (
+        "_unfold",
+        lambda a, k, s, p, d: F.unfold(F.pad(a, (0, 2 * p[1], 0, 2 * p[0])), k, d, 0, s),
+    ),
 }
 
 

@@ -22,8 +22,9 @@ def ours(reduction="mean", ignore_index=-100, label_smoothing=0.0):
 
 
 def native(reduction="mean", ignore_index=-100, label_smoothing=0.0):
-    return lambda z, t: F.cross_entropy(z, t, reduction=reduction, ignore_index=ignore_index,
-                                        label_smoothing=label_smoothing)
+    return lambda z, t: F.cross_entropy(
+        z, t, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+    )
 
 
 def logits(*shape, dtype=f64, seed=0):
@@ -182,8 +183,9 @@ def test_no_classes_gives_natives_result(target, reduction):
     z = logits(3, 0)
     t = probabilities(z) if target == "probabilities" else torch.full((3,), -100)
     for smoothing in (0.0, 0.1):
-        check_function(ours(reduction, label_smoothing=smoothing), native(reduction, label_smoothing=smoothing),
-                       z, t).assert_ok()
+        check_function(
+            ours(reduction, label_smoothing=smoothing), native(reduction, label_smoothing=smoothing), z, t
+        ).assert_ok()
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
@@ -193,8 +195,9 @@ def test_nan_and_inf_flow_through_as_in_native_torch(target, value):
     z[1, 2] = z[3, 0] = value
     t = probabilities(z) if target == "probabilities" else torch.tensor([0, 2, 1, 0, 3])
     for smoothing in (0.0, 0.1):
-        check_function(ours(label_smoothing=smoothing), native(label_smoothing=smoothing),
-                       z.requires_grad_(), t).assert_ok()
+        check_function(
+            ours(label_smoothing=smoothing), native(label_smoothing=smoothing), z.requires_grad_(), t
+        ).assert_ok()
 
 
 @given(
@@ -207,8 +210,7 @@ def test_nan_and_inf_flow_through_as_in_native_torch(target, value):
     label_smoothing=st.sampled_from([0.0, 0.25]),
     dtype=st.sampled_from([f32, f64]),
 )
-def test_matches_native_for_any_shape(n, classes, extra, target, reduction, ignore_every_third, label_smoothing,
-                                      dtype):
+def test_matches_native_for_any_shape(n, classes, extra, target, reduction, ignore_every_third, label_smoothing, dtype):
     z = logits(n, classes, *extra, dtype=dtype)
     if target == "probabilities":
         t = probabilities(z)
@@ -224,9 +226,13 @@ def test_matches_native_for_any_shape(n, classes, extra, target, reduction, igno
 GRADCHECK_CASES = {  # verify's cases below run gradcheck and gradgradcheck too
     "indices, unbatched": (ours("mean"), lambda: (logits(3), torch.tensor(1))),
     "indices, (N, C, d1), sum, ignored, smoothing": (
-        ours("sum", 1, 0.2), lambda: (logits(2, 3, 2), torch.tensor([[0, 1], [2, 1]]))),
+        ours("sum", 1, 0.2),
+        lambda: (logits(2, 3, 2), torch.tensor([[0, 1], [2, 1]])),
+    ),
     "probabilities, (N, C, d1), none, smoothing": (
-        ours("none", -100, 0.1), lambda: (logits(2, 3, 2), probabilities(logits(2, 3, 2)))),
+        ours("none", -100, 0.1),
+        lambda: (logits(2, 3, 2), probabilities(logits(2, 3, 2))),
+    ),
 }
 
 
@@ -263,8 +269,11 @@ VERIFY_CASES = {
     "indices, mean": (examples((6, 5), "indices"), ("mean", -100, 0.0), INDEX_BATCH),
     "indices, none, ignore_index a class, smoothing": (examples((6, 5), "indices"), ("none", 3, 0.2), INDEX_BATCH),
     # Batched along d1: each sample is (N, C) with N targets, a shape native accepts.
-    "indices, (N, C, d1), sum": (examples((2, 4, 5), "indices"), ("sum", -100, 0.0),
-                                 dict(batch_dims=(2, 1, None, None, None))),
+    "indices, (N, C, d1), sum": (
+        examples((2, 4, 5), "indices"),
+        ("sum", -100, 0.0),
+        dict(batch_dims=(2, 1, None, None, None)),
+    ),
     "probabilities, mean, smoothing": (examples((6, 5), "probabilities"), ("mean", -100, 0.1), {}),
 }
 
@@ -276,8 +285,18 @@ def test_verify_passes_every_property_that_applies(case):
     def reference(z, t, r, i, e):
         return F.cross_entropy(z, t, reduction=r, ignore_index=i, label_smoothing=e)
 
-    report = torchbp.verify(CrossEntropyFunction.apply, reference, z, t, reduction, ignore_index, smoothing,
-                            skip=("autocast",), compile_backend="aot_eager", **options)
+    report = torchbp.verify(
+        CrossEntropyFunction.apply,
+        reference,
+        z,
+        t,
+        reduction,
+        ignore_index,
+        smoothing,
+        skip=("autocast",),
+        compile_backend="aot_eager",
+        **options,
+    )
     report.assert_ok()
     assert {row.name for row in report.rows if row.status == NOT_APPLICABLE} == {"jvp"}, report
     assert report["cuda"].status == (PASS if torch.cuda.is_available() else SKIPPED)
@@ -313,8 +332,17 @@ original_distribution = cross_entropy.index_distribution_times
 
 def with_arguments(**changed):
     """cross_entropy_backward with some arguments replaced: a wrong formula built from the right one."""
-    names = ["g", "z", "target", "probabilities", "reduction", "ignore_index", "label_smoothing", "need_z",
-             "need_target"]
+    names = [
+        "g",
+        "z",
+        "target",
+        "probabilities",
+        "reduction",
+        "ignore_index",
+        "label_smoothing",
+        "need_z",
+        "need_target",
+    ]
     return lambda *args: original_backward(*{**dict(zip(names, args)), **changed}.values())
 
 
@@ -325,27 +353,54 @@ def negated_target_gradient(*args):
 
 PLANTED_BUGS = {
     "softmax's Jacobian left out (u for u − p Σu)": (
-        "through_log_softmax", lambda u, log_p, in_place: u, "indices, smoothing", "mean", ["inputs[0].grad"]),
+        "through_log_softmax",
+        lambda u, log_p, in_place: u,
+        "indices, smoothing",
+        "mean",
+        ["inputs[0].grad"],
+    ),
     "p Σu added instead of subtracted": (
         "through_log_softmax",
         lambda u, log_p, in_place: torch.addcmul(u, log_p.exp(), u.sum(class_dim(log_p), keepdim=True)),
-        "indices", "sum", ["inputs[0].grad"]),
+        "indices",
+        "sum",
+        ["inputs[0].grad"],
+    ),
     "Σ over the last dimension, not the classes": (
         "through_log_softmax",
         lambda u, log_p, in_place: torch.addcmul(u, log_p.exp(), u.sum(-1, keepdim=True), value=-1),
-        "indices, (N, C, d1)", "mean", ["inputs[0].grad"]),
+        "indices, (N, C, d1)",
+        "mean",
+        ["inputs[0].grad"],
+    ),
     "the sum's scale for the mean": (
-        "cross_entropy_backward", with_arguments(reduction="sum"), "probabilities", "mean",
-        ["inputs[0].grad", "inputs[1].grad"]),
+        "cross_entropy_backward",
+        with_arguments(reduction="sum"),
+        "probabilities",
+        "mean",
+        ["inputs[0].grad", "inputs[1].grad"],
+    ),
     "ignored targets counted as class 0": (
         "index_distribution_times",
         lambda c, t, log_p, ignore_index, smoothing: original_distribution(c, t.clamp(min=0), log_p, -1, smoothing),
-        "indices, ignore_index -100", "none", ["inputs[0].grad"]),
+        "indices, ignore_index -100",
+        "none",
+        ["inputs[0].grad"],
+    ),
     "smoothing left out of the backward": (
-        "cross_entropy_backward", with_arguments(label_smoothing=0.0), "probabilities, smoothing", "sum",
-        ["inputs[0].grad", "inputs[1].grad"]),
+        "cross_entropy_backward",
+        with_arguments(label_smoothing=0.0),
+        "probabilities, smoothing",
+        "sum",
+        ["inputs[0].grad", "inputs[1].grad"],
+    ),
     "the target gradient's sign": (
-        "cross_entropy_backward", negated_target_gradient, "probabilities", "none", ["inputs[1].grad"]),
+        "cross_entropy_backward",
+        negated_target_gradient,
+        "probabilities",
+        "none",
+        ["inputs[1].grad"],
+    ),
 }
 
 
@@ -371,45 +426,97 @@ BAD_INPUTS = {
     # with a NotImplementedError.
     "class index C": (lambda loss: loss()(z5, torch.tensor([0, 5, 1, 2])), ClassIndexError, ["[0, 5)", "got 5"], True),
     "negative class index": (
-        lambda loss: loss()(z5, torch.tensor([0, -1, 1, 2])), ClassIndexError,
-        ["[0, 5)", "ignore_index -100", "got -1"], True),
+        lambda loss: loss()(z5, torch.tensor([0, -1, 1, 2])),
+        ClassIndexError,
+        ["[0, 5)", "ignore_index -100", "got -1"],
+        True,
+    ),
     "class index beyond C, spatial": (
         lambda loss: loss(ignore_index=7)(torch.randn(2, 5, 3), torch.tensor([[0, 7, 1], [9, 2, 2]])),
-        ClassIndexError, ["[0, 5)", "got 9", "(2, 3)"], True),
+        ClassIndexError,
+        ["[0, 5)", "got 9", "(2, 3)"],
+        True,
+    ),
     "index target of another batch size": (
-        lambda loss: loss()(z5, torch.tensor([0, 1, 2])), torchbp.ShapeError, ["(4,)", "(3,)", "(4, 5)"], True),
+        lambda loss: loss()(z5, torch.tensor([0, 1, 2])),
+        torchbp.ShapeError,
+        ["(4,)", "(3,)", "(4, 5)"],
+        True,
+    ),
     "index target with a class dimension": (
-        lambda loss: loss()(z5, torch.zeros(4, 5, dtype=torch.int64)), torchbp.ShapeError, ["(4,)", "(4, 5)"], True),
+        lambda loss: loss()(z5, torch.zeros(4, 5, dtype=torch.int64)),
+        torchbp.ShapeError,
+        ["(4,)", "(4, 5)"],
+        True,
+    ),
     "spatial index target of the wrong size": (
-        lambda loss: loss()(torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.int64)), torchbp.ShapeError,
-        ["(2, 3)", "(2, 4)"], True),
+        lambda loss: loss()(torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.int64)),
+        torchbp.ShapeError,
+        ["(2, 3)", "(2, 4)"],
+        True,
+    ),
     "unbatched input with a batched target": (
-        lambda loss: loss()(torch.randn(5), torch.tensor([1])), torchbp.ShapeError, ["()", "(1,)"], False),
+        lambda loss: loss()(torch.randn(5), torch.tensor([1])),
+        torchbp.ShapeError,
+        ["()", "(1,)"],
+        False,
+    ),
     "float target of another shape": (
-        lambda loss: loss()(z5, torch.rand(4)), torchbp.ShapeError, ["(4, 5)", "(4,)", "integer dtype"], True),
+        lambda loss: loss()(z5, torch.rand(4)),
+        torchbp.ShapeError,
+        ["(4, 5)", "(4,)", "integer dtype"],
+        True,
+    ),
     "probability target of another dtype": (
-        lambda loss: loss()(z5, torch.rand(4, 5, dtype=f64)), torchbp.DTypeError, ["torch.float32", "torch.float64"],
-        False),
+        lambda loss: loss()(z5, torch.rand(4, 5, dtype=f64)),
+        torchbp.DTypeError,
+        ["torch.float32", "torch.float64"],
+        False,
+    ),
     "boolean target": (
-        lambda loss: loss()(z5, torch.ones(4, dtype=torch.bool)), torchbp.DTypeError, ["torch.bool", "integer"], True),
+        lambda loss: loss()(z5, torch.ones(4, dtype=torch.bool)),
+        torchbp.DTypeError,
+        ["torch.bool", "integer"],
+        True,
+    ),
     "integer input": (
-        lambda loss: loss()(torch.ones(4, 5, dtype=torch.int64), indices4), torchbp.DTypeError,
-        ["floating-point", "torch.int64"], False),
+        lambda loss: loss()(torch.ones(4, 5, dtype=torch.int64), indices4),
+        torchbp.DTypeError,
+        ["floating-point", "torch.int64"],
+        False,
+    ),
     "0-d input": (lambda loss: loss()(torch.tensor(1.0), torch.tensor(0)), torchbp.ShapeError, ["(C,)", "()"], True),
     "target on another device": (
-        lambda loss: loss()(z5, torch.zeros(4, dtype=torch.int64, device="meta")), torchbp.DeviceError,
-        ["cpu", "meta"], True),
+        lambda loss: loss()(z5, torch.zeros(4, dtype=torch.int64, device="meta")),
+        torchbp.DeviceError,
+        ["cpu", "meta"],
+        True,
+    ),
     "target not a tensor": (lambda loss: loss()(z5, [0, 1, 2, 3]), TypeError, ["torch.Tensor", "list"], True),
     "label_smoothing above 1": (
-        lambda loss: loss(label_smoothing=1.5)(z5, indices4), ArgumentError, ["label_smoothing", "[0, 1]", "1.5"],
-        True),
+        lambda loss: loss(label_smoothing=1.5)(z5, indices4),
+        ArgumentError,
+        ["label_smoothing", "[0, 1]", "1.5"],
+        True,
+    ),
     "negative label_smoothing": (
-        lambda loss: loss(label_smoothing=-0.1)(z5, torch.rand(4, 5)), ArgumentError, ["[0, 1]", "-0.1"], False),
+        lambda loss: loss(label_smoothing=-0.1)(z5, torch.rand(4, 5)),
+        ArgumentError,
+        ["[0, 1]", "-0.1"],
+        False,
+    ),
     "ignore_index with probability targets": (
-        lambda loss: loss(ignore_index=3)(z5, torch.rand(4, 5)), ArgumentError, ["ignore_index 3", "probabilities"],
-        True),
+        lambda loss: loss(ignore_index=3)(z5, torch.rand(4, 5)),
+        ArgumentError,
+        ["ignore_index 3", "probabilities"],
+        True,
+    ),
     "unknown reduction": (
-        lambda loss: loss("average")(z5, indices4), ValueError, ["average is not a valid value for reduction"], True),
+        lambda loss: loss("average")(z5, indices4),
+        ValueError,
+        ["average is not a valid value for reduction"],
+        True,
+    ),
 }
 
 

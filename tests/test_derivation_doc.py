@@ -34,8 +34,12 @@ def test_a_changed_number_in_the_document_is_noticed():
 
 NETWORK_BLOCKS = {"samples", "forward", "backward", "per-sample", "update", "three-ways", "code"}
 CHAPTER_BLOCKS = {
-    "cross_entropy": {"cross-entropy-example", "cross-entropy-stability", "cross-entropy-variants",
-                      "cross-entropy-three-ways"},
+    "cross_entropy": {
+        "cross-entropy-example",
+        "cross-entropy-stability",
+        "cross-entropy-variants",
+        "cross-entropy-three-ways",
+    },
     "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
     "conv2d": {"conv2d-forward", "conv2d-backward", "conv2d-three-ways"},
 }
@@ -58,8 +62,8 @@ def test_a_changed_digit_in_any_generated_block_is_noticed(name):
     block = next(match for match in BLOCK.finditer(document) if match["name"] == name)
     body = block["body"]
     digit = re.search(r"\d", body)
-    changed_body = body[: digit.start()] + str((int(digit[0]) + 1) % 10) + body[digit.end():]
-    changed = document[: block.start("body")] + changed_body + document[block.end("body"):]
+    changed_body = body[: digit.start()] + str((int(digit[0]) + 1) % 10) + body[digit.end() :]
+    changed = document[: block.start("body")] + changed_body + document[block.end("body") :]
     assert render(changed) == document
 
 
@@ -97,7 +101,7 @@ def test_the_convolution_chapters_words_hold_for_its_example():
     v = conv2d.three_ways()["values"]
     spread = np.zeros_like(v["dJ_dx"])  # each δ_hw adds δ_hw W onto the window it came from
     for (h, w), delta_hw in np.ndenumerate(np.array(conv2d.DELTA)):
-        spread[h:h + 2, w:w + 2] += delta_hw * np.array(conv2d.WEIGHT)
+        spread[h : h + 2, w : w + 2] += delta_hw * np.array(conv2d.WEIGHT)
     assert abs(spread - v["dJ_dx"]).max() < 1e-15
 
 
@@ -106,45 +110,86 @@ def _without_the_term_through_sigma(original):
         grad_x, grad_weight, grad_bias = original(g, x, weight, normalized_ndim, eps, *needs)
         x_hat, rstd = torchbp.layers.layer_norm.normalize(x, normalized_ndim, eps)
         return grad_x + rstd * x_hat * (g * weight * x_hat).mean(-1, keepdim=True), grad_weight, grad_bias
+
     return backward
 
 
 # the chapter, where the formula lives, its name there, and the wrong formula made from the right one
 PLANTED = {
-    "σ' 0.1 % too large": (three_ways, torchbp.layers.sigmoid.SigmoidFunction, "derivative",
-                           lambda original: lambda a: (original(a)[0] * 1.001, original(a)[1])),
+    "σ' 0.1 % too large": (
+        three_ways,
+        torchbp.layers.sigmoid.SigmoidFunction,
+        "derivative",
+        lambda original: lambda a: (original(a)[0] * 1.001, original(a)[1]),
+    ),
     "softmax's Jacobian left out: ∂J/∂z = ∂J/∂log p": (
-        cross_entropy.three_ways, torchbp.layers.cross_entropy, "through_log_softmax",
-        lambda original: lambda u, log_p, in_place: u),
+        cross_entropy.three_ways,
+        torchbp.layers.cross_entropy,
+        "through_log_softmax",
+        lambda original: lambda u, log_p, in_place: u,
+    ),
     "the mean's 1/N left out": (
-        cross_entropy.three_ways, torchbp.layers.cross_entropy, "cross_entropy_backward",
-        lambda original: lambda g, z, target, probabilities, reduction, *rest: original(
-            g, z, target, probabilities, "sum" if reduction == "mean" else reduction, *rest)),
+        cross_entropy.three_ways,
+        torchbp.layers.cross_entropy,
+        "cross_entropy_backward",
+        lambda original: (
+            lambda g, z, target, probabilities, reduction, *rest: original(
+                g, z, target, probabilities, "sum" if reduction == "mean" else reduction, *rest
+            )
+        ),
+    ),
     "label smoothing left out of the backward's q": (
-        cross_entropy.three_ways, torchbp.layers.cross_entropy, "index_distribution_times",
-        lambda original: lambda c, target, log_p, ignore_index, label_smoothing: original(
-            c, target, log_p, ignore_index, 0.0)),
+        cross_entropy.three_ways,
+        torchbp.layers.cross_entropy,
+        "index_distribution_times",
+        lambda original: (
+            lambda c, target, log_p, ignore_index, label_smoothing: original(c, target, log_p, ignore_index, 0.0)
+        ),
+    ),
     "layer norm's term through σ left out": (
-        layer_norm.three_ways, torchbp.layers.layer_norm, "layer_norm_backward", _without_the_term_through_sigma),
+        layer_norm.three_ways,
+        torchbp.layers.layer_norm,
+        "layer_norm_backward",
+        _without_the_term_through_sigma,
+    ),
     "γ left out of ĝ": (
-        layer_norm.three_ways, torchbp.layers.layer_norm, "layer_norm_backward",
-        lambda original: lambda g, x, weight, *rest: original(g, x, None, *rest)),
+        layer_norm.three_ways,
+        torchbp.layers.layer_norm,
+        "layer_norm_backward",
+        lambda original: lambda g, x, weight, *rest: original(g, x, None, *rest),
+    ),
     "x̂ without rstd, x − μ in its place": (
-        layer_norm.three_ways, torchbp.layers.layer_norm, "normalize",
-        lambda original: lambda x, ndim, eps: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(x, ndim, eps))),
+        layer_norm.three_ways,
+        torchbp.layers.layer_norm,
+        "normalize",
+        lambda original: lambda x, ndim, eps: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(x, ndim, eps)),
+    ),
     "∂J/∂γ = Σ g, without x̂": (
-        layer_norm.three_ways, torchbp.layers.layer_norm, "layer_norm_backward",
-        lambda original: lambda *args: (lambda gx, gw, gb: (gx, gb, gb))(*original(*args))),
+        layer_norm.three_ways,
+        torchbp.layers.layer_norm,
+        "layer_norm_backward",
+        lambda original: lambda *args: (lambda gx, gw, gb: (gx, gb, gb))(*original(*args)),
+    ),
     "∂J/∂x with the kernel not rotated: δ correlated with W": (
-        conv2d.three_ways, torchbp.layers.conv2d, "input_gradient",
-        lambda original: lambda delta, W, *rest: original(delta, W.flip((2, 3)), *rest)),
+        conv2d.three_ways,
+        torchbp.layers.conv2d,
+        "input_gradient",
+        lambda original: lambda delta, W, *rest: original(delta, W.flip((2, 3)), *rest),
+    ),
     "∂J/∂W with i and j swapped": (
-        conv2d.three_ways, torchbp.layers.conv2d, "weight_gradient",
-        lambda original: lambda *args: original(*args).transpose(2, 3)),
+        conv2d.three_ways,
+        torchbp.layers.conv2d,
+        "weight_gradient",
+        lambda original: lambda *args: original(*args).transpose(2, 3),
+    ),
     "∂J/∂b the mean of δ, not its sum": (
-        conv2d.three_ways, torchbp.layers.conv2d, "conv2d_backward",
-        lambda original: lambda delta, *rest: (
-            lambda gx, gW, gb: (gx, gW, gb / delta[0, 0].numel()))(*original(delta, *rest))),
+        conv2d.three_ways,
+        torchbp.layers.conv2d,
+        "conv2d_backward",
+        lambda original: (
+            lambda delta, *rest: (lambda gx, gW, gb: (gx, gW, gb / delta[0, 0].numel()))(*original(delta, *rest))
+        ),
+    ),
 }
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import torchbp
 from torchbp.compare import compare_tensors
 
 HERE = Path(__file__).resolve().parent
@@ -68,7 +67,22 @@ def test_the_runner_under_torchrun_logs_once_and_summarises_once(tmp_path):
 @pytest.mark.cuda
 def test_the_runner_on_cuda(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "experiments", "seed", "digits", "--steps", "50", "--device", "cuda", "--logdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "experiments",
+            "seed",
+            "digits",
+            "--steps",
+            "50",
+            "--device",
+            "cuda",
+            "--logdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr

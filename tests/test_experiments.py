@@ -1,10 +1,11 @@
 """python -m experiments: what it runs, what it logs for TensorBoard, how it fails."""
 
+import dataclasses
 import fcntl
+import itertools
 import json
 import os
 import pty
-import dataclasses
 import re
 import shutil
 import signal
@@ -75,7 +76,9 @@ def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys)
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"hand", "autograd"}  # no stray hparams run
     printed = capsys.readouterr().out
     assert re.search(r"^seed\s+30\s+30\s.*\sMATCH$", printed, flags=re.MULTILINE)
-    assert "  seed: hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid" in printed  # the summary names what was compared
+    assert (
+        "  seed: hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid" in printed
+    )  # the summary names what was compared
 
 
 def test_hyperparameters_are_logged_as_text_in_the_hand_run_without_charts_of_their_own(tmp_path):
@@ -98,7 +101,9 @@ def test_each_run_has_a_verdict_card_naming_the_hand_derived_layers(tmp_path):
     (card,) = events.Tensors("verdict/seed")
     text = card.tensor_proto.string_val[0].decode()
     assert text.startswith("**MATCH**: the two models agreed at every one of 3 checked steps.")
-    assert "hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid, loss.sum_squared_error MSELoss; native: none" in text
+    assert (
+        "hand-derived: 0 Linear, 1 Sigmoid, 2 Linear, 3 Sigmoid, loss.sum_squared_error MSELoss; native: none" in text
+    )
 
 
 def test_a_mismatching_runs_verdict_card_says_where(tmp_path, monkeypatch):
@@ -119,7 +124,8 @@ def test_charts_say_that_coinciding_curves_are_the_expected_picture(tmp_path):
     (path,) = (only_run(tmp_path, "seed") / "hand").glob("events.out.tfevents.*")
     descriptions = {
         value.tag: value.metadata.summary_description
-        for event in LegacyEventFileLoader(str(path)).Load() for value in event.summary.value
+        for event in LegacyEventFileLoader(str(path)).Load()
+        for value in event.summary.value
         if value.metadata.summary_description  # carried by a tag's first event
     }
     assert "coincide" in descriptions["loss/seed"] and "switch a run off" in descriptions["loss/seed"]
@@ -142,7 +148,7 @@ def test_seed_loss_decreases(tmp_path):
     assert main(["seed", "--steps", "300", "--logdir", str(tmp_path)]) == 0
     losses = [value for _, value in scalars(only_run(tmp_path, "seed") / "hand", "loss/seed")]
     assert losses[-1] < 0.9 * losses[0]
-    assert all(later <= earlier for earlier, later in zip(losses, losses[1:]))  # full-batch GD, small steps
+    assert all(later <= earlier for earlier, later in itertools.pairwise(losses))  # full-batch GD, small steps
 
 
 def test_seed_per_sample_contributions_sum_to_the_full_gradient():
@@ -244,7 +250,9 @@ def test_a_progress_bar_on_a_terminal(tmp_path):
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments", "seed", "--steps", "50", "--logdir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=terminal,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
     )
     os.close(terminal)
     shown = b""
@@ -264,7 +272,9 @@ def test_a_progress_bar_on_a_terminal(tmp_path):
 def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments", "digits", "--steps", "1000000", "--logdir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -286,9 +296,12 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
     assert hand[:common] == autograd[:common]
     if how == signal.SIGTERM:  # the trainer closed its log on the way out, with a verdict that says so
         (card,) = accumulator(run_dir).Tensors("verdict/digits")
-        assert card.tensor_proto.string_val[0].decode().startswith(
-            "**STOPPED** by an exit with status 143 (SIGTERM) after "
-        ) and " of 1000000 steps;" in card.tensor_proto.string_val[0].decode()
+        assert (
+            card.tensor_proto.string_val[0]
+            .decode()
+            .startswith("**STOPPED** by an exit with status 143 (SIGTERM) after ")
+            and " of 1000000 steps;" in card.tensor_proto.string_val[0].decode()
+        )
 
 
 def test_xor_learns_to_a_loss_under_one_hundredth(tmp_path, capsys):
@@ -301,14 +314,20 @@ def test_xor_learns_to_a_loss_under_one_hundredth(tmp_path, capsys):
 def test_digits_reaches_over_90_percent_held_out_accuracy(tmp_path, capsys):
     assert main(["digits", "--logdir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path, "digits")
-    hand, autograd = scalars(run_dir / "hand", "metrics/digits/held_out_accuracy"), scalars(run_dir / "autograd", "metrics/digits/held_out_accuracy")
+    hand, autograd = (
+        scalars(run_dir / "hand", "metrics/digits/held_out_accuracy"),
+        scalars(run_dir / "autograd", "metrics/digits/held_out_accuracy"),
+    )
     assert hand == autograd and hand[-1][1] > 0.90
 
 
 def test_spiral_reaches_97_percent_held_out_accuracy_with_the_default_command(tmp_path, capsys):
     assert main(["spiral", "--logdir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path, "spiral")
-    hand, autograd = scalars(run_dir / "hand", "metrics/spiral/held_out_accuracy"), scalars(run_dir / "autograd", "metrics/spiral/held_out_accuracy")
+    hand, autograd = (
+        scalars(run_dir / "hand", "metrics/spiral/held_out_accuracy"),
+        scalars(run_dir / "autograd", "metrics/spiral/held_out_accuracy"),
+    )
     assert hand == autograd and hand[-1][1] >= 0.97
     shown = re.search(r"held_out_accuracy (\d+\.\d)%", capsys.readouterr().out)  # the summary shows the held-out figure
     assert shown and float(shown.group(1)) >= 97.0
@@ -330,9 +349,22 @@ def test_tensorboard_serves_both_loss_curves(tmp_path):
     assert main(["seed", "--steps", "25", "--logdir", str(tmp_path)]) == 0
     run = only_run(tmp_path, "seed").relative_to(tmp_path).as_posix()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", "0",
-         "--samples_per_plugin", "scalars=100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--samples_per_plugin",
+            "scalars=100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         address = None
@@ -348,7 +380,9 @@ def test_tensorboard_serves_both_loss_curves(tmp_path):
             for side in ("hand", "autograd"):
                 query = urllib.parse.urlencode({"run": f"{run}/{side}", "tag": "loss/seed"})
                 try:
-                    with urllib.request.urlopen(f"{address}/data/plugin/scalars/scalars?{query}", timeout=10) as response:
+                    with urllib.request.urlopen(
+                        f"{address}/data/plugin/scalars/scalars?{query}", timeout=10
+                    ) as response:
                         points = json.loads(response.read())
                 except OSError:
                     points = []
@@ -394,11 +428,16 @@ def test_list_shows_the_named_experiments_only(capsys):
     assert printed.startswith("xor") and "digits" not in printed
 
 
-@pytest.mark.parametrize("command", [[sys.executable, "-m", "experiments"], ["torchbp-experiments"]],
-                         ids=["python -m experiments", "torchbp-experiments"])
+@pytest.mark.parametrize(
+    "command",
+    [[sys.executable, "-m", "experiments"], ["torchbp-experiments"]],
+    ids=["python -m experiments", "torchbp-experiments"],
+)
 def test_the_main_job_runs_from_any_folder_and_logs_to_its_runs(tmp_path, command):
     assert shutil.which(command[0]), f"{command[0]} is not installed: pip install -e '.[experiments]'"
-    completed = subprocess.run([*command, "seed", "--steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [*command, "seed", "--steps", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert [step for step, _ in scalars(only_run(tmp_path / "runs", "seed") / "hand", "loss/seed")] == [0, 1]
 
@@ -406,4 +445,6 @@ def test_the_main_job_runs_from_any_folder_and_logs_to_its_runs(tmp_path, comman
 def test_batch_size_given_to_a_full_batch_experiment_says_it_does_not_apply(tmp_path, capsys):
     assert main(["seed", "spiral", "--steps", "2", "--batch-size", "16", "--logdir", str(tmp_path)]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "--batch-size" in line]
-    assert notes == ["python -m experiments: note: --batch-size does not apply to seed, which trains on all its samples at once"]
+    assert notes == [
+        "python -m experiments: note: --batch-size does not apply to seed, which trains on all its samples at once"
+    ]

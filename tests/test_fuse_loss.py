@@ -65,8 +65,11 @@ def test_loss_and_every_gradient_equal_native_autograd_to_the_bit(case):
     assert_identical(loss_and_gradients(*ours, x, y), loss_and_gradients(*theirs, x, y))
 
 
-@given(widths=st.lists(st.integers(1, 5), min_size=2, max_size=5), n=st.integers(0, 4),
-       reduction=st.sampled_from(["mean", "sum", "none"]))
+@given(
+    widths=st.lists(st.integers(1, 5), min_size=2, max_size=5),
+    n=st.integers(0, 4),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+)
 def test_loss_and_every_gradient_equal_native_autograd_for_any_shape(widths, n, reduction):
     # Within the project's tolerance: for some shapes (an input of width 1) native torch's linear
     # backward reaches a matrix product of other strides, which may add in another order.
@@ -130,8 +133,10 @@ def test_double_backward_matches_native():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_gradcheck_and_gradgradcheck_of_the_chain_with_its_loss(reduction):
     generator = torch.Generator().manual_seed(0)
-    x, w1, b1, w2, y = (torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
-                        for shape in ((5, 2), (3, 2), (3,), (1, 3), (5, 1)))
+    x, w1, b1, w2, y = (
+        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+        for shape in ((5, 2), (3, 2), (3,), (1, 3), (5, 1))
+    )
     kinds = ("linear", "sigmoid", "linear", "sigmoid", "mse_loss", "scale")
 
     def loss(x, w1, b1, w2, y):
@@ -183,8 +188,10 @@ def test_falls_back_to_loss_of_model_and_stays_equal_to_native(case, monkeypatch
     def reference(x, y):
         return 0.5 * loss_fn(model(x), y)
 
-    assert_identical(loss_and_gradients(fused, list(fused.parameters()), x, y),
-                     loss_and_gradients(reference, list(model.parameters()), x, y))
+    assert_identical(
+        loss_and_gradients(fused, list(fused.parameters()), x, y),
+        loss_and_gradients(reference, list(model.parameters()), x, y),
+    )
     assert all("mse_loss" not in kinds for kinds in chains)  # the model alone may still run fused
 
 
@@ -200,19 +207,29 @@ def test_under_autocast_the_per_layer_path_runs(monkeypatch):
 
 BAD_INPUT = {
     "a target of another shape": (
-        lambda x, y: (x, y[:, 0]), ShapeError, r"mse_loss: expected target of the input's shape \(5, 1\), got \(5,\)"
+        lambda x, y: (x, y[:, 0]),
+        ShapeError,
+        r"mse_loss: expected target of the input's shape \(5, 1\), got \(5,\)",
     ),
     "a target of another dtype": (
-        lambda x, y: (x, y.float()), DTypeError, "mse_loss: expected target to have the dtype of input"
+        lambda x, y: (x, y.float()),
+        DTypeError,
+        "mse_loss: expected target to have the dtype of input",
     ),
     "an input of the wrong width": (
-        lambda x, y: (x[:, :1], y), ShapeError, r"linear: expected input of shape \(\*, 2\)"
+        lambda x, y: (x[:, :1], y),
+        ShapeError,
+        r"linear: expected input of shape \(\*, 2\)",
     ),
     "an integer input": (
-        lambda x, y: (x.long(), y), DTypeError, "linear: expected input to be a floating-point tensor"
+        lambda x, y: (x.long(), y),
+        DTypeError,
+        "linear: expected input to be a floating-point tensor",
     ),
     "a target that is no tensor": (
-        lambda x, y: (x, y.tolist()), TypeError, "mse_loss: expected target to be a torch.Tensor"
+        lambda x, y: (x, y.tolist()),
+        TypeError,
+        "mse_loss: expected target to be a torch.Tensor",
     ),
 }
 
@@ -260,8 +277,9 @@ def test_compiled_fused_loss_has_no_graph_break_and_native_gradients():
     assert torch._dynamo.explain(fused)(x, y).graph_break_count == 0
     compiled = torch.compile(fused, fullgraph=True, backend="inductor")
     ours = loss_and_gradients(compiled, list(fused.parameters()), x, y)
-    theirs = loss_and_gradients(lambda x, y: 0.5 * torch.nn.MSELoss(reduction="sum")(native(x), y),
-                                list(native.parameters()), x, y)
+    theirs = loss_and_gradients(
+        lambda x, y: 0.5 * torch.nn.MSELoss(reduction="sum")(native(x), y), list(native.parameters()), x, y
+    )
     for name, a, b in zip(["loss", "0.weight", "0.bias", "2.weight", "2.bias", "input", "target"], ours, theirs):
         row = compare_tensors(name, a, b)
         assert row.ok, row

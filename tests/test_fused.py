@@ -72,8 +72,10 @@ def every_output_summed(x, w1, b1, w2):
 )
 def test_gradcheck_and_gradgradcheck(fn):
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
-              for shape in ((5, 2), (3, 2), (3,), (1, 3))]
+    inputs = [
+        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+        for shape in ((5, 2), (3, 2), (3,), (1, 3))
+    ]
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
 

@@ -82,8 +82,9 @@ def test_layer_norm_matches_native(leading, normalized_shape, affine, dtype):
 @pytest.mark.parametrize("leading, normalized_shape", [SHAPES[i] for i in (0, 2, 3, 6)], ids=str)
 def test_the_output_is_natives_to_the_bit(leading, normalized_shape, affine, dtype):
     seed()
-    x, shape, weight, bias = (a.detach() if isinstance(a, torch.Tensor) else a
-                              for a in arguments(leading, normalized_shape, affine, dtype))
+    x, shape, weight, bias = (
+        a.detach() if isinstance(a, torch.Tensor) else a for a in arguments(leading, normalized_shape, affine, dtype)
+    )
     assert torch.equal(layer_norm(x, shape, weight, bias), native(x, shape, weight, bias))
 
 
@@ -164,8 +165,9 @@ VERIFY_CASES = {  # inputs, and the properties that do not apply
 @pytest.mark.parametrize("case", VERIFY_CASES)
 def test_torchbp_verify_passes(case):
     make_inputs, not_applicable = VERIFY_CASES[case]
-    report = torchbp.verify(LayerNormFunction.apply, F.layer_norm, *make_inputs(), EPS,
-                            skip=("autocast",), compile_backend="aot_eager")
+    report = torchbp.verify(
+        LayerNormFunction.apply, F.layer_norm, *make_inputs(), EPS, skip=("autocast",), compile_backend="aot_eager"
+    )
     report.assert_ok()
     assert {row.name for row in report.rows if row.status == "not applicable"} == not_applicable, report
 
@@ -201,18 +203,25 @@ def _mean_d(t):
 
 
 PLANTED = {  # a wrong (∂J/∂x, ∂J/∂γ, ∂J/∂β) from the right terms, for x of shape (n, D)
-    "∂J/∂x without − mean_d(ĝ)": lambda dx, dw, db, g, g_hat, x_hat, rstd: (
-        dx + rstd * _mean_d(g_hat), dw, db),
+    "∂J/∂x without − mean_d(ĝ)": lambda dx, dw, db, g, g_hat, x_hat, rstd: (dx + rstd * _mean_d(g_hat), dw, db),
     "∂J/∂x without − x̂ · mean_d(ĝ ⊙ x̂)": lambda dx, dw, db, g, g_hat, x_hat, rstd: (
-        dx + rstd * x_hat * _mean_d(g_hat * x_hat), dw, db),
+        dx + rstd * x_hat * _mean_d(g_hat * x_hat),
+        dw,
+        db,
+    ),
     "∂J/∂x without the factor rstd": lambda dx, dw, db, g, g_hat, x_hat, rstd: (dx / rstd, dw, db),
     "∂J/∂x from g, γ forgotten": lambda dx, dw, db, g, g_hat, x_hat, rstd: (
-        rstd * (g - _mean_d(g) - x_hat * _mean_d(g * x_hat)), dw, db),
+        rstd * (g - _mean_d(g) - x_hat * _mean_d(g * x_hat)),
+        dw,
+        db,
+    ),
     "∂J/∂x with sums over d for means": lambda dx, dw, db, g, g_hat, x_hat, rstd: (
-        rstd * (g_hat - _mean_d(g_hat) * g.shape[-1] - x_hat * _mean_d(g_hat * x_hat) * g.shape[-1]), dw, db),
+        rstd * (g_hat - _mean_d(g_hat) * g.shape[-1] - x_hat * _mean_d(g_hat * x_hat) * g.shape[-1]),
+        dw,
+        db,
+    ),
     "∂J/∂γ as Σ g, x̂ forgotten": lambda dx, dw, db, g, g_hat, x_hat, rstd: (dx, g.sum(0), db),
-    "∂J/∂γ from x − μ, rstd forgotten": lambda dx, dw, db, g, g_hat, x_hat, rstd: (
-        dx, (g * x_hat / rstd).sum(0), db),
+    "∂J/∂γ from x − μ, rstd forgotten": lambda dx, dw, db, g, g_hat, x_hat, rstd: (dx, (g * x_hat / rstd).sum(0), db),
     "∂J/∂β as a mean over samples": lambda dx, dw, db, g, g_hat, x_hat, rstd: (dx, dw, g.mean(0)),
 }
 
@@ -237,30 +246,52 @@ f32, f64 = torch.float32, torch.float64
 
 BAD_INPUTS = {
     "input's last dimensions differ from normalized_shape": (
-        lambda: layer_norm(torch.randn(5, 3), (4,)), torchbp.ShapeError, r"\(\*, 4\).*\(4,\).*\(5, 3\)"),
+        lambda: layer_norm(torch.randn(5, 3), (4,)),
+        torchbp.ShapeError,
+        r"\(\*, 4\).*\(4,\).*\(5, 3\)",
+    ),
     "input with fewer dimensions than normalized_shape": (
-        lambda: layer_norm(torch.randn(4), (3, 4)), torchbp.ShapeError, r"\(\*, 3, 4\).*got input \(4,\)"),
+        lambda: layer_norm(torch.randn(4), (3, 4)),
+        torchbp.ShapeError,
+        r"\(\*, 3, 4\).*got input \(4,\)",
+    ),
     "weight of the wrong shape": (
-        lambda: layer_norm(torch.randn(5, 4), (4,), torch.randn(3)), torchbp.ShapeError, r"weight.*\(4,\).*\(3,\)"),
+        lambda: layer_norm(torch.randn(5, 4), (4,), torch.randn(3)),
+        torchbp.ShapeError,
+        r"weight.*\(4,\).*\(3,\)",
+    ),
     "bias of the wrong shape": (
-        lambda: layer_norm(torch.randn(5, 4), (4,), None, torch.randn(4, 1)), torchbp.ShapeError,
-        r"bias.*\(4,\).*\(4, 1\)"),
+        lambda: layer_norm(torch.randn(5, 4), (4,), None, torch.randn(4, 1)),
+        torchbp.ShapeError,
+        r"bias.*\(4,\).*\(4, 1\)",
+    ),
     "empty normalized_shape": (
-        lambda: layer_norm(torch.randn(5, 4), ()), torchbp.ShapeError, r"at least one dimension"),
-    "normalized_shape an int": (
-        lambda: layer_norm(torch.randn(5, 4), 4), TypeError, r"tuple of ints, got 4"),
+        lambda: layer_norm(torch.randn(5, 4), ()),
+        torchbp.ShapeError,
+        r"at least one dimension",
+    ),
+    "normalized_shape an int": (lambda: layer_norm(torch.randn(5, 4), 4), TypeError, r"tuple of ints, got 4"),
     "normalized_shape of floats": (
-        lambda: layer_norm(torch.randn(5, 4), (4.0,)), TypeError, r"tuple of ints, got \(4\.0,\)"),
-    "eps a tensor": (
-        lambda: layer_norm(torch.randn(5, 4), (4,), eps=torch.tensor(1e-5)), TypeError, r"eps.*Tensor"),
+        lambda: layer_norm(torch.randn(5, 4), (4.0,)),
+        TypeError,
+        r"tuple of ints, got \(4\.0,\)",
+    ),
+    "eps a tensor": (lambda: layer_norm(torch.randn(5, 4), (4,), eps=torch.tensor(1e-5)), TypeError, r"eps.*Tensor"),
     "integer input": (
-        lambda: layer_norm(torch.ones(5, 4, dtype=torch.int64), (4,)), torchbp.DTypeError, r"torch\.int64"),
+        lambda: layer_norm(torch.ones(5, 4, dtype=torch.int64), (4,)),
+        torchbp.DTypeError,
+        r"torch\.int64",
+    ),
     "weight of another dtype": (
-        lambda: layer_norm(torch.randn(5, 4), (4,), torch.randn(4, dtype=f64)), torchbp.DTypeError,
-        r"weight.*torch\.float32.*torch\.float64"),
+        lambda: layer_norm(torch.randn(5, 4), (4,), torch.randn(4, dtype=f64)),
+        torchbp.DTypeError,
+        r"weight.*torch\.float32.*torch\.float64",
+    ),
     "weight on another device": (
-        lambda: layer_norm(torch.randn(5, 4), (4,), torch.randn(4, device="meta")), torchbp.DeviceError,
-        r"cpu.*meta"),
+        lambda: layer_norm(torch.randn(5, 4), (4,), torch.randn(4, device="meta")),
+        torchbp.DeviceError,
+        r"cpu.*meta",
+    ),
     "input not a tensor": (lambda: layer_norm([[1.0, 2.0]], (2,)), TypeError, r"torch\.Tensor.*list"),
 }
 
@@ -307,11 +338,13 @@ def loop_reference(x, target, weight, bias, normalized_shape):
 
 def func_reference(x, target, weight, bias, normalized_shape):
     """torch.func.vmap(torch.func.grad(...)) of the native cost, one sample at a time."""
+
     def cost(w, b, x_n, target_n):
         return sample_cost(x_n, target_n, w, b, normalized_shape)
 
     grad_w, grad_b = torch.func.vmap(torch.func.grad(cost, argnums=(0, 1)), in_dims=(None, None, 0, 0))(
-        weight, bias, x, target)
+        weight, bias, x, target
+    )
     return {"weight": grad_w, "bias": grad_b}
 
 

@@ -39,28 +39,38 @@ def vectors(n=5, f=6):
 
 def model_cases():
     torch.manual_seed(0)
-    conv = lambda **kw: torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, **kw), torch.nn.ReLU(),  # noqa: E731
-                                            torch.nn.Flatten()).double()
+
+    def conv(**kw):
+        return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, **kw), torch.nn.ReLU(), torch.nn.Flatten()).double()
+
     mse = torch.nn.MSELoss(reduction="sum")
     cases = {
         "Linear": (torch.nn.Sequential(torch.nn.Linear(6, 3)).double(), mse, vectors(), None),
         "Tanh": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh()).double(), mse, vectors(), None),
         "ReLU": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU()).double(), mse, vectors(), None),
-        "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(),
-                      None),
+        "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(), None),
         "LayerNorm over two dimensions, no bias": (
             torch.nn.Sequential(torch.nn.Unflatten(1, (2, 3)), torch.nn.LayerNorm((2, 3), bias=False)).double(),
-            mse, vectors(), None),
-        "CrossEntropyLoss": (torch.nn.Sequential(torch.nn.Linear(6, 4)).double(),
-                             torch.nn.CrossEntropyLoss(reduction="sum"), vectors(), torch.tensor([0, 3, 1, 1, 2])),
+            mse,
+            vectors(),
+            None,
+        ),
+        "CrossEntropyLoss": (
+            torch.nn.Sequential(torch.nn.Linear(6, 4)).double(),
+            torch.nn.CrossEntropyLoss(reduction="sum"),
+            vectors(),
+            torch.tensor([0, 3, 1, 1, 2]),
+        ),
         "Conv2d, padding 1": (conv(padding=1), mse, images(), None),
         "Conv2d, same": (conv(padding="same"), mse, images(), None),
         "Conv2d, stride 2, dilation 2": (conv(stride=2, dilation=2, padding=2), mse, images(), None),
         "Conv2d, reflect padding": (conv(padding=1, padding_mode="reflect"), mse, images(), None),
         "Conv2d, no bias": (conv(bias=False), mse, images(), None),
     }
-    return {name: (model, loss, x, target if target is not None else torch.randn_like(model(x)))
-            for name, (model, loss, x, target) in cases.items()}
+    return {
+        name: (model, loss, x, target if target is not None else torch.randn_like(model(x)))
+        for name, (model, loss, x, target) in cases.items()
+    }
 
 
 CASES = model_cases()
@@ -99,7 +109,7 @@ def test_per_sample_gradients_are_a_loop_over_samples(name):
     assert set(grads) == {name for name, _ in model.named_parameters()}
     for n in range(len(x)):
         model.zero_grad()
-        loss_fn(model(x[n:n + 1]), target[n:n + 1]).backward()
+        loss_fn(model(x[n : n + 1]), target[n : n + 1]).backward()
         for key, p in model.named_parameters():
             torch.testing.assert_close(grads[key][n], p.grad, rtol=1e-10, atol=1e-12)
     norms = torchbp.per_sample_grad_norms(model, loss_fn, x, target)
@@ -130,25 +140,42 @@ def test_the_lockstep_trainer_trains_it_beside_native(name, tmp_path):
 
 
 def test_a_planted_wrong_per_sample_formula_is_caught(monkeypatch):
-    monkeypatch.setattr(torchbp.layers.conv2d, "per_sample_bias_grads",
-                        lambda delta, out=None: delta.sum((2, 3)) * 2)
+    monkeypatch.setattr(torchbp.layers.conv2d, "per_sample_bias_grads", lambda delta, out=None: delta.sum((2, 3)) * 2)
     with pytest.raises(AssertionError):
         test_per_sample_gradients_are_a_loop_over_samples("Conv2d, padding 1")
 
 
 REFUSED = [
-    ("conv2d with groups",
-     lambda: torchbp.functional.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2),
-     NotImplementedError, "groups=1 only, got groups=2"),
-    ("CrossEntropyLoss with class weights",
-     lambda: torchbp.nn.CrossEntropyLoss(weight=torch.ones(3))(torch.randn(2, 3), torch.tensor([0, 1])),
-     NotImplementedError, "no hand-derived backward for weight="),
-    ("a class index out of range",
-     lambda: torchbp.nn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([0, 3])), torchbp.ClassIndexError, "3"),
-    ("a conv2d weight of the wrong shape",
-     lambda: torchbp.functional.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3)), torchbp.ShapeError, "weight"),
-    ("a layer_norm input of the wrong shape",
-     lambda: torchbp.functional.layer_norm(torch.randn(2, 5), (4,)), torchbp.ShapeError, r"\(2, 5\)"),
+    (
+        "conv2d with groups",
+        lambda: torchbp.functional.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2),
+        NotImplementedError,
+        "groups=1 only, got groups=2",
+    ),
+    (
+        "CrossEntropyLoss with class weights",
+        lambda: torchbp.nn.CrossEntropyLoss(weight=torch.ones(3))(torch.randn(2, 3), torch.tensor([0, 1])),
+        NotImplementedError,
+        "no hand-derived backward for weight=",
+    ),
+    (
+        "a class index out of range",
+        lambda: torchbp.nn.CrossEntropyLoss()(torch.randn(2, 3), torch.tensor([0, 3])),
+        torchbp.ClassIndexError,
+        "3",
+    ),
+    (
+        "a conv2d weight of the wrong shape",
+        lambda: torchbp.functional.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3)),
+        torchbp.ShapeError,
+        "weight",
+    ),
+    (
+        "a layer_norm input of the wrong shape",
+        lambda: torchbp.functional.layer_norm(torch.randn(2, 5), (4,)),
+        torchbp.ShapeError,
+        r"\(2, 5\)",
+    ),
 ]
 
 
@@ -171,14 +198,20 @@ def test_layer_norm_takes_a_low_precision_input_with_float32_parameters_as_nativ
         torchbp.check_model(native, torch.nn.MSELoss(), x, torch.randn(4, 8), rtol=2e-2).assert_ok()
 
 
-@pytest.mark.parametrize("native",
-                         [torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.CrossEntropyLoss(weight=torch.ones(3))],
-                         ids=["Conv2d with groups", "CrossEntropyLoss with class weights"])
+@pytest.mark.parametrize(
+    "native",
+    [torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.CrossEntropyLoss(weight=torch.ones(3))],
+    ids=["Conv2d with groups", "CrossEntropyLoss with class weights"],
+)
 def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
     assert type(torchbp.convert(native)) is type(native)
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.ReLU(), torch.nn.Flatten())
-    report = torchbp.check_model(model.double(), torch.nn.MSELoss(), torch.randn(2, 4, 5, 5, dtype=torch.float64),
-                                 torch.randn(2, 36, dtype=torch.float64))
+    report = torchbp.check_model(
+        model.double(),
+        torch.nn.MSELoss(),
+        torch.randn(2, 4, 5, 5, dtype=torch.float64),
+        torch.randn(2, 36, dtype=torch.float64),
+    )
     assert report.ok and report.layers == "hand-derived: 1 ReLU, loss MSELoss; native: 0 Conv2d, 2 Flatten"
 
 
@@ -207,14 +240,17 @@ def top_level_definitions(path: Path) -> set[str]:
 
 
 def calls_to(name: str, path: Path) -> int:
-    return sum(isinstance(node, ast.Call) and getattr(node.func, "id", None) == name
-               for node in ast.walk(ast.parse(path.read_text())))
+    return sum(
+        isinstance(node, ast.Call) and getattr(node.func, "id", None) == name
+        for node in ast.walk(ast.parse(path.read_text()))
+    )
 
 
 def test_the_table_lists_every_layer_and_its_one_file():
     assert {layer.hand.__name__: module_file(layer.hand) for layer in LAYERS} == LAYER_FILES
-    assert sorted(f"torchbp/layers/{p.name}" for p in (ROOT / "torchbp" / "layers").glob("*.py")
-                  if p.name != "__init__.py") == sorted(LAYER_FILES.values())
+    assert sorted(
+        f"torchbp/layers/{p.name}" for p in (ROOT / "torchbp" / "layers").glob("*.py") if p.name != "__init__.py"
+    ) == sorted(LAYER_FILES.values())
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.hand.__name__)
@@ -230,8 +266,11 @@ def test_a_layers_file_alone_holds_its_function_checks_functional_form_module_an
     assert calls_to("register", home) == 1
     # Its checks: every validate_* its forward calls is defined in its file or shared in torchbp/validation.py.
     forward = ast.parse(textwrap.dedent(inspect.getsource(layer.function.forward)))
-    called = {node.func.id for node in ast.walk(forward) if isinstance(node, ast.Call)
-              and getattr(node.func, "id", "").startswith("validate_")}
+    called = {
+        node.func.id
+        for node in ast.walk(forward)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "").startswith("validate_")
+    }
     assert called, f"{layer.function.__name__}.forward validates nothing"
     shared = top_level_definitions(ROOT / "torchbp" / "validation.py")
     assert called <= top_level_definitions(home) | shared
@@ -267,15 +306,24 @@ print("a new layer in one file")
 def contributing_example() -> str:
     """The layer file docs/contributing.md shows."""
     page = (ROOT / "docs" / "contributing.md").read_text()
-    return next(block for block in re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
-                if "register(Layer(torch.nn.Softsign" in block)
+    return next(
+        block
+        for block in re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+        if "register(Layer(torch.nn.Softsign" in block
+    )
 
 
 def test_a_new_layer_is_one_file(tmp_path):
     """The contributor page's Softsign, added as one file to a copy of the package, is everywhere a layer is."""
     shutil.copytree(ROOT / "torchbp", tmp_path / "torchbp", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "torchbp" / "layers" / "softsign.py").write_text(contributing_example())
-    result = subprocess.run([sys.executable, "-c", NEW_LAYER_CHECK], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", NEW_LAYER_CHECK],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "a new layer in one file" in result.stdout

@@ -51,7 +51,10 @@ def test_trainer_trains_the_torchbp_copy_and_leaves_the_model_alone():
         last = trainer.step(*batches()[0]).hand_loss
     assert last < first
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
-    assert all(isinstance(m, (torchbp.nn.Linear, torchbp.nn.Sigmoid, torch.nn.Sequential)) for m in trainer.hand_model.modules())
+    assert all(
+        isinstance(m, (torchbp.nn.Linear, torchbp.nn.Sigmoid, torch.nn.Sequential))
+        for m in trainer.hand_model.modules()
+    )
     assert not any(isinstance(m, torchbp.hand_derived.HandDerivedModule) for m in trainer.native_model.modules())
 
 
@@ -137,7 +140,9 @@ def test_an_exhausted_iterator_ends_training_instead_of_spinning():
 
 def test_metrics_are_evaluated_on_both_models():
     x, y = batches()[0]
-    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), metrics={"loss_on_x": lambda m: torch.nn.functional.mse_loss(m(x), y)})
+    trainer = LockstepTrainer(
+        users_model(), torch.nn.MSELoss(), metrics={"loss_on_x": lambda m: torch.nn.functional.mse_loss(m(x), y)}
+    )
     result = trainer.train(batches(), steps=3)
     hand, autograd = result.metrics["loss_on_x"]
     assert hand == autograd and hand > 0
@@ -203,8 +208,14 @@ def test_a_model_torchbp_would_not_change_is_refused():
 
 
 def test_the_time_split_accounts_for_training_checking_and_logging(tmp_path):
-    trainer = LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, log_dir=new_run_dir(tmp_path, "t"),
-                              metrics={"loss_sum": lambda model: 0.0}, metric_every=2)
+    trainer = LockstepTrainer(
+        users_model(),
+        torch.nn.MSELoss(),
+        lr=0.5,
+        log_dir=new_run_dir(tmp_path, "t"),
+        metrics={"loss_sum": lambda model: 0.0},
+        metric_every=2,
+    )
     result = trainer.train(batches(), steps=6)
     trainer.close()
     split = result.time_split
@@ -267,12 +278,15 @@ def test_the_lockstep_names_are_the_same_objects_from_torchbp_and_from_torchbp_l
         assert getattr(lockstep, name) is getattr(torchbp, name)
 
 
-@pytest.mark.parametrize("stop, words", [
-    (KeyboardInterrupt(), "an interrupt"),
-    (SystemExit(143), "an exit with status 143 (SIGTERM)"),
-    (SystemExit(1), "an exit with status 1"),
-    (RuntimeError("planted"), "an error (RuntimeError)"),
-])
+@pytest.mark.parametrize(
+    "stop, words",
+    [
+        (KeyboardInterrupt(), "an interrupt"),
+        (SystemExit(143), "an exit with status 143 (SIGTERM)"),
+        (SystemExit(1), "an exit with status 1"),
+        (RuntimeError("planted"), "an error (RuntimeError)"),
+    ],
+)
 def test_a_run_records_what_stopped_it_and_its_verdict_says_so(stop, words):
     result = LockstepResult(steps=4, checks=4)
     with pytest.raises(type(stop)):
@@ -290,11 +304,17 @@ def test_a_mismatch_is_not_recorded_as_what_stopped_the_run():
     assert result.stopped_by is None
 
 
-@pytest.mark.parametrize("fields, headline", [
-    ({}, "**NOT CHECKED**: no step was compared."),
-    ({"steps": 3, "checks": 3}, "**MATCH**: the two models agreed at every one of 3 checked steps."),
-    ({"steps": 1, "checks": 1, "mismatch_step": 0}, "**MISMATCH** at step 0: the report is in the program's output."),
-])
+@pytest.mark.parametrize(
+    "fields, headline",
+    [
+        ({}, "**NOT CHECKED**: no step was compared."),
+        ({"steps": 3, "checks": 3}, "**MATCH**: the two models agreed at every one of 3 checked steps."),
+        (
+            {"steps": 1, "checks": 1, "mismatch_step": 0},
+            "**MISMATCH** at step 0: the report is in the program's output.",
+        ),
+    ],
+)
 def test_the_verdict_is_written_from_the_result_alone(fields, headline):
     lines = LockstepResult(**fields).verdict(2, "free-running", "hand-derived: 0 Linear; native: none").splitlines()
     assert lines[0] == headline

@@ -223,33 +223,50 @@ def test_out_accumulates_a_layer_used_twice_from_scratch():
 
 BAD_CALLS = {
     "a layer without a per-sample rule": (
-        lambda: per_sample_grads(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double(),
-                                 torch.nn.MSELoss(), *data(4, (), torch.float64, widths=(3, 2))),
+        lambda: per_sample_grads(
+            torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double(),
+            torch.nn.MSELoss(),
+            *data(4, (), torch.float64, widths=(3, 2)),
+        ),
         NotImplementedError,
         "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, LayerNorm, Linear only",
     ),
     "a loss without a reduction": (
         lambda: per_sample_grads(mlp(), lambda out, y: ((out - y) ** 2).sum(), *data(4, (), torch.float64)),
-        ValueError, "reduction",
+        ValueError,
+        "reduction",
     ),
     "a loss with reduction none": (
         lambda: per_sample_grads(mlp(), torch.nn.MSELoss(reduction="none"), *data(4, (), torch.float64)),
-        ValueError, "'none'",
+        ValueError,
+        "'none'",
     ),
     "out of the wrong shape": (
-        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), *data(4, (), torch.float64),
-                                 out={"0.weight": torch.zeros(5, 4, 3, dtype=torch.float64)}),
-        torchbp.ShapeError, "(4, 4, 3)",
+        lambda: per_sample_grads(
+            mlp(),
+            torch.nn.MSELoss(),
+            *data(4, (), torch.float64),
+            out={"0.weight": torch.zeros(5, 4, 3, dtype=torch.float64)},
+        ),
+        torchbp.ShapeError,
+        "(4, 4, 3)",
     ),
     "out naming no parameter": (
-        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), *data(4, (), torch.float64),
-                                 out={"weight": torch.zeros(4, 4, 3, dtype=torch.float64)}),
-        KeyError, "weight",
+        lambda: per_sample_grads(
+            mlp(),
+            torch.nn.MSELoss(),
+            *data(4, (), torch.float64),
+            out={"weight": torch.zeros(4, 4, 3, dtype=torch.float64)},
+        ),
+        KeyError,
+        "weight",
     ),
     "inputs without a sample dimension": (
-        lambda: per_sample_grads(mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64),
-                                 torch.randn(2, dtype=torch.float64)),
-        torchbp.ShapeError, "expected inputs of shape (N, ...), the sample dimension first, got (3,)",
+        lambda: per_sample_grads(
+            mlp(), torch.nn.MSELoss(), torch.randn(3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+        ),
+        torchbp.ShapeError,
+        "expected inputs of shape (N, ...), the sample dimension first, got (3,)",
     ),
 }
 
@@ -263,8 +280,9 @@ def test_bad_calls_raise_clear_errors(case):
 
 def test_the_trainer_records_per_sample_gradients_on_due_steps(tmp_path):
     x, y = data(6, (), torch.float64)
-    trainer = LockstepTrainer(mlp(), torch.nn.MSELoss(), lr=0.1, per_sample_every=2,
-                              log_dir=torchbp.new_run_dir(tmp_path, "t"))
+    trainer = LockstepTrainer(
+        mlp(), torch.nn.MSELoss(), lr=0.1, per_sample_every=2, log_dir=torchbp.new_run_dir(tmp_path, "t")
+    )
     records = []
     trainer.train([(x, y)], steps=4, on_step=records.append)
     trainer.close()

@@ -63,7 +63,9 @@ def test_a_run_that_fails_its_check_draws_the_parameters_it_stopped_at_under_the
 def test_a_run_stopped_by_sigterm_still_logs_its_images(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments", "seed", "--steps", "1000000", "--logdir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -103,7 +105,10 @@ def test_the_figure_labels_the_samples_their_sum_and_the_hidden_units():
     axes = figure.axes[0]
     assert [label.get_text() for label in axes.get_yticklabels()] == ["sample 1", "sample 2", "Σ = ∂J/∂W2"]
     assert [label.get_text().split("\n")[0] for label in axes.get_xticklabels()] == [
-        "hidden unit 1", "hidden unit 2", "hidden unit 3"]
+        "hidden unit 1",
+        "hidden unit 2",
+        "hidden unit 3",
+    ]
     assert "step 7" in axes.get_title()
     assert len(figure.axes) == 2  # the heat map and its colour bar
 

@@ -38,7 +38,8 @@ CASES = {
     "sequential without biases": (SequentialFunction, lambda: chain_arguments(bias=False)),
     **{
         f"sequential ending in the loss ({reduction}) and a scale": (
-            SequentialFunction, lambda reduction=reduction: chain_and_loss_arguments(reduction)
+            SequentialFunction,
+            lambda reduction=reduction: chain_and_loss_arguments(reduction),
         )
         for reduction in ("mean", "sum", "none")
     },

@@ -39,16 +39,23 @@ def test_a_framed_record_reads_back_and_a_corrupted_one_is_refused(tmp_path):
 
 
 @given(
-    step=st.integers(0, 2**62), wall_time=st.floats(0, 2e9),
+    step=st.integers(0, 2**62),
+    wall_time=st.floats(0, 2e9),
     values=st.lists(st.tuples(st.text(min_size=1, max_size=80), st.floats(width=32)), min_size=1, max_size=4),
 )
 def test_scalar_events_serialized_by_hand_are_protobufs_own(step, wall_time, values):
-    ours = events.event(step, wall_time, [
-        events.scalar_value(events.scalar_value_prefix(tag), value) for tag, value in values
-    ])
-    theirs = Event(step=step, wall_time=wall_time, summary=Summary(value=[
-        Summary.Value(tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value])) for tag, value in values
-    ]))
+    ours = events.event(
+        step, wall_time, [events.scalar_value(events.scalar_value_prefix(tag), value) for tag, value in values]
+    )
+    theirs = Event(
+        step=step,
+        wall_time=wall_time,
+        summary=Summary(
+            value=[
+                Summary.Value(tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value])) for tag, value in values
+            ]
+        ),
+    )
     assert Event.FromString(ours) == theirs
 
 
@@ -67,10 +74,14 @@ def test_written_scalars_are_one_event_per_step_the_first_of_a_tag_carrying_its_
     (path,) = event_files(tmp_path)
     written = [event for event in LegacyEventFileLoader(str(path)).Load() if event.summary.value]
     scalar = lambda tag, value, carried=None: Summary.Value(  # noqa: E731
-        tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value]), metadata=carried)
+        tag=tag, tensor=TensorProto(dtype=DT_FLOAT, float_val=[value]), metadata=carried
+    )
     assert written == [
-        Event(step=0, wall_time=1.0,
-              summary=Summary(value=[scalar("loss", 0.5, described), scalar("error", 0.25, described)])),
+        Event(
+            step=0,
+            wall_time=1.0,
+            summary=Summary(value=[scalar("loss", 0.5, described), scalar("error", 0.25, described)]),
+        ),
         Event(step=1, wall_time=2.0, summary=Summary(value=[scalar("loss", 0.125)])),
     ]
 

@@ -43,8 +43,12 @@ def test_a_step_is_logged_from_plain_values_the_match_figures_only_where_it_was_
     assert scalar_events(tmp_path / "hand") == [(0, {"loss/mine": 0.5}), (1, {"loss/mine": 0.25})]
     assert scalar_events(tmp_path / "autograd") == [(0, {"loss/mine": 0.5}), (1, {"loss/mine": 0.25})]
     (hand,) = event_files(tmp_path / "hand")
-    histograms = [(event.step, v.tag) for event in LegacyEventFileLoader(str(hand)).Load() for v in event.summary.value
-                  if v.HasField("histo")]
+    histograms = [
+        (event.step, v.tag)
+        for event in LegacyEventFileLoader(str(hand)).Load()
+        for v in event.summary.value
+        if v.HasField("histo")
+    ]
     assert histograms == [(0, "per_sample/mine/grad_norm")]
     (pair,) = [p for p in event_files(tmp_path) if p.parent == tmp_path]
     loaded = LegacyEventFileLoader(str(pair)).Load()

@@ -46,8 +46,9 @@ TRANSFORMS = {
     "vmap(grad)": lambda loss, params, x, y: vmap(grad(loss), in_dims=(None, 0, 0))(params, x[:, None], y[:, None]),
     "jacrev": lambda loss, params, x, y: jacrev(loss)(params, x, y),
     "hessian (jacrev of jacrev)": lambda loss, params, x, y: jacrev(jacrev(loss))(params, x, y),
-    "hessian wrt the input (jacrev of jacrev)":
-        lambda loss, params, x, y: jacrev(jacrev(lambda x: loss(params, x, y)))(x),
+    "hessian wrt the input (jacrev of jacrev)": lambda loss, params, x, y: jacrev(jacrev(lambda x: loss(params, x, y)))(
+        x
+    ),
     "vmap of the forward": lambda loss, params, x, y: vmap(lambda x_n: loss(params, x_n[None], y[:1]))(x),
 }
 
@@ -106,8 +107,9 @@ BATCHED_GRADIENTS = {
     "autograd.grad(is_grads_batched=True)": lambda f, x: torch.autograd.grad(
         f(x.requires_grad_()), x, torch.eye(1, dtype=torch.float64).reshape(1).repeat(3), is_grads_batched=True
     )[0],
-    "autograd.functional.jacobian(vectorize=True)":
-        lambda f, x: torch.autograd.functional.jacobian(f, x, vectorize=True),
+    "autograd.functional.jacobian(vectorize=True)": lambda f, x: torch.autograd.functional.jacobian(
+        f, x, vectorize=True
+    ),
     "autograd.functional.hessian(vectorize=True)": lambda f, x: torch.autograd.functional.hessian(f, x, vectorize=True),
     "jacrev under no_grad": lambda f, x: _no_grad(lambda: jacrev(f)(x)),
     "jacrev(jacrev) under no_grad": lambda f, x: _no_grad(lambda: jacrev(jacrev(f))(x)),

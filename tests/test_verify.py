@@ -67,36 +67,79 @@ ONE_INPUT = frozenset({"jvp", "needs-input-grad"})
 OWN = [
     Own("functional.linear", TF.linear, F.linear, examples((6, 3), (4, 3), (4,)), {}, frozenset({"jvp"})),
     Own("functional.linear, no bias", TF.linear, F.linear, examples((6, 3), (4, 3)), {}, frozenset({"jvp"})),
-    Own("functional.linear, 3-d input", TF.linear, F.linear, examples((2, 3, 4), (5, 4), (5,)), {},
-        frozenset({"jvp"})),
+    Own("functional.linear, 3-d input", TF.linear, F.linear, examples((2, 3, 4), (5, 4), (5,)), {}, frozenset({"jvp"})),
     Own("functional.sigmoid", TF.sigmoid, torch.sigmoid, examples((6, 3)), {}, ONE_INPUT),
     *[
-        Own(f"functional.mse_loss, {reduction}", lambda a, b, r=reduction: TF.mse_loss(a, b, reduction=r),
-            lambda a, b, r=reduction: F.mse_loss(a, b, reduction=r), examples((6, 3), (6, 3)), {},
-            frozenset({"jvp"}))
+        Own(
+            f"functional.mse_loss, {reduction}",
+            lambda a, b, r=reduction: TF.mse_loss(a, b, reduction=r),
+            lambda a, b, r=reduction: F.mse_loss(a, b, reduction=r),
+            examples((6, 3), (6, 3)),
+            {},
+            frozenset({"jvp"}),
+        )
         for reduction in ("mean", "sum", "none")
     ],
     Own("functional.tanh", TF.tanh, torch.tanh, examples((6, 3)), {}, ONE_INPUT),
     Own("functional.relu", TF.relu, torch.relu, (examples((6, 3))[0] + 0.01,), {}, ONE_INPUT),
-    Own("functional.layer_norm", lambda x, w, b: TF.layer_norm(x, (4,), w, b),
-        lambda x, w, b: F.layer_norm(x, (4,), w, b), examples((6, 4), (4,), (4,)), {}, frozenset({"jvp"})),
-    Own("functional.layer_norm, no affine", lambda x: TF.layer_norm(x, (3, 4)), lambda x: F.layer_norm(x, (3, 4)),
-        examples((5, 3, 4)), {}, ONE_INPUT),
-    Own("functional.cross_entropy, class indices", TF.cross_entropy, F.cross_entropy,
-        (*examples((6, 5)), torch.tensor([0, 4, 2, 2, 1, 3])), {}, frozenset({"jvp"})),
-    Own("functional.cross_entropy, probabilities, smoothed",
+    Own(
+        "functional.layer_norm",
+        lambda x, w, b: TF.layer_norm(x, (4,), w, b),
+        lambda x, w, b: F.layer_norm(x, (4,), w, b),
+        examples((6, 4), (4,), (4,)),
+        {},
+        frozenset({"jvp"}),
+    ),
+    Own(
+        "functional.layer_norm, no affine",
+        lambda x: TF.layer_norm(x, (3, 4)),
+        lambda x: F.layer_norm(x, (3, 4)),
+        examples((5, 3, 4)),
+        {},
+        ONE_INPUT,
+    ),
+    Own(
+        "functional.cross_entropy, class indices",
+        TF.cross_entropy,
+        F.cross_entropy,
+        (*examples((6, 5)), torch.tensor([0, 4, 2, 2, 1, 3])),
+        {},
+        frozenset({"jvp"}),
+    ),
+    Own(
+        "functional.cross_entropy, probabilities, smoothed",
         lambda z, q: TF.cross_entropy(z, q, label_smoothing=0.1),
         lambda z, q: F.cross_entropy(z, q, label_smoothing=0.1),
-        (examples((6, 5))[0], torch.softmax(examples((6, 5))[0].flip(0), 1)), {}, frozenset({"jvp"})),
-    Own("functional.conv2d", lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1),
-        lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), examples((3, 2, 5, 5), (4, 2, 3, 3), (4,)), {},
-        frozenset({"jvp"})),
-    Own("fuse_loss, the derivation's network and cost", fused_cost(), derivation_cost, DERIVATION_INPUTS,
-        DERIVATION_BATCH, frozenset({"jvp"})),
+        (examples((6, 5))[0], torch.softmax(examples((6, 5))[0].flip(0), 1)),
+        {},
+        frozenset({"jvp"}),
+    ),
+    Own(
+        "functional.conv2d",
+        lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1),
+        lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
+        examples((3, 2, 5, 5), (4, 2, 3, 3), (4,)),
+        {},
+        frozenset({"jvp"}),
+    ),
+    Own(
+        "fuse_loss, the derivation's network and cost",
+        fused_cost(),
+        derivation_cost,
+        DERIVATION_INPUTS,
+        DERIVATION_BATCH,
+        frozenset({"jvp"}),
+    ),
     # The bare chain Function takes no part in autocast: torchbp.nn.Sequential and FusedLoss fall back
     # to the per-layer path there, whose functional forms make autocast's casts (the row above).
-    Own("SequentialFunction, the derivation's network and cost", chain_function, derivation_cost,
-        DERIVATION_INPUTS, dict(DERIVATION_BATCH, skip=("autocast",)), frozenset({"jvp"})),
+    Own(
+        "SequentialFunction, the derivation's network and cost",
+        chain_function,
+        derivation_cost,
+        DERIVATION_INPUTS,
+        dict(DERIVATION_BATCH, skip=("autocast",)),
+        frozenset({"jvp"}),
+    ),
 ]
 
 
@@ -160,8 +203,7 @@ def test_a_failed_row_says_what_was_measured_and_the_usual_fix():
     assert row.status == FAIL
     assert row.measured.startswith("inputs[0].grad: rel. error") and "> rtol 1e-07" in row.measured
     assert "formula" in row.fix
-    assert f"↳ {row.fix}" in str(torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)),
-                                                only=["float64"]))
+    assert f"↳ {row.fix}" in str(torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)), only=["float64"]))
 
 
 def test_assert_ok_raises_an_assertion_error_carrying_the_table():
@@ -208,7 +250,13 @@ def test_without_a_reference_the_properties_needing_one_are_not_applicable_and_t
     report.assert_ok()
     statuses = report.statuses()
     assert {name for name, status in statuses.items() if status == NOT_APPLICABLE} == {
-        "float64", "float32", "autocast", "memory", "needs-input-grad", "jvp"}
+        "float64",
+        "float32",
+        "autocast",
+        "memory",
+        "needs-input-grad",
+        "jvp",
+    }
     assert statuses["gradcheck"] == statuses["vmap"] == statuses["compile"] == statuses["in-place"] == PASS
 
 
@@ -218,8 +266,13 @@ def test_without_a_reference_a_wrong_gradient_still_fails_gradcheck():
 
 
 def test_skip_reports_the_property_as_left_out_and_only_runs_just_those():
-    skipped = torchbp.verify(WrongSigmoid.apply, torch.sigmoid, *examples((4, 3)),
-                             skip=["float64", "float32", "gradcheck", "double-backward"], **FAST)
+    skipped = torchbp.verify(
+        WrongSigmoid.apply,
+        torch.sigmoid,
+        *examples((4, 3)),
+        skip=["float64", "float32", "gradcheck", "double-backward"],
+        **FAST,
+    )
     assert skipped.ok
     assert skipped["float64"][:4] == ("float64", SKIPPED, "left out (skip=)", "")
     only = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), only=["vmap", "float64"])
@@ -227,8 +280,9 @@ def test_skip_reports_the_property_as_left_out_and_only_runs_just_those():
 
 
 def test_once_differentiable_makes_double_backward_not_applicable():
-    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), once_differentiable=True,
-                            only=["double-backward"])
+    report = torchbp.verify(
+        TF.sigmoid, torch.sigmoid, *examples((4, 3)), once_differentiable=True, only=["double-backward"]
+    )
     assert report["double-backward"].status == NOT_APPLICABLE
     assert "once_differentiable=True" in report["double-backward"].measured
 
@@ -246,18 +300,32 @@ def test_a_backward_marked_once_differentiable_is_reported_not_applicable_not_fa
 
 
 def test_no_batch_dimension_makes_the_batch_properties_not_applicable():
-    report = torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), batch_dims=[None],
-                            only=["empty-batch", "vmap", "vmap-grad", "float64"])
-    assert report.statuses() == {"float64": PASS, "empty-batch": NOT_APPLICABLE, "vmap": NOT_APPLICABLE,
-                                 "vmap-grad": NOT_APPLICABLE}
+    report = torchbp.verify(
+        TF.sigmoid,
+        torch.sigmoid,
+        *examples((4, 3)),
+        batch_dims=[None],
+        only=["empty-batch", "vmap", "vmap-grad", "float64"],
+    )
+    assert report.statuses() == {
+        "float64": PASS,
+        "empty-batch": NOT_APPLICABLE,
+        "vmap": NOT_APPLICABLE,
+        "vmap-grad": NOT_APPLICABLE,
+    }
     assert "batch_dims" in report["vmap"].measured
 
 
 def test_batch_dims_choose_the_batched_dimension():
     """A (features, batch) input batched along dimension 1: vmap's per-sample calls get 1-d columns."""
-    x, = examples((3, 6))
-    report = torchbp.verify(lambda t: TF.sigmoid(t).sum(0), lambda t: torch.sigmoid(t).sum(0), x, batch_dims=[1],
-                            only=["vmap", "vmap-grad", "empty-batch"])
+    (x,) = examples((3, 6))
+    report = torchbp.verify(
+        lambda t: TF.sigmoid(t).sum(0),
+        lambda t: torch.sigmoid(t).sum(0),
+        x,
+        batch_dims=[1],
+        only=["vmap", "vmap-grad", "empty-batch"],
+    )
     report.assert_ok()
     assert report["vmap"].measured.startswith("4 samples")
 
@@ -314,37 +382,98 @@ def test_one_property_per_test_the_pytest_way(name):
 # -- bad input ----------------------------------------------------------------------------------
 
 BAD_INPUT = [
-    ("a non-callable fn", (3, torch.sigmoid, torch.randn(2)), {}, TypeError,
-     r"verify: fn must be callable \(a function or MyFunction.apply\), got int"),
-    ("a non-callable reference", (torch.sigmoid, "sigmoid", torch.randn(2)), {}, TypeError,
-     "verify: reference must be callable or None, got str"),
-    ("no floating-point tensor", (torch.sigmoid, None, torch.arange(3), 2.0), {}, ValueError,
-     r"expected at least one floating-point tensor among the inputs, got Tensor\(torch.int64\), float"),
+    (
+        "a non-callable fn",
+        (3, torch.sigmoid, torch.randn(2)),
+        {},
+        TypeError,
+        r"verify: fn must be callable \(a function or MyFunction.apply\), got int",
+    ),
+    (
+        "a non-callable reference",
+        (torch.sigmoid, "sigmoid", torch.randn(2)),
+        {},
+        TypeError,
+        "verify: reference must be callable or None, got str",
+    ),
+    (
+        "no floating-point tensor",
+        (torch.sigmoid, None, torch.arange(3), 2.0),
+        {},
+        ValueError,
+        r"expected at least one floating-point tensor among the inputs, got Tensor\(torch.int64\), float",
+    ),
     ("no inputs at all", (torch.sigmoid, None), {}, ValueError, "got no inputs"),
-    ("a reference of another shape", (torch.sigmoid, lambda x: torch.sigmoid(x).T, torch.randn(2, 3)), {},
-     ValueError, r"the reference's output has shape \(3, 2\) where fn's has \(2, 3\)"),
-    ("a reference with another number of outputs", (torch.sigmoid, lambda x: (x, x), torch.randn(2)), {},
-     ValueError, r"the reference's output has shape \[\(2,\), \(2,\)\] where fn's has \(2,\)"),
-    ("an unknown property", (torch.sigmoid, None, torch.randn(2)), dict(only=["vmpa"]), ValueError,
-     "no property named 'vmpa'; the properties are float64, float32"),
-    ("an unknown property to skip", (torch.sigmoid, None, torch.randn(2)), dict(skip=["speed"]), ValueError,
-     "no property named 'speed'"),
-    ("batch_dims of the wrong length", (torch.sigmoid, None, torch.randn(2)), dict(batch_dims=[0, 0]), ValueError,
-     "batch_dims has 2 entries for 1 inputs"),
-    ("a batch dimension out of range", (torch.sigmoid, None, torch.randn(2)), dict(batch_dims=[1]), ValueError,
-     r"batch_dims\[0\] = 1, but inputs\[0\] is of shape \(2,\)"),
-    ("batch dimensions of different sizes", (torch.add, None, torch.randn(2), torch.randn(3)),
-     dict(batch_dims=[0, 0]), ValueError, r"different sizes \[2, 3\]"),
-    ("every input nondiff", (torch.sigmoid, None, torch.randn(2)), dict(nondiff=[0]), ValueError,
-     "no input left to differentiate"),
-    ("a nondiff position out of range", (torch.sigmoid, None, torch.randn(2)), dict(nondiff=[3]), ValueError,
-     "nondiff position 3 is out of range for 1 inputs"),
+    (
+        "a reference of another shape",
+        (torch.sigmoid, lambda x: torch.sigmoid(x).T, torch.randn(2, 3)),
+        {},
+        ValueError,
+        r"the reference's output has shape \(3, 2\) where fn's has \(2, 3\)",
+    ),
+    (
+        "a reference with another number of outputs",
+        (torch.sigmoid, lambda x: (x, x), torch.randn(2)),
+        {},
+        ValueError,
+        r"the reference's output has shape \[\(2,\), \(2,\)\] where fn's has \(2,\)",
+    ),
+    (
+        "an unknown property",
+        (torch.sigmoid, None, torch.randn(2)),
+        dict(only=["vmpa"]),
+        ValueError,
+        "no property named 'vmpa'; the properties are float64, float32",
+    ),
+    (
+        "an unknown property to skip",
+        (torch.sigmoid, None, torch.randn(2)),
+        dict(skip=["speed"]),
+        ValueError,
+        "no property named 'speed'",
+    ),
+    (
+        "batch_dims of the wrong length",
+        (torch.sigmoid, None, torch.randn(2)),
+        dict(batch_dims=[0, 0]),
+        ValueError,
+        "batch_dims has 2 entries for 1 inputs",
+    ),
+    (
+        "a batch dimension out of range",
+        (torch.sigmoid, None, torch.randn(2)),
+        dict(batch_dims=[1]),
+        ValueError,
+        r"batch_dims\[0\] = 1, but inputs\[0\] is of shape \(2,\)",
+    ),
+    (
+        "batch dimensions of different sizes",
+        (torch.add, None, torch.randn(2), torch.randn(3)),
+        dict(batch_dims=[0, 0]),
+        ValueError,
+        r"different sizes \[2, 3\]",
+    ),
+    (
+        "every input nondiff",
+        (torch.sigmoid, None, torch.randn(2)),
+        dict(nondiff=[0]),
+        ValueError,
+        "no input left to differentiate",
+    ),
+    (
+        "a nondiff position out of range",
+        (torch.sigmoid, None, torch.randn(2)),
+        dict(nondiff=[3]),
+        ValueError,
+        "nondiff position 3 is out of range for 1 inputs",
+    ),
     ("an infinite tolerance", (torch.sigmoid, None, torch.randn(2)), dict(rtol=float("inf")), ValueError, "rtol"),
 ]
 
 
-@pytest.mark.parametrize("args, options, error, message", [case[1:] for case in BAD_INPUT],
-                         ids=[case[0] for case in BAD_INPUT])
+@pytest.mark.parametrize(
+    "args, options, error, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT]
+)
 def test_bad_input_is_refused_with_a_one_line_error_naming_the_problem(args, options, error, message):
     with pytest.raises(error, match=message) as raised:
         torchbp.verify(*args, **options)
@@ -389,18 +518,31 @@ def test_large_examples_take_gradchecks_fast_mode():
     assert all(row.measured.endswith("(fast mode)") or "fast mode" in row.measured for row in report.rows), report
 
 
-@pytest.mark.parametrize("inputs, expected", [
-    (examples((6, 4)), [0]),
-    (examples((6,)), [None]),  # one vector, not six samples
-    (examples((6, 4), (6, 4)), [0, 0]),  # an elementwise partner
-    (examples((6, 4), (3, 4)), [0, None]),  # a weight
-    ((*examples((6, 5)), torch.arange(6) % 5), [0, 0]),  # class labels
-])
+@pytest.mark.parametrize(
+    "inputs, expected",
+    [
+        (examples((6, 4)), [0]),
+        (examples((6,)), [None]),  # one vector, not six samples
+        (examples((6, 4), (6, 4)), [0, 0]),  # an elementwise partner
+        (examples((6, 4), (3, 4)), [0, None]),  # a weight
+        ((*examples((6, 5)), torch.arange(6) % 5), [0, 0]),  # class labels
+    ],
+)
 def test_the_default_batch_dimensions(inputs, expected):
     from torchbp.verification.subject import Subject
 
-    subject = Subject(torch.add, None, inputs, batch_dims=None, nondiff=(), once_differentiable=False, rtol=None,
-                      atol=None, compile_backend="aot_eager", seed=0)
+    subject = Subject(
+        torch.add,
+        None,
+        inputs,
+        batch_dims=None,
+        nondiff=(),
+        once_differentiable=False,
+        rtol=None,
+        atol=None,
+        compile_backend="aot_eager",
+        seed=0,
+    )
     assert subject.batch_dims == expected
 
 
@@ -408,7 +550,8 @@ def test_the_report_says_which_inputs_were_differentiated_and_batched():
     x, w, b = examples((6, 3), (4, 3), (4,))
     report = torchbp.verify(TF.linear, F.linear, x, w, b, only=["float64"])
     assert str(report).splitlines()[1] == (
-        "differentiating inputs[0], inputs[1], inputs[2]; batch along inputs[0] dim 0")
+        "differentiating inputs[0], inputs[1], inputs[2]; batch along inputs[0] dim 0"
+    )
 
 
 def test_a_function_drawing_random_numbers_is_refused_with_the_reason():
@@ -456,8 +599,17 @@ class Axpy(torch.autograd.Function):
 
 def test_a_gradient_no_input_asked_for_is_named_in_verifys_numbering():
     a, x, y = examples((), (6, 4), (6, 4))
-    row = torchbp.verify(Axpy.apply, lambda a, name, x, y: a * x + y, a, "name", x, y, nondiff=[0],
-                         batch_dims=[None, None, 0, 0], only=["needs-input-grad"])["needs-input-grad"]
+    row = torchbp.verify(
+        Axpy.apply,
+        lambda a, name, x, y: a * x + y,
+        a,
+        "name",
+        x,
+        y,
+        nondiff=[0],
+        batch_dims=[None, None, 0, 0],
+        only=["needs-input-grad"],
+    )["needs-input-grad"]
     assert row.status == FAIL and "returned a gradient for inputs[0], which needs none" in row.measured
 
 
@@ -496,16 +648,21 @@ def test_a_graph_break_says_where_it_happened():
 
 MORE_BAD_INPUT = [
     ("only=[]", dict(only=[]), ValueError, "only= names no property"),
-    ("batch_dims an int", dict(batch_dims=0), TypeError,
-     "batch_dims must be a sequence of an int or None each, got int"),
+    (
+        "batch_dims an int",
+        dict(batch_dims=0),
+        TypeError,
+        "batch_dims must be a sequence of an int or None each, got int",
+    ),
     ("batch_dims of floats", dict(batch_dims=(0.0,)), TypeError, "batch_dims must hold an int or None each, got 0.0"),
     ("nondiff an int", dict(nondiff=1), TypeError, "nondiff must be a sequence of an int each, got int"),
     ("seed a float", dict(seed=0.5), TypeError, "seed must be an int, got float"),
 ]
 
 
-@pytest.mark.parametrize("options, error, message", [case[1:] for case in MORE_BAD_INPUT],
-                         ids=[case[0] for case in MORE_BAD_INPUT])
+@pytest.mark.parametrize(
+    "options, error, message", [case[1:] for case in MORE_BAD_INPUT], ids=[case[0] for case in MORE_BAD_INPUT]
+)
 def test_bad_options_are_refused_naming_the_option(options, error, message):
     with pytest.raises(error, match=message):
         torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), **options)
@@ -519,4 +676,5 @@ def test_a_reference_that_raises_on_float64_copies_is_refused_with_the_reason():
 
 def test_one_property_may_be_named_alone():
     assert [row.name for row in torchbp.verify(TF.sigmoid, torch.sigmoid, *examples((4, 3)), only="vmap").rows] == [
-        "vmap"]
+        "vmap"
+    ]

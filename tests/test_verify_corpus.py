@@ -68,8 +68,13 @@ def test_cuda_is_skipped_without_a_gpu():
 
 
 def test_a_declared_once_differentiable_backward_makes_double_backward_not_applicable():
-    report = verify(OnceDifferentiableSigmoid.apply, torch.sigmoid, *batch_inputs(), once_differentiable=True,
-                    compile_backend=BACKEND)
+    report = verify(
+        OnceDifferentiableSigmoid.apply,
+        torch.sigmoid,
+        *batch_inputs(),
+        once_differentiable=True,
+        compile_backend=BACKEND,
+    )
     assert report["double-backward"].status == "not applicable", str(report)
     assert not failed(report), str(report)
 
@@ -84,11 +89,13 @@ def test_an_unsummed_broadcast_gradient_is_no_mistake():
 def test_a_contiguous_only_gradient_is_silently_wrong_for_other_layouts():
     # In the corpus an expanded x also raises (out of as_strided's bounds) and the report names that; with no
     # batch dimension there is no expanded layout, and the wrong values of the other two layouts fail it alone.
-    report = verify(ContiguousOnly.apply, F.linear, *linear_inputs(), batch_dims=[None, None, None],
-                    only=["non-contiguous"])
+    report = verify(
+        ContiguousOnly.apply, F.linear, *linear_inputs(), batch_dims=[None, None, None], only=["non-contiguous"]
+    )
     measured = report["non-contiguous"].measured
-    assert report["non-contiguous"].status == "fail" and "(transposed)" in measured and "(strided)" in measured, \
-        str(report)
+    assert report["non-contiguous"].status == "fail" and "(transposed)" in measured and "(strided)" in measured, str(
+        report
+    )
 
 
 def test_dynamo_refuses_a_custom_jvp():

@@ -106,8 +106,12 @@ def check_model(
     randomness.replay()
     native = _run_model(to_native, model, loss_fn, inputs, target)
     report = ModelPair(hand.model, native.model).compare(
-        f"check_model({type(model).__name__})", (hand.loss, native.loss),
-        outputs=(hand.output, native.output), inputs=(hand.input, native.input), rtol=rtol, atol=atol,
+        f"check_model({type(model).__name__})",
+        (hand.loss, native.loss),
+        outputs=(hand.output, native.output),
+        inputs=(hand.input, native.input),
+        rtol=rtol,
+        atol=atol,
     )
     report.layers = describe_layers(model, loss_fn)
     return report
@@ -169,6 +173,7 @@ def describe_layers(model: torch.nn.Module, loss_fn: Callable[..., Any] | None =
 
     For example ``hand-derived: 0 Linear, 1 Sigmoid, loss MSELoss; native: 2 ReLU``.
     """
+
     def layers(module: torch.nn.Module, prefix: str) -> list[tuple[str, torch.nn.Module]]:
         return [
             (f"{prefix}.{name}" if prefix and name else prefix or name, m)
@@ -267,7 +272,8 @@ def _gradients(
 ) -> list[torch.Tensor | None]:
     """∂(Σ outputs · grad_outputs)/∂wrt; None for each when nothing is differentiable."""
     pairs = [
-        (out, g) for out, g in zip(outputs, grad_outputs)
+        (out, g)
+        for out, g in zip(outputs, grad_outputs)
         if isinstance(out, torch.Tensor) and out.requires_grad and g is not None
     ]
     if not pairs or not wrt:

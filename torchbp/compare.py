@@ -113,7 +113,14 @@ class Identical(NamedTuple):
         if reference is not None and reference._version == self.version:
             return compare_tensors(self.name, reference, reference, self.rtol, self.atol)
         return ComparedTensor(
-            self.name, tuple(self.shape), self.dtype, 0.0, 0.0, math.nan, math.nan, True,
+            self.name,
+            tuple(self.shape),
+            self.dtype,
+            0.0,
+            0.0,
+            math.nan,
+            math.nan,
+            True,
             "equal bits; max |ref| unknown: the tensor was freed or changed before this row was read",
         )
 
@@ -170,9 +177,8 @@ class Report:
     def __str__(self) -> str:
         bad = self.mismatches
         if bad:
-            headline = (
-                f"{self.title}: MISMATCH in {len(bad)} of {len(self.rows)} tensors: "
-                + ", ".join(row.name for row in bad)
+            headline = f"{self.title}: MISMATCH in {len(bad)} of {len(self.rows)} tensors: " + ", ".join(
+                row.name for row in bad
             )
         else:
             headline = f"{self.title}: MATCH, {len(self.rows)} of {len(self.rows)} tensors within tolerance"
@@ -219,7 +225,14 @@ def compare_tensors(
             return ComparedTensor(name, None, None, 0.0, 0.0, 0.0, 0.0, True, "absent on both sides")
         side = "torchbp side" if actual is None else "reference side"
         return ComparedTensor(
-            name, tuple(present.shape), present.dtype, float("inf"), float("inf"), 0.0, 0.0, False,
+            name,
+            tuple(present.shape),
+            present.dtype,
+            float("inf"),
+            float("inf"),
+            0.0,
+            0.0,
+            False,
             f"missing on the {side}",
         )
     if not (isinstance(actual, torch.Tensor) and isinstance(reference, torch.Tensor)):
@@ -459,8 +472,9 @@ def _row(
 ) -> ComparedTensor:
     """The verdict on finite figures."""
     allowed = tolerance(dtype, reference_max, rtol, atol)
-    return ComparedTensor(name, shape, dtype, max_abs, relative_error(max_abs, reference_max), allowed, reference_max,
-                          max_abs <= allowed)
+    return ComparedTensor(
+        name, shape, dtype, max_abs, relative_error(max_abs, reference_max), allowed, reference_max, max_abs <= allowed
+    )
 
 
 def _compare_exactly(name: str, actual: torch.Tensor, reference: torch.Tensor) -> ComparedTensor:

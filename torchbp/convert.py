@@ -42,9 +42,7 @@ def fuse(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     return _swap_classes(module, fused_class, inplace)
 
 
-def fuse_loss(
-    model: torch.nn.Module, loss_fn: torch.nn.Module, scale: float = 1.0, inplace: bool = False
-) -> FusedLoss:
+def fuse_loss(model: torch.nn.Module, loss_fn: torch.nn.Module, scale: float = 1.0, inplace: bool = False) -> FusedLoss:
     """``scale * loss_fn(model(input), target)`` as one module, a :class:`torchbp.nn.FusedLoss` of
     :func:`fuse` of ``model`` and :func:`convert` of ``loss_fn`` (copies of both, unless ``inplace``).
     A chain of Linear layers and activations with an MSELoss then runs as one Function, network and loss

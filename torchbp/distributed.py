@@ -23,8 +23,9 @@ def process_group_active() -> bool:
 
 def data_parallel(model: torch.nn.Module) -> DistributedDataParallel:
     parameter = next(model.parameters(), None)
-    on_gpu = parameter is not None and parameter.device.type == "cuda"
-    return DistributedDataParallel(model, device_ids=[parameter.device] if on_gpu else None)
+    if parameter is not None and parameter.device.type == "cuda":
+        return DistributedDataParallel(model, device_ids=[parameter.device])
+    return DistributedDataParallel(model)
 
 
 def across_processes(
@@ -38,8 +39,17 @@ def across_processes(
     dist.all_reduce(figures)
     world = dist.get_world_size()
     if report is not None and report.ok and bool(figures[2] != 0):
-        report.append(ComparedTensor(
-            "other processes", None, None, float("nan"), float("nan"), 0.0, 0.0, False,
-            "another process's check failed at this step; its report is in its own output",
-        ))
+        report.append(
+            ComparedTensor(
+                "other processes",
+                None,
+                None,
+                float("nan"),
+                float("nan"),
+                0.0,
+                0.0,
+                False,
+                "another process's check failed at this step; its report is in its own output",
+            )
+        )
     return (figures[0] / world).to(hand_loss.dtype), (figures[1] / world).to(native_loss.dtype), report

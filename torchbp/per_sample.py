@@ -77,12 +77,13 @@ class PerSampleGradients:
 
     def __init__(self, model: torch.nn.Module, scale: float | torch.Tensor = 1.0):
         self.model, self.scale = model, scale
-        self.layers = {
-            module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES
-        }
+        self.layers = {module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES}
         covered = {id(p) for module in self.layers for p in module.parameters(recurse=False)}
-        owners = {id(p): f"{name or 'the model'} ({type(module).__name__})"
-                  for name, module in model.named_modules() for p in module.parameters(recurse=False)}
+        owners = {
+            id(p): f"{name or 'the model'} ({type(module).__name__})"
+            for name, module in model.named_modules()
+            for p in module.parameters(recurse=False)
+        }
         uncovered = [owners[id(p)] for p in model.parameters() if p.requires_grad and id(p) not in covered]
         if uncovered:
             raise NotImplementedError(

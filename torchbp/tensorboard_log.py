@@ -34,7 +34,7 @@ from tensorboard.plugins.scalar.metadata import create_summary_metadata as scala
 from tensorboard.plugins.text.summary_v2 import text_pb
 from torch.utils.tensorboard import SummaryWriter
 
-from torchbp.speed.events import write_scalars
+from torchbp.speed.events import file_writer, write_scalars
 
 SIDES = ("hand", "autograd")
 PAIR = "."  # the run folder itself: what belongs to the pair
@@ -70,7 +70,8 @@ DESCRIPTIONS = {
     "loss": (
         "The loss of the torchbp model (run hand) and of its native twin (run autograd). Where the hand-derived "
         "backward agrees with autograd the two curves coincide, so one visible line is the expected picture; "
-        "switch a run off in the run list to see the other. The match charts and the verdict (Text tab) give the figures."
+        "switch a run off in the run list to see the other. The match charts and the verdict (Text tab) give the "
+        "figures."
     ),
     "metrics": "The same metric on both models (runs hand and autograd); coinciding curves are the expected picture.",
     "match": (
@@ -103,8 +104,7 @@ class TensorBoardLog:
             )
         self.flush_secs = flush_secs
         self.writers = {
-            run: SummaryWriter(self.run_dir / run, flush_secs=flush_secs, max_queue=QUEUE)
-            for run in (PAIR, *SIDES)
+            run: SummaryWriter(self.run_dir / run, flush_secs=flush_secs, max_queue=QUEUE) for run in (PAIR, *SIDES)
         }
         self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in self.writers}
         self.described: set[tuple[str, str]] = set()  # (run, tag) whose first event carried its description
@@ -117,8 +117,13 @@ class TensorBoardLog:
         return "/".join(part for part in (group, self.name, quantity) if part is not None)
 
     def step(
-        self, step: int, hand_loss: float, autograd_loss: float, abs_loss_difference: float | None = None,
-        max_grad_error: float | None = None, grad_norms: torch.Tensor | None = None,
+        self,
+        step: int,
+        hand_loss: float,
+        autograd_loss: float,
+        abs_loss_difference: float | None = None,
+        max_grad_error: float | None = None,
+        grad_norms: torch.Tensor | None = None,
     ) -> None:
         """One lockstep step: both losses; on a checked step, how far apart the two models are
         (None where the step was not checked); where the step recorded them, the per-sample gradient
@@ -162,9 +167,9 @@ class TensorBoardLog:
     def text(self, quantity: str, markdown: str, step: int = 0) -> None:
         """A text card (TensorBoard's Text tab) in the run folder itself."""
         self._write_pending()
-        self.writers[PAIR]._get_file_writer().add_summary(text_pb(self.tag(quantity), markdown), step)
+        file_writer(self.writers[PAIR]).add_summary(text_pb(self.tag(quantity), markdown), step)
 
-    def hparams(self, hparams: dict) -> None:
+    def hparams(self, hparams: dict[str, object]) -> None:
         """The run's settings, for TensorBoard's HParams tab, in the ``hand`` run.
 
         Values are written as text (``32``, ``0.5``), so one setting never shows as a
@@ -176,7 +181,7 @@ class TensorBoardLog:
         self._write_pending()
         trial = "/".join(part for part in (self.name, self.run_dir.name) if part)
         summary = hparams_pb({key: str(value) for key, value in hparams.items()}, trial_id=trial)
-        self.writers["hand"]._get_file_writer().add_summary(summary)
+        file_writer(self.writers["hand"]).add_summary(summary)
 
     def _write_pending(self) -> None:
         """The held scalars as events, one per run and step, each carrying that step's tags
@@ -200,7 +205,7 @@ class TensorBoardLog:
             writer.flush()
         self.next_write = time.monotonic() + self.flush_secs
 
-    def close(self, verdict: str | None = None, step: int = 0, hparams: dict | None = None) -> None:
+    def close(self, verdict: str | None = None, step: int = 0, hparams: dict[str, object] | None = None) -> None:
         """Write the held scalars, the run's ``verdict`` as a text card at ``step`` and its ``hparams``
         where given, and close the files."""
         if verdict is not None:

@@ -40,8 +40,11 @@ def square_mlp(width: int, layers: int, seed: int = 0, between=lambda width: [to
 def conv_stack(channels: int, seed: int = 0) -> torch.nn.Sequential:
     """Two 3×3 convolutions with a ReLU between, ``channels`` → 2·channels → channels, padding 1."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(channels, 2 * channels, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(2 * channels, channels, 3, padding=1))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(2 * channels, channels, 3, padding=1),
+    )
 
 
 def image_data(batch: int, channels: int, size: int, seed: int = 1):
@@ -52,8 +55,8 @@ def image_data(batch: int, channels: int, size: int, seed: int = 1):
 
 def digits_cnn_setup():
     """digits-cnn's network on a batch of 64 of the digits, in float32."""
-    from experiments.lab.data import load_digits
     from experiments.digits_cnn import small_cnn
+    from experiments.lab.data import load_digits
     from experiments.lab.registry import Config
 
     pixels, labels = load_digits()
@@ -130,18 +133,34 @@ def training_after_per_sample_use(width: int, layers: int, batch: int):
 
 TRAINING_SETUPS = {
     # name: (model, loss, inputs, target)
-    "derivation": lambda: (seed.network(EXPERIMENTS["seed"].defaults), seed.HalfSumSquaredError(),
-                           *seed.samples(0, torch.float64, "cpu")),
+    "derivation": lambda: (
+        seed.network(EXPERIMENTS["seed"].defaults),
+        seed.HalfSumSquaredError(),
+        *seed.samples(0, torch.float64, "cpu"),
+    ),
     "mid": lambda: (square_mlp(256, 3), torch.nn.MSELoss(), *mlp_data(256, 64)),
     "compute-bound": lambda: (square_mlp(1024, 3), torch.nn.MSELoss(), *mlp_data(1024, 512)),
-    "mid-tanh": lambda: (square_mlp(256, 3, between=lambda w: [torch.nn.Tanh()]), torch.nn.MSELoss(),
-                         *mlp_data(256, 64)),
-    "mid-relu": lambda: (square_mlp(256, 3, between=lambda w: [torch.nn.ReLU()]), torch.nn.MSELoss(),
-                         *mlp_data(256, 64)),
-    "mid-layernorm": lambda: (square_mlp(256, 3, between=lambda w: [torch.nn.LayerNorm(w), torch.nn.Tanh()]),
-                              torch.nn.MSELoss(), *mlp_data(256, 64)),
-    "mid-cross-entropy": lambda: (square_mlp(256, 3), torch.nn.CrossEntropyLoss(), mlp_data(256, 64)[0],
-                                  torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(2))),
+    "mid-tanh": lambda: (
+        square_mlp(256, 3, between=lambda w: [torch.nn.Tanh()]),
+        torch.nn.MSELoss(),
+        *mlp_data(256, 64),
+    ),
+    "mid-relu": lambda: (
+        square_mlp(256, 3, between=lambda w: [torch.nn.ReLU()]),
+        torch.nn.MSELoss(),
+        *mlp_data(256, 64),
+    ),
+    "mid-layernorm": lambda: (
+        square_mlp(256, 3, between=lambda w: [torch.nn.LayerNorm(w), torch.nn.Tanh()]),
+        torch.nn.MSELoss(),
+        *mlp_data(256, 64),
+    ),
+    "mid-cross-entropy": lambda: (
+        square_mlp(256, 3),
+        torch.nn.CrossEntropyLoss(),
+        mlp_data(256, 64)[0],
+        torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(2)),
+    ),
     "conv": lambda: (conv_stack(16), torch.nn.MSELoss(), *image_data(32, 16, 32)),
     "digits-cnn": digits_cnn_setup,
 }
@@ -215,9 +234,15 @@ def lockstep_against_two_steps(setup: str):
 
 
 def training_case(title: str, setup: str, variant: str, target: float, memory_target: float | None = 1.05) -> Case:
-    return Case(f"training step, {title}" + (", fused" if variant == "fused" else ""),
-                "torchbp.fuse" if variant == "fused" else "torchbp per-layer", "native autograd",
-                steps_against_native(setup, variant), target, memory_target, (setup, variant))
+    return Case(
+        f"training step, {title}" + (", fused" if variant == "fused" else ""),
+        "torchbp.fuse" if variant == "fused" else "torchbp per-layer",
+        "native autograd",
+        steps_against_native(setup, variant),
+        target,
+        memory_target,
+        (setup, variant),
+    )
 
 
 def cnn_per_sample_against_torch_func():
@@ -258,28 +283,78 @@ def cnn_norms_against_a_backward():
 
 
 CASES = [
-    Case("per-sample grads, 3×256 MLP, batch 256", "torchbp.per_sample_grads", "torch.func vmap(grad)",
-         per_sample_against_torch_func(256, 3, 256), 0.5),
-    Case("per-sample grads, 2×512 MLP, batch 1024", "torchbp.per_sample_grads", "torch.func vmap(grad)",
-         per_sample_against_torch_func(512, 2, 1024), 0.5),
-    Case("per-sample grads into reused buffers, 3×256 MLP, batch 256", "torchbp.per_sample_grads(out=)",
-         "torch.func vmap(grad)", per_sample_against_torch_func(256, 3, 256, reuse=True), 0.5),
-    Case("per-sample grads into reused buffers, 2×512 MLP, batch 1024", "torchbp.per_sample_grads(out=)",
-         "torch.func vmap(grad)", per_sample_against_torch_func(512, 2, 1024, reuse=True), 0.5),
-    Case("per-sample norms, 3×256 MLP, batch 256", "torchbp.per_sample_grad_norms", "norms of formed grads",
-         norms_against_formed_gradients(256, 3, 256), 0.2),
-    Case("per-sample norms, 2×512 MLP, batch 1024", "torchbp.per_sample_grad_norms", "norms of formed grads",
-         norms_against_formed_gradients(512, 2, 1024), 0.2),
-    Case("training step after per-sample use, 3×256 MLP, batch 64", "model per-sample grads were taken from",
-         "untouched twin", training_after_per_sample_use(256, 3, 64), 1.05),
-    Case("lockstep step, derivation's 2-3-1 network, float64", "LockstepTrainer.step, logging on",
-         "native step + torchbp step", lockstep_against_two_steps("derivation"), 1.25),
-    Case("lockstep step, mid MLP (3×256, batch 64)", "LockstepTrainer.step, logging on",
-         "native step + torchbp step", lockstep_against_two_steps("mid"), 1.25),
+    Case(
+        "per-sample grads, 3×256 MLP, batch 256",
+        "torchbp.per_sample_grads",
+        "torch.func vmap(grad)",
+        per_sample_against_torch_func(256, 3, 256),
+        0.5,
+    ),
+    Case(
+        "per-sample grads, 2×512 MLP, batch 1024",
+        "torchbp.per_sample_grads",
+        "torch.func vmap(grad)",
+        per_sample_against_torch_func(512, 2, 1024),
+        0.5,
+    ),
+    Case(
+        "per-sample grads into reused buffers, 3×256 MLP, batch 256",
+        "torchbp.per_sample_grads(out=)",
+        "torch.func vmap(grad)",
+        per_sample_against_torch_func(256, 3, 256, reuse=True),
+        0.5,
+    ),
+    Case(
+        "per-sample grads into reused buffers, 2×512 MLP, batch 1024",
+        "torchbp.per_sample_grads(out=)",
+        "torch.func vmap(grad)",
+        per_sample_against_torch_func(512, 2, 1024, reuse=True),
+        0.5,
+    ),
+    Case(
+        "per-sample norms, 3×256 MLP, batch 256",
+        "torchbp.per_sample_grad_norms",
+        "norms of formed grads",
+        norms_against_formed_gradients(256, 3, 256),
+        0.2,
+    ),
+    Case(
+        "per-sample norms, 2×512 MLP, batch 1024",
+        "torchbp.per_sample_grad_norms",
+        "norms of formed grads",
+        norms_against_formed_gradients(512, 2, 1024),
+        0.2,
+    ),
+    Case(
+        "training step after per-sample use, 3×256 MLP, batch 64",
+        "model per-sample grads were taken from",
+        "untouched twin",
+        training_after_per_sample_use(256, 3, 64),
+        1.05,
+    ),
+    Case(
+        "lockstep step, derivation's 2-3-1 network, float64",
+        "LockstepTrainer.step, logging on",
+        "native step + torchbp step",
+        lockstep_against_two_steps("derivation"),
+        1.25,
+    ),
+    Case(
+        "lockstep step, mid MLP (3×256, batch 64)",
+        "LockstepTrainer.step, logging on",
+        "native step + torchbp step",
+        lockstep_against_two_steps("mid"),
+        1.25,
+    ),
     training_case("derivation's 2-3-1 network, float64", "derivation", "per-layer", 1.0),
     training_case("derivation's 2-3-1 network, float64", "derivation", "fused", 1.0),
-    Case("training step, derivation's 2-3-1 network, float64, network and loss as one node", "torchbp.fuse_loss",
-         "native autograd", fused_loss_against_native(), 1.0),
+    Case(
+        "training step, derivation's 2-3-1 network, float64, network and loss as one node",
+        "torchbp.fuse_loss",
+        "native autograd",
+        fused_loss_against_native(),
+        1.0,
+    ),
     training_case("mid MLP (3×256, batch 64)", "mid", "per-layer", 1.15),
     training_case("mid MLP (3×256, batch 64)", "mid", "fused", 1.15),
     training_case("compute-bound MLP (3×1024, batch 512)", "compute-bound", "per-layer", 1.03),
@@ -287,12 +362,23 @@ CASES = [
     training_case("mid MLP with tanh (3×256, batch 64)", "mid-tanh", "per-layer", 1.15, None),
     training_case("mid MLP with ReLU (3×256, batch 64)", "mid-relu", "per-layer", 1.15, None),
     training_case("mid MLP with LayerNorm and tanh (3×256, batch 64)", "mid-layernorm", "per-layer", 1.15, None),
-    training_case("mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy", "per-layer",
-                  1.15, None),
+    training_case(
+        "mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy", "per-layer", 1.15, None
+    ),
     training_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", "per-layer", 1.15, 1.3),
     training_case("digits-cnn's network, batch 64", "digits-cnn", "per-layer", 1.3, 1.3),
-    Case("per-sample grads into reused buffers, digits-cnn, batch 64", "torchbp.per_sample_grads(out=)",
-         "torch.func vmap(grad)", cnn_per_sample_against_torch_func(), 0.5),
-    Case("per-sample norms, digits-cnn, batch 64", "torchbp.per_sample_grad_norms", "a plain backward",
-         cnn_norms_against_a_backward(), 2.0),
+    Case(
+        "per-sample grads into reused buffers, digits-cnn, batch 64",
+        "torchbp.per_sample_grads(out=)",
+        "torch.func vmap(grad)",
+        cnn_per_sample_against_torch_func(),
+        0.5,
+    ),
+    Case(
+        "per-sample norms, digits-cnn, batch 64",
+        "torchbp.per_sample_grad_norms",
+        "a plain backward",
+        cnn_norms_against_a_backward(),
+        2.0,
+    ),
 ]

@@ -28,8 +28,9 @@ def peak_memory(setup: str, variant: str) -> int:
     """
     command = [sys.executable, "-m", "experiments.bench", "--peak-memory-of", setup, variant]
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    completed = subprocess.run(command, capture_output=True, text=True, check=True, env=environment,
-                               cwd=Path(__file__).resolve().parents[2])  # the repository
+    completed = subprocess.run(
+        command, capture_output=True, text=True, check=True, env=environment, cwd=Path(__file__).resolve().parents[2]
+    )  # the repository
     return int(completed.stdout.split()[-1])
 
 

@@ -39,15 +39,19 @@ class Swish(torch.autograd.Function):
 
 def main() -> None:
     x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
-    print(f"torchbp.verify on Swish (8 × 5): torch {torch.__version__}, {platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"torchbp.verify on Swish (8 × 5): torch {torch.__version__}, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads"
+    )
     reports = []
     for call in ("first (compiles)", "second", "third"):
         start = time.perf_counter()
         reports.append(torchbp.verify(Swish.apply, F.silu, x))
         total, compiling = time.perf_counter() - start, reports[-1]["compile"].seconds
-        print(f"{call:17} {total:5.2f} s: compile {compiling:5.2f} s, the other properties {total - compiling:4.2f} s "
-              f"({'ok' if reports[-1].ok else 'FAIL'})")
+        print(
+            f"{call:17} {total:5.2f} s: compile {compiling:5.2f} s, the other properties {total - compiling:4.2f} s "
+            f"({'ok' if reports[-1].ok else 'FAIL'})"
+        )
     second = reports[1]
     slowest = sorted(second.rows, key=lambda row: -row.seconds)
     print("second call, per property: " + ", ".join(f"{row.name} {row.seconds:.2f} s" for row in slowest))

@@ -40,15 +40,24 @@ def torchbp_way(x, y, model) -> dict[str, np.ndarray]:
     with torchbp.PerSampleGradients(hand) as recorder:
         J = loss_fn(hand(x), y)
         J.backward()
-    (_, delta1, _), = recorder.records[hand[0]]
-    (a1, delta2, _), = recorder.records[hand[2]]
+    ((_, delta1, _),) = recorder.records[hand[0]]
+    ((a1, delta2, _),) = recorder.records[hand[2]]
     with torch.no_grad():
         z1 = hand[0](x)
         z2 = hand[2](a1)
         y_hat = hand[3](z2)
-    values = dict(z1=z1, a1=a1, z2=z2, y_hat=y_hat, J=J, delta2=delta2, delta1=delta1,
-                  dJ_dW2=hand[2].weight.grad, dJ_dW1=hand[0].weight.grad,
-                  per_sample_dJ_dW2=recorder.grads()["2.weight"])
+    values = dict(
+        z1=z1,
+        a1=a1,
+        z2=z2,
+        y_hat=y_hat,
+        J=J,
+        delta2=delta2,
+        delta1=delta1,
+        dJ_dW2=hand[2].weight.grad,
+        dJ_dW1=hand[0].weight.grad,
+        per_sample_dJ_dW2=recorder.grads()["2.weight"],
+    )
     return {k: v.detach().numpy() for k, v in values.items()}
 
 
@@ -68,9 +77,18 @@ def autograd_way(x, y, model) -> dict[str, np.ndarray]:
         return 0.5 * torch.nn.functional.mse_loss(out, y_n, reduction="sum")
 
     per_sample = torch.func.vmap(torch.func.grad(one_sample), in_dims=(None, 0, 0))(params, x, y)
-    values = dict(z1=z1, a1=a1, z2=z2, y_hat=y_hat, J=J, delta2=z2.grad, delta1=z1.grad,
-                  dJ_dW2=native[2].weight.grad, dJ_dW1=native[0].weight.grad,
-                  per_sample_dJ_dW2=per_sample["2.weight"])
+    values = dict(
+        z1=z1,
+        a1=a1,
+        z2=z2,
+        y_hat=y_hat,
+        J=J,
+        delta2=z2.grad,
+        delta1=z1.grad,
+        dJ_dW2=native[2].weight.grad,
+        dJ_dW1=native[0].weight.grad,
+        per_sample_dJ_dW2=per_sample["2.weight"],
+    )
     return {k: v.detach().numpy() for k, v in values.items()}
 
 
@@ -87,8 +105,17 @@ def three_ways(seed: int = 0) -> dict:
     differences = agree(ways)
     W1_next, W2_next = gradient_descent_step(W1, W2, ways["NumPy"]["dJ_dW1"], ways["NumPy"]["dJ_dW2"], LR)
     after = derive(x.numpy(), y.numpy(), W1_next, W2_next)
-    return dict(x=x.numpy(), y=y.numpy(), W1=W1, W2=W2, values=ways["NumPy"], differences=differences,
-                W1_next=W1_next, W2_next=W2_next, J_next=after["J"])
+    return dict(
+        x=x.numpy(),
+        y=y.numpy(),
+        W1=W1,
+        W2=W2,
+        values=ways["NumPy"],
+        differences=differences,
+        W1_next=W1_next,
+        W2_next=W2_next,
+        J_next=after["J"],
+    )
 
 
 def blocks(numbers: dict) -> dict[str, str]:
@@ -99,20 +126,41 @@ def blocks(numbers: dict) -> dict[str, str]:
     rows = [*per_sample[:, 0], per_sample.sum(0)[0], v["dJ_dW2"][0]]
     width = max(map(len, labels))  # the numbers of every line in the same columns
     return {
-        "samples": "\n\n".join([matrix("x", numbers["x"]), matrix("y", numbers["y"]),
-                                matrix("W1", numbers["W1"]), matrix("W2", numbers["W2"])]),
-        "forward": "\n\n".join([matrix("z1 = x W1ᵀ", v["z1"]), matrix("a1 = σ(z1)", v["a1"]),
-                                matrix("z2 = a1 W2ᵀ", v["z2"]), matrix("ŷ = σ(z2)", v["y_hat"]),
-                                matrix("J = ½ Σ (y − ŷ)²", v["J"])]),
-        "backward": "\n\n".join([matrix("δ2 = (ŷ − y) ⊙ ŷ(1 − ŷ)", v["delta2"]),
-                                 matrix("∂J/∂W2 = δ2ᵀ a1", v["dJ_dW2"]),
-                                 matrix("δ1 = (δ2 W2) ⊙ a1(1 − a1)", v["delta1"]),
-                                 matrix("∂J/∂W1 = δ1ᵀ x", v["dJ_dW1"])]),
-        "per-sample": "\n".join(f"{label:>{width}}  " + "  ".join(f"{c:+.6f}" for c in row)
-                                for label, row in zip(labels, rows)),
-        "update": "\n\n".join([matrix(f"W1 − {LR} ∂J/∂W1", numbers["W1_next"]),
-                               matrix(f"W2 − {LR} ∂J/∂W2", numbers["W2_next"]),
-                               matrix("J after the step", numbers["J_next"])]),
+        "samples": "\n\n".join(
+            [
+                matrix("x", numbers["x"]),
+                matrix("y", numbers["y"]),
+                matrix("W1", numbers["W1"]),
+                matrix("W2", numbers["W2"]),
+            ]
+        ),
+        "forward": "\n\n".join(
+            [
+                matrix("z1 = x W1ᵀ", v["z1"]),
+                matrix("a1 = σ(z1)", v["a1"]),
+                matrix("z2 = a1 W2ᵀ", v["z2"]),
+                matrix("ŷ = σ(z2)", v["y_hat"]),
+                matrix("J = ½ Σ (y − ŷ)²", v["J"]),
+            ]
+        ),
+        "backward": "\n\n".join(
+            [
+                matrix("δ2 = (ŷ − y) ⊙ ŷ(1 − ŷ)", v["delta2"]),
+                matrix("∂J/∂W2 = δ2ᵀ a1", v["dJ_dW2"]),
+                matrix("δ1 = (δ2 W2) ⊙ a1(1 − a1)", v["delta1"]),
+                matrix("∂J/∂W1 = δ1ᵀ x", v["dJ_dW1"]),
+            ]
+        ),
+        "per-sample": "\n".join(
+            f"{label:>{width}}  " + "  ".join(f"{c:+.6f}" for c in row) for label, row in zip(labels, rows)
+        ),
+        "update": "\n\n".join(
+            [
+                matrix(f"W1 − {LR} ∂J/∂W1", numbers["W1_next"]),
+                matrix(f"W2 − {LR} ∂J/∂W2", numbers["W2_next"]),
+                matrix("J after the step", numbers["J_next"]),
+            ]
+        ),
         "three-ways": agreement_table(numbers["differences"]),
         "code": code_references(),
     }
@@ -129,10 +177,16 @@ NETWORK_CODE = [
     ("∂J/∂b = Σ_n δ_n", "torchbp/layers/linear.py", "grad_b = delta_n.sum(0)"),
     ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/layers/linear.py", "grad_a_prev = delta @ W"),
     ("the same, layer after layer, as one algorithm", "torchbp/speed/fused.py", "for l in reversed(range(length)):"),
-    ("per-sample δ_n a_prev,nᵀ", "torchbp/layers/linear.py",
-     "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)"),
-    ("W ← W − η ∂J/∂W (NumPy)", "experiments/derivation/numpy_derivation.py",
-     "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2"),
+    (
+        "per-sample δ_n a_prev,nᵀ",
+        "torchbp/layers/linear.py",
+        "return torch.mul(delta[:, :, None], a_prev[:, None, :], out=out)",
+    ),
+    (
+        "W ← W − η ∂J/∂W (NumPy)",
+        "experiments/derivation/numpy_derivation.py",
+        "return W1 - lr * dJ_dW1, W2 - lr * dJ_dW2",
+    ),
 ]
 CODE = NETWORK_CODE + [row for chapter in CHAPTERS for row in chapter.CODE]
 
@@ -152,21 +206,28 @@ def code_references(markdown: bool = True, rows=CODE) -> str:
     if not markdown:
         width = max(len(formula) for formula, _, _ in places)
         return "\n".join(f"{formula:<{width}}  {path}:{number}" for formula, path, number in places)
-    return "\n".join(["| formula | implemented at |", "|---|---|"]
-                     + [f"| {formula} | [`{path}:{number}`]({api_anchor(path, number)}) |"
-                        for formula, path, number in places])
+    return "\n".join(
+        ["| formula | implemented at |", "|---|---|"]
+        + [f"| {formula} | [`{path}:{number}`]({api_anchor(path, number)}) |" for formula, path, number in places]
+    )
 
 
-API_PAGES = {"torchbp/layers/": "reference/layers.md", "torchbp/speed/": "reference/speed.md",
-             "experiments/": "reference/experiments.md"}
+API_PAGES = {
+    "torchbp/layers/": "reference/layers.md",
+    "torchbp/speed/": "reference/speed.md",
+    "experiments/": "reference/experiments.md",
+}
 
 
 def api_anchor(path: str, line: int) -> str:
     """The API reference page and anchor of the innermost function or class whose body holds ``line``."""
     names, node = [], ast.parse((ROOT / path).read_text())
     while True:
-        inner = [child for child in ast.iter_child_nodes(node)
-                 if isinstance(child, (ast.FunctionDef, ast.ClassDef)) and child.lineno <= line <= child.end_lineno]
+        inner = [
+            child
+            for child in ast.iter_child_nodes(node)
+            if isinstance(child, (ast.FunctionDef, ast.ClassDef)) and child.lineno <= line <= child.end_lineno
+        ]
         if not inner:
             break
         node = inner[0]
@@ -197,20 +258,29 @@ def render(document: str, seed: int = 0) -> str:
 def for_terminal(generated: dict[str, str], titles: dict[str, str], differences: dict[str, float]) -> str:
     """Each block under its title, and the agreement table followed by the differences it stands for."""
     largest = "\n\nlargest differences from NumPy: " + ", ".join(f"{name} {d:.1e}" for name, d in differences.items())
-    return "\n\n".join(f"== {titles[name]} ==\n\n{body}{largest if name.endswith('three-ways') else ''}"
-                       for name, body in generated.items())
+    return "\n\n".join(
+        f"== {titles[name]} ==\n\n{body}{largest if name.endswith('three-ways') else ''}"
+        for name, body in generated.items()
+    )
 
 
 def worked_example(seed: int = 0) -> str:
     numbers = three_ways(seed)
     generated = blocks(numbers)
     generated["code"] = code_references(markdown=False, rows=NETWORK_CODE)
-    titles = {"samples": "The five samples and the initial weights", "forward": "Forward pass",
-              "backward": "Backward pass", "per-sample": "Each sample's contribution to ∂J/∂W2",
-              "update": f"One gradient-descent step (η = {LR})",
-              "three-ways": "NumPy, torchbp and autograd agree", "code": "Where each formula lives"}
-    notation = ("The notation of docs/derivation.md: a batch holds its samples as rows, z = a_prev Wᵀ, and δ = ∂J/∂z;\n"
-                "one sample's vectors (a1,n, δ2,n) are columns, so δ2,n a1,nᵀ is an outer product shaped like W2.")
+    titles = {
+        "samples": "The five samples and the initial weights",
+        "forward": "Forward pass",
+        "backward": "Backward pass",
+        "per-sample": "Each sample's contribution to ∂J/∂W2",
+        "update": f"One gradient-descent step (η = {LR})",
+        "three-ways": "NumPy, torchbp and autograd agree",
+        "code": "Where each formula lives",
+    }
+    notation = (
+        "The notation of docs/derivation.md: a batch holds its samples as rows, z = a_prev Wᵀ, and δ = ∂J/∂z;\n"
+        "one sample's vectors (a1,n, δ2,n) are columns, so δ2,n a1,nᵀ is an outer product shaped like W2."
+    )
     return notation + "\n\n" + for_terminal(generated, titles, numbers["differences"])
 
 
@@ -225,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m experiments.derivation.explain", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--write", metavar="DOCUMENT", help="refresh the generated blocks of DOCUMENT in place")
-    parser.add_argument("--chapter", choices=["network"] + [chapter_name(c) for c in CHAPTERS],
-                        help="print this chapter's worked example alone")
+    parser.add_argument(
+        "--chapter",
+        choices=["network"] + [chapter_name(c) for c in CHAPTERS],
+        help="print this chapter's worked example alone",
+    )
     args = parser.parse_args(argv)
     if args.write:
         path = Path(args.write)

@@ -20,8 +20,11 @@ def network_diagram(plt, path: Path) -> None:
     """The 2-3-1 network: nodes by layer, every weight an edge, the shapes beside."""
     figure, axes = plt.subplots(figsize=(8, 4))
     spacing = 4.0  # between layers: wide enough for each layer's label to sit under it alone
-    layers = [("input", "x", 2, "5×2"), ("hidden", "z1, a1 = σ(z1)", 3, "5×3 each"),
-              ("output", "z2, ŷ = σ(z2)", 1, "5×1 each")]
+    layers = [
+        ("input", "x", 2, "5×2"),
+        ("hidden", "z1, a1 = σ(z1)", 3, "5×3 each"),
+        ("output", "z2, ŷ = σ(z2)", 1, "5×1 each"),
+    ]
     positions = []
     for column, (_, _, count, _) in enumerate(layers):
         ys = np.linspace(-(count - 1) / 2, (count - 1) / 2, count)
@@ -34,8 +37,9 @@ def network_diagram(plt, path: Path) -> None:
     for (role, tensors, _, shape), nodes in zip(layers, positions):
         for x, y in nodes:
             axes.add_patch(plt.Circle((x, y), 0.28, color="#4C72B0", zorder=2))
-        axes.text(nodes[0][0], -2.9, f"{role}\n{tensors}\n{shape}", ha="center", va="baseline", fontsize=10,
-                  linespacing=1.5)
+        axes.text(
+            nodes[0][0], -2.9, f"{role}\n{tensors}\n{shape}", ha="center", va="baseline", fontsize=10, linespacing=1.5
+        )
     output_x = positions[2][0][0]
     axes.annotate("", xy=(output_x + 1.2, 0), xytext=(output_x + 0.35, 0), arrowprops=dict(arrowstyle="->"))
     axes.text(output_x + 1.3, 0, "J = ½ Σ (y − ŷ)²\ntargets y: 5×1", va="center", fontsize=11, linespacing=1.5)
@@ -54,8 +58,11 @@ def seed_loss_curve(plt, path: Path) -> None:
     setup = experiment.build(experiment.defaults)
     trainer = LockstepTrainer(setup.model, setup.loss_fn, lr=experiment.defaults.lr, free_running=True)
     hand, autograd = [], []
-    trainer.train(setup.batches, experiment.defaults.steps,
-                  on_step=lambda r: (hand.append(r.hand_loss), autograd.append(r.autograd_loss)))
+    trainer.train(
+        setup.batches,
+        experiment.defaults.steps,
+        on_step=lambda r: (hand.append(r.hand_loss), autograd.append(r.autograd_loss)),
+    )
     figure, axes = plt.subplots(figsize=(6, 3.5))
     axes.plot(hand, label="torchbp (hand-derived)", linewidth=3, alpha=0.5)
     axes.plot(autograd, label="native autograd", linewidth=1, linestyle="--")
@@ -105,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("python -m experiments.derivation.figures: error: needs matplotlib (pip install matplotlib)",
-              file=sys.stderr)
+        print(
+            "python -m experiments.derivation.figures: error: needs matplotlib (pip install matplotlib)",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

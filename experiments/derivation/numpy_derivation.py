@@ -28,8 +28,18 @@ def derive(x, y, W1, W2):
     # The per-sample view: each sample's own term of ∂J/∂W2, each of W2's shape.
     per_sample_dJ_dW2 = delta2[:, :, None] * a1[:, None, :]  # δ2,n a1,nᵀ: (5, 1, 3)
 
-    return dict(z1=z1, a1=a1, z2=z2, y_hat=y_hat, J=J, delta2=delta2, delta1=delta1,
-                dJ_dW2=dJ_dW2, dJ_dW1=dJ_dW1, per_sample_dJ_dW2=per_sample_dJ_dW2)
+    return dict(
+        z1=z1,
+        a1=a1,
+        z2=z2,
+        y_hat=y_hat,
+        J=J,
+        delta2=delta2,
+        delta1=delta1,
+        dJ_dW2=dJ_dW2,
+        dJ_dW1=dJ_dW1,
+        per_sample_dJ_dW2=per_sample_dJ_dW2,
+    )
 
 
 def gradient_descent_step(W1, W2, dJ_dW1, dJ_dW2, lr):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from experiments.lab.registry import Config
@@ -12,6 +14,6 @@ def sigmoid_mlp(widths: tuple[int, ...], config: Config, bias: bool = True) -> t
     and placed in ``config``'s dtype and device: ``(2, 3, 1)`` is the derivation's 2-3-1 network."""
     torch.manual_seed(config.seed)
     layers = []
-    for n_in, n_out in zip(widths, widths[1:]):
+    for n_in, n_out in itertools.pairwise(widths):
         layers += [torch.nn.Linear(n_in, n_out, bias=bias), torch.nn.Sigmoid()]
     return torch.nn.Sequential(*layers).to(dtype=config.torch_dtype, device=config.device)

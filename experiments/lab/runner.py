@@ -74,8 +74,17 @@ def run_experiment(
 
 
 SUMMARY_COLUMNS = (
-    "experiment", "steps", "checks", "loss hand", "loss autograd", "max |Δloss|", "max grad err", "metric", "time",
-    "check+log", "result",
+    "experiment",
+    "steps",
+    "checks",
+    "loss hand",
+    "loss autograd",
+    "max |Δloss|",
+    "max grad err",
+    "metric",
+    "time",
+    "check+log",
+    "result",
 )
 
 
@@ -87,19 +96,21 @@ def summary_table(outcomes: list[Outcome]) -> str:
         metric = "-"
         if outcome.headline_metric in result.metrics:
             metric = f"{outcome.headline_metric} {result.metrics[outcome.headline_metric][0]:.1%}"
-        rows.append((
-            outcome.name,
-            str(result.steps),
-            str(result.checks),
-            _number(result.hand_loss),
-            _number(result.autograd_loss),
-            f"{result.max_loss_difference:.1e}",
-            f"{result.max_grad_error:.1e}",
-            metric,
-            f"{result.seconds:.1f}s",
-            f"{_share_checking_and_logging(result):.0%}",
-            "MATCH" if outcome.matched else "MISMATCH",
-        ))
+        rows.append(
+            (
+                outcome.name,
+                str(result.steps),
+                str(result.checks),
+                _number(result.hand_loss),
+                _number(result.autograd_loss),
+                f"{result.max_loss_difference:.1e}",
+                f"{result.max_grad_error:.1e}",
+                metric,
+                f"{result.seconds:.1f}s",
+                f"{_share_checking_and_logging(result):.0%}",
+                "MATCH" if outcome.matched else "MISMATCH",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

@@ -295,7 +295,14 @@ class Conv2dFunction(HandDerivedFunction):
     def backward(ctx: Any, delta: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a_prev, W = ctx.saved_tensors
         grads = conv2d_backward(
-            delta, a_prev, W, ctx.input_size, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation,
+            delta,
+            a_prev,
+            W,
+            ctx.input_size,
+            ctx.kernel_size,
+            ctx.stride,
+            ctx.padding,
+            ctx.dilation,
             *ctx.needs_input_grad[:3],
         )
         return (*grads, None, None, None)
@@ -435,8 +442,9 @@ class Conv2dPerSample:
         grads = {}
         if module.weight.requires_grad:
             a_pad, padding = self._padded(module, a_prev)
-            grads["weight"] = per_sample_weight_grads(delta, a_pad, module.stride, padding, module.dilation,
-                                                      module.kernel_size, out=out.get("weight"))
+            grads["weight"] = per_sample_weight_grads(
+                delta, a_pad, module.stride, padding, module.dilation, module.kernel_size, out=out.get("weight")
+            )
         if module.bias is not None and module.bias.requires_grad:
             grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
         return grads
@@ -445,12 +453,12 @@ class Conv2dPerSample:
         total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
         if module.weight.requires_grad:
             a_pad, padding = self._padded(module, a_prev)
-            total = total + per_sample_weight_grad_norms_squared(delta, a_pad, module.stride, padding,
-                                                                 module.dilation, module.kernel_size)
+            total = total + per_sample_weight_grad_norms_squared(
+                delta, a_pad, module.stride, padding, module.dilation, module.kernel_size
+            )
         if module.bias is not None and module.bias.requires_grad:
             total = total + per_sample_bias_grads(delta).square().sum(1)
         return total
-
 
 
 def without_groups(conv: torch.nn.Conv2d) -> bool:

@@ -353,13 +353,20 @@ class CrossEntropyLoss(HandDerivedModule, torch.nn.CrossEntropyLoss):
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing)
+        return cross_entropy(
+            input,
+            target,
+            self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
 
 
 def without_class_weights(loss: torch.nn.CrossEntropyLoss) -> bool:
     return loss.weight is None
 
 
-register(Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss, CrossEntropyFunction, cross_entropy,
-               runs=without_class_weights))
+register(
+    Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss, CrossEntropyFunction, cross_entropy, runs=without_class_weights)
+)

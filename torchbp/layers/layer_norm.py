@@ -37,7 +37,7 @@ def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: An
         and input.dtype in FLOATING
         and type(eps) is float
         and all(type(size) is int for size in shape)
-        and input.shape[input.dim() - len(shape):] == shape
+        and input.shape[input.dim() - len(shape) :] == shape
         and all(
             t is None
             or (
@@ -54,7 +54,7 @@ def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: An
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"layer_norm: expected eps to be a Python float, got {type(eps).__name__}")
     validate_floating_and_matching("layer_norm", input=input, weight=weight, bias=bias)
-    if input.dim() < len(shape) or input.shape[input.dim() - len(shape):] != shape:
+    if input.dim() < len(shape) or input.shape[input.dim() - len(shape) :] != shape:
         raise ShapeError(
             f"layer_norm: expected input of shape (*, {', '.join(map(str, shape))}) to match normalized_shape "
             f"{shape}, got input {tuple(input.shape)}"
@@ -190,8 +190,10 @@ def layer_norm(
     """Layer normalisation over the last dimensions, as torch.nn.functional.layer_norm, backward by
     LayerNormFunction. It runs in its input's dtype, as the native one does under ``torch.autocast`` on the
     CPU; a float16 or bfloat16 input with float32 parameters is normalised in float32, as natively."""
-    if isinstance(input, torch.Tensor) and input.dtype in LOWER_PRECISION_DTYPES and any(
-        isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in (weight, bias)
+    if (
+        isinstance(input, torch.Tensor)
+        and input.dtype in LOWER_PRECISION_DTYPES
+        and any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in (weight, bias))
     ):
         # A float16 or bfloat16 input with float32 parameters (a Linear's output under autocast): native's
         # mixed kernel computes in float32 and returns the input's dtype; so does this.
@@ -284,8 +286,9 @@ class LayerNormPerSample:
     ) -> dict[str, torch.Tensor]:
         grads = {}
         if module.weight is not None and module.weight.requires_grad:
-            grads["weight"] = per_sample_weight_grads(delta, a_prev, module.normalized_shape, module.eps,
-                                                      out=out.get("weight"))
+            grads["weight"] = per_sample_weight_grads(
+                delta, a_prev, module.normalized_shape, module.eps, out=out.get("weight")
+            )
         if module.bias is not None and module.bias.requires_grad:
             grads["bias"] = per_sample_bias_grads(delta, module.normalized_shape, out=out.get("bias"))
         return grads
@@ -297,7 +300,6 @@ class LayerNormPerSample:
         if module.bias is not None and module.bias.requires_grad:
             total = total + per_sample_bias_grad_norms_squared(delta, module.normalized_shape)
         return total
-
 
 
 register(Layer(torch.nn.LayerNorm, LayerNorm, LayerNormFunction, layer_norm, per_sample=LayerNormPerSample()))

@@ -199,9 +199,7 @@ def _rows_per_sample(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], math.prod(t.shape[1:-1]), t.shape[-1])
 
 
-def per_sample_weight_grads(
-    delta: torch.Tensor, a_prev: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def per_sample_weight_grads(delta: torch.Tensor, a_prev: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """δ_n a_prev,nᵀ for every sample n: shape (n, o, i), summed over any middle dimensions.
 
     ``out``, when given, receives the result: reusing one buffer across calls
@@ -260,9 +258,13 @@ class LinearPerSample:
         return total
 
 
-
-register(Layer(
-    torch.nn.Linear, Linear, LinearFunction, linear,
-    step=Step("linear", LinearFunction.forward, linear_step, reads="input", arity=2, arguments=weight_and_bias),
-    per_sample=LinearPerSample(),
-))
+register(
+    Layer(
+        torch.nn.Linear,
+        Linear,
+        LinearFunction,
+        linear,
+        step=Step("linear", LinearFunction.forward, linear_step, reads="input", arity=2, arguments=weight_and_bias),
+        per_sample=LinearPerSample(),
+    )
+)

@@ -117,8 +117,21 @@ def reduction_of(loss: torch.nn.Module) -> tuple[Any, ...]:
     return (loss.reduction,)
 
 
-register(Layer(
-    torch.nn.MSELoss, MSELoss, MSELossFunction, mse_loss,
-    step=Step("mse_loss", MSELossFunction.forward, mse_loss_step, reads="input", arity=2, arguments=reduction_of,
-              loss=True, constants=(1,)),
-))
+register(
+    Layer(
+        torch.nn.MSELoss,
+        MSELoss,
+        MSELossFunction,
+        mse_loss,
+        step=Step(
+            "mse_loss",
+            MSELossFunction.forward,
+            mse_loss_step,
+            reads="input",
+            arity=2,
+            arguments=reduction_of,
+            loss=True,
+            constants=(1,),
+        ),
+    )
+)

@@ -30,9 +30,9 @@ Example::
         result = trainer.train(loader, steps=1000)  # raises LockstepMismatch on a wrong gradient
 """
 
-from torchbp.lockstep.result import LockstepMismatch, LockstepResult, StepRecord
 from torchbp.lockstep.comparison import DRIFT_FACTOR
+from torchbp.lockstep.result import LockstepMismatch, LockstepResult, StepRecord
 from torchbp.lockstep.trainer import LockstepTrainer
 from torchbp.tensorboard_log import new_run_dir
 
-__all__ = ["LockstepTrainer", "LockstepMismatch", "LockstepResult", "StepRecord", "new_run_dir", "DRIFT_FACTOR"]
+__all__ = ["DRIFT_FACTOR", "LockstepMismatch", "LockstepResult", "LockstepTrainer", "StepRecord", "new_run_dir"]

@@ -18,8 +18,9 @@ class StepComparison:
     ``DRIFT_FACTOR`` times the dtype's default tolerance, to show how far the two have drifted.
     """
 
-    def __init__(self, models: ModelPair, layers: str, every: int, free_running: bool,
-                 rtol: float | None, atol: float | None):
+    def __init__(
+        self, models: ModelPair, layers: str, every: int, free_running: bool, rtol: float | None, atol: float | None
+    ):
         self.models, self.layers, self.every, self.free_running = models, layers, every, free_running
         self.rtol, self.atol = rtol, atol
 
@@ -34,7 +35,7 @@ class StepComparison:
         """In synced mode, give the native twin the torchbp parameters."""
         if not self.free_running:
             with torch.no_grad():
-                torch._foreach_copy_(self.models.native_parameters, self.models.hand_parameters)
+                torch._foreach_copy_(list(self.models.native_parameters), list(self.models.hand_parameters))
 
     def compare(self, step: int, hand_loss: torch.Tensor, native_loss: torch.Tensor) -> Report:
         """The report of ``step``: its losses and every gradient (and parameter, free-running), naming the layers."""
@@ -42,9 +43,13 @@ class StepComparison:
         if self.free_running and rtol is None:
             rtol = DRIFT_FACTOR * DEFAULT_RTOL.get(hand_loss.dtype, 0.0)
         report = self.models.compare(
-            f"lockstep step {step} ({self.mode})", (hand_loss, native_loss),
+            f"lockstep step {step} ({self.mode})",
+            (hand_loss, native_loss),
             # In free-running mode the update changes the parameters in place: measure them now.
-            parameters=self.free_running, rtol=rtol, atol=self.atol, defer_equal=not self.free_running,
+            parameters=self.free_running,
+            rtol=rtol,
+            atol=self.atol,
+            defer_equal=not self.free_running,
         )
         report.layers = self.layers
         return report

@@ -9,9 +9,10 @@ markdown what the run showed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -59,7 +60,11 @@ class LockstepResult:
     time_split: dict[str, float] = field(default_factory=lambda: {"training": 0.0, "checking": 0.0, "logging": 0.0})
 
     def add_step(
-        self, step: int, hand_loss: torch.Tensor, native_loss: torch.Tensor, report: Report | None,
+        self,
+        step: int,
+        hand_loss: torch.Tensor,
+        native_loss: torch.Tensor,
+        report: Report | None,
         per_sample: PerSampleGradients | None = None,
     ) -> StepRecord:
         """Count one step (a checked one where there is a ``report``) and return its record."""
@@ -97,22 +102,26 @@ class LockstepResult:
             headline = f"**MISMATCH** at step {self.mismatch_step}: the report is in the program's output."
         elif self.stopped_by is not None:
             planned = "" if self.steps_planned is None else f" of {self.steps_planned}"
-            headline = (f"**STOPPED** by {self.stopped_by} after {self.steps}{planned} steps; "
-                        f"the {self.checks} checked steps before it agreed.")
+            headline = (
+                f"**STOPPED** by {self.stopped_by} after {self.steps}{planned} steps; "
+                f"the {self.checks} checked steps before it agreed."
+            )
         elif self.checks == 0:
             headline = "**NOT CHECKED**: no step was compared."
         else:
             headline = f"**MATCH**: the two models agreed at every one of {self.checks} checked steps."
-        return "\n".join([
-            headline,
-            "",
-            "| what | figure |",
-            "|---|---|",
-            f"| steps taken, checked | {self.steps}, {self.checks} (every {check_every}, {mode}) |",
-            f"| largest \\|Δloss\\| | {self.max_loss_difference:.1e} |",
-            f"| largest relative gradient error | {self.max_grad_error:.1e} (0: bit for bit) |",
-            f"| layers | {layers} |",
-        ])
+        return "\n".join(
+            [
+                headline,
+                "",
+                "| what | figure |",
+                "|---|---|",
+                f"| steps taken, checked | {self.steps}, {self.checks} (every {check_every}, {mode}) |",
+                f"| largest \\|Δloss\\| | {self.max_loss_difference:.1e} |",
+                f"| largest relative gradient error | {self.max_grad_error:.1e} (0: bit for bit) |",
+                f"| layers | {layers} |",
+            ]
+        )
 
 
 def what_stopped(stop: BaseException) -> str:
@@ -127,9 +136,9 @@ def what_stopped(stop: BaseException) -> str:
 class Stopwatch:
     """Adds up the seconds spent in each named part of a step, lap by lap::
 
-        lap = stopwatch.start()
-        ...  # some checking
-        lap("checking")  # the time since start() (or the last lap) goes to "checking"
+    lap = stopwatch.start()
+    ...  # some checking
+    lap("checking")  # the time since start() (or the last lap) goes to "checking"
     """
 
     def __init__(self, seconds: dict[str, float]):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -21,6 +22,7 @@ NOT_RECORDING = nullcontext()  # in place of a PerSampleGradients on steps that 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[torch.nn.Module], float]
+LossFunction = Callable[[Any, Any], torch.Tensor]
 
 
 class LockstepTrainer:
@@ -50,13 +52,21 @@ class LockstepTrainer:
     """
 
     def __init__(
-        self, model: torch.nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
-        lr: float = 0.1, check_every: int = 1, free_running: bool = False,
-        rtol: float | None = None, atol: float | None = None,
-        log_dir: str | Path | None = None, log_name: str | None = None,
-        metrics: dict[str, Metric] | None = None, metric_every: int = 100,
-        per_sample_every: int | None = None, distributed: bool | None = None,
+        lr: float = 0.1,
+        check_every: int = 1,
+        free_running: bool = False,
+        rtol: float | None = None,
+        atol: float | None = None,
+        log_dir: str | Path | None = None,
+        log_name: str | None = None,
+        metrics: dict[str, Metric] | None = None,
+        metric_every: int = 100,
+        per_sample_every: int | None = None,
+        distributed: bool | None = None,
     ):
         _require_positive_steps(check_every=check_every, metric_every=metric_every, per_sample_every=per_sample_every)
         require_hand_derived_layers("LockstepTrainer", model, loss_fn)
@@ -65,17 +75,10 @@ class LockstepTrainer:
         pair = ModelPair(self.hand_model, self.native_model)
         self.comparison = StepComparison(pair, self.layers, check_every, free_running, rtol, atol)
         self.distributed = process_group_active() if distributed is None else distributed
-        # What a step runs: the models themselves, or their DDP wrappers.
-        self.hand_runner, self.native_runner = (
-            data_parallel(side) if self.distributed else side for side in (self.hand_model, self.native_model)
-        )
-        self.hand_loss_fn, self.native_loss_fn = (
-            (convert(loss_fn), to_native(loss_fn)) if isinstance(loss_fn, torch.nn.Module) else (loss_fn, loss_fn)
-        )
         make_optimizer = optimizer or (lambda params: torch.optim.SGD(params, lr=lr))
-        self.hand_optimizer, self.native_optimizer = (
-            make_optimizer(side.parameters()) for side in (self.hand_model, self.native_model)
-        )
+        self.hand = Side.of(self.hand_model, convert, loss_fn, make_optimizer, self.distributed)
+        self.native = Side.of(self.native_model, to_native, loss_fn, make_optimizer, self.distributed)
+        self.hand_loss_fn, self.hand_optimizer = self.hand.loss_fn, self.hand.optimizer
         self.metrics, self.metric_every = dict(metrics or {}), metric_every
         if per_sample_every is not None:
             reduction_scale(self.hand_loss_fn, 1)  # refuses a loss whose per-sample scale is unknown
@@ -91,7 +94,14 @@ class LockstepTrainer:
         if checked:
             self.comparison.sync()
         lap("checking")
-        hand_loss, native_loss, per_sample = self._forward_backward_both(step, inputs, target)
+        per_sample = None
+        if self.per_sample_every is not None and step % self.per_sample_every == 0:
+            per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs), target))
+        randomness = SameRandomness()  # dropout and the like draw alike on both sides
+        with per_sample or NOT_RECORDING:
+            hand_loss = self.hand.forward_backward(inputs, target)
+        randomness.replay()
+        native_loss = self.native.forward_backward(inputs, target)
         lap("training")
         report = self.comparison.compare(step, hand_loss, native_loss) if checked else None
         if self.distributed:
@@ -99,29 +109,17 @@ class LockstepTrainer:
         record = self.result.add_step(step, hand_loss, native_loss, report, per_sample)
         lap("checking")
         if self.log is not None:
-            self.log.step(step, record.hand_loss, record.autograd_loss,
-                          *((record.loss_difference, record.max_grad_error) if checked else (None, None)),
-                          grad_norms=None if per_sample is None else per_sample.grad_norms())
+            difference, error = (record.loss_difference, record.max_grad_error) if checked else (None, None)
+            norms = None if per_sample is None else per_sample.grad_norms()
+            self.log.step(step, record.hand_loss, record.autograd_loss, difference, error, norms)
         lap("logging")
         if report is not None and not report.ok:
             self.result.mismatch_step = step
             raise LockstepMismatch(step, report)  # before the update: both models stay at the failing point
-        self.hand_optimizer.step()
-        self.native_optimizer.step()
+        self.hand.optimizer.step()
+        self.native.optimizer.step()
         lap("training")
         return record
-
-    def _forward_backward_both(self, step: int, inputs: torch.Tensor, target: torch.Tensor):
-        """Both losses, each side's gradients in its ``.grad``, and the torchbp side's per-sample record when due."""
-        per_sample = None
-        if self.per_sample_every is not None and step % self.per_sample_every == 0:
-            per_sample = PerSampleGradients(self.hand_model, reduction_scale(self.hand_loss_fn, len(inputs), target))
-        randomness = SameRandomness()  # dropout and the like draw alike on both sides
-        with per_sample or NOT_RECORDING:
-            hand_loss = _forward_backward(self.hand_runner, self.hand_loss_fn, self.hand_optimizer, inputs, target)
-        randomness.replay()
-        native_loss = _forward_backward(self.native_runner, self.native_loss_fn, self.native_optimizer, inputs, target)
-        return hand_loss, native_loss, per_sample
 
     def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
         """Every metric on both models, logged at ``step``; by default the number of steps taken,
@@ -138,7 +136,10 @@ class LockstepTrainer:
         return values
 
     def train(
-        self, batches: Iterable[Batch], steps: int | None = None, on_step: Callable[[StepRecord], None] | None = None,
+        self,
+        batches: Iterable[Batch],
+        steps: int | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
     ) -> LockstepResult:
         """Run ``steps`` lockstep steps over ``batches`` (re-iterated as epochs), or one pass when
         ``steps`` is None. ``on_step`` sees each record (a progress bar, extra logging)."""
@@ -160,10 +161,10 @@ class LockstepTrainer:
     def __enter__(self) -> LockstepTrainer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self, hparams: dict | None = None) -> None:
+    def close(self, hparams: dict[str, object] | None = None) -> None:
         """Write the verdict (a text card) and the hyperparameters, and close the log."""
         if self.log is not None:
             self.log.close(verdict=self.verdict(), step=self.result.steps, hparams=hparams)
@@ -173,14 +174,37 @@ class LockstepTrainer:
         return self.result.verdict(self.comparison.every, self.comparison.mode, self.layers)
 
 
-def _forward_backward(model, loss_fn, optimizer, inputs, target) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model(inputs), target)
-    loss.backward()
-    return loss.detach()
+class Side(NamedTuple):
+    """One of the two models in lockstep, with what a step calls (the model, or its DDP wrapper), its loss
+    function (converted to the side, if a module) and its optimizer."""
+
+    model: torch.nn.Module
+    runner: torch.nn.Module
+    loss_fn: LossFunction
+    optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def of(
+        cls,
+        model: torch.nn.Module,
+        to_side: Callable[[torch.nn.Module], torch.nn.Module],
+        loss_fn: LossFunction,
+        make_optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+        distributed: bool,
+    ) -> Side:
+        side_loss_fn = to_side(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+        runner = data_parallel(model) if distributed else model
+        return cls(model, runner, side_loss_fn, make_optimizer(model.parameters()))
+
+    def forward_backward(self, inputs: Any, target: Any) -> torch.Tensor:
+        """Forward, loss and backward, the gradients left in the model's ``.grad``; the loss, detached."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.runner(inputs), target)
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
+        return loss.detach()
 
 
-def _schedule(batches: Iterable[Batch], steps: int | None):
+def _schedule(batches: Iterable[Batch], steps: int | None) -> Iterator[Batch]:
     if steps is None:
         return iter(batches)
     if steps < 0:
@@ -188,7 +212,7 @@ def _schedule(batches: Iterable[Batch], steps: int | None):
     return islice(_epochs(batches), steps)
 
 
-def _epochs(batches: Iterable[Batch]):
+def _epochs(batches: Iterable[Batch]) -> Iterator[Batch]:
     """The batches again and again; stops when a pass yields nothing (an exhausted iterator)."""
     while True:
         empty = True

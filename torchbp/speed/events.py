@@ -27,10 +27,11 @@ never wrong.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 from itertools import groupby
 from operator import itemgetter
-from typing import Callable
+from typing import Any
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -40,8 +41,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 try:
     import google_crc32c
+
+    FAST_CHECKSUMS = True
 except ImportError:  # pragma: no cover - a declared dependency; without it records are framed by tensorboard
-    google_crc32c = None
+    FAST_CHECKSUMS = False
 
 Scalar = tuple[int, float, str, float]  # step, wall time, tag, value
 
@@ -54,8 +57,8 @@ def write_scalars(
     tag's first event)."""
     with_fast_checksums(writer)
     events = []
-    for step, group in groupby(scalars, key=itemgetter(0)):
-        group = list(group)
+    for step, same_step in groupby(scalars, key=itemgetter(0)):
+        group = list(same_step)
         events.append(event(step, group[0][1], [_value(tag, value, metadata(tag)) for _, _, tag, value in group]))
     add_events(writer, events)
 
@@ -64,7 +67,8 @@ def _value(tag: str, value: float, metadata: SummaryMetadata | None) -> bytes:
     if metadata is None:
         return scalar_value(_prefix(tag), value)
     tensor = TensorProto(dtype=DT_FLOAT, float_val=[value])
-    return Summary.Value(tag=tag, tensor=tensor, metadata=metadata).SerializeToString()
+    serialized: bytes = Summary.Value(tag=tag, tensor=tensor, metadata=metadata).SerializeToString()
+    return serialized
 
 
 # -- framing: TFRecord's length, data and checksums ------------------------------------------
@@ -72,7 +76,7 @@ def _value(tag: str, value: float, metadata: SummaryMetadata | None) -> bytes:
 
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's checksum: CRC-32C, rotated right by 15 bits, plus a constant (mod 2³²)."""
-    crc = google_crc32c.value(data)
+    crc: int = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
@@ -100,18 +104,23 @@ def add_events(writer: SummaryWriter, events: list[bytes]) -> None:
     has fast checksums (a queue item per event costs more than a small network's step), else one by one."""
     if _record_writer(writer) is not None and "write" in vars(_record_writer(writer)):
         records = b"".join(frame(event) for event in events)
-        writer._get_file_writer().event_writer._async_writer.write(FramedRecords(records))
+        file_writer(writer).event_writer._async_writer.write(FramedRecords(records))
     else:  # pragma: no cover - another tensorboard version, or no google-crc32c
         for event in events:
-            writer._get_file_writer().event_writer.add_event(Event.FromString(event))
+            file_writer(writer).event_writer.add_event(Event.FromString(event))
 
 
-def _record_writer(writer: SummaryWriter):
+def file_writer(writer: SummaryWriter) -> Any:
+    """``writer``'s file writer (a private part of torch's SummaryWriter, which leaves it untyped)."""
+    return writer._get_file_writer()  # type: ignore[no-untyped-call]
+
+
+def _record_writer(writer: SummaryWriter) -> Any:
     """The object that frames ``writer``'s records, or None where this tensorboard has no such chain."""
-    if google_crc32c is None:  # pragma: no cover
+    if not FAST_CHECKSUMS:  # pragma: no cover
         return None
     try:
-        return writer._get_file_writer().event_writer._async_writer._writer
+        return file_writer(writer).event_writer._async_writer._writer
     except AttributeError:  # pragma: no cover - another tensorboard version
         return None
 

@@ -289,7 +289,10 @@ def _runs_other_code(module: torch.nn.Module) -> bool:
     """Would calling ``module`` run more than its class's forward: a hook, or a forward set on the instance
     (as libraries that wrap layers do)?"""
     return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
         or "forward" in module.__dict__
     )
 

@@ -71,8 +71,9 @@ def verify(
         ``.assert_ok()`` for a test.
     """
     names, skipped = _chosen(only, skip)
-    subject = _subject(fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol,
-                       compile_backend, seed)
+    subject = _subject(
+        fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed
+    )
     rows = []
     # Grad mode on, whatever the caller's; the global random state seeded for the checks that draw from it
     # (gradgradcheck's upstream gradients, fn's own), and the caller's given back afterwards.
@@ -120,8 +121,10 @@ def _chosen(only: Iterable[str] | None, skip: Iterable[str]) -> tuple[list[str],
         raise ValueError("verify: only= names no property; leave it out to run them all")
     unknown = [name for name in [*chosen, *skip] if name not in PROPERTIES]
     if unknown:
-        raise ValueError(f"verify: no property named {', '.join(map(repr, unknown))}; "
-                         f"the properties are {', '.join(VERIFY_PROPERTIES)}")
+        raise ValueError(
+            f"verify: no property named {', '.join(map(repr, unknown))}; "
+            f"the properties are {', '.join(VERIFY_PROPERTIES)}"
+        )
     return [name for name in VERIFY_PROPERTIES if name in chosen], skip
 
 
@@ -142,8 +145,10 @@ def _subject(
     if reference is not None and not callable(reference):
         raise TypeError(f"verify: reference must be callable or None, got {type(reference).__name__}")
     if not any(isinstance(x, torch.Tensor) and x.is_floating_point() for x in inputs):
-        kinds = ", ".join(type(x).__name__ if not isinstance(x, torch.Tensor) else f"Tensor({x.dtype})"
-                          for x in inputs) or "no inputs"
+        kinds = (
+            ", ".join(type(x).__name__ if not isinstance(x, torch.Tensor) else f"Tensor({x.dtype})" for x in inputs)
+            or "no inputs"
+        )
         raise ValueError(f"verify: expected at least one floating-point tensor among the inputs, got {kinds}")
     try:
         validate_tolerances(rtol, atol)
@@ -157,9 +162,18 @@ def _subject(
             raise ValueError(f"verify: nondiff position {i} is out of range for {len(inputs)} inputs")
     if batch_dims is not None:
         _check_batch_dims(_positions("batch_dims", batch_dims, allow_none=True), inputs)
-    subject = Subject(fn, reference, inputs, batch_dims=batch_dims, nondiff=nondiff,
-                      once_differentiable=once_differentiable, rtol=rtol, atol=atol,
-                      compile_backend=compile_backend, seed=seed)
+    subject = Subject(
+        fn,
+        reference,
+        inputs,
+        batch_dims=batch_dims,
+        nondiff=nondiff,
+        once_differentiable=once_differentiable,
+        rtol=rtol,
+        atol=atol,
+        compile_backend=compile_backend,
+        seed=seed,
+    )
     if not subject.differentiable:
         raise ValueError("verify: no input left to differentiate: every floating-point input is in nondiff")
     if reference is not None:
@@ -204,8 +218,10 @@ def _check_deterministic(subject: Subject) -> None:
             return  # the properties report what fn raises
     for a, b in zip(first, second):
         if isinstance(a, torch.Tensor) and not bool(((a == b) | (a.isnan() & b.isnan())).all()):
-            raise ValueError("verify: fn gives different outputs for the same inputs (does it draw random numbers?); "
-                             "verify compares runs of fn, so pass the randomness in, a dropout mask as an input")
+            raise ValueError(
+                "verify: fn gives different outputs for the same inputs (does it draw random numbers?); "
+                "verify compares runs of fn, so pass the randomness in, a dropout mask as an input"
+            )
 
 
 def _check_same_outputs(subject: Subject) -> None:
@@ -221,15 +237,21 @@ def _check_same_outputs(subject: Subject) -> None:
             theirs = as_tuple(subject.reference(*subject.inputs(requires=())))
         except Exception as error:
             message = " ".join(str(error).split())[:200]
-            raise ValueError(f"verify: the reference raised on float64 copies of the inputs ({type(error).__name__}: "
-                             f"{message}); every tensor it uses must be among the inputs") from None
+            raise ValueError(
+                f"verify: the reference raised on float64 copies of the inputs ({type(error).__name__}: "
+                f"{message}); every tensor it uses must be among the inputs"
+            ) from None
     shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in mine]
     reference_shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in theirs]
     if shapes != reference_shapes:
+
         def show(s: list[Any]) -> str:
             return str(s[0]) if len(s) == 1 else str(s)
-        raise ValueError(f"verify: the reference's output has shape {show(reference_shapes)} where fn's has "
-                         f"{show(shapes)}: the reference must compute the same function as fn")
+
+        raise ValueError(
+            f"verify: the reference's output has shape {show(reference_shapes)} where fn's has "
+            f"{show(shapes)}: the reference must compute the same function as fn"
+        )
 
 
 __all__ = ["VERIFY_PROPERTIES", "VerifyReport", "VerifyRow", "verify"]

@@ -69,8 +69,10 @@ def check_gradcheck(subject: Subject) -> str:
         torch.autograd.gradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=fast)
     except GradcheckError as error:
         raise Failed(f"{_first_line(error)} (finite differences against the backward)") from None
-    return (f"agrees with finite differences (eps {GRADCHECK['eps']:.0e}, atol {GRADCHECK['atol']:.0e}, "
-            f"rtol {GRADCHECK['rtol']:.0e}{', fast mode' if fast else ''})")
+    return (
+        f"agrees with finite differences (eps {GRADCHECK['eps']:.0e}, atol {GRADCHECK['atol']:.0e}, "
+        f"rtol {GRADCHECK['rtol']:.0e}{', fast mode' if fast else ''})"
+    )
 
 
 @verifies(
@@ -90,8 +92,9 @@ def double_backward(subject: Subject) -> str:
         torch.autograd.gradgradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=_large(subject, inputs))
     except GradcheckError as error:
         raise Failed(f"{_first_line(error)} (finite differences of the backward against its own backward)") from None
-    return ("second derivatives agree with finite differences of the backward"
-            + (" (fast mode)" if _large(subject, inputs) else ""))
+    return "second derivatives agree with finite differences of the backward" + (
+        " (fast mode)" if _large(subject, inputs) else ""
+    )
 
 
 def _marked_once_differentiable(subject: Subject) -> bool:
@@ -99,11 +102,13 @@ def _marked_once_differentiable(subject: Subject) -> bool:
     inputs = subject.inputs()
     outputs = as_tuple(subject.fn(*inputs))
     # An upstream gradient that requires grad, as in double backward: only then does the mark act.
-    pairs = [(out, g.requires_grad_()) for out, g in zip(outputs, subject.upstream(outputs))
-             if g is not None and out.requires_grad]
+    pairs = [
+        (out, g.requires_grad_())
+        for out, g in zip(outputs, subject.upstream(outputs))
+        if g is not None and out.requires_grad
+    ]
     wrt = [inputs[i] for i in subject.differentiable]
-    grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
-                                allow_unused=True)
+    grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True, allow_unused=True)
     differentiable = [g.sum() for g in grads if g is not None and g.requires_grad]
     if not differentiable:
         return False
@@ -135,12 +140,14 @@ def needs_input_grad(subject: Subject) -> str:
         nodes = custom_nodes(outputs)
         nodes_seen += len(nodes)
         for node in nodes:
-            node.register_hook(lambda returned, _, node=node, subset=subset: extra.extend(
-                f"{type(node).__name__} returned a gradient for {_argument(subject, node, k)}, which needs none "
-                f"(inputs {list(subset)} require grad)"
-                for k, ((edge, _), grad) in enumerate(zip(node.next_functions, returned))
-                if edge is None and grad is not None
-            ))
+            node.register_hook(
+                lambda returned, _, node=node, subset=subset: extra.extend(
+                    f"{type(node).__name__} returned a gradient for {_argument(subject, node, k)}, which needs none "
+                    f"(inputs {list(subset)} require grad)"
+                    for k, ((edge, _), grad) in enumerate(zip(node.next_functions, returned))
+                    if edge is None and grad is not None
+                )
+            )
         grads = subject.gradients(outputs, inputs, wrt=subset)
         pairs += [(f"inputs[{i}].grad with only {list(subset)}", g, baseline[i]) for i, g in zip(subset, grads)]
     if extra:

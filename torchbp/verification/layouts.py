@@ -69,8 +69,10 @@ def _expanded(subject: Subject) -> list[tuple[str, Any, Any]] | None:
 
     def run(fn: Callable[..., Any], materialise: bool) -> Run:
         leaves = subject.inputs(samples=1)
-        inputs = [x if dim is None else _expand(x, dim, subject.batch_size, materialise)
-                  for x, dim in zip(leaves, subject.batch_dims)]
+        inputs = [
+            x if dim is None else _expand(x, dim, subject.batch_size, materialise)
+            for x, dim in zip(leaves, subject.batch_dims)
+        ]
         outputs = as_tuple(fn(*inputs))
         return Run(leaves, outputs, subject.gradients(outputs, leaves))
 
@@ -108,8 +110,9 @@ def empty_batch(subject: Subject) -> str:
     run = subject.run(subject.fn, inputs)
     if all(out.numel() == 0 for out in run.outputs if isinstance(out, torch.Tensor)):
         # With no output, Σ outputs · upstream is identically 0: every gradient is exactly zero.
-        pairs = [(f"inputs[{i}].grad", g, torch.zeros_like(inputs[i]))
-                 for i, g in zip(subject.differentiable, run.grads)]
+        pairs = [
+            (f"inputs[{i}].grad", g, torch.zeros_like(inputs[i])) for i, g in zip(subject.differentiable, run.grads)
+        ]
         return f"every gradient is zero, as it must be with no output: {subject.compare(pairs)}"
     try:
         torch.autograd.gradcheck(subject.fn, inputs, **GRADCHECK)

@@ -34,8 +34,10 @@ def _under_autocast(subject: Subject, device: str) -> str:
     measured = subject.compare(subject.pairs(mine, theirs, wrt=()), rtol=DEFAULT_RTOL[dtype])
     for i, g, reference_g in zip(subject.differentiable, mine.grads, theirs.grads):
         if g.dtype != reference_g.dtype or not torch.equal(g.isfinite(), reference_g.isfinite()):
-            raise Failed(f"inputs[{i}].grad: {g.dtype}, {'' if g.isfinite().all() else 'not '}finite, where the "
-                         f"reference's is {reference_g.dtype}, {'' if reference_g.isfinite().all() else 'not '}finite")
+            raise Failed(
+                f"inputs[{i}].grad: {g.dtype}, {'' if g.isfinite().all() else 'not '}finite, where the "
+                f"reference's is {reference_g.dtype}, {'' if reference_g.isfinite().all() else 'not '}finite"
+            )
     dtypes = ", ".join(str(out.dtype).removeprefix("torch.") for out in theirs.outputs if isinstance(out, torch.Tensor))
     return f"{str(dtype).removeprefix('torch.')} on {device}, output {dtypes} as the reference's: {measured}"
 
@@ -117,8 +119,10 @@ def in_place(subject: Subject) -> str:
         except RuntimeError as error:
             if "is a view" not in str(error):
                 raise
-            raise Failed(f"{kind}[{k}] cannot be written in place: it is a view made inside the Function, which "
-                         "PyTorch protects (a native op's output is not); return a tensor that is not a view") from None
+            raise Failed(
+                f"{kind}[{k}] cannot be written in place: it is a view made inside the Function, which "
+                "PyTorch protects (a native op's output is not); return a tensor that is not a view"
+            ) from None
         try:
             grads = subject.gradients(outputs, inputs, upstream=subject.upstream(baseline.outputs))
         except RuntimeError as error:
@@ -127,11 +131,14 @@ def in_place(subject: Subject) -> str:
             refused += 1
             continue
         try:
-            subject.compare([(f"inputs[{i}].grad", g, b) for i, g, b in
-                             zip(subject.differentiable, grads, baseline.grads)])
+            subject.compare(
+                [(f"inputs[{i}].grad", g, b) for i, g, b in zip(subject.differentiable, grads, baseline.grads)]
+            )
         except Failed as wrong:
-            raise Failed(f"{kind}[{k}] was written in place after the forward; the backward read the new values "
-                         f"without an error: {wrong}") from None
+            raise Failed(
+                f"{kind}[{k}] was written in place after the forward; the backward read the new values "
+                f"without an error: {wrong}"
+            ) from None
         unread += 1
     return f"{len(targets)} tensors written after the forward: {refused} refused, {unread} not read by the backward"
 
@@ -140,8 +147,10 @@ def _unchanged_by_forward(subject: Subject, inputs: list[Any]) -> None:
     """fn's forward left every input as it was given."""
     for i, (x, example) in enumerate(zip(inputs, subject.inputs())):
         if isinstance(x, torch.Tensor) and not bool(((x.detach() == example) | (x.isnan() & example.isnan())).all()):
-            raise Failed(f"fn's forward wrote into inputs[{i}]: a Function that changes its input must "
-                         "ctx.mark_dirty it, and most should not change it at all")
+            raise Failed(
+                f"fn's forward wrote into inputs[{i}]: a Function that changes its input must "
+                "ctx.mark_dirty it, and most should not change it at all"
+            )
 
 
 @verifies(

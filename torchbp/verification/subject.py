@@ -221,15 +221,19 @@ class Subject(Examples):
         rows = []
         for name, a, b in pairs:
             if a is None or b is None:
-                raise Failed(f"{name}: {'none' if a is None else 'given'} here, "
-                             f"{'none' if b is None else 'given'} in what it is held to")
+                raise Failed(
+                    f"{name}: {'none' if a is None else 'given'} here, "
+                    f"{'none' if b is None else 'given'} in what it is held to"
+                )
             rows.append(compare_tensors(name, a, b, rtol, atol))
         bad = [row for row in rows if not row.ok]
         if bad:
             raise Failed("; ".join(_describe(row, rtol) for row in bad[:3]))
         worst = max(rows, key=lambda row: row.max_rel_error)
-        return (f"largest rel. error {worst.max_rel_error:.1e} "
-                f"(rtol {_rtol(worst.dtype, rtol):.0e}) over {len(rows)} tensor{'s' if len(rows) > 1 else ''}")
+        return (
+            f"largest rel. error {worst.max_rel_error:.1e} "
+            f"(rtol {_rtol(worst.dtype, rtol):.0e}) over {len(rows)} tensor{'s' if len(rows) > 1 else ''}"
+        )
 
 
 def _rtol(dtype: torch.dtype | None, rtol: float | None) -> float:

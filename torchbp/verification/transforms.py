@@ -70,12 +70,20 @@ def vmap_grad(subject: Subject) -> str:
     _no_batch(subject)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
-    samples = [[x.detach().requires_grad_(i in subject.differentiable) if isinstance(x, torch.Tensor) else x
-                for i, x in enumerate(_sample(subject, inputs, k))] for k in range(n)]
+    samples = [
+        [
+            x.detach().requires_grad_(i in subject.differentiable) if isinstance(x, torch.Tensor) else x
+            for i, x in enumerate(_sample(subject, inputs, k))
+        ]
+        for k in range(n)
+    ]
     outputs = [as_tuple(subject.fn(*sample)) for sample in samples]
     # One upstream gradient for the whole batch, so that every sample gets its own.
-    upstream = subject.upstream(tuple(torch.stack(per_output) if isinstance(per_output[0], torch.Tensor) else None
-                                      for per_output in zip(*outputs)))
+    upstream = subject.upstream(
+        tuple(
+            torch.stack(per_output) if isinstance(per_output[0], torch.Tensor) else None for per_output in zip(*outputs)
+        )
+    )
     looped = [subject.gradients(outputs[k], samples[k], upstream=_sample_of(upstream, k)) for k in range(n)]
 
     def loss(*args: Any) -> Any:
@@ -87,8 +95,10 @@ def vmap_grad(subject: Subject) -> str:
     grads = torch.func.vmap(torch.func.grad(loss, argnums=argnums), in_dims=(*_in_dims(subject), upstream_dims))(
         *inputs, upstream
     )
-    pairs = [(f"inputs[{i}].grad", g, torch.stack([sample[j] for sample in looped]))
-             for j, (i, g) in enumerate(zip(argnums, grads))]
+    pairs = [
+        (f"inputs[{i}].grad", g, torch.stack([sample[j] for sample in looped]))
+        for j, (i, g) in enumerate(zip(argnums, grads))
+    ]
     return f"{n} samples: {subject.compare(pairs)}"
 
 
@@ -99,6 +109,7 @@ def _sample_of(upstream: tuple[torch.Tensor | None, ...], k: int) -> tuple[torch
 
 def _of_differentiable(subject: Subject, inputs: list[Any]) -> Callable[..., tuple[torch.Tensor, ...]]:
     """fn as a function of its differentiable inputs alone (the others fixed), to its floating-point outputs."""
+
     def fn(*differentiable: torch.Tensor) -> tuple[torch.Tensor, ...]:
         full = list(inputs)
         for i, x in zip(subject.differentiable, differentiable):
@@ -153,8 +164,9 @@ def check_jvp(subject: Subject) -> str:
     """Forward mode: torch.func.jvp gives the Jacobian times a tangent."""
     inputs = _jacobian_inputs(subject)
     generator = torch.Generator().manual_seed(subject.seed + 1)
-    tangents = tuple(torch.randn(inputs[i].shape, generator=generator, dtype=inputs[i].dtype)
-                     for i in subject.differentiable)
+    tangents = tuple(
+        torch.randn(inputs[i].shape, generator=generator, dtype=inputs[i].dtype) for i in subject.differentiable
+    )
 
     primals = tuple(inputs[i] for i in subject.differentiable)
     try:

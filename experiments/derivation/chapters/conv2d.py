@@ -22,18 +22,26 @@ DELTA = [[0.1, -0.2, 0.3], [0.25, 0.3, -0.1], [0.2, 0.15, -0.3]]  # δ = ∂J/�
 def numpy_correlate(image, kernel):
     """Σ_{i,j} kernel[i,j] image[h + i, w + j] at every (h, w) where the kernel fits."""
     kH, kW = kernel.shape
-    return np.array([[(kernel * image[h:h + kH, w:w + kW]).sum() for w in range(image.shape[1] - kW + 1)]
-                     for h in range(image.shape[0] - kH + 1)])
+    return np.array(
+        [
+            [(kernel * image[h : h + kH, w : w + kW]).sum() for w in range(image.shape[1] - kW + 1)]
+            for h in range(image.shape[0] - kH + 1)
+        ]
+    )
 
 
 def numpy_way(x, W, b, delta) -> dict[str, np.ndarray]:
     k = W.shape[0]
     delta_padded = np.pad(delta, k - 1)  # k − 1 zeros on every side: (5, 5)
     W_rotated = W[::-1, ::-1]  # W turned by 180°
-    return dict(z=numpy_correlate(x, W) + b, delta_padded=delta_padded, W_rotated=W_rotated,
-                dJ_dx=numpy_correlate(delta_padded, W_rotated),  # the transposed convolution: (4, 4)
-                dJ_dW=numpy_correlate(x, delta),  # ∂J/∂W[i,j] = Σ_{h,w} δ[h,w] x[h + i, w + j]: (2, 2)
-                dJ_db=delta.sum())
+    return dict(
+        z=numpy_correlate(x, W) + b,
+        delta_padded=delta_padded,
+        W_rotated=W_rotated,
+        dJ_dx=numpy_correlate(delta_padded, W_rotated),  # the transposed convolution: (4, 4)
+        dJ_dW=numpy_correlate(x, delta),  # ∂J/∂W[i,j] = Σ_{h,w} δ[h,w] x[h + i, w + j]: (2, 2)
+        dJ_db=delta.sum(),
+    )
 
 
 def code_way(x, W, b, delta, conv2d) -> dict[str, np.ndarray]:
@@ -47,35 +55,52 @@ def code_way(x, W, b, delta, conv2d) -> dict[str, np.ndarray]:
 
 def three_ways() -> dict:
     x, W, b, delta = (torch.tensor(t, dtype=torch.float64) for t in (X, WEIGHT, [BIAS], DELTA))
-    ways = {"NumPy": numpy_way(x.numpy(), W.numpy(), BIAS, delta.numpy()),
-            "torchbp": code_way(x, W, b, delta, torchbp.functional.conv2d),
-            "autograd": code_way(x, W, b, delta, F.conv2d)}
+    ways = {
+        "NumPy": numpy_way(x.numpy(), W.numpy(), BIAS, delta.numpy()),
+        "torchbp": code_way(x, W, b, delta, torchbp.functional.conv2d),
+        "autograd": code_way(x, W, b, delta, F.conv2d),
+    }
     return dict(x=x.numpy(), W=W.numpy(), delta=delta.numpy(), values=ways["NumPy"], differences=agree(ways))
 
 
 def blocks(numbers: dict) -> dict[str, str]:
     v = numbers["values"]
     return {
-        "conv2d-forward": "\n\n".join([matrix("x", numbers["x"]), matrix("W", numbers["W"]), matrix("b", BIAS),
-                                       matrix("z = W ⋆ x + b", v["z"])]),
-        "conv2d-backward": "\n\n".join([
-            matrix("δ = ∂J/∂z", numbers["delta"]), matrix("∂J/∂b = Σ δ", v["dJ_db"]),
-            matrix("∂J/∂W = δ ⋆ x", v["dJ_dW"]), matrix("δ padded with 1 zero", v["delta_padded"]),
-            matrix("W rotated by 180°", v["W_rotated"]), matrix("∂J/∂x = (W rotated) ⋆ (δ padded)", v["dJ_dx"])]),
+        "conv2d-forward": "\n\n".join(
+            [matrix("x", numbers["x"]), matrix("W", numbers["W"]), matrix("b", BIAS), matrix("z = W ⋆ x + b", v["z"])]
+        ),
+        "conv2d-backward": "\n\n".join(
+            [
+                matrix("δ = ∂J/∂z", numbers["delta"]),
+                matrix("∂J/∂b = Σ δ", v["dJ_db"]),
+                matrix("∂J/∂W = δ ⋆ x", v["dJ_dW"]),
+                matrix("δ padded with 1 zero", v["delta_padded"]),
+                matrix("W rotated by 180°", v["W_rotated"]),
+                matrix("∂J/∂x = (W rotated) ⋆ (δ padded)", v["dJ_dx"]),
+            ]
+        ),
         "conv2d-three-ways": agreement_table(numbers["differences"]),
     }
 
 
-TITLES = {"conv2d-forward": "Convolution of a 4×4 image with a 2×2 kernel: forward",
-          "conv2d-backward": "Backward, from a given δ = ∂J/∂z",
-          "conv2d-three-ways": "NumPy, torchbp and autograd agree"}
+TITLES = {
+    "conv2d-forward": "Convolution of a 4×4 image with a 2×2 kernel: forward",
+    "conv2d-backward": "Backward, from a given δ = ∂J/∂z",
+    "conv2d-three-ways": "NumPy, torchbp and autograd agree",
+}
 
 PATH = "torchbp/layers/conv2d.py"
 CODE = [
     ("z = W ⋆ x + b", PATH, "z = F.conv2d(input, weight, bias, stride, padding, dilation)"),
-    ("∂J/∂x: the transposed convolution of δ with W", PATH,
-     "return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, 1, dilation)"),
-    ("∂J/∂W: the correlation of the input with δ", PATH,
-     "grad = F.conv2d(a_prev.transpose(0, 1), delta.transpose(0, 1), None, dilation, padding, stride)"),
+    (
+        "∂J/∂x: the transposed convolution of δ with W",
+        PATH,
+        "return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, 1, dilation)",
+    ),
+    (
+        "∂J/∂W: the correlation of the input with δ",
+        PATH,
+        "grad = F.conv2d(a_prev.transpose(0, 1), delta.transpose(0, 1), None, dilation, padding, stride)",
+    ),
     ("∂J/∂b = Σ δ", PATH, "grad_b = delta.sum((0, 2, 3))"),
 ]

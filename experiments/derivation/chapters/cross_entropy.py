@@ -50,8 +50,13 @@ def numpy_way(z) -> dict[str, np.ndarray]:
         p = np.exp(log_p)
         loss = -(q * log_p).sum(1)  # ℓ_n = −Σ_c q_nc log p_nc
         delta = (p * q.sum(1, keepdims=True) - q) / count  # ∂J/∂z_n = (p_n Σ_c q_nc − q_n) / count
-        values |= {f"q{case}": q, f"p{case}": p, f"loss{case}": loss, f"J{case}": loss.sum() / count,
-                   f"delta{case}": delta}
+        values |= {
+            f"q{case}": q,
+            f"p{case}": p,
+            f"loss{case}": loss,
+            f"J{case}": loss.sum() / count,
+            f"delta{case}": delta,
+        }
     with np.errstate(over="ignore", invalid="ignore"):  # e^1000 / Σ e^… is ∞ / ∞
         values["naive_p_shifted"] = np.exp(z + SHIFT) / np.exp(z + SHIFT).sum(1, keepdims=True)
     return values
@@ -70,44 +75,63 @@ def code_way(z, cross_entropy) -> dict[str, np.ndarray]:
 
 def three_ways() -> dict:
     z = torch.tensor(Z, dtype=torch.float64)
-    ways = {"NumPy": numpy_way(z.numpy()),
-            "torchbp": code_way(z, torchbp.functional.cross_entropy),
-            "autograd": code_way(z, F.cross_entropy)}
+    ways = {
+        "NumPy": numpy_way(z.numpy()),
+        "torchbp": code_way(z, torchbp.functional.cross_entropy),
+        "autograd": code_way(z, F.cross_entropy),
+    }
     return dict(z=z.numpy(), values=ways["NumPy"], differences=agree(ways))
 
 
 def blocks(numbers: dict) -> dict[str, str]:
     v = numbers["values"]
     return {
-        "cross-entropy-example": "\n\n".join([
-            matrix("z", numbers["z"]), f"t = {TARGET}", matrix("q (one-hot t)", v["q"]),
-            matrix("p = softmax(z)", v["p"]),
-            matrix("ℓ = −Σ_c q log p", v["loss"]), matrix("J = (1/N) Σ_n ℓ_n", v["J"]),
-            matrix("δ = ∂J/∂z = (p − q) / N", v["delta"])]),
-        "cross-entropy-stability": "\n\n".join([
-            matrix(f"e^(z + {SHIFT:g}) / Σ e^(z + {SHIFT:g}), as written", v["naive_p_shifted"]),
-            matrix(f"p at z + {SHIFT:g}, through log-sum-exp", v["p_shifted"]),
-            matrix(f"J at z + {SHIFT:g}", v["J_shifted"]), matrix(f"δ at z + {SHIFT:g}", v["delta_shifted"])]),
-        "cross-entropy-variants": "\n\n".join([
-            matrix(f"q, smoothed with ε = {SMOOTHING}", v["q_smoothed"]), matrix("J", v["J_smoothed"]),
-            matrix("δ = (p − q) / N", v["delta_smoothed"]),
-            f"t = {CASES['_ignored'][2]}: sample 2 ignored",
-            matrix("q", v["q_ignored"]), matrix("J = ℓ_1 / 1", v["J_ignored"]),
-            matrix("δ = (p Σ_c q − q) / 1", v["delta_ignored"])]),
+        "cross-entropy-example": "\n\n".join(
+            [
+                matrix("z", numbers["z"]),
+                f"t = {TARGET}",
+                matrix("q (one-hot t)", v["q"]),
+                matrix("p = softmax(z)", v["p"]),
+                matrix("ℓ = −Σ_c q log p", v["loss"]),
+                matrix("J = (1/N) Σ_n ℓ_n", v["J"]),
+                matrix("δ = ∂J/∂z = (p − q) / N", v["delta"]),
+            ]
+        ),
+        "cross-entropy-stability": "\n\n".join(
+            [
+                matrix(f"e^(z + {SHIFT:g}) / Σ e^(z + {SHIFT:g}), as written", v["naive_p_shifted"]),
+                matrix(f"p at z + {SHIFT:g}, through log-sum-exp", v["p_shifted"]),
+                matrix(f"J at z + {SHIFT:g}", v["J_shifted"]),
+                matrix(f"δ at z + {SHIFT:g}", v["delta_shifted"]),
+            ]
+        ),
+        "cross-entropy-variants": "\n\n".join(
+            [
+                matrix(f"q, smoothed with ε = {SMOOTHING}", v["q_smoothed"]),
+                matrix("J", v["J_smoothed"]),
+                matrix("δ = (p − q) / N", v["delta_smoothed"]),
+                f"t = {CASES['_ignored'][2]}: sample 2 ignored",
+                matrix("q", v["q_ignored"]),
+                matrix("J = ℓ_1 / 1", v["J_ignored"]),
+                matrix("δ = (p Σ_c q − q) / 1", v["delta_ignored"]),
+            ]
+        ),
         "cross-entropy-three-ways": agreement_table(numbers["differences"]),
     }
 
 
-TITLES = {"cross-entropy-example": "Softmax with cross-entropy: 2 samples × 3 classes, mean over the samples",
-          "cross-entropy-stability": f"The same logits plus {SHIFT:g}",
-          "cross-entropy-variants": "Label smoothing and ignore_index",
-          "cross-entropy-three-ways": "NumPy, torchbp and autograd agree"}
+TITLES = {
+    "cross-entropy-example": "Softmax with cross-entropy: 2 samples × 3 classes, mean over the samples",
+    "cross-entropy-stability": f"The same logits plus {SHIFT:g}",
+    "cross-entropy-variants": "Label smoothing and ignore_index",
+    "cross-entropy-three-ways": "NumPy, torchbp and autograd agree",
+}
 
 PATH = "torchbp/layers/cross_entropy.py"
 CODE = [
     ("log p = z − logsumexp z (log-softmax)", PATH, "log_p = F.log_softmax(z, dim)"),
     ("ℓ_n = −Σ_c q_nc log p_nc", PATH, "terms = log_p * smoothed(target, label_smoothing, C)"),
-    ("s = g / count for \"mean\"", PATH, "minus_s = -(g / count)"),
+    ('s = g / count for "mean"', PATH, "minus_s = -(g / count)"),
     ("∂J/∂log p = −s q", PATH, "u = minus_s * smoothed(target, label_smoothing, C)"),
     ("∂J/∂z_n = p_n Σ_c s q_nc − s q_n", PATH, "return u.addcmul_(p, total, value=-1) if in_place"),
     ("label smoothing: q ← (1 − ε) q + ε/C", PATH, "return q * (1 - label_smoothing) + per_class("),

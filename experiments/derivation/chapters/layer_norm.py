@@ -28,9 +28,19 @@ def numpy_way(x, gamma, beta, g) -> dict[str, np.ndarray]:
     direct = rstd * g_hat  # through x̂ directly
     through_mu = -rstd * g_hat.mean(1, keepdims=True)  # through μ
     through_sigma = -rstd * x_hat * (g_hat * x_hat).mean(1, keepdims=True)  # through σ
-    return dict(mu=mu, rstd=rstd, x_hat=x_hat, g_hat=g_hat, direct=direct, through_mu=through_mu,
-                through_sigma=through_sigma, y=x_hat * gamma + beta, dJ_dx=direct + through_mu + through_sigma,
-                dJ_dgamma=(g * x_hat).sum(0), dJ_dbeta=g.sum(0))
+    return dict(
+        mu=mu,
+        rstd=rstd,
+        x_hat=x_hat,
+        g_hat=g_hat,
+        direct=direct,
+        through_mu=through_mu,
+        through_sigma=through_sigma,
+        y=x_hat * gamma + beta,
+        dJ_dx=direct + through_mu + through_sigma,
+        dJ_dgamma=(g * x_hat).sum(0),
+        dJ_dbeta=g.sum(0),
+    )
 
 
 def code_way(x, gamma, beta, g, layer_norm) -> dict[str, np.ndarray]:
@@ -44,33 +54,51 @@ def code_way(x, gamma, beta, g, layer_norm) -> dict[str, np.ndarray]:
 
 def three_ways() -> dict:
     x, gamma, beta, g = (torch.tensor(t, dtype=torch.float64) for t in (X, GAMMA, BETA, G))
-    ways = {"NumPy": numpy_way(x.numpy(), gamma.numpy(), beta.numpy(), g.numpy()),
-            "torchbp": code_way(x, gamma, beta, g, torchbp.functional.layer_norm),
-            "autograd": code_way(x, gamma, beta, g, F.layer_norm)}
-    return dict(x=x.numpy(), gamma=gamma.numpy(), beta=beta.numpy(), g=g.numpy(), values=ways["NumPy"],
-                differences=agree(ways))
+    ways = {
+        "NumPy": numpy_way(x.numpy(), gamma.numpy(), beta.numpy(), g.numpy()),
+        "torchbp": code_way(x, gamma, beta, g, torchbp.functional.layer_norm),
+        "autograd": code_way(x, gamma, beta, g, F.layer_norm),
+    }
+    return dict(
+        x=x.numpy(), gamma=gamma.numpy(), beta=beta.numpy(), g=g.numpy(), values=ways["NumPy"], differences=agree(ways)
+    )
 
 
 def blocks(numbers: dict) -> dict[str, str]:
     v = numbers["values"]
     return {
-        "layer-norm-forward": "\n\n".join([
-            matrix("x", numbers["x"]), matrix("γ", numbers["gamma"]), matrix("β", numbers["beta"]),
-            matrix("μ = mean(x)", v["mu"]), matrix(f"rstd = 1/√(σ² + {EPS:g})", v["rstd"]),
-            matrix("x̂ = (x − μ) · rstd", v["x_hat"]), matrix("y = x̂ ⊙ γ + β", v["y"])]),
-        "layer-norm-backward": "\n\n".join([
-            matrix("g = ∂J/∂y", numbers["g"]), matrix("∂J/∂β = Σ_n g_n", v["dJ_dbeta"]),
-            matrix("∂J/∂γ = Σ_n g_n ⊙ x̂_n", v["dJ_dgamma"]), matrix("ĝ = g ⊙ γ", v["g_hat"]),
-            matrix("through x̂:  rstd · ĝ", v["direct"]), matrix("through μ:  −rstd · mean(ĝ)", v["through_mu"]),
-            matrix("through σ:  −rstd · x̂ · mean(ĝ ⊙ x̂)", v["through_sigma"]),
-            matrix("∂J/∂x, their sum", v["dJ_dx"])]),
+        "layer-norm-forward": "\n\n".join(
+            [
+                matrix("x", numbers["x"]),
+                matrix("γ", numbers["gamma"]),
+                matrix("β", numbers["beta"]),
+                matrix("μ = mean(x)", v["mu"]),
+                matrix(f"rstd = 1/√(σ² + {EPS:g})", v["rstd"]),
+                matrix("x̂ = (x − μ) · rstd", v["x_hat"]),
+                matrix("y = x̂ ⊙ γ + β", v["y"]),
+            ]
+        ),
+        "layer-norm-backward": "\n\n".join(
+            [
+                matrix("g = ∂J/∂y", numbers["g"]),
+                matrix("∂J/∂β = Σ_n g_n", v["dJ_dbeta"]),
+                matrix("∂J/∂γ = Σ_n g_n ⊙ x̂_n", v["dJ_dgamma"]),
+                matrix("ĝ = g ⊙ γ", v["g_hat"]),
+                matrix("through x̂:  rstd · ĝ", v["direct"]),
+                matrix("through μ:  −rstd · mean(ĝ)", v["through_mu"]),
+                matrix("through σ:  −rstd · x̂ · mean(ĝ ⊙ x̂)", v["through_sigma"]),
+                matrix("∂J/∂x, their sum", v["dJ_dx"]),
+            ]
+        ),
         "layer-norm-three-ways": agreement_table(numbers["differences"]),
     }
 
 
-TITLES = {"layer-norm-forward": "Layer normalisation of a 2×3 input: forward",
-          "layer-norm-backward": "Backward, from a given g = ∂J/∂y",
-          "layer-norm-three-ways": "NumPy, torchbp and autograd agree"}
+TITLES = {
+    "layer-norm-forward": "Layer normalisation of a 2×3 input: forward",
+    "layer-norm-backward": "Backward, from a given g = ∂J/∂y",
+    "layer-norm-three-ways": "NumPy, torchbp and autograd agree",
+}
 
 PATH = "torchbp/layers/layer_norm.py"
 CODE = [
@@ -78,8 +106,11 @@ CODE = [
     ("x̂ = (x − μ) · rstd", PATH, "return centered * rstd, rstd"),
     ("y = x̂ ⊙ γ + β", PATH, "output, _, _ = torch.native_layer_norm("),
     ("ĝ = g ⊙ γ", PATH, "g_hat = g * weight if weight is not None else g"),
-    ("∂J/∂x = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))", PATH,
-     "grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)"),
+    (
+        "∂J/∂x = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))",
+        PATH,
+        "grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)",
+    ),
     ("∂J/∂γ = Σ_n g_n ⊙ x̂_n", PATH, "grad_weight = _sum_over_samples(g * x_hat, over_n)"),
     ("∂J/∂β = Σ_n g_n", PATH, "grad_bias = _sum_over_samples(g, over_n)"),
 ]
