@@ -115,3 +115,9 @@ def test_every_page_is_in_the_site_navigation():
     navigation = (ROOT / "mkdocs.yml").read_text()
     for page in (ROOT / "docs").glob("**/*.md"):
         assert f": {page.relative_to(ROOT / 'docs')}" in navigation, page
+
+
+def test_no_page_of_the_site_links_outside_the_site():
+    """A link to ../torchbp/... works on GitHub and breaks on the site: the code is linked through the API reference."""
+    for page in (ROOT / "docs").glob("**/*.md"):
+        assert not re.findall(r"\]\(\.\./[^)]*\)", page.read_text()), page
