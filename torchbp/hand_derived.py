@@ -32,7 +32,8 @@ class HandDerivedFunction(torch.autograd.Function):
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
         if kwargs or torch.compiler.is_compiling() or speed.transforms_active():  # these need setup_context's form
             return super().apply(*args, **kwargs)  # type: ignore[no-untyped-call]  # torch leaves apply untyped
-        return speed.apply_eagerly(cls, args)
+        twin_apply = speed.TWINS.get(cls) or speed.twin_apply(cls)
+        return twin_apply(*speed.unwrap_dead_wrappers(args))
 
 
 def running_eagerly() -> bool:
@@ -63,9 +64,8 @@ def product(first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor
     return first
 
 
-def squared_error(input: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``F.mse_loss(input, target, reduction=reduction)`` for an input and target of one shape."""
-    return speed.mse_loss_of_equal_shapes(input, target, reduction)
+# ``F.mse_loss(input, target, reduction=reduction)`` for an input and target of one shape.
+squared_error = speed.mse_loss_of_equal_shapes
 
 
 class Indicator(NamedTuple):
@@ -79,19 +79,16 @@ Derivative = torch.Tensor | tuple[torch.Tensor, ...] | Indicator
 
 
 def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivative) -> torch.Tensor:
-    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: one tensor, factors (the first
-    a new tensor, multiplied with g first, then the others in order: the order native torch multiplies in),
-    or an :class:`Indicator`."""
+    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: factors (the first a new
+    tensor, multiplied with g first, then the others in order: the order native torch multiplies in), one
+    tensor, or an :class:`Indicator`."""
     if isinstance(derivative, Indicator):
         return torch.where(derivative.zero_where, 0, g)
-    rest: tuple[torch.Tensor, ...] = ()
-    if isinstance(derivative, torch.Tensor):
-        first = derivative
-    else:
-        first, rest = derivative[0], derivative[1:]
-    if first is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
-        return product(saved * g, *rest)
-    return product(first, g, *rest)
+    if isinstance(derivative, tuple):  # g (1 − a) a as (1 − a) g a: the same bits
+        return product(derivative[0], g, *derivative[1:])
+    if derivative is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
+        return saved * g
+    return product(derivative, g)
 
 
 class ElementwiseFunction(HandDerivedFunction):

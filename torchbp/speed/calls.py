@@ -1,10 +1,10 @@
 """Shortcuts around PyTorch's per-call costs, which for a small layer exceed its arithmetic.
 
 Leans on private PyTorch internals: torch._C._FunctionBase.apply, _SingleLevelFunction.setup_context,
-torch._C._are_functorch_transforms_active, torch._C._nn.mse_loss, torch._C._functorch.is_batchedtensor,
-is_legacy_batchedtensor and unwrap_if_dead. Where a PyTorch version lacks them, every call takes the full path.
+torch._C._are_functorch_transforms_active, torch._C._nn.mse_loss, torch._C._functorch.is_legacy_batchedtensor
+and unwrap_if_dead. Where a PyTorch version lacks them, every call takes the full path.
 
-- **The older-form twin** (:func:`apply_eagerly`). ``Function.apply`` on a ``setup_context``-style
+- **The older-form twin** (:func:`twin_apply`). ``Function.apply`` on a ``setup_context``-style
   Function first binds its arguments to ``forward``'s signature with ``inspect``, then calls
   ``forward`` and ``setup_context`` as two Python calls. torchbp's Functions are always called with
   their arguments given positionally, so outside torch.func transforms and torch.compile they run
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 try:
     from torch._C import _are_functorch_transforms_active
-    from torch._C._functorch import is_batchedtensor, is_legacy_batchedtensor, unwrap_if_dead
+    from torch._C._functorch import is_legacy_batchedtensor, unwrap_if_dead
     from torch._C._nn import mse_loss as _mse_loss_kernel
     from torch.autograd.function import _SingleLevelFunction
 
@@ -46,15 +46,15 @@ except ImportError:  # pragma: no cover - a PyTorch without these internals take
 transforms_active: Callable[[], bool] = _are_functorch_transforms_active if SHORTCUTS else (lambda: True)
 
 
-_TWINS: dict[type, Callable[..., Any]] = {}
+# Each Function's twin's apply, made on its first call: ``TWINS.get(cls) or twin_apply(cls)``, then called as
+# ``apply(*unwrap_dead_wrappers(args))`` (a dictionary read, not a call, on the path of every layer's every call).
+TWINS: dict[type, Callable[..., Any]] = {}
 
 
-def apply_eagerly(function: type[torch.autograd.Function], args: tuple[Any, ...]) -> Any:
-    """``function.apply(*args)`` through its twin in the older form (made on first use)."""
-    apply = _TWINS.get(function)
-    if apply is None:
-        apply = _TWINS[function] = _ctx_in_forward_twin(function)
-    return apply(*_unwrap_dead_wrappers(args))
+def twin_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """The apply of ``function``'s twin in the older form, made and kept in :data:`TWINS` on first use."""
+    apply = TWINS[function] = _ctx_in_forward_twin(function)
+    return apply
 
 
 def _ctx_in_forward_twin(function: type[torch.autograd.Function]) -> Callable[..., Any]:
@@ -85,7 +85,7 @@ def _ctx_in_forward_twin(function: type[torch.autograd.Function]) -> Callable[..
     return super(torch.autograd.Function, twin).apply  # type: ignore[misc, no-any-return]  # _FunctionBase.apply
 
 
-def _unwrap_dead_wrappers(args: tuple[Any, ...]) -> tuple[Any, ...]:
+def unwrap_dead_wrappers(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """``args`` with every tensor that a finished torch.func transform left wrapped unwrapped, as
     ``Function.apply`` does (torch._functorch.utils.unwrap_dead_wrappers). A transform wraps every
     tensor, a parameter too, as a plain ``torch.Tensor``, so only those are asked."""
@@ -97,17 +97,18 @@ def products_in_place(factors: tuple[torch.Tensor | float, ...]) -> bool:
 
     Not while the backward is itself being differentiated (grad mode is on inside a
     backward only under ``create_graph=True``): every product must then be recorded.
-    Not when a factor is batched (torch.func transforms, ``is_grads_batched=True``,
-    vectorised jacobians): a batched tensor cannot be multiplied into an unbatched
-    one in place. Not while torch.compile traces the backward: the compiler fuses
-    the products anyway.
+    Not when a factor is batched: under torch.func transforms (whose batched tensors
+    exist only while one is active), nor under ``is_grads_batched=True`` and vectorised
+    jacobians, which batch the upstream gradient in the older form: a batched tensor
+    cannot be multiplied into an unbatched one in place. Not while torch.compile traces
+    the backward: the compiler fuses the products anyway.
     """
     if torch.compiler.is_compiling() or not SHORTCUTS:  # first: the compiler is not to trace the checks below
         return False
     if torch.is_grad_enabled() or transforms_active():
         return False
     for factor in factors:
-        if isinstance(factor, torch.Tensor) and (is_batchedtensor(factor) or is_legacy_batchedtensor(factor)):
+        if type(factor) is torch.Tensor and is_legacy_batchedtensor(factor):
             return False
     return True
 

@@ -64,6 +64,8 @@ class Plan(NamedTuple):
 
     steps: tuple[Step, ...]
     starts: tuple[int, ...]  # each step's first argument in the flat list of arguments
+    forwards: tuple[tuple[Callable[..., torch.Tensor], slice], ...]  # each step's forward and its arguments' slice
+    backwards: tuple[tuple[Callable[..., Any], int, int, slice, slice], ...]  # see SequentialFunction.backward
     constants: tuple[int, ...]  # where in the flat list the arguments that are not tensors are
     saved: tuple[int | None, ...]  # for h_0 … h_L: where in (x, *returned) the backward reads it, or None
     returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
@@ -88,8 +90,8 @@ class SequentialFunction(HandDerivedFunction):
     def forward(x: torch.Tensor, kinds: tuple[str, ...], *args: Any) -> tuple[torch.Tensor, ...]:
         chain = plan(kinds)
         hs = [x]
-        for step, start in zip(chain.steps, chain.starts):
-            hs.append(step.forward(hs[-1], *args[start : start + step.arity]))
+        for forward, arguments in chain.forwards:
+            hs.append(forward(hs[-1], *args[arguments]))
         return tuple([hs[l] for l in chain.returned])
 
     @staticmethod
@@ -118,15 +120,16 @@ class SequentialFunction(HandDerivedFunction):
         lowest = needs.index(True) - 2
         grad_args: list[torch.Tensor | None] = [None] * len(args)
         delta = None
+        arriving = chain.arriving
         for l in reversed(range(length)):
-            if chain.arriving[l + 1] is not None:  # ∂J/∂h_{l+1} from outside the chain joins the one from above
-                delta = _join(delta, grads[chain.arriving[l + 1]])
+            if arriving[l + 1] is not None:  # ∂J/∂h_{l+1} from outside the chain joins the one from above
+                delta = _join(delta, grads[arriving[l + 1]])
             if delta is None:
                 continue
-            step, i = chain.steps[l], chain.starts[l]
-            h = hs[l + 1] if step.reads == "output" else hs[l]  # what a scale is given it does not read
-            end = i + step.arity
-            delta, grad_args[i:end] = step.backward(delta, h, tuple(args[i:end]), (lowest < i, *needs[i + 2 : end + 2]))
+            # step l's backward, the h it reads (h_l or h_{l+1}; a scale is given one it does not read),
+            # its first argument, and its arguments' and their flags' slices of args and needs
+            backward, read, i, arguments, flags = chain.backwards[l]
+            delta, grad_args[arguments] = backward(delta, hs[read], tuple(args[arguments]), (lowest < i, *needs[flags]))
             if lowest >= i:
                 break
         return (delta if needs[0] else None, None, *grad_args)
@@ -156,7 +159,13 @@ def plan(kinds: tuple[str, ...]) -> Plan:
     returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
     arriving = tuple(returned.index(l) if l in returned else None for l in range(len(kinds) + 1))
     saved = tuple(((0 if l == 0 else arriving[l] + 1) if read[l] else None) for l in range(len(kinds) + 1))  # type: ignore[operator]
-    return Plan(steps, starts, constants, saved, returned, arriving)
+    slices = tuple(slice(start, start + step.arity) for step, start in zip(steps, starts))
+    forwards = tuple((step.forward, arguments) for step, arguments in zip(steps, slices))
+    backwards = tuple(
+        (step.backward, l + 1 if step.reads == "output" else l, start, arguments, slice(start + 2, arguments.stop + 2))
+        for l, (step, start, arguments) in enumerate(zip(steps, starts, slices))
+    )
+    return Plan(steps, starts, forwards, backwards, constants, saved, returned, arriving)
 
 
 def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -206,11 +215,12 @@ class Sequential(HandDerivedModule, torch.nn.Sequential):
             step = _FUSABLE.get(type(layer))
             if step is None or _runs_other_code(layer):  # the fused chain would not run it
                 return None
-            arguments = step.arguments(layer)
-            if arguments is None:
-                return None
+            if step.arity:  # an activation has no arguments to ask for
+                arguments = step.arguments(layer)
+                if arguments is None:
+                    return None
+                args += arguments
             kinds.append(step.kind)
-            args += arguments
         return (kinds, args) if kinds else None
 
 
