@@ -17,6 +17,7 @@ from torchbp.layers.conv2d import (
     per_sample_weight_grad_norms_squared,
     per_sample_weight_grads,
     weight_gradient,
+    weight_gradient_by_offsets,
 )
 from torchbp.verification.report import NOT_APPLICABLE
 
@@ -87,6 +88,44 @@ def test_conv2d_matches_native_for_any_shape(n, channels, kernel, stride, paddin
     shape = (c, *size) if n is None else (n, c, *size)
     case = setting(shape, (o, c, *kernel), bias, stride, padding, dilation)
     check_function(conv2d, F.conv2d, *make_inputs(case, dtype)).assert_ok()
+
+
+def native_weight_gradient(case: dict) -> tuple:
+    x, w, b, stride, padding, dilation = make_inputs(case)
+    w.requires_grad_()
+    z = F.conv2d(x, w, b, stride, padding, dilation)
+    delta = torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=z.dtype)
+    (grad_w,) = torch.autograd.grad(z, w, delta)
+    return (x, delta, tuple(w.shape[2:]), stride, padding, dilation), grad_w
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if len(CASES[c]["input"]) == 4])
+def test_the_weight_gradient_taken_while_compiling_matches_native(case):
+    """weight_gradient_by_offsets, the route of torch.compile (any batch size), against native autograd."""
+    arguments, expected = native_weight_gradient(CASES[case])
+    actual = weight_gradient_by_offsets(*arguments)
+    assert compare_tensors("weight", actual, expected).ok
+    assert not compare_tensors("weight", actual * (1 + 1e-6), expected).ok or expected.abs().max() == 0
+
+
+@given(
+    n=st.integers(0, 3),
+    channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    extra=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+)
+def test_the_weight_gradient_taken_while_compiling_matches_native_for_any_shape(
+    n, channels, kernel, stride, padding, dilation, extra
+):
+    c, o = channels
+    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + e for k, p, d, e in zip(kernel, padding, dilation, extra))
+    arguments, expected = native_weight_gradient(
+        setting((n, c, *size), (o, c, *kernel), False, stride, padding, dilation)
+    )
+    assert compare_tensors("weight", weight_gradient_by_offsets(*arguments), expected).ok
 
 
 def gradients(fn, inputs: tuple, grad_output: torch.Tensor, which: str) -> tuple:

@@ -194,20 +194,38 @@ def weight_gradient(
 ) -> torch.Tensor:
     """∂J/∂W = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]: (o, c, kH, kW).
 
-    Read with n as the channel summed over and δ as the kernel, this is a convolution
-    whose stride is d and whose dilation is s. Its output (c, o, i', j') runs past
-    kH × kW where rows or columns are left that no window reaches; the first kH × kW
-    are the gradient.
-    Chosen over unfold and a matrix product per sample (per_sample_weight_grads, summed)
-    as faster and lighter in float32: for N=64, C=16, O=32, 28×28, k=3, padding 1, on
-    2 CPU cores, 10.5 ms and 18 MiB at peak against 17.8 ms and 29 MiB (native
-    autograd's weight gradient, oneDNN's own kernel: 3.8 ms, 9 MiB). In float64 the
-    unfold is the faster, 50 ms against 63 ms (native: 39 ms).
+    Eagerly, read with n as the channel summed over and δ as the kernel, this is a
+    convolution whose stride is d and whose dilation is s. Its output (c, o, i', j')
+    runs past kH × kW where rows or columns are left that no window reaches; the first
+    kH × kW are the gradient. Chosen over unfold and a matrix product per sample
+    (per_sample_weight_grads, summed) as faster and lighter in float32: for N=64, C=16,
+    O=32, 28×28, k=3, padding 1, on 2 CPU cores, 10.5 ms and 18 MiB at peak against
+    17.8 ms and 29 MiB (native autograd's weight gradient, oneDNN's own kernel: 3.8 ms,
+    9 MiB). In float64 the unfold is the faster, 50 ms against 63 ms (native: 39 ms).
+
+    While torch.compile traces, that convolution would make the batch size its channel
+    count, which the compiler fixes: every batch size would compile anew, and a
+    symbolic one (dynamic=True, a smaller last batch) fails. There the sum is taken
+    per kernel offset instead (:func:`weight_gradient_by_offsets`).
     """
+    if torch.compiler.is_compiling():
+        return weight_gradient_by_offsets(a_prev, delta, kernel_size, stride, padding, dilation)
     if a_prev.shape[0] == 0:  # no samples: F.conv2d with no input channels gives a tensor of the wrong shape
         return a_prev.new_zeros((delta.shape[1], a_prev.shape[1], *kernel_size))
     grad = F.conv2d(a_prev.transpose(0, 1), delta.transpose(0, 1), None, dilation, padding, stride)  # (c, o, i', j')
     return grad[:, :, : kernel_size[0], : kernel_size[1]].transpose(0, 1)  # (o, c, kH, kW)
+
+
+def weight_gradient_by_offsets(
+    a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+) -> torch.Tensor:
+    """The same ∂J/∂W as one contraction over the windows: ∂J/∂W[o, c, i, j] = Σ_{n,h,w} δ[n,o,h,w]
+    windows[n, c, h, w, i, j], where windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·d, w·s + j·d]
+    (a strided view of a_pad, no copy)."""
+    (kH, kW), (sH, sW), (pH, pW), (dH, dW) = kernel_size, stride, padding, dilation
+    a_pad = F.pad(a_prev, (pW, pW, pH, pH))
+    windows = a_pad.unfold(2, (kH - 1) * dH + 1, sH).unfold(3, (kW - 1) * dW + 1, sW)[..., ::dH, ::dW]
+    return torch.einsum("nohw,nchwij->ocij", delta, windows[:, :, : delta.shape[2], : delta.shape[3]])
 
 
 def conv2d_backward(
