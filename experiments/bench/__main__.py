@@ -27,11 +27,15 @@ def run(cases: list[Case], repeats: int, warmup: int) -> str:
         f"torchbp benchmark: torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
         f"{repeats} paired repetitions after {warmup} warm-up",
         "",
-        "| case | A | B | A median | B median | A / B median | A / B p25–p75 | target | met | peak memory A / B |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | A | B | A median | B median | A / B median | A / B p25–p75 | target | met | peak memory A / B "
+        "| compile A / B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         a, b = case.make()
+        compile_seconds = "-"
+        if hasattr(a, "compile_seconds"):  # excluded from the times below
+            compile_seconds = f"{a.compile_seconds:.1f} s / {b.compile_seconds:.1f} s"
         memory = "-"
         if case.memory is not None:
             setup, variant = case.memory
@@ -48,7 +52,8 @@ def run(cases: list[Case], repeats: int, warmup: int) -> str:
         met = "yes" if ratio[1] <= case.target else "NO"
         lines.append(
             f"| {case.name} | {case.a} | {case.b} | {a_median * 1e3:.2f} ms | {b_median * 1e3:.2f} ms "
-            f"| {ratio[1]:.3f} | {ratio[0]:.3f}–{ratio[2]:.3f} | ≤ {case.target} | {met} | {memory} |"
+            f"| {ratio[1]:.3f} | {ratio[0]:.3f}–{ratio[2]:.3f} | ≤ {case.target} | {met} | {memory} "
+            f"| {compile_seconds} |"
         )
         print(lines[-1], file=sys.stderr)
     return "\n".join(lines)
@@ -68,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 4:
         parser.error("--repeats must be at least 4 (quartiles need them)")
     cases = [case for case in CASES if args.only is None or args.only in case.name]
+    # Every compiled case compiles its two models anew; past the recompile limit torch.compile would
+    # run them eagerly and say nothing, so the limit is raised and reaching it is made an error.
+    torch._dynamo.config.recompile_limit = 4 * len(cases)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     table = run(cases, args.repeats, args.warmup)
     print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -193,6 +194,36 @@ def steps_against_native(setup: str, variant: str = "per-layer"):
     return make
 
 
+def compiled_training_step(model, loss_fn, x, y) -> Callable[[], None]:
+    """:func:`training_step` with forward and loss compiled whole (``torch.compile(fullgraph=True)``, so the
+    backward is the compiled graph's); the SGD update stays eager. The first call compiles: its seconds are
+    the returned step's ``compile_seconds``, and the timing after it leaves them out."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    objective = torch.compile(lambda x, y: loss_fn(model(x), y), fullgraph=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        objective(x, y).backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step()
+    step.compile_seconds = time.perf_counter() - start  # type: ignore[attr-defined]
+    return step
+
+
+def compiled_steps_against_native(setup: str, variant: str = "per-layer"):
+    """A compiled training step of the torchbp model against native's, compiled the same way."""
+
+    def make():
+        model, loss_fn, x, y = TRAINING_SETUPS[setup]()
+        hand = compiled_training_step(VARIANTS[variant](model), torchbp.convert(loss_fn), x, y)
+        native = compiled_training_step(model, loss_fn, x, y)
+        return hand, native
+
+    return make
+
+
 def fused_loss_against_native():
     """The derivation network's training step through torchbp's fastest path, network and ½ SSE as one node
     (torchbp.fuse_loss), against native autograd."""
@@ -242,6 +273,16 @@ def training_case(title: str, setup: str, variant: str, target: float, memory_ta
         target,
         memory_target,
         (setup, variant),
+    )
+
+
+def compiled_case(title: str, setup: str, variant: str = "per-layer", target: float = 1.05) -> Case:
+    return Case(
+        f"compiled training step, {title}" + (", fused" if variant == "fused" else ""),
+        "torch.compile of " + ("torchbp.fuse" if variant == "fused" else "torchbp per-layer"),
+        "torch.compile of native",
+        compiled_steps_against_native(setup, variant),
+        target,
     )
 
 
@@ -367,6 +408,16 @@ CASES = [
     ),
     training_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", "per-layer", 1.15, 1.3),
     training_case("digits-cnn's network, batch 64", "digits-cnn", "per-layer", 1.3, 1.3),
+    compiled_case("derivation's 2-3-1 network, float64", "derivation", target=1.0),
+    compiled_case("mid MLP (3×256, batch 64)", "mid"),
+    compiled_case("mid MLP (3×256, batch 64)", "mid", "fused"),
+    compiled_case("compute-bound MLP (3×1024, batch 512)", "compute-bound"),
+    compiled_case("mid MLP with tanh (3×256, batch 64)", "mid-tanh"),
+    compiled_case("mid MLP with ReLU (3×256, batch 64)", "mid-relu"),
+    compiled_case("mid MLP with LayerNorm and tanh (3×256, batch 64)", "mid-layernorm"),
+    compiled_case("mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy"),
+    compiled_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv"),
+    compiled_case("digits-cnn's network, batch 64", "digits-cnn"),
     Case(
         "per-sample grads into reused buffers, digits-cnn, batch 64",
         "torchbp.per_sample_grads(out=)",
