@@ -260,3 +260,41 @@ def test_a_multilayer_perceptron_then_a_convolutional_network_compiled_in_one_pr
         batches = batches_for(case, native, (7, 7, 5))
         hand = torchbp.convert(native)
         assert mismatches(native, hand, L.CrossEntropyLoss(), torchbp.nn.CrossEntropyLoss(), batches, None) == []
+
+
+@pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
+def test_the_network_and_loss_as_one_node_compiled_match_native_as_the_batch_size_changes(sizes):
+    """torchbp.fuse_loss compiled whole against ½ Σ (y − ŷ)² of the native network, compiled the same way."""
+    torch.manual_seed(0)
+    native = Seq(L.Linear(4, 5), L.Sigmoid(), L.Linear(5, 3)).double()
+    objective = torchbp.fuse_loss(native, L.MSELoss(reduction="sum"), scale=0.5)
+
+    class HalfSumSquaredError(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = native
+
+        def forward(self, x, y):
+            return 0.5 * torch.nn.functional.mse_loss(self.model(x), y, reduction="sum")
+
+    generator = torch.Generator().manual_seed(2)
+    batches = []
+    for n in sizes:
+        x = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+        batches.append((x, torch.randn(n, 3, generator=generator, dtype=torch.float64)))
+
+    def steps(whole):
+        torch._dynamo.reset()
+        compiled = torch.compile(whole, dynamic=len(sizes) == 2 or None, fullgraph=True)
+        results = []
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            for x, y in batches:
+                whole.zero_grad(set_to_none=True)
+                loss = compiled(x, y)
+                loss.backward()
+                results.append((loss.detach(), {name: p.grad.clone() for name, p in whole.named_parameters()}))
+        return results
+
+    for (loss, grads), (native_loss, native_grads) in zip(steps(objective), steps(HalfSumSquaredError())):
+        assert compare_tensors("loss", loss, native_loss).ok
+        assert all(compare_tensors(name, grads[name], native_grads[name]).ok for name in native_grads)
