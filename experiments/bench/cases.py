@@ -182,13 +182,14 @@ def training_step(model, loss_fn, x, y) -> Callable[[], None]:
 VARIANTS = {"native": lambda m: m, "per-layer": torchbp.convert, "fused": torchbp.fuse}
 
 
-def steps_against_native(setup: str, variant: str = "per-layer"):
-    """A training step of the torchbp model (per-layer or fused) against native."""
+def steps_against_native(setup: str, variant: str = "per-layer", step=training_step):
+    """A training step of the torchbp model (per-layer or fused) against native's, both made by ``step``
+    (:func:`training_step`, or :func:`compiled_training_step`)."""
 
     def make():
         model, loss_fn, x, y = TRAINING_SETUPS[setup]()
-        hand = training_step(VARIANTS[variant](model), torchbp.convert(loss_fn), x, y)
-        native = training_step(model, loss_fn, x, y)
+        hand = step(VARIANTS[variant](model), torchbp.convert(loss_fn), x, y)
+        native = step(model, loss_fn, x, y)
         return hand, native
 
     return make
@@ -210,18 +211,6 @@ def compiled_training_step(model, loss_fn, x, y) -> Callable[[], None]:
     step()
     step.compile_seconds = time.perf_counter() - start  # type: ignore[attr-defined]
     return step
-
-
-def compiled_steps_against_native(setup: str, variant: str = "per-layer"):
-    """A compiled training step of the torchbp model against native's, compiled the same way."""
-
-    def make():
-        model, loss_fn, x, y = TRAINING_SETUPS[setup]()
-        hand = compiled_training_step(VARIANTS[variant](model), torchbp.convert(loss_fn), x, y)
-        native = compiled_training_step(model, loss_fn, x, y)
-        return hand, native
-
-    return make
 
 
 def fused_loss_against_native():
@@ -281,7 +270,7 @@ def compiled_case(title: str, setup: str, variant: str = "per-layer", target: fl
         f"compiled training step, {title}" + (", fused" if variant == "fused" else ""),
         "torch.compile of " + ("torchbp.fuse" if variant == "fused" else "torchbp per-layer"),
         "torch.compile of native",
-        compiled_steps_against_native(setup, variant),
+        steps_against_native(setup, variant, compiled_training_step),
         target,
     )
 
