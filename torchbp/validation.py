@@ -48,6 +48,15 @@ def shape_text(tensor: torch.Tensor) -> str:
     return str(tuple(tensor.shape))
 
 
+def validate_bias_shape(op: str, bias: torch.Tensor | None, weight: torch.Tensor) -> None:
+    """A layer's bias, where given, is (out,), out the weight's first size."""
+    out = weight.shape[0]
+    if bias is not None and tuple(bias.shape) != (out,):
+        raise ShapeError(
+            f"{op}: expected bias of shape ({out},) to match weight {shape_text(weight)}, got bias {shape_text(bias)}"
+        )
+
+
 def validate_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         # The message torch.nn.functional's losses give for the same mistake.

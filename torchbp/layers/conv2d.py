@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torchbp import autocast
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
 from torchbp.table import Layer, register
-from torchbp.validation import FLOATING, ShapeError, shape_text, validate_floating_and_matching
+from torchbp.validation import (
+    FLOATING,
+    ShapeError,
+    shape_text,
+    validate_bias_shape,
+    validate_floating_and_matching,
+)
 
 Pair = tuple[int, int]
 
@@ -85,17 +91,13 @@ def validate_conv2d_shapes(
             "conv2d: expected weight of shape (out_channels, in_channels, kH, kW) with at least one channel "
             f"of each, got {shape_text(weight)}"
         )
-    out_channels, in_channels, kH, kW = weight.shape
+    in_channels, kH, kW = weight.shape[1:]
     if input.dim() not in (3, 4) or input.shape[-3] != in_channels:
         raise ShapeError(
             f"conv2d: expected input of shape (N, {in_channels}, H, W) or ({in_channels}, H, W) to match weight "
             f"{shape_text(weight)}, got input {shape_text(input)}"
         )
-    if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise ShapeError(
-            f"conv2d: expected bias of shape ({out_channels},) to match weight {shape_text(weight)}, "
-            f"got bias {shape_text(bias)}"
-        )
+    validate_bias_shape("conv2d", bias, weight)
     H, W = input.shape[-2:]
     if not (_reaches(H, kH, padding[0], dilation[0]) and _reaches(W, kW, padding[1], dilation[1])):
         reach = tuple(d * (k - 1) + 1 for k, d in zip((kH, kW), dilation))

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torchbp import autocast
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
 from torchbp.table import Layer, Step, register
-from torchbp.validation import FLOATING, ShapeError, shape_text, validate_floating_and_matching
+from torchbp.validation import (
+    FLOATING,
+    ShapeError,
+    shape_text,
+    validate_bias_shape,
+    validate_floating_and_matching,
+)
 
 # -- input checks ----------------------------------------------------------------------
 
@@ -26,17 +32,13 @@ def validate_linear_shapes(input: torch.Tensor, weight: torch.Tensor, bias: torc
     """input is (*, in_features), weight is (out_features, in_features), bias is (out_features,)."""
     if weight.dim() != 2:
         raise ShapeError(f"linear: expected weight of shape (out_features, in_features), got {shape_text(weight)}")
-    out_features, in_features = weight.shape
+    in_features = weight.shape[1]
     if input.dim() == 0 or input.shape[-1] != in_features:
         raise ShapeError(
             f"linear: expected input of shape (*, {in_features}) to match weight {shape_text(weight)}, "
             f"got input {shape_text(input)}"
         )
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ShapeError(
-            f"linear: expected bias of shape ({out_features},) to match weight {shape_text(weight)}, "
-            f"got bias {shape_text(bias)}"
-        )
+    validate_bias_shape("linear", bias, weight)
 
 
 def validate_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
