@@ -138,14 +138,15 @@ def test_every_layer_of_the_table_has_a_compiled_case():
 def compiled_steps(model, loss_fn, batches, dynamic):
     """Loss and gradients of each batch through ``torch.compile(model, dynamic=dynamic)``: compiled whole,
     from a clean slate (Sequential.forward is one code object for every model, and past the recompile
-    limit torch.compile would quietly run it eagerly)."""
+    limit torch.compile would quietly run it eagerly). Without a ``loss_fn``, the model is given the target
+    too and returns the loss (as torchbp.fuse_loss's does)."""
     torch._dynamo.reset()
     compiled = torch.compile(model, dynamic=dynamic, fullgraph=True)
     results = []
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         for x, target in batches:
             model.zero_grad(set_to_none=True)
-            loss = loss_fn(compiled(x), target)
+            loss = compiled(x, target) if loss_fn is None else loss_fn(compiled(x), target)
             loss.backward()
             results.append((loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
@@ -277,24 +278,7 @@ def test_the_network_and_loss_as_one_node_compiled_match_native_as_the_batch_siz
         def forward(self, x, y):
             return 0.5 * torch.nn.functional.mse_loss(self.model(x), y, reduction="sum")
 
-    generator = torch.Generator().manual_seed(2)
-    batches = []
-    for n in sizes:
-        x = torch.randn(n, 4, generator=generator, dtype=torch.float64)
-        batches.append((x, torch.randn(n, 3, generator=generator, dtype=torch.float64)))
-
-    def steps(whole):
-        torch._dynamo.reset()
-        compiled = torch.compile(whole, dynamic=len(sizes) == 2 or None, fullgraph=True)
-        results = []
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-            for x, y in batches:
-                whole.zero_grad(set_to_none=True)
-                loss = compiled(x, y)
-                loss.backward()
-                results.append((loss.detach(), {name: p.grad.clone() for name, p in whole.named_parameters()}))
-        return results
-
-    for (loss, grads), (native_loss, native_grads) in zip(steps(objective), steps(HalfSumSquaredError())):
-        assert compare_tensors("loss", loss, native_loss).ok
-        assert all(compare_tensors(name, grads[name], native_grads[name]).ok for name in native_grads)
+    case = Case(lambda: native, L.MSELoss, (4,), like)
+    batches = batches_for(case, native, sizes)
+    dynamic = len(sizes) == 2 or None
+    assert mismatches(HalfSumSquaredError(), objective, None, None, batches, dynamic) == []
