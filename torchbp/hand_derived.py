@@ -3,18 +3,25 @@ activations, products of factors, and the marker of torchbp's modules.
 
 This is the one place where the math meets the speed machinery (``torchbp.speed.calls``):
 ``HandDerivedFunction.apply`` takes the cheaper call where it behaves the same,
-:func:`product` decides whether factors are multiplied in place or recorded, and
+``products_in_place`` decides whether a backward multiplies its factors in place or records
+them (:func:`product` multiplies), and
 :func:`squared_error` is the squared error's kernel without its broadcast. The
 formulas in ``torchbp/layers/`` read without either.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from torchbp.speed import calls as speed  # the one hook into the speed package
+from torchbp.speed.calls import (  # the one hook into the speed package
+    TWINS,
+    mse_loss_of_equal_shapes,
+    transforms_active,
+    unwrap_dead_wrappers,
+)
+from torchbp.speed.calls import products_in_place as products_in_place  # used by the layers' backwards
 from torchbp.table import Step
 
 
@@ -30,32 +37,25 @@ class HandDerivedFunction(torch.autograd.Function):
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        if kwargs or torch.compiler.is_compiling() or speed.transforms_active():  # these need setup_context's form
+        if kwargs or torch.compiler.is_compiling() or transforms_active():  # these need setup_context's form
             return super().apply(*args, **kwargs)  # type: ignore[no-untyped-call]  # torch leaves apply untyped
-        twin_apply = speed.TWINS.get(cls) or speed.twin_apply(cls)
-        return twin_apply(*speed.unwrap_dead_wrappers(args))
+        return TWINS[cls](*unwrap_dead_wrappers(args))
 
 
 def running_eagerly() -> bool:
     """Outside torch.compile and torch.func transforms: where a check may read a tensor's values."""
-    return not (torch.compiler.is_compiling() or speed.transforms_active())
+    return not (torch.compiler.is_compiling() or transforms_active())
 
 
-def products_in_place(*factors: torch.Tensor | float) -> bool:
-    """May a backward multiply these factors into a fresh temporary of its own, in place, rather than
-    record each product? (Not when the backward is differentiated, batched or compiled.)"""
-    return speed.products_in_place(factors)
-
-
-def product(first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor:
+def product(in_place: bool, first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor:
     """first ⊙ f1 ⊙ f2 …, multiplied left to right.
 
-    ``first`` must be a new tensor of the caller's (``1 - a``, ``ŷ - y``): where
-    :func:`products_in_place` allows, the factors are multiplied into it in place, so the
+    ``first`` must be a new tensor of the caller's (``1 - a``, ``ŷ - y``). With ``in_place``
+    (given as ``products_in_place(g)``) the factors are multiplied into it in place, so the
     backward holds one temporary; otherwise every product is recorded (double backward).
     Both give the same bits.
     """
-    if speed.products_in_place(factors):
+    if in_place:
         for factor in factors:
             first.mul_(factor)
         return first
@@ -65,30 +65,34 @@ def product(first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor
 
 
 # ``F.mse_loss(input, target, reduction=reduction)`` for an input and target of one shape.
-squared_error = speed.mse_loss_of_equal_shapes
+squared_error = mse_loss_of_equal_shapes
 
 
-class Indicator(NamedTuple):
+class Indicator:
     """A derivative that is 1 or 0, given by where it is 0: ``g ⊙`` it is g there set to exactly 0 (a
     selection, not a product, so a NaN or ∞ in g becomes 0 where the derivative is 0, as natively)."""
 
-    zero_where: torch.Tensor
+    __slots__ = ("zero_where",)
+
+    def __init__(self, zero_where: torch.Tensor) -> None:
+        self.zero_where = zero_where
 
 
-Derivative = torch.Tensor | tuple[torch.Tensor, ...] | Indicator
+Derivative = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Indicator
 
 
 def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivative) -> torch.Tensor:
-    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: factors (the first a new
-    tensor, multiplied with g first, then the others in order: the order native torch multiplies in), one
-    tensor, or an :class:`Indicator`."""
+    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: one tensor; two factors
+    (f1, f2), f1 a new tensor, multiplied as f1 g f2 (σ' = (1 − a) a taken in the order native torch takes
+    g (1 − a) a); or an :class:`Indicator`."""
+    if isinstance(derivative, tuple):
+        f1, f2 = derivative
+        return product(products_in_place(g), f1, g, f2)
     if isinstance(derivative, Indicator):
         return torch.where(derivative.zero_where, 0, g)
-    if isinstance(derivative, tuple):  # g (1 − a) a as (1 − a) g a: the same bits
-        return product(derivative[0], g, *derivative[1:])
     if derivative is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
         return saved * g
-    return product(derivative, g)
+    return product(products_in_place(g), derivative, g)
 
 
 class ElementwiseFunction(HandDerivedFunction):
@@ -115,26 +119,26 @@ class ElementwiseFunction(HandDerivedFunction):
             return
         if cls.saves not in ("output", "input"):
             raise ValueError(f"{cls.__name__}.saves: expected 'output' or 'input', got {cls.saves!r}")
-        from_output = cls.saves == "output"
 
-        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-            ctx.save_for_backward(output if from_output else inputs[0])
+        def save_output(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            ctx.save_for_backward(output)
+
+        def save_input(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            ctx.save_for_backward(inputs[0])
 
         def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
             (t,) = ctx.saved_tensors
             return times_derivative(g, t, cls.derivative(t))
 
-        cls.setup_context = staticmethod(setup_context)  # type: ignore[method-assign]
+        cls.setup_context = staticmethod(save_output if cls.saves == "output" else save_input)  # type: ignore[method-assign]
         cls.backward = staticmethod(backward)  # type: ignore[method-assign]
 
     @classmethod
     def fused_step(cls, kind: str) -> Step:
         """Its :class:`torchbp.table.Step`: the same forward and backward inside the fused chain."""
 
-        def backward(
-            delta: torch.Tensor, t: torch.Tensor, arguments: tuple[()], needs: tuple[bool, ...]
-        ) -> tuple[torch.Tensor, tuple[()]]:
-            return times_derivative(delta, t, cls.derivative(t)), ()
+        def backward(delta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return times_derivative(delta, t, cls.derivative(t))
 
         return Step(kind, cls.forward, backward, reads=cls.saves)
 

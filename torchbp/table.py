@@ -29,14 +29,16 @@ class Step(NamedTuple):
     ``backward(δ, h, arguments, needs)``, with δ = ∂J/∂(its output), h the tensor it
     ``reads`` ("input" or "output"; None: neither) and ``needs`` the flags (its input,
     *its arguments); that returns (∂J/∂(its input) or None, the arguments' gradients).
-    A step takes ``arity`` arguments after its input, of which those at ``constants`` are not
-    tensors; ``arguments(module)`` gives a module's (a Linear's weight and bias; for a loss,
-    those after the target), or None where that module cannot run fused.
+    A step without arguments (an activation) has the backward ``backward(δ, h)``, which
+    returns ∂J/∂(its input). A step takes ``arity`` arguments after its input, of which
+    those at ``constants`` are not tensors; ``arguments(module)`` gives a module's (a
+    Linear's weight and bias; for a loss, those after the target), or None where that
+    module cannot run fused.
     """
 
     kind: str  # its name in a chain's kinds, such as "linear"
     forward: Callable[..., torch.Tensor]
-    backward: Callable[..., tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]]
+    backward: Callable[..., Any]  # see above: (∂J/∂(its input), the arguments' gradients), or ∂J/∂(its input)
     reads: str | None  # "input" or "output"
     arity: int = 0
     arguments: Callable[[Any], tuple[Any, ...] | None] = no_arguments

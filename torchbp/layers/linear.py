@@ -9,6 +9,7 @@ o over out_features. δ = ∂J/∂z is the upstream gradient, shape (*, o).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -77,21 +78,20 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 def linear_backward(
     delta: torch.Tensor,
-    a_prev: torch.Tensor | None,
-    W: torch.Tensor | None,
+    a_prev: torch.Tensor,
+    W: torch.Tensor,
     need_a_prev: bool,
     need_W: bool,
     need_b: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Given δ = ∂J/∂z, the gradients (∂J/∂a_prev, ∂J/∂W, ∂J/∂b), each only when needed."""
+    """Given δ = ∂J/∂z, the gradients (∂J/∂a_prev, ∂J/∂W, ∂J/∂b), each only when needed (W is read
+    only for ∂J/∂a_prev and a_prev only for ∂J/∂W, so either may be None where it is not)."""
     grad_a_prev = grad_W = grad_b = None
     if need_a_prev:
-        assert W is not None  # saved whenever ∂J/∂a_prev is needed
         grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
     if need_W or need_b:
         delta_n = _rows(delta)  # every leading dimension is a sample: (n, o)
     if need_W:
-        assert a_prev is not None  # saved whenever ∂J/∂W is needed
         grad_W = delta_n.T @ _rows(a_prev)  # δᵀ a_prev = Σ_n δ_n a_prev,nᵀ: (o, i)
     if need_b:
         grad_b = delta_n.sum(0)  # Σ_n δ_n: (o,)
@@ -174,7 +174,7 @@ class Linear(HandDerivedModule, torch.nn.Linear):
 
 
 def linear_step(
-    delta: torch.Tensor, a_prev: torch.Tensor, arguments: tuple[Any, ...], needs: tuple[bool, ...]
+    delta: torch.Tensor, a_prev: torch.Tensor, arguments: Sequence[Any], needs: tuple[bool, ...]
 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
     """Inside the fused chain: δ W for the layer below, and (∂J/∂W, ∂J/∂b)."""
     W, _ = arguments

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.nn import _reduction
 
 from torchbp import autocast
-from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, product, squared_error
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, product, products_in_place, squared_error
 from torchbp.table import Layer, Step, register
 from torchbp.validation import validate_loss, validate_reduction
 
@@ -59,7 +60,7 @@ def mse_loss_backward(
         return None, None
     # max(·, 1): an empty batch has an empty gradient, and 2/0 must not stop it.
     N = max(y_hat.numel(), 1) if reduction == "mean" else 1
-    grad_y_hat = product(y_hat - y, 2 / N, g)  # (ŷ − y) · 2/N ⊙ g
+    grad_y_hat = product(products_in_place(g), y_hat - y, 2 / N, g)  # (ŷ − y) · 2/N ⊙ g
     return grad_y_hat if need_y_hat else None, -grad_y_hat if need_y else None
 
 
@@ -104,7 +105,7 @@ class MSELoss(HandDerivedModule, torch.nn.MSELoss):
 
 
 def mse_loss_step(
-    delta: torch.Tensor, y_hat: torch.Tensor, arguments: tuple[Any, ...], needs: tuple[bool, ...]
+    delta: torch.Tensor, y_hat: torch.Tensor, arguments: Sequence[Any], needs: tuple[bool, ...]
 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
     """Inside the fused chain, as its last layer: (∂J/∂ŷ, (∂J/∂y, nothing for the reduction))."""
     y, reduction = arguments

@@ -4,7 +4,7 @@ Leans on private PyTorch internals: torch._C._FunctionBase.apply, _SingleLevelFu
 torch._C._are_functorch_transforms_active, torch._C._nn.mse_loss, torch._C._functorch.is_legacy_batchedtensor
 and unwrap_if_dead. Where a PyTorch version lacks them, every call takes the full path.
 
-- **The older-form twin** (:func:`twin_apply`). ``Function.apply`` on a ``setup_context``-style
+- **The older-form twin** (:data:`TWINS`). ``Function.apply`` on a ``setup_context``-style
   Function first binds its arguments to ``forward``'s signature with ``inspect``, then calls
   ``forward`` and ``setup_context`` as two Python calls. torchbp's Functions are always called with
   their arguments given positionally, so outside torch.func transforms and torch.compile they run
@@ -46,15 +46,16 @@ except ImportError:  # pragma: no cover - a PyTorch without these internals take
 transforms_active: Callable[[], bool] = _are_functorch_transforms_active if SHORTCUTS else (lambda: True)
 
 
-# Each Function's twin's apply, made on its first call: ``TWINS.get(cls) or twin_apply(cls)``, then called as
-# ``apply(*unwrap_dead_wrappers(args))`` (a dictionary read, not a call, on the path of every layer's every call).
-TWINS: dict[type, Callable[..., Any]] = {}
+class Twins(dict[type, Callable[..., Any]]):
+    """Each Function's twin's apply, made on its first call and kept: ``TWINS[cls](*unwrap_dead_wrappers(args))``
+    (a dictionary read, not a Python call, on the path of every layer's every call)."""
+
+    def __missing__(self, function: type[torch.autograd.Function]) -> Callable[..., Any]:
+        apply = self[function] = _ctx_in_forward_twin(function)
+        return apply
 
 
-def twin_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
-    """The apply of ``function``'s twin in the older form, made and kept in :data:`TWINS` on first use."""
-    apply = TWINS[function] = _ctx_in_forward_twin(function)
-    return apply
+TWINS = Twins()
 
 
 def _ctx_in_forward_twin(function: type[torch.autograd.Function]) -> Callable[..., Any]:
@@ -92,25 +93,22 @@ def unwrap_dead_wrappers(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple([unwrap_if_dead(a) if type(a) is torch.Tensor else a for a in args])
 
 
-def products_in_place(factors: tuple[torch.Tensor | float, ...]) -> bool:
-    """May a backward multiply these factors into its own fresh temporary, in place?
+def products_in_place(g: torch.Tensor) -> bool:
+    """May a backward given the upstream gradient g multiply its factors into a fresh temporary of its own,
+    in place?
 
     Not while the backward is itself being differentiated (grad mode is on inside a
     backward only under ``create_graph=True``): every product must then be recorded.
-    Not when a factor is batched: under torch.func transforms (whose batched tensors
-    exist only while one is active), nor under ``is_grads_batched=True`` and vectorised
+    Not when g is batched: under torch.func transforms (whose batched tensors exist
+    only while one is active), nor under ``is_grads_batched=True`` and vectorised
     jacobians, which batch the upstream gradient in the older form: a batched tensor
-    cannot be multiplied into an unbatched one in place. Not while torch.compile traces
-    the backward: the compiler fuses the products anyway.
+    cannot be multiplied into an unbatched one in place. The backward's other factors
+    come from its saved tensors and constants, which these never batch. Not while
+    torch.compile traces the backward: the compiler fuses the products anyway.
     """
     if torch.compiler.is_compiling() or not SHORTCUTS:  # first: the compiler is not to trace the checks below
         return False
-    if torch.is_grad_enabled() or transforms_active():
-        return False
-    for factor in factors:
-        if type(factor) is torch.Tensor and is_legacy_batchedtensor(factor):
-            return False
-    return True
+    return not (torch.is_grad_enabled() or transforms_active() or is_legacy_batchedtensor(g))
 
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum

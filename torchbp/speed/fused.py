@@ -28,7 +28,7 @@ autograd's time per layer, 1.29× through :class:`Sequential` and 1.26× through
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -48,7 +48,7 @@ def scale(h: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def scale_backward(
-    delta: torch.Tensor, h: None, arguments: tuple[float], needs: tuple[bool, ...]
+    delta: torch.Tensor, h: None, arguments: Sequence[float], needs: tuple[bool, ...]
 ) -> tuple[torch.Tensor, tuple[None]]:
     (c,) = arguments
     return delta * c, (None,)  # c δ
@@ -65,7 +65,7 @@ class Plan(NamedTuple):
     steps: tuple[Step, ...]
     starts: tuple[int, ...]  # each step's first argument in the flat list of arguments
     forwards: tuple[tuple[Callable[..., torch.Tensor], slice], ...]  # each step's forward and its arguments' slice
-    backwards: tuple[tuple[Callable[..., Any], int, int, slice, slice], ...]  # see SequentialFunction.backward
+    backwards: tuple[tuple[Callable[..., Any], int, int, slice | None, slice, int | None], ...]  # last step first
     constants: tuple[int, ...]  # where in the flat list the arguments that are not tensors are
     saved: tuple[int | None, ...]  # for h_0 … h_L: where in (x, *returned) the backward reads it, or None
     returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
@@ -120,16 +120,18 @@ class SequentialFunction(HandDerivedFunction):
         lowest = needs.index(True) - 2
         grad_args: list[torch.Tensor | None] = [None] * len(args)
         delta = None
-        arriving = chain.arriving
-        for l in reversed(range(length)):
-            if arriving[l + 1] is not None:  # ∂J/∂h_{l+1} from outside the chain joins the one from above
-                delta = _join(delta, grads[arriving[l + 1]])
+        # From the last step down, step l's backward, the h it reads (h_l or h_{l+1}; a scale is given one it
+        # does not read), its first argument, its arguments' (None for an activation) and their flags' slices
+        # of args and needs, and where ∂J/∂h_{l+1} arrives from outside the chain, if it does.
+        for backward, read, i, arguments, flags, arrives in chain.backwards:
+            if arrives is not None:  # it joins the gradient from above
+                delta = _join(delta, grads[arrives])
             if delta is None:
                 continue
-            # step l's backward, the h it reads (h_l or h_{l+1}; a scale is given one it does not read),
-            # its first argument, and its arguments' and their flags' slices of args and needs
-            backward, read, i, arguments, flags = chain.backwards[l]
-            delta, grad_args[arguments] = backward(delta, hs[read], tuple(args[arguments]), (lowest < i, *needs[flags]))
+            if arguments is None:  # an activation: δ ← δ ⊙ f'(z)
+                delta = backward(delta, hs[read])
+            else:
+                delta, grad_args[arguments] = backward(delta, hs[read], args[arguments], (lowest < i, *needs[flags]))
             if lowest >= i:
                 break
         return (delta if needs[0] else None, None, *grad_args)
@@ -162,8 +164,15 @@ def plan(kinds: tuple[str, ...]) -> Plan:
     slices = tuple(slice(start, start + step.arity) for step, start in zip(steps, starts))
     forwards = tuple((step.forward, arguments) for step, arguments in zip(steps, slices))
     backwards = tuple(
-        (step.backward, l + 1 if step.reads == "output" else l, start, arguments, slice(start + 2, arguments.stop + 2))
-        for l, (step, start, arguments) in enumerate(zip(steps, starts, slices))
+        (
+            step.backward,
+            l + 1 if step.reads == "output" else l,
+            start,
+            arguments if step.arity else None,  # None: an activation's backward(δ, h)
+            slice(start + 2, arguments.stop + 2),
+            arriving[l + 1],
+        )
+        for l, (step, start, arguments) in reversed(list(enumerate(zip(steps, starts, slices))))
     )
     return Plan(steps, starts, forwards, backwards, constants, saved, returned, arriving)
 
