@@ -176,7 +176,11 @@ NETWORK_CODE = [
     ("∂J/∂W = δᵀ a_prev", "torchbp/layers/linear.py", "grad_W = delta_n.T @ _rows(a_prev)"),
     ("∂J/∂b = Σ_n δ_n", "torchbp/layers/linear.py", "grad_b = delta_n.sum(0)"),
     ("δ_prev = (δ W) ⊙ σ'(z_prev): δ W", "torchbp/layers/linear.py", "grad_a_prev = delta @ W"),
-    ("the same, layer after layer, as one algorithm", "torchbp/speed/fused.py", "for backward, read, i, arguments, flags, arrives in chain.backwards:"),
+    (
+        "the same, layer after layer, as one algorithm",
+        "torchbp/speed/fused.py",
+        "for backward, read, i, arguments, flags, arrives in chain.backwards:",
+    ),
     (
         "per-sample δ_n a_prev,nᵀ",
         "torchbp/layers/linear.py",
