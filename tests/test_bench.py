@@ -1,6 +1,11 @@
 """python -m experiments.bench runs and writes its table. It asserts no time: benchmarks are not tests."""
 
+import pytest
+import torch
+
+import torchbp
 from experiments.bench.__main__ import main
+from experiments.bench.cases import TRAINING_SETUPS, with_a_node_per_layer
 
 
 def test_the_benchmark_runs_a_case_and_writes_its_table(tmp_path):
@@ -39,3 +44,31 @@ def test_a_compiled_case_reports_its_compile_time_apart(tmp_path):
     assert float(cells[5]) > 0
     a_seconds, b_seconds = (float(side.removesuffix(" s")) for side in cells[10].split(" / "))
     assert a_seconds > 0 and b_seconds > 0  # the first calls, which compile, timed apart
+
+
+def custom_function_nodes(output):
+    """The nodes of custom autograd Functions in the graph that ends in ``output``."""
+    count, seen, stack = 0, set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += isinstance(node, torch.autograd.function.BackwardCFunction)
+        stack += [next_node for next_node, _ in node.next_functions]
+    return count
+
+
+@pytest.mark.parametrize("setup", ["mid-layernorm", "mid-cross-entropy", "digits-cnn"])
+def test_the_floor_of_the_per_layer_path_is_native_with_as_many_function_nodes_as_torchbp(setup):
+    model, loss_fn, x, y = TRAINING_SETUPS[setup]()
+    floor_model = with_a_node_per_layer(model)  # a copy
+    floor_loss = with_a_node_per_layer(loss_fn)(floor_model(x), y)
+    hand_loss = torchbp.convert(loss_fn)(torchbp.convert(model)(x), y)
+    native_loss = loss_fn(model(x), y)
+    assert custom_function_nodes(native_loss) == 0
+    assert custom_function_nodes(floor_loss) == custom_function_nodes(hand_loss) > 0
+    assert torch.equal(floor_loss, native_loss)  # the same kernels: the same work, bit for bit
+    floor_grads = torch.autograd.grad(floor_loss, list(floor_model.parameters()))
+    native_grads = torch.autograd.grad(native_loss, list(model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(floor_grads, native_grads))

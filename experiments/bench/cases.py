@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import shutil
 import tempfile
 import time
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 import torchbp
 from experiments import seed
 from experiments.lab.registry import EXPERIMENTS
+from torchbp.layers import LAYERS
 from torchbp.per_sample import per_sample_grad_norms, per_sample_grads
 
 
@@ -179,16 +181,46 @@ def training_step(model, loss_fn, x, y) -> Callable[[], None]:
     return step
 
 
-VARIANTS = {"native": lambda m: m, "per-layer": torchbp.convert, "fused": torchbp.fuse}
+class NoOpNode(torch.autograd.Function):
+    """y = x, with the backward ∂J/∂x = ∂J/∂y: a custom Function node that does no work, in the older form
+    (``ctx`` in forward) that torchbp's eager calls take."""
+
+    @staticmethod
+    def forward(ctx, input):
+        return input.view_as(input)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def with_a_node_per_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The floor of torchbp's per-layer path in eager mode: a copy of the native model whose every layer
+    that torchbp has a hand-derived one for (the loss too) is followed by a :class:`NoOpNode`.
+
+    The same native kernels, and one custom Function node per layer as the per-layer path has: what
+    such a node costs by itself, before any formula, check or saved tensor of torchbp's.
+    """
+    model = copy.deepcopy(model)
+    natives = tuple(layer.native for layer in LAYERS)
+    for module in model.modules():
+        if type(module) in natives:
+            module.forward = lambda *args, forward=module.forward: NoOpNode.apply(forward(*args))
+    return model
+
+
+VARIANTS = {"native": lambda m: m, "per-layer": torchbp.convert, "fused": torchbp.fuse, "floor": with_a_node_per_layer}
 
 
 def steps_against_native(setup: str, variant: str = "per-layer", step=training_step):
-    """A training step of the torchbp model (per-layer or fused) against native's, both made by ``step``
-    (:func:`training_step`, or :func:`compiled_training_step`)."""
+    """A training step of the torchbp model (per-layer or fused; or the floor of the per-layer path, see
+    :func:`with_a_node_per_layer`) against native's, both made by ``step`` (:func:`training_step`, or
+    :func:`compiled_training_step`)."""
 
     def make():
         model, loss_fn, x, y = TRAINING_SETUPS[setup]()
-        hand = step(VARIANTS[variant](model), torchbp.convert(loss_fn), x, y)
+        convert_loss = with_a_node_per_layer if variant == "floor" else torchbp.convert
+        hand = step(VARIANTS[variant](model), convert_loss(loss_fn), x, y)
         native = step(model, loss_fn, x, y)
         return hand, native
 
@@ -262,6 +294,18 @@ def training_case(title: str, setup: str, variant: str, target: float, memory_ta
         target,
         memory_target,
         (setup, variant),
+    )
+
+
+def floor_case(title: str, setup: str, target: float) -> Case:
+    """The floor of a per-layer case in eager mode (:func:`with_a_node_per_layer`) against native, with the
+    per-layer case's target: where the floor itself misses it, no hand-derived per-layer path can meet it."""
+    return Case(
+        f"floor of the per-layer training step, {title}",
+        "native + a no-op Function per layer",
+        "native autograd",
+        steps_against_native(setup, "floor"),
+        target,
     )
 
 
@@ -397,6 +441,13 @@ CASES = [
     ),
     training_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", "per-layer", 1.15, 1.3),
     training_case("digits-cnn's network, batch 64", "digits-cnn", "per-layer", 1.3, 1.3),
+    floor_case("mid MLP (3×256, batch 64)", "mid", 1.15),
+    floor_case("mid MLP with tanh (3×256, batch 64)", "mid-tanh", 1.15),
+    floor_case("mid MLP with ReLU (3×256, batch 64)", "mid-relu", 1.15),
+    floor_case("mid MLP with LayerNorm and tanh (3×256, batch 64)", "mid-layernorm", 1.15),
+    floor_case("mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy", 1.15),
+    floor_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", 1.15),
+    floor_case("digits-cnn's network, batch 64", "digits-cnn", 1.3),
     compiled_case("derivation's 2-3-1 network, float64", "derivation", target=1.0),
     compiled_case("mid MLP (3×256, batch 64)", "mid"),
     compiled_case("mid MLP (3×256, batch 64)", "mid", "fused"),
