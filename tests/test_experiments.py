@@ -279,8 +279,9 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            files = list(tmp_path.glob("digits/*/hand/events.out.tfevents.*"))
-            if files and files[0].stat().st_size > 2000:
+            # both sides' files: the log writes one after the other, so a kill can fall between the two
+            files = list(tmp_path.glob("digits/*/*/events.out.tfevents.*"))
+            if len(files) == 2 and all(file.stat().st_size > 2000 for file in files):
                 break
             time.sleep(0.2)
         else:
