@@ -63,13 +63,11 @@ class Plan(NamedTuple):
     """What a chain of step kinds implies for the forward and the backward."""
 
     steps: tuple[Step, ...]
-    starts: tuple[int, ...]  # each step's first argument in the flat list of arguments
     forwards: tuple[tuple[Callable[..., torch.Tensor], slice], ...]  # each step's forward and its arguments' slice
     backwards: tuple[tuple[Callable[..., Any], int, int, slice | None, slice, int | None], ...]  # last step first
     constants: tuple[int, ...]  # where in the flat list the arguments that are not tensors are
     saved: tuple[int | None, ...]  # for h_0 … h_L: where in (x, *returned) the backward reads it, or None
     returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
-    arriving: tuple[int | None, ...]  # for h_0 … h_L: where its gradient is among the outputs' gradients
 
 
 class SequentialFunction(HandDerivedFunction):
@@ -115,8 +113,8 @@ class SequentialFunction(HandDerivedFunction):
         for i, constant in constants.items():
             args[i] = constant
         # needs is (x, kinds, *args): the lowest argument whose gradient is wanted, x counted as -2.
-        # A gradient is wanted below step l while lowest < starts[l] (δ W of a linear layer only then);
-        # past that the backward stops.
+        # A gradient is wanted below a step while lowest < i, its first argument (δ W of a linear layer only
+        # then); past that the backward stops.
         lowest = needs.index(True) - 2
         grad_args: list[torch.Tensor | None] = [None] * len(args)
         delta = None
@@ -159,6 +157,7 @@ def plan(kinds: tuple[str, ...]) -> Plan:
         if step.reads is not None:
             read[l + 1 if step.reads == "output" else l] = True
     returned = tuple(l for l in range(1, len(kinds) + 1) if read[l] or l == len(kinds))
+    # for h_0 … h_L: where its gradient is among the outputs' gradients (those it returns), or None
     arriving = tuple(returned.index(l) if l in returned else None for l in range(len(kinds) + 1))
     saved = tuple(((0 if l == 0 else arriving[l] + 1) if read[l] else None) for l in range(len(kinds) + 1))  # type: ignore[operator]
     slices = tuple(slice(start, start + step.arity) for step, start in zip(steps, starts))
@@ -174,7 +173,7 @@ def plan(kinds: tuple[str, ...]) -> Plan:
         )
         for l, (step, start, arguments) in reversed(list(enumerate(zip(steps, starts, slices))))
     )
-    return Plan(steps, starts, forwards, backwards, constants, saved, returned, arriving)
+    return Plan(steps, forwards, backwards, constants, saved, returned)
 
 
 def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
