@@ -70,21 +70,32 @@ def test_conv2d_matches_native(case, dtype):
     check_function(conv2d, F.conv2d, *make_inputs(CASES[case], dtype)).assert_ok()
 
 
-@given(
-    n=st.sampled_from([None, 0, 1, 2, 3]),  # None: an unbatched (C, H, W) input
+# A convolution's sizes for hypothesis: (in, out) channels, and per spatial dimension the kernel, stride,
+# padding, dilation and how many rows or columns the input has past the smallest one a window fits in.
+CONVOLUTIONS = dict(
     channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
     extra=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+)
+
+
+def input_size(kernel, padding, dilation, extra) -> tuple:
+    """The smallest (H, W) a window fits in, and ``extra`` rows and columns more."""
+    return tuple(max(1, d * (k - 1) + 1 - 2 * p) + e for k, p, d, e in zip(kernel, padding, dilation, extra))
+
+
+@given(
+    n=st.sampled_from([None, 0, 1, 2, 3]),  # None: an unbatched (C, H, W) input
     bias=st.booleans(),
     dtype=st.sampled_from([f32, f64]),
+    **CONVOLUTIONS,
 )
 def test_conv2d_matches_native_for_any_shape(n, channels, kernel, stride, padding, dilation, extra, bias, dtype):
     c, o = channels
-    # The smallest input a window fits in, and a few rows and columns more.
-    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + e for k, p, d, e in zip(kernel, padding, dilation, extra))
+    size = input_size(kernel, padding, dilation, extra)
     shape = (c, *size) if n is None else (n, c, *size)
     case = setting(shape, (o, c, *kernel), bias, stride, padding, dilation)
     check_function(conv2d, F.conv2d, *make_inputs(case, dtype)).assert_ok()
@@ -108,20 +119,12 @@ def test_the_weight_gradient_taken_while_compiling_matches_native(case):
     assert not compare_tensors("weight", actual * (1 + 1e-6), expected).ok or expected.abs().max() == 0
 
 
-@given(
-    n=st.integers(0, 3),
-    channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
-    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-    extra=st.tuples(st.integers(0, 4), st.integers(0, 4)),
-)
+@given(n=st.integers(0, 3), **CONVOLUTIONS)
 def test_the_weight_gradient_taken_while_compiling_matches_native_for_any_shape(
     n, channels, kernel, stride, padding, dilation, extra
 ):
     c, o = channels
-    size = tuple(max(1, d * (k - 1) + 1 - 2 * p) + e for k, p, d, e in zip(kernel, padding, dilation, extra))
+    size = input_size(kernel, padding, dilation, extra)
     arguments, expected = native_weight_gradient(
         setting((n, c, *size), (o, c, *kernel), False, stride, padding, dilation)
     )
