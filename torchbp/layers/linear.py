@@ -185,9 +185,10 @@ def linear_step(
 def weight_and_bias(module: torch.nn.Module) -> tuple[Any, ...] | None:
     """A Linear's arguments in the fused chain; None where weight or bias was reassigned as a plain attribute."""
     parameters = module._parameters  # module.weight would pass through Module.__getattr__
-    if "weight" not in parameters or "bias" not in parameters:
+    try:
+        return parameters["weight"], parameters["bias"]
+    except KeyError:
         return None
-    return parameters["weight"], parameters["bias"]
 
 
 # -- the per-sample view ---------------------------------------------------------------

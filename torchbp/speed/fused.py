@@ -27,7 +27,6 @@ autograd's time per layer, 1.29× through :class:`Sequential` and 1.26× through
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -135,14 +134,21 @@ class SequentialFunction(HandDerivedFunction):
         return (delta if needs[0] else None, None, *grad_args)
 
 
-def cached_while_eager(function: Callable[..., Plan]) -> Callable[..., Plan]:
-    """``functools.cache`` of ``function``, except while the compiler traces: it warns about caches."""
-    cached = functools.cache(function)
-    return functools.wraps(function)(lambda *args: function(*args) if torch.compiler.is_compiling() else cached(*args))
+_PLANS: dict[tuple[str, ...], Plan] = {}
 
 
-@cached_while_eager
 def plan(kinds: tuple[str, ...]) -> Plan:
+    """The plan of a chain of kinds, made once and kept; while the compiler traces, made afresh (it would guard
+    on what the store holds, and warns about caches)."""
+    if torch.compiler.is_compiling():
+        return make_plan(kinds)
+    chain = _PLANS.get(kinds)
+    if chain is None:
+        chain = _PLANS[kinds] = make_plan(kinds)
+    return chain
+
+
+def make_plan(kinds: tuple[str, ...]) -> Plan:
     ends = [l for l, kind in enumerate(kinds) if kind in STEPS and STEPS[kind].loss]
     after_loss = kinds[ends[0] + 1 :] if ends else ()
     if any(kind not in STEPS for kind in kinds) or any(kind != SCALE.kind for kind in after_loss):
@@ -306,12 +312,13 @@ class FusedLoss(HandDerivedModule, torch.nn.Module):
 def _runs_other_code(module: torch.nn.Module) -> bool:
     """Would calling ``module`` run more than its class's forward: a hook, or a forward set on the instance
     (as libraries that wrap layers do)?"""
+    attributes = module.__dict__  # read directly: each of module._forward_hooks … would first search the class
     return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or "forward" in module.__dict__
+        attributes["_forward_hooks"]
+        or attributes["_forward_pre_hooks"]
+        or attributes["_backward_hooks"]
+        or attributes["_backward_pre_hooks"]
+        or "forward" in attributes
     )
 
 
