@@ -18,7 +18,7 @@ REDUCTIONS = ["mean", "sum", "none"]
 
 
 def ours(reduction="mean", ignore_index=-100, label_smoothing=0.0):
-    return lambda z, t: CrossEntropyFunction.apply(z, t, reduction, ignore_index, label_smoothing)
+    return lambda z, t: CrossEntropyFunction.apply(z, t, reduction, ignore_index, label_smoothing)[0]  # ℓ, not log p
 
 
 def native(reduction="mean", ignore_index=-100, label_smoothing=0.0):
@@ -282,8 +282,8 @@ VERIFY_CASES = {
 def test_verify_passes_every_property_that_applies(case):
     (z, t), (reduction, ignore_index, smoothing), options = VERIFY_CASES[case]
 
-    def reference(z, t, r, i, e):
-        return F.cross_entropy(z, t, reduction=r, ignore_index=i, label_smoothing=e)
+    def reference(z, t, r, i, e):  # the Function returns ℓ and log p, as native log_softmax then the loss
+        return F.cross_entropy(z, t, reduction=r, ignore_index=i, label_smoothing=e), F.log_softmax(z, class_dim(z))
 
     report = torchbp.verify(
         CrossEntropyFunction.apply,
@@ -312,16 +312,41 @@ def saved_by(fn, *inputs):
     return saved
 
 
-def test_index_targets_save_the_logits_and_the_target():
+def saved_by_the_function(z, target):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        _, log_p = CrossEntropyFunction.apply(z, target, "mean", -100, 0.0)
+    return saved, log_p
+
+
+def test_index_targets_save_log_p_and_the_target():
     z, t = logits(6, 5), class_indices(logits(6, 5))
-    saved = saved_by(ours(), z, t)
-    assert len(saved) == 2 and saved[0] is z and saved[1] is t
+    saved, log_p = saved_by_the_function(z, t)
+    assert len(saved) == 2 and saved[0] is log_p and saved[1] is t  # native's bytes: its log-softmax and target
+    torch.testing.assert_close(log_p, F.log_softmax(z, 1), rtol=0, atol=0)
 
 
-def test_probability_targets_save_only_the_logits_when_only_the_target_wants_a_gradient():
+def test_probability_targets_save_only_log_p_when_only_the_target_wants_a_gradient():
     z, q = logits(6, 5).detach(), probabilities(logits(6, 5))
-    saved = saved_by(ours(), z, q)
-    assert len(saved) == 1 and saved[0] is z  # −s log p reads z alone; s q is for ∂J/∂z
+    saved, log_p = saved_by_the_function(z, q)
+    assert len(saved) == 1 and saved[0] is log_p  # −s log p reads log p alone; s q is for ∂J/∂z
+
+
+@pytest.mark.parametrize("target", ["indices", "probabilities"])
+def test_log_p_is_a_differentiable_output_whose_gradient_joins(target):
+    # A gradient arriving at log p (the way double backward reaches it) goes through the log-softmax with ℓ's.
+    z = logits(4, 3, dtype=torch.float64)
+    t = class_indices(z) if target == "indices" else probabilities(logits(4, 3, dtype=torch.float64))
+    both = lambda z: CrossEntropyFunction.apply(z, t, "mean", -100, 0.1)  # noqa: E731
+    assert torch.autograd.gradcheck(both, (z,))
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    loss, log_p = both(z)  # one node: both gradients arrive at its backward together
+    ours_grad = torch.autograd.grad(loss + (log_p * weights).sum(), z)[0]
+    native_loss = F.cross_entropy(z, t, label_smoothing=0.1)
+    native_grad = torch.autograd.grad(native_loss + (F.log_softmax(z, 1) * weights).sum(), z)[0]
+    torch.testing.assert_close(ours_grad, native_grad)
+    (log_p_only,) = torch.autograd.grad((both(z)[1] * weights).sum(), z)  # ℓ takes no part
+    torch.testing.assert_close(log_p_only, torch.autograd.grad((F.log_softmax(z, 1) * weights).sum(), z)[0])
 
 
 # -- planted bugs: the checks above fail on a wrong formula ------------------------------------------
@@ -334,7 +359,8 @@ def with_arguments(**changed):
     """cross_entropy_backward with some arguments replaced: a wrong formula built from the right one."""
     names = [
         "g",
-        "z",
+        "g_log_p",
+        "log_p",
         "target",
         "probabilities",
         "reduction",

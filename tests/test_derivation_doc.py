@@ -106,8 +106,8 @@ def test_the_convolution_chapters_words_hold_for_its_example():
 
 
 def _without_the_term_through_sigma(original):
-    def backward(g, x, weight, normalized_ndim, eps, *needs):
-        grad_x, grad_weight, grad_bias = original(g, x, weight, normalized_ndim, eps, *needs)
+    def backward(g, x, mean, rstd, weight, normalized_ndim, eps, *needs):
+        grad_x, grad_weight, grad_bias = original(g, x, mean, rstd, weight, normalized_ndim, eps, *needs)
         x_hat, rstd = torchbp.layers.layer_norm.normalize(x, normalized_ndim, eps)
         return grad_x + rstd * x_hat * (g * weight * x_hat).mean(-1, keepdim=True), grad_weight, grad_bias
 
@@ -133,8 +133,8 @@ PLANTED = {
         torchbp.layers.cross_entropy,
         "cross_entropy_backward",
         lambda original: (
-            lambda g, z, target, probabilities, reduction, *rest: original(
-                g, z, target, probabilities, "sum" if reduction == "mean" else reduction, *rest
+            lambda g, g_log_p, log_p, target, probabilities, reduction, *rest: original(
+                g, g_log_p, log_p, target, probabilities, "sum" if reduction == "mean" else reduction, *rest
             )
         ),
     ),
@@ -156,13 +156,13 @@ PLANTED = {
         layer_norm.three_ways,
         torchbp.layers.layer_norm,
         "layer_norm_backward",
-        lambda original: lambda g, x, weight, *rest: original(g, x, None, *rest),
+        lambda original: lambda g, x, mean, rstd, weight, *rest: original(g, x, mean, rstd, None, *rest),
     ),
     "x̂ without rstd, x − μ in its place": (
         layer_norm.three_ways,
         torchbp.layers.layer_norm,
-        "normalize",
-        lambda original: lambda x, ndim, eps: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(x, ndim, eps)),
+        "normalized",
+        lambda original: lambda *args: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(*args)),
     ),
     "∂J/∂γ = Σ g, without x̂": (
         layer_norm.three_ways,

@@ -27,7 +27,8 @@ AFFINE = {"affine": (True, True), "no affine": (False, False), "weight only": (T
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=EPS):
-    return LayerNormFunction.apply(x, normalized_shape, weight, bias, eps)
+    y, _, _ = LayerNormFunction.apply(x, normalized_shape, weight, bias, eps)  # y, μ, rstd
+    return y
 
 
 def native(x, normalized_shape, weight=None, bias=None, eps=EPS):
@@ -165,8 +166,13 @@ VERIFY_CASES = {  # inputs, and the properties that do not apply
 @pytest.mark.parametrize("case", VERIFY_CASES)
 def test_torchbp_verify_passes(case):
     make_inputs, not_applicable = VERIFY_CASES[case]
-    report = torchbp.verify(
-        LayerNormFunction.apply, F.layer_norm, *make_inputs(), EPS, skip=("autocast",), compile_backend="aot_eager"
+    report = torchbp.verify(  # the Function returns (y, μ, rstd), as torch.native_layer_norm
+        LayerNormFunction.apply,
+        torch.native_layer_norm,
+        *make_inputs(),
+        EPS,
+        skip=("autocast",),
+        compile_backend="aot_eager",
     )
     report.assert_ok()
     assert {row.name for row in report.rows if row.status == "not applicable"} == not_applicable, report
@@ -178,9 +184,9 @@ def test_torchbp_verify_passes(case):
 @pytest.mark.parametrize(
     "wanted, saved",
     [
-        ({"x", "weight", "bias"}, ["x", "weight"]),
-        ({"x"}, ["x", "weight"]),  # ĝ = g ⊙ γ reads γ
-        ({"weight"}, ["x"]),  # Σ g ⊙ x̂ reads x̂, recomputed from x
+        ({"x", "weight", "bias"}, ["x", "μ", "rstd", "weight"]),
+        ({"x"}, ["x", "μ", "rstd", "weight"]),  # ĝ = g ⊙ γ reads γ
+        ({"weight"}, ["x", "μ", "rstd"]),  # Σ g ⊙ x̂ reads x̂ = (x − μ) · rstd
         ({"bias"}, []),  # Σ g reads nothing saved
     ],
     ids=str,
@@ -191,8 +197,25 @@ def test_saves_only_what_its_backward_reads(wanted, saved):
         t.requires_grad_(name in wanted)
     kept = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
-        layer_norm(tensors["x"], (4,), tensors["weight"], tensors["bias"])
+        _, mean, rstd = LayerNormFunction.apply(tensors["x"], (4,), tensors["weight"], tensors["bias"], EPS)
+    tensors.update({"μ": mean, "rstd": rstd})
     assert [next(name for name, t in tensors.items() if t is k) for k in kept] == saved
+
+
+def test_returns_natives_three_tensors_and_reads_its_statistics_back():
+    x, weight, bias = leaf(6, 5), leaf(5), leaf(5)
+    ours = LayerNormFunction.apply(x, (5,), weight, bias, EPS)
+    theirs = torch.native_layer_norm(x, (5,), weight, bias, EPS)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [t.requires_grad for t in ours] == [True, False, False]  # μ and rstd get no gradient, as native's
+
+    # The backward reads x̂ from the saved μ and rstd: shifted statistics give a wrong gradient.
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t + 0.5 if t.shape == (6, 1) else t):
+        (grad_wrong,) = torch.autograd.grad(LayerNormFunction.apply(x, (5,), weight, bias, EPS)[0].sum(), x)
+    (grad_right,) = torch.autograd.grad(ours[0].sum(), x)
+    torch.testing.assert_close(grad_right, torch.autograd.grad(theirs[0].sum(), x)[0])
+    assert not torch.allclose(grad_wrong, grad_right)
 
 
 # -- planted bugs: the checks above fail on a wrong formula ----------------------------------
@@ -230,9 +253,11 @@ PLANTED = {  # a wrong (∂J/∂x, ∂J/∂γ, ∂J/∂β) from the right terms,
 def test_a_planted_wrong_formula_is_caught(monkeypatch, mistake):
     right = layer_norm_module.layer_norm_backward
 
-    def wrong(g, x, weight, normalized_ndim, eps, *needs):
+    def wrong(g, x, mean, rstd, weight, normalized_ndim, eps, *needs):
         x_hat, rstd = normalize(x, normalized_ndim, eps)
-        return PLANTED[mistake](*right(g, x, weight, normalized_ndim, eps, *needs), g, g * weight, x_hat, rstd)
+        return PLANTED[mistake](
+            *right(g, x, mean, rstd, weight, normalized_ndim, eps, *needs), g, g * weight, x_hat, rstd
+        )
 
     monkeypatch.setattr(layer_norm_module, "layer_norm_backward", wrong)
     seed()

@@ -3,22 +3,24 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 import torchbp
-from experiments.bench.cases import TRAINING_SETUPS, VARIANTS, mlp_data, square_mlp, training_step
+from experiments.bench.cases import TRAINING_SETUPS, VARIANTS, training_step
 
 
 def peak_memory(setup: str, variant: str) -> int:
     """Peak bytes in use during one training step, measured in a fresh process.
 
-    The process loads torch's lazily loaded parts with a small step, notes its
-    resident memory, builds the model and data, takes two warm-up steps, resets the
+    The process loads what the step loads lazily (kernels and their code, thread
+    pools, torchbp's modules) by two steps of a throwaway copy of the same model,
+    loss and data, which it then deletes; notes its resident memory, builds the
+    model and data, takes two warm-up steps, resets the
     kernel's high-water mark of its resident memory (/proc/self/clear_refs),
     takes one step and reports the high-water mark less the resident memory
     noted before the model was built: parameters, data, gradients, activations
@@ -41,17 +43,22 @@ def _resident(key: str) -> int:
 
 def measure_peak_memory_here(setup: str, variant: str) -> int:
     """The measurement :func:`peak_memory` runs in its fresh process."""
-    # A first small step of the same variant loads what torch loads lazily (kernels, thread pools),
-    # which is no part of a step's memory.
-    tiny_model, tiny_loss, tiny_x, tiny_y = square_mlp(8, 3), torch.nn.MSELoss(), *mlp_data(8, 4)
-    if variant != "native":
-        tiny_model, tiny_loss = VARIANTS[variant](tiny_model), torchbp.convert(tiny_loss)
-    training_step(tiny_model, tiny_loss, tiny_x, tiny_y)()
+
+    def build() -> Callable[[], None]:
+        model, loss_fn, x, y = TRAINING_SETUPS[setup]()
+        if variant != "native":
+            model, loss_fn = VARIANTS[variant](model), torchbp.convert(loss_fn)
+        return training_step(model, loss_fn, x, y)
+
+    # Steps of a throwaway copy load what torch loads lazily (the kernels this step calls, and their
+    # code, thread pools), which is no part of a step's memory; a smaller model with another loss
+    # would leave some of it to be loaded, and counted, in the measured step.
+    throwaway = build()
+    throwaway(), throwaway()
+    del throwaway
+    gc.collect()
     baseline = _resident("VmRSS:")
-    model, loss_fn, x, y = TRAINING_SETUPS[setup]()
-    if variant != "native":
-        model, loss_fn = VARIANTS[variant](model), torchbp.convert(loss_fn)
-    step = training_step(model, loss_fn, x, y)
+    step = build()
     step(), step()
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current resident size

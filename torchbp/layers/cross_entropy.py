@@ -208,8 +208,9 @@ def through_log_softmax(u: torch.Tensor, log_p: torch.Tensor, in_place: bool) ->
 
 
 def cross_entropy_backward(
-    g: torch.Tensor,
-    z: torch.Tensor,
+    g: torch.Tensor | None,
+    g_log_p: torch.Tensor | None,
+    log_p: torch.Tensor,
     target: torch.Tensor | None,
     probabilities: bool,
     reduction: str,
@@ -218,12 +219,15 @@ def cross_entropy_backward(
     need_z: bool,
     need_target: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Given g = ∂J/∂ℓ, the gradients (∂J/∂z, ∂J/∂q), each only when needed."""
-    if not (need_z or need_target):
+    """Given g = ∂J/∂ℓ and g_log_p = ∂J/∂(log p) from outside (None: ℓ alone reaches J), the gradients
+    (∂J/∂z, ∂J/∂q), each only when needed; log p is the forward's."""
+    if not (need_z or need_target) or (g is None and g_log_p is None):
         return None, None
-    dim = class_dim(z)
-    C = z.shape[dim]
-    log_p = F.log_softmax(z, dim)  # log p = z − logsumexp z: (N, C, d1, …), recomputed (see the class)
+    dim = class_dim(log_p)
+    C = log_p.shape[dim]
+    if g is None:  # ℓ takes no part in J: log p's own gradient alone
+        assert g_log_p is not None
+        return (through_log_softmax(g_log_p, log_p, in_place=False) if need_z else None), None
     if reduction == "mean":  # s = g / count
         if probabilities:
             count: int | torch.Tensor = math.prod(positions_shape(log_p))
@@ -240,6 +244,8 @@ def cross_entropy_backward(
             u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
         else:
             u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing)
+        if g_log_p is not None:  # log p reaches J by another way too (a differentiated backward reads it)
+            u = u + g_log_p
         grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c s q_c − s q
     if need_target:
         grad_q = minus_s * log_p  # −s log p
@@ -258,10 +264,13 @@ class CrossEntropyFunction(HandDerivedFunction):
     - ∂J/∂z_n = p_n Σ_c s q_nc − s q_n     (= s (softmax(z_n) − y_n) for a one-hot y_n)
     - ∂J/∂q_n = −s log p_n · (1 − ε)       (class probabilities; class indices get no gradient)
 
-    z and the target are saved, and log p is recomputed from z in the backward:
-    the forward's log p is outside autograd, and the backward must remain
-    differentiable (double backward) through p's dependence on z. The bytes
-    saved are native's (its log p and target); the price is one log-softmax.
+    Like native's log_softmax and nll_loss, ``apply`` returns ℓ and log p, and
+    saves log p and the target, native's bytes: log p is an output, so the
+    backward reads it without a second log-softmax and stays differentiable
+    (double backward) through p's dependence on z. A gradient ∂J/∂log p
+    arriving at that output (as it does when the backward is differentiated)
+    joins −s q before the log-softmax: ∂J/∂log p = −s q + ∂J/∂log p from
+    outside. :func:`cross_entropy` returns ℓ alone, as F.cross_entropy.
 
     The forward is native's composition of native operations, so ℓ has native's
     bits. The backward is native's arithmetic in native's order, p Σ − s q in one
@@ -283,26 +292,36 @@ class CrossEntropyFunction(HandDerivedFunction):
     @staticmethod
     def forward(
         input: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         validate_cross_entropy(input, target, reduction, ignore_index, label_smoothing)
         if not target.is_floating_point() and running_eagerly():
             validate_class_indices(target, input.shape[class_dim(input)], ignore_index)
         log_p = F.log_softmax(input, class_dim(input))
-        return cross_entropy_from_log_p(log_p, target, reduction, ignore_index, label_smoothing)
+        return cross_entropy_from_log_p(log_p, target, reduction, ignore_index, label_smoothing), log_p
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        z, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing = inputs
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        _, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing = inputs
         ctx.probabilities = target.is_floating_point()
-        # p and log p need z; s q needs the target, and only ∂J/∂z reads s q.
-        ctx.save_for_backward(z, target if ctx.needs_input_grad[0] else None)
+        ctx.set_materialize_grads(False)  # log p's gradient is None, not zeros, where it takes no part in J
+        # p and log p are read from log p; s q needs the target, and only ∂J/∂z reads s q.
+        ctx.save_for_backward(output[1], target if ctx.needs_input_grad[0] else None)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        z, target = ctx.saved_tensors
+    def backward(ctx: Any, g: torch.Tensor | None, g_log_p: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        log_p, target = ctx.saved_tensors
         need_z, need_target = ctx.needs_input_grad[:2]
         grads = cross_entropy_backward(
-            g, z, target, ctx.probabilities, ctx.reduction, ctx.ignore_index, ctx.label_smoothing, need_z, need_target
+            g,
+            g_log_p,
+            log_p,
+            target,
+            ctx.probabilities,
+            ctx.reduction,
+            ctx.ignore_index,
+            ctx.label_smoothing,
+            need_z,
+            need_target,
         )
         return (*grads, None, None, None)
 
@@ -330,9 +349,8 @@ def cross_entropy(
         (input,) = autocast.cast_as_autocast_would(autocast.FLOAT32, input)
         if target.is_floating_point():
             (target,) = autocast.cast_as_autocast_would(autocast.FLOAT32, target)
-    return CrossEntropyFunction.apply(  # type: ignore[no-any-return]
-        input, target, reduction, ignore_index, label_smoothing
-    )
+    loss, _ = CrossEntropyFunction.apply(input, target, reduction, ignore_index, label_smoothing)  # ℓ, log p
+    return loss  # type: ignore[no-any-return]
 
 
 class CrossEntropyLoss(HandDerivedModule, torch.nn.CrossEntropyLoss):

@@ -80,6 +80,21 @@ def normalize(x: torch.Tensor, normalized_ndim: int, eps: float) -> tuple[torch.
     return centered * rstd, rstd
 
 
+def normalized(
+    x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, normalized_ndim: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂ = (x − μ) · rstd and rstd, from the forward's μ and rstd.
+
+    Where the backward is itself differentiated (grad mode is on inside a backward only
+    under ``create_graph=True`` and torch.func's transforms), μ and rstd are computed
+    again from x by :func:`normalize`, whose operations carry the second derivative:
+    the forward's are outputs that get no gradient.
+    """
+    if torch.is_grad_enabled():
+        return normalize(x, normalized_ndim, eps)
+    return (x - mean) * rstd, rstd
+
+
 def _sum_over_samples(t: torch.Tensor, sample_dims: tuple[int, ...]) -> torch.Tensor:
     """Σ_n t_n; an input that is one sample (no sample dimension) is its own sum (sum(()) would sum all)."""
     return t.sum(sample_dims) if sample_dims else t
@@ -88,6 +103,8 @@ def _sum_over_samples(t: torch.Tensor, sample_dims: tuple[int, ...]) -> torch.Te
 def layer_norm_backward(
     g: torch.Tensor,
     x: torch.Tensor | None,
+    mean: torch.Tensor | None,
+    rstd: torch.Tensor | None,
     weight: torch.Tensor | None,
     normalized_ndim: int,
     eps: float,
@@ -95,13 +112,19 @@ def layer_norm_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Given g = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed."""
+    """Given g = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
+
+    μ and rstd are the forward's, each of shape (*, 1); see :func:`normalized`.
+    """
     over_d = tuple(range(-normalized_ndim, 0))  # the normalized dimensions
     over_n = tuple(range(g.dim() - normalized_ndim))  # the sample dimensions
     grad_x = grad_weight = grad_bias = None
-    if need_x or need_weight:
-        assert x is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
-        x_hat, rstd = normalize(x, normalized_ndim, eps)  # (*, D) and (*, 1)
+    if need_bias:
+        grad_bias = _sum_over_samples(g, over_n)  # Σ_n g_n: normalized_shape
+    if not (need_x or need_weight):
+        return grad_x, grad_weight, grad_bias
+    assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
+    x_hat, rstd = normalized(x, mean, rstd, normalized_ndim, eps)  # (*, D) and (*, 1)
     if need_x:
         g_hat = g * weight if weight is not None else g  # ĝ = g ⊙ γ: (*, D)
         mean_g_hat = g_hat.mean(over_d, keepdim=True)  # mean_d(ĝ): (*, 1)
@@ -109,8 +132,6 @@ def layer_norm_backward(
         grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
     if need_weight:
         grad_weight = _sum_over_samples(g * x_hat, over_n)  # Σ_n g_n ⊙ x̂_n: normalized_shape
-    if need_bias:
-        grad_bias = _sum_over_samples(g, over_n)  # Σ_n g_n: normalized_shape
     return grad_x, grad_weight, grad_bias
 
 
@@ -124,15 +145,15 @@ class LayerNormFunction(HandDerivedFunction):
     - ∂J/∂γ = Σ_n g_n ⊙ x̂_n
     - ∂J/∂x = rstd · (ĝ − mean_d(ĝ) − x̂ · mean_d(ĝ ⊙ x̂))     (the three-term input gradient)
 
-    The forward is ``torch.native_layer_norm``: the output is native's to the
-    bit. Saved: the input when ∂J/∂x or ∂J/∂γ is asked for, γ when ∂J/∂x is
-    (∂J/∂β alone saves nothing). μ and rstd are recomputed from the input, not
-    saved: a Function can save only its inputs and outputs, and returning them
-    as outputs would make ``apply`` return three tensors where F.layer_norm
-    returns one (torch.func and torch.compile call a Function's ``apply`` as
-    autograd.Function's, so an override could not drop them). Recomputed by
-    differentiable operations, they carry the second derivative when the
-    backward is itself differentiated.
+    The forward is ``torch.native_layer_norm``, and like it ``apply`` returns
+    (y, μ, rstd), μ and rstd of shape (*, 1) and not differentiable: y is
+    native's to the bit, and the backward reads x̂ = (x − μ) · rstd from the
+    forward's own statistics instead of reducing x twice again (a Function can
+    save only its inputs and outputs). :func:`layer_norm` returns y alone, as
+    F.layer_norm. Saved: the input, μ and rstd when ∂J/∂x or ∂J/∂γ is asked for,
+    γ when ∂J/∂x is (∂J/∂β alone saves nothing). When the backward is itself
+    differentiated, it computes μ and rstd again from the input, by operations
+    that carry the second derivative.
 
     Gradients agree with native's to rounding, not to the bit: native's CPU
     kernel forms ∂J/∂x as rstd·ĝ + b·x + c (b, c per-sample constants from SIMD
@@ -153,26 +174,31 @@ class LayerNormFunction(HandDerivedFunction):
         weight: torch.Tensor | None,
         bias: torch.Tensor | None,
         eps: float,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Floating point, one dtype and device, shapes (*, *normalized_shape) and normalized_shape.
         validate_layer_norm(input, normalized_shape, weight, bias, eps)
-        output, _, _ = torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # y, μ, rstd
-        return output
+        return torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # y, μ, rstd
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         x, normalized_shape, weight, _, eps = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
         need_x, _, need_weight, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̂ (from x), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
-        ctx.save_for_backward(x if need_x or need_weight else None, weight if need_x else None)
+        # ∂J/∂x and ∂J/∂γ read x̂ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
+        x_hat_read = need_x or need_weight
+        ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
         ctx.normalized_ndim, ctx.eps = len(normalized_shape), eps
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+    def backward(ctx: Any, g: torch.Tensor | None, *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        if g is None:  # y took no part in J
+            return None, None, None, None, None
+        x, mean, rstd, weight = ctx.saved_tensors
         need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
         grad_x, grad_weight, grad_bias = layer_norm_backward(
-            g, x, weight, ctx.normalized_ndim, ctx.eps, need_x, need_weight, need_bias
+            g, x, mean, rstd, weight, ctx.normalized_ndim, ctx.eps, need_x, need_weight, need_bias
         )
         return grad_x, None, grad_weight, grad_bias, None
 
@@ -197,9 +223,10 @@ def layer_norm(
     ):
         # A float16 or bfloat16 input with float32 parameters (a Linear's output under autocast): native's
         # mixed kernel computes in float32 and returns the input's dtype; so does this.
-        output = LayerNormFunction.apply(input.float(), tuple(normalized_shape), weight, bias, eps)
+        output, _, _ = LayerNormFunction.apply(input.float(), tuple(normalized_shape), weight, bias, eps)
         return output.to(input.dtype)  # type: ignore[no-any-return]
-    return LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)  # type: ignore[no-any-return]
+    output, _, _ = LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)  # y, μ, rstd
+    return output  # type: ignore[no-any-return]
 
 
 class LayerNorm(HandDerivedModule, torch.nn.LayerNorm):

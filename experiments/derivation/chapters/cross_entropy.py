@@ -129,7 +129,7 @@ TITLES = {
 
 PATH = "torchbp/layers/cross_entropy.py"
 CODE = [
-    ("log p = z − logsumexp z (log-softmax)", PATH, "log_p = F.log_softmax(z, dim)"),
+    ("log p = z − logsumexp z (log-softmax)", PATH, "log_p = F.log_softmax(input, class_dim(input))"),
     ("ℓ_n = −Σ_c q_nc log p_nc", PATH, "terms = log_p * smoothed(target, label_smoothing, C)"),
     ('s = g / count for "mean"', PATH, "minus_s = -(g / count)"),
     ("∂J/∂log p = −s q", PATH, "u = minus_s * smoothed(target, label_smoothing, C)"),

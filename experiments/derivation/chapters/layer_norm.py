@@ -103,8 +103,8 @@ TITLES = {
 PATH = "torchbp/layers/layer_norm.py"
 CODE = [
     ("rstd = 1/√(σ² + ε)", PATH, "rstd = torch.rsqrt(centered.square().mean(over_d, keepdim=True) + eps)"),
-    ("x̂ = (x − μ) · rstd", PATH, "return centered * rstd, rstd"),
-    ("y = x̂ ⊙ γ + β", PATH, "output, _, _ = torch.native_layer_norm("),
+    ("x̂ = (x − μ) · rstd", PATH, "return (x - mean) * rstd, rstd"),
+    ("y = x̂ ⊙ γ + β", PATH, "return torch.native_layer_norm(input, normalized_shape"),
     ("ĝ = g ⊙ γ", PATH, "g_hat = g * weight if weight is not None else g"),
     (
         "∂J/∂x = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))",
