@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import torchbp
+import torchbp.layers.conv2d as conv2d_module
 from torchbp.compare import compare_tensors
 from torchbp.layers import LAYERS
 
@@ -194,6 +195,37 @@ def test_the_fused_chain_compiled_matches_native_compiled_as_the_batch_size_chan
     hand, hand_loss_fn = torchbp.fuse(native), torchbp.convert(loss_fn)
     batches = batches_for(case, native, sizes)
     assert mismatches(native, hand, loss_fn, hand_loss_fn, batches, dynamic=len(sizes) == 2 or None) == []
+
+
+# Compiled, Conv2d's weight gradient is one contraction over the windows up to a size, and above it the
+# operator torchbp::conv2d_weight_gradient, which runs weight_gradient_by_convolution at each call.
+CONV_ROUTES = {"one contraction": 10**9, "the operator": -1}
+
+
+@pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("route", CONV_ROUTES)
+@pytest.mark.parametrize("planted", [False, True], ids=["right", "∂J/∂W 1 % off in the operator"])
+def test_compiled_conv2d_weight_gradient_by_either_route(route, sizes, planted, monkeypatch):
+    calls = []
+    right = conv2d_module.weight_gradient_by_convolution
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return right(*args) * (1.01 if planted else 1)
+
+    monkeypatch.setattr(conv2d_module, "COMPILED_CONTRACTION_LIMIT", CONV_ROUTES[route])
+    monkeypatch.setattr(conv2d_module, "weight_gradient_by_convolution", counted)
+    case = LAYER_CASES["conv2d"]
+    torch.manual_seed(0)
+    native, loss_fn = case.model().double(), case.loss()
+    hand, hand_loss_fn = torchbp.convert(native), torchbp.convert(loss_fn)
+    batches = batches_for(case, native, sizes)
+    found = mismatches(native, hand, loss_fn, hand_loss_fn, batches, dynamic=len(sizes) == 2 or None)
+    if route == "one contraction":
+        assert calls == [] and found == []
+    else:
+        assert calls == [n for n in sizes for _ in range(2)]  # each batch, each of the two convolutions
+        assert (found != []) == planted
 
 
 class ScaledBackward(torch.autograd.Function):

@@ -191,6 +191,9 @@ def input_gradient(
     return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, 1, dilation)
 
 
+COMPILED_CONTRACTION_LIMIT = 32_768  # a sample's window elements up to which compiled ∂J/∂W is one contraction
+
+
 def weight_gradient(
     a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
 ) -> torch.Tensor:
@@ -206,19 +209,62 @@ def weight_gradient(
     9 MiB). In float64 the unfold is the faster, 50 ms against 63 ms (native: 39 ms).
 
     While torch.compile traces, that convolution would make the batch size its channel
-    count, which the compiler must fix: a symbolic batch size (dynamic=True, or the
-    recompilation after a smaller last batch) fails. There the sum is one contraction
-    over the windows instead (:func:`weight_gradient_by_offsets`): right for any batch
-    size, and on digits-cnn's network as fast as native compiled, but on the
-    benchmark's compute-bound convolution about 4–5× native compiled's step, where the
-    convolution route, which only static sizes allow, measured 1.5×.
+    count, which the compiler must fix, so a symbolic batch size (dynamic=True, or the
+    recompilation after a smaller last batch) would fail. There, where a sample's windows
+    are many (more than ``COMPILED_CONTRACTION_LIMIT`` elements, c × h × w × kH × kW), it
+    runs as the custom operator ``torchbp::conv2d_weight_gradient``
+    (:func:`weight_gradient_op`), which the compiler calls as it is, with the sizes of
+    each call; elsewhere, and where the backward is itself differentiated, as one
+    contraction over the windows (:func:`weight_gradient_by_offsets`), which the
+    compiler fuses and whose operations carry their derivatives. Compiled, against
+    native compiled: on digits-cnn's network (at most 9 216 elements) the contraction
+    measured 1.00 and the operator 1.11; on the benchmark's compute-bound convolution
+    (147 456 and 294 912) the contraction 5.09 and the operator 1.9
+    (``python -m experiments.bench --only compiled``).
     """
     if torch.compiler.is_compiling():
-        return weight_gradient_by_offsets(a_prev, delta, kernel_size, stride, padding, dilation)
+        windows = a_prev.shape[1] * delta.shape[2] * delta.shape[3] * kernel_size[0] * kernel_size[1]
+        if torch.is_grad_enabled() or windows <= COMPILED_CONTRACTION_LIMIT:
+            return weight_gradient_by_offsets(a_prev, delta, kernel_size, stride, padding, dilation)
+        return weight_gradient_op(a_prev, delta, [*kernel_size], [*stride], [*padding], [*dilation])  # type: ignore[no-any-return]  # torch.library leaves the operator untyped
+    return weight_gradient_by_convolution(a_prev, delta, kernel_size, stride, padding, dilation)
+
+
+def weight_gradient_by_convolution(
+    a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+) -> torch.Tensor:
+    """∂J/∂W as a convolution of a_prev with δ, n the channel summed over (see :func:`weight_gradient`)."""
     if a_prev.shape[0] == 0:  # no samples: F.conv2d with no input channels gives a tensor of the wrong shape
         return a_prev.new_zeros((delta.shape[1], a_prev.shape[1], *kernel_size))
     grad = F.conv2d(a_prev.transpose(0, 1), delta.transpose(0, 1), None, dilation, padding, stride)  # (c, o, i', j')
     return grad[:, :, : kernel_size[0], : kernel_size[1]].transpose(0, 1)  # (o, c, kH, kW)
+
+
+@torch.library.custom_op("torchbp::conv2d_weight_gradient", mutates_args=())
+def weight_gradient_op(
+    a_prev: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> torch.Tensor:
+    """:func:`weight_gradient_by_convolution` as an operator the compiler does not trace into: (o, c, kH, kW),
+    contiguous as its fake (the compiler plans with the fake's strides)."""
+    pairs = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    return weight_gradient_by_convolution(a_prev, delta, *pairs).contiguous()  # type: ignore[arg-type]
+
+
+@weight_gradient_op.register_fake
+def _(
+    a_prev: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+) -> torch.Tensor:
+    return a_prev.new_empty((delta.shape[1], a_prev.shape[1], *kernel_size))
 
 
 def weight_gradient_by_offsets(
