@@ -17,6 +17,7 @@ import torchbp
 from experiments import seed
 from experiments.lab.registry import EXPERIMENTS
 from torchbp.layers import LAYERS
+from torchbp.layers.conv2d import weight_gradient_by_convolution
 from torchbp.per_sample import per_sample_grad_norms, per_sample_grads
 
 
@@ -319,6 +320,56 @@ def compiled_case(title: str, setup: str, variant: str = "per-layer", target: fl
     )
 
 
+def conv_weight_gradients_against_native():
+    """The floor of the compiled convolution case: ∂J/∂W of the compute-bound convolution's two layers as
+    torchbp computes it (``weight_gradient_by_convolution``, which compiled torchbp runs as the operator
+    ``torchbp::conv2d_weight_gradient``), against native's backward-weights kernel
+    (``aten.convolution_backward``) on the same tensors: what the route itself costs, before any compiler."""
+
+    def make():
+        model, _, x, _ = TRAINING_SETUPS["conv"]()
+        first, relu, second = model
+        with torch.no_grad():
+            z1 = first(x)
+            a1 = relu(z1)
+            z2 = second(a1)
+        generator = torch.Generator().manual_seed(3)
+        layers = [
+            (x, torch.randn(z1.shape, generator=generator), first),
+            (a1, torch.randn(z2.shape, generator=generator), second),
+        ]
+
+        def hand():
+            return [
+                weight_gradient_by_convolution(
+                    a_prev, delta, conv.kernel_size, conv.stride, conv.padding, conv.dilation
+                )
+                for a_prev, delta, conv in layers
+            ]
+
+        def native():
+            return [
+                torch.ops.aten.convolution_backward(
+                    delta,
+                    a_prev,
+                    conv.weight.detach(),
+                    None,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    False,
+                    (0, 0),
+                    1,
+                    (False, True, False),
+                )[1]
+                for a_prev, delta, conv in layers
+            ]
+
+        return hand, native
+
+    return make
+
+
 def cnn_per_sample_against_torch_func():
     """digits-cnn's per-sample gradients into reused buffers, against torch.func's vmap(grad)."""
 
@@ -458,6 +509,13 @@ CASES = [
     compiled_case("mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy"),
     compiled_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv"),
     compiled_case("digits-cnn's network, batch 64", "digits-cnn"),
+    Case(
+        "floor of the compiled training step, compute-bound Conv2d: its two weight gradients",
+        "torchbp's route (F.conv2d of transposed tensors)",
+        "native's backward-weights kernel",
+        conv_weight_gradients_against_native(),
+        1.05,
+    ),
     Case(
         "per-sample grads into reused buffers, digits-cnn, batch 64",
         "torchbp.per_sample_grads(out=)",
