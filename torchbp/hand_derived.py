@@ -87,12 +87,12 @@ def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivativ
     g (1 − a) a); or an :class:`Indicator`."""
     if isinstance(derivative, tuple):
         f1, f2 = derivative
-        return f1.mul_(g).mul_(f2) if products_in_place(g) else f1 * g * f2  # product(…, f1, g, f2), one call less
+        return product(products_in_place(g), f1, g, f2)
     if isinstance(derivative, Indicator):
         return torch.where(derivative.zero_where, 0, g)
     if derivative is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
         return saved * g
-    return derivative.mul_(g) if products_in_place(g) else derivative * g
+    return product(products_in_place(g), derivative, g)
 
 
 class ElementwiseFunction(HandDerivedFunction):
