@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import torchbp
+from torchbp import table
 from torchbp.layers import HAND_DERIVED, LAYERS
 from torchbp.per_sample import PER_SAMPLE_RULES
 
@@ -251,6 +252,24 @@ def test_the_table_lists_every_layer_and_its_one_file():
     assert sorted(
         f"torchbp/layers/{p.name}" for p in (ROOT / "torchbp" / "layers").glob("*.py") if p.name != "__init__.py"
     ) == sorted(LAYER_FILES.values())
+
+
+REGISTRATIONS_REFUSED = {
+    "a native class registered twice": (lambda mse: mse, "MSELoss is registered twice"),
+    "a step whose constant comes before its tensor": (
+        lambda mse: mse._replace(native=torch.nn.L1Loss, step=mse.step._replace(constants=(0,))),
+        r"L1Loss's step: expected its constants last, got them at \(0,\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REGISTRATIONS_REFUSED)
+def test_the_table_refuses(case, monkeypatch):
+    make, message = REGISTRATIONS_REFUSED[case]
+    monkeypatch.setattr(table, "REGISTERED", list(LAYERS))
+    mse = next(layer for layer in LAYERS if layer.native is torch.nn.MSELoss)
+    with pytest.raises(ValueError, match=message):
+        table.register(make(mse))
 
 
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.hand.__name__)

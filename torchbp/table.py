@@ -26,24 +26,25 @@ class Step(NamedTuple):
     """A layer's part in the fused chain (:func:`torchbp.fuse`): how one Function runs it among others.
 
     The chain calls ``forward(h, *arguments)`` for the next h, and in the backward
-    ``backward(δ, h, arguments, needs)``, with δ = ∂J/∂(its output), h the tensor it
+    ``backward(δ, h, *arguments, *needs)``, with δ = ∂J/∂(its output), h the tensor it
     ``reads`` ("input" or "output"; None: neither) and ``needs`` the flags (its input,
-    *its arguments); that returns (∂J/∂(its input) or None, the arguments' gradients).
-    A step without arguments (an activation) has the backward ``backward(δ, h)``, which
-    returns ∂J/∂(its input). A step takes ``arity`` arguments after its input, of which
-    those at ``constants`` are not tensors; ``arguments(module)`` gives a module's (a
-    Linear's weight and bias; for a loss, those after the target), or None where that
-    module cannot run fused.
+    *its tensor arguments); that returns (∂J/∂(its input) or None, *the tensor arguments'
+    gradients): the same backward its own Function calls. A step without arguments
+    (an activation) has the backward ``backward(δ, h)``, which returns ∂J/∂(its input).
+    A step takes ``arity`` arguments after its input, of which those at ``constants``
+    are not tensors and come last (a loss's reduction); ``arguments(module)`` gives a
+    module's (a Linear's weight and bias; for a loss, those after the target), or None
+    where that module cannot run fused.
     """
 
     kind: str  # its name in a chain's kinds, such as "linear"
     forward: Callable[..., torch.Tensor]
-    backward: Callable[..., Any]  # see above: (∂J/∂(its input), the arguments' gradients), or ∂J/∂(its input)
+    backward: Callable[..., Any]  # see above: (∂J/∂(its input), *the tensor arguments' gradients), or ∂J/∂(its input)
     reads: str | None  # "input" or "output"
     arity: int = 0
     arguments: Callable[[Any], tuple[Any, ...] | None] = no_arguments
     loss: bool = False  # ends a chain (only constant scales may follow); its first argument is the target
-    constants: tuple[int, ...] = ()  # which of its arguments are not tensors (a loss's reduction)
+    constants: tuple[int, ...] = ()  # which of its arguments are not tensors (a loss's reduction): the last ones
 
 
 class PerSampleRule(Protocol):
@@ -79,5 +80,8 @@ def register(layer: Layer) -> Layer:
     """Enter ``layer`` in the table; each layer file calls this once, at its end."""
     if any(entry.native is layer.native for entry in REGISTERED):
         raise ValueError(f"{layer.native.__name__} is registered twice")
+    step = layer.step
+    if step is not None and step.constants != tuple(range(step.arity - len(step.constants), step.arity)):
+        raise ValueError(f"{layer.native.__name__}'s step: expected its constants last, got them at {step.constants}")
     REGISTERED.append(layer)
     return layer

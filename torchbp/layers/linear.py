@@ -9,7 +9,6 @@ o over out_features. δ = ∂J/∂z is the upstream gradient, shape (*, o).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -80,12 +79,14 @@ def linear_backward(
     delta: torch.Tensor,
     a_prev: torch.Tensor,
     W: torch.Tensor,
+    b: torch.Tensor | None,
     need_a_prev: bool,
     need_W: bool,
     need_b: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Given δ = ∂J/∂z, the gradients (∂J/∂a_prev, ∂J/∂W, ∂J/∂b), each only when needed (W is read
-    only for ∂J/∂a_prev and a_prev only for ∂J/∂W, so either may be None where it is not)."""
+    only for ∂J/∂a_prev and a_prev only for ∂J/∂W, so either may be None where it is not; no gradient
+    reads b, which is taken so that the fused chain passes the layer's arguments as they come)."""
     grad_a_prev = grad_W = grad_b = None
     if need_a_prev:
         grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
@@ -134,7 +135,7 @@ class LinearFunction(HandDerivedFunction):
     @staticmethod
     def backward(ctx: Any, delta: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a_prev, W = ctx.saved_tensors
-        return linear_backward(delta, a_prev, W, *ctx.needs_input_grad)
+        return linear_backward(delta, a_prev, W, None, *ctx.needs_input_grad)
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,15 +172,6 @@ class Linear(HandDerivedModule, torch.nn.Linear):
 
 
 # -- the fused step --------------------------------------------------------------------
-
-
-def linear_step(
-    delta: torch.Tensor, a_prev: torch.Tensor, arguments: Sequence[Any], needs: tuple[bool, ...]
-) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
-    """Inside the fused chain: δ W for the layer below, and (∂J/∂W, ∂J/∂b)."""
-    W, _ = arguments
-    grad_a_prev, grad_W, grad_b = linear_backward(delta, a_prev, W, *needs)
-    return grad_a_prev, (grad_W, grad_b)
 
 
 def weight_and_bias(module: torch.nn.Module) -> tuple[Any, ...] | None:
@@ -267,7 +259,7 @@ register(
         Linear,
         LinearFunction,
         linear,
-        step=Step("linear", LinearFunction.forward, linear_step, reads="input", arity=2, arguments=weight_and_bias),
+        step=Step("linear", LinearFunction.forward, linear_backward, reads="input", arity=2, arguments=weight_and_bias),
         per_sample=LinearPerSample(),
     )
 )

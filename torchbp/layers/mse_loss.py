@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -104,15 +103,6 @@ class MSELoss(HandDerivedModule, torch.nn.MSELoss):
         return mse_loss(input, target, reduction=self.reduction)
 
 
-def mse_loss_step(
-    delta: torch.Tensor, y_hat: torch.Tensor, arguments: Sequence[Any], needs: tuple[bool, ...]
-) -> tuple[torch.Tensor | None, tuple[torch.Tensor | None, ...]]:
-    """Inside the fused chain, as its last layer: (∂J/∂ŷ, (∂J/∂y, nothing for the reduction))."""
-    y, reduction = arguments
-    grad_y_hat, grad_y = mse_loss_backward(delta, y_hat, y, reduction, needs[0], needs[1])
-    return grad_y_hat, (grad_y, None)
-
-
 def reduction_of(loss: torch.nn.Module) -> tuple[Any, ...]:
     """The loss's arguments in the fused chain after its target."""
     return (loss.reduction,)
@@ -127,7 +117,7 @@ register(
         step=Step(
             "mse_loss",
             MSELossFunction.forward,
-            mse_loss_step,
+            mse_loss_backward,
             reads="input",
             arity=2,
             arguments=reduction_of,

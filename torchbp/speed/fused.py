@@ -27,8 +27,8 @@ autograd's time per layer, 1.29× through :class:`Sequential` and 1.20× through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.modules import module as module_hooks
@@ -46,11 +46,8 @@ def scale(h: torch.Tensor, c: float) -> torch.Tensor:
     return h * c
 
 
-def scale_backward(
-    delta: torch.Tensor, h: None, arguments: Sequence[float], needs: tuple[bool, ...]
-) -> tuple[torch.Tensor, tuple[None]]:
-    (c,) = arguments
-    return delta * c, (None,)  # c δ
+def scale_backward(delta: torch.Tensor, h: None, c: float, need_h: bool) -> tuple[torch.Tensor]:
+    return (delta * c,)  # c δ
 
 
 SCALE = Step("scale", scale, scale_backward, reads=None, arity=1, constants=(0,))
@@ -63,7 +60,7 @@ class Plan(NamedTuple):
 
     steps: tuple[Step, ...]
     forwards: tuple[tuple[Callable[..., torch.Tensor], slice], ...]  # each step's forward and its arguments' slice
-    backwards: tuple[tuple[Callable[..., Any], int, int, slice | None, slice, int | None], ...]  # last step first
+    backwards: tuple[tuple[Callable[..., Any], int, int, slice | None, slice, slice, int | None], ...]  # last first
     constants: tuple[int, ...]  # where in the flat list the arguments that are not tensors are
     saved: tuple[int | None, ...]  # for h_0 … h_L: where in (x, *returned) the backward reads it, or None
     returned: tuple[int, ...]  # which of h_1 … h_L the Function returns: those read, and h_L
@@ -118,17 +115,18 @@ class SequentialFunction(HandDerivedFunction):
         grad_args: list[torch.Tensor | None] = [None] * len(args)
         delta = None
         # From the last step down, step l's backward, the h it reads (h_l or h_{l+1}; a scale is given one it
-        # does not read), its first argument, its arguments' (None for an activation) and their flags' slices
-        # of args and needs, and where ∂J/∂h_{l+1} arrives from outside the chain, if it does.
-        for backward, read, i, arguments, flags, arrives in chain.backwards:
-            if arrives is not None:  # it joins the gradient from above
-                delta = _join(delta, grads[arrives])
+        # does not read), its first argument, the slices of args of its arguments (None for an activation) and
+        # of its tensor arguments, that of needs of their flags, and where ∂J/∂h_{l+1} arrives from outside
+        # the chain, if it does.
+        for backward, read, i, arguments, tensors, flags, arrives in chain.backwards:
+            if arrives is not None and grads[arrives] is not None:  # it joins the gradient from above
+                delta = grads[arrives] if delta is None else delta + grads[arrives]
             if delta is None:
                 continue
             if arguments is None:  # an activation: δ ← δ ⊙ f'(z)
                 delta = backward(delta, hs[read])
             else:
-                delta, grad_args[arguments] = backward(delta, hs[read], args[arguments], (lowest < i, *needs[flags]))
+                delta, *grad_args[tensors] = backward(delta, hs[read], *args[arguments], lowest < i, *needs[flags])
             if lowest >= i:
                 break
         return (delta if needs[0] else None, None, *grad_args)
@@ -174,18 +172,13 @@ def make_plan(kinds: tuple[str, ...]) -> Plan:
             l + 1 if step.reads == "output" else l,
             start,
             arguments if step.arity else None,  # None: an activation's backward(δ, h)
-            slice(start + 2, arguments.stop + 2),
+            slice(start, arguments.stop - len(step.constants)),  # its tensor arguments
+            slice(start + 2, arguments.stop - len(step.constants) + 2),  # their flags in needs
             arriving[l + 1],
         )
         for l, (step, start, arguments) in reversed(list(enumerate(zip(steps, starts, slices))))
     )
     return Plan(steps, forwards, backwards, constants, saved, returned)
-
-
-def _join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    if a is None:
-        return b
-    return a if b is None else a + b
 
 
 # The torchbp layers a chain runs, and the losses it ends in. A native MSELoss broadcasts its target,
@@ -283,7 +276,8 @@ class FusedLoss(HandDerivedModule, torch.nn.Module):
 
     def _fused_chain(self, input: Any, target: Any) -> tuple[list[str], list[Any]] | None:
         # past Module.__getattr__; both were set in __init__, loss_fn as a Module
-        model, loss_fn = self._modules["model"], cast(torch.nn.Module, self._modules["loss_fn"])
+        model = self._modules["model"]
+        loss_fn: torch.nn.Module = self._modules["loss_fn"]  # type: ignore[assignment]  # not typing.cast: a call
         step = _FUSABLE_LOSSES.get(type(loss_fn))
         if (
             step is None
