@@ -11,6 +11,7 @@ formulas in ``torchbp/layers/`` read without either.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -81,10 +82,11 @@ class Indicator:
 Derivative = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Indicator
 
 
-def times_derivative(g: torch.Tensor, saved: torch.Tensor, derivative: Derivative) -> torch.Tensor:
-    """g ⊙ f'(z), with f'(z) = ``derivative`` computed from the ``saved`` tensor: one tensor; two factors
-    (f1, f2), f1 a new tensor, multiplied as f1 g f2 (σ' = (1 − a) a taken in the order native torch takes
-    g (1 − a) a); or an :class:`Indicator`."""
+def chain_rule(function: type[ElementwiseFunction], g: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """∂J/∂z = g ⊙ f'(z), with f'(z) = ``function.derivative(saved)`` (looked up at each call) in one of
+    its forms: one tensor; two factors (f1, f2), f1 a new tensor, multiplied as f1 g f2 (σ' = (1 − a) a
+    taken in the order native torch takes g (1 − a) a); or an :class:`Indicator`."""
+    derivative = function.derivative(saved)
     if isinstance(derivative, tuple):
         f1, f2 = derivative
         return product(products_in_place(g), f1, g, f2)
@@ -100,7 +102,7 @@ class ElementwiseFunction(HandDerivedFunction):
 
     A subclass writes ``forward(input)`` (its input check and the native op) and
     ``derivative(t)``, f'(z) from the saved tensor t (a by default; z where the
-    subclass sets ``saves = "input"``), in one of the forms :func:`times_derivative`
+    subclass sets ``saves = "input"``), in one of the forms :func:`chain_rule`
     takes. This base saves t, and its backward is ∂J/∂z = g ⊙ f'(z). The backward
     looks ``derivative`` up at call time, so the per-layer path and the fused chain
     (:meth:`fused_step`) always share one formula.
@@ -128,7 +130,7 @@ class ElementwiseFunction(HandDerivedFunction):
 
         def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
             (t,) = ctx.saved_tensors
-            return times_derivative(g, t, cls.derivative(t))
+            return chain_rule(cls, g, t)
 
         cls.setup_context = staticmethod(save_output if cls.saves == "output" else save_input)  # type: ignore[method-assign]
         cls.backward = staticmethod(backward)  # type: ignore[method-assign]
@@ -136,11 +138,7 @@ class ElementwiseFunction(HandDerivedFunction):
     @classmethod
     def fused_step(cls, kind: str) -> Step:
         """Its :class:`torchbp.table.Step`: the same forward and backward inside the fused chain."""
-
-        def backward(delta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return times_derivative(delta, t, cls.derivative(t))
-
-        return Step(kind, cls.forward, backward, reads=cls.saves)
+        return Step(kind, cls.forward, functools.partial(chain_rule, cls), reads=cls.saves)  # backward(δ, t)
 
 
 class HandDerivedModule:
