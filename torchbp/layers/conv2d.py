@@ -219,7 +219,7 @@ def weight_gradient(
     compiler fuses and whose operations carry their derivatives. Compiled, against
     native compiled: on digits-cnn's network (at most 9 216 elements) the contraction
     measured 1.00 and the operator 1.11; on the benchmark's compute-bound convolution
-    (147 456 and 294 912) the contraction 5.09 and the operator 1.28 in a full run of
+    (147 456 and 294 912) the contraction 5.09 and the operator 1.28 and 1.54 in two full runs of
     ``python -m experiments.bench`` (1.9 run alone with ``--only compiled``).
     """
     if torch.compiler.is_compiling():
