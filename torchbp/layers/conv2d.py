@@ -256,14 +256,8 @@ def weight_gradient_op(
 
 
 @weight_gradient_op.register_fake
-def _(
-    a_prev: torch.Tensor,
-    delta: torch.Tensor,
-    kernel_size: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-) -> torch.Tensor:
+def _(a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: list[int], *rest: list[int]) -> torch.Tensor:
+    # (o, c, kH, kW): the rest (stride, padding, dilation) does not change the gradient's shape
     return a_prev.new_empty((delta.shape[1], a_prev.shape[1], *kernel_size))
 
 
