@@ -19,10 +19,10 @@ differentiated again (a gradient arriving at one joins δ).
 
 Why it exists: one autograd node instead of one per layer, for small networks
 where a node costs more than its arithmetic. On the 2-core CPU machine (torch
-2.13.0), a training step of the derivation's 2-3-1 network takes 1.47× native
-autograd's time per layer, 1.31× through :class:`Sequential` and 1.20× through
+2.13.0), a training step of the derivation's 2-3-1 network takes 1.46× native
+autograd's time per layer, 1.30× through :class:`Sequential` and 1.17× through
 :class:`FusedLoss` (network and loss as one node); on the mid MLP (3×256, batch 64)
-1.21× per layer against 1.13× fused (``python -m experiments.bench``).
+1.21× per layer against 1.11× fused (``python -m experiments.bench``).
 """
 
 from __future__ import annotations
