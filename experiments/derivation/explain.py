@@ -179,7 +179,7 @@ NETWORK_CODE = [
     (
         "the same, layer after layer, as one algorithm",
         "torchbp/speed/fused.py",
-        "for backward, read, i, arguments, tensors, flags, arrives in chain.backwards:",
+        "for backward, read, i, form, arguments, tensors, flags, arrives in chain.backwards:",
     ),
     (
         "per-sample δ_n a_prev,nᵀ",
