@@ -4,8 +4,10 @@ import pytest
 import torch
 
 import torchbp
+from experiments.bench import __main__ as bench_main
 from experiments.bench.__main__ import main
 from experiments.bench.cases import TRAINING_SETUPS, conv_weight_gradients_against_native, with_a_node_per_layer
+from experiments.bench.peers import NETWORKS, PEERS, norms_against, per_sample_grads_against, same_work
 
 
 def test_the_benchmark_runs_a_case_and_writes_its_table(tmp_path):
@@ -79,3 +81,29 @@ def test_the_compiled_convolutions_floor_times_the_same_weight_gradients_as_nati
     for ours, theirs in zip(hand(), native(), strict=True):
         # float32 sums of 32 × 32 × 32 terms in two orders: equal to a rounding of the largest entry
         torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-5 * float(theirs.abs().max()))
+
+
+def test_a_case_whose_peer_is_not_installed_is_skipped_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_main, "installed", lambda peer: False)
+    out = tmp_path / "bench.md"
+    only = "per-sample grads, digits-cnn, batch 64, against BackPACK"
+    assert main(["--only", only, "--repeats", "4", "--warmup", "1", "--out", str(out)]) == 0
+    (row,) = [line for line in out.read_text().splitlines() if line.startswith("| per-sample grads")]
+    assert "skipped: backpack is not installed" in row
+
+
+def test_a_peer_row_refuses_a_peer_that_computes_other_values():
+    ours = [torch.ones(4, 3), torch.ones(4)]
+    same_work(ours, [torch.ones(4, 3), torch.ones(4)], "a peer")
+    with pytest.raises(AssertionError, match="a peer differ"):
+        same_work(ours, [torch.ones(4, 3), torch.full((4,), 1.01)], "a peer")
+    with pytest.raises(AssertionError, match="expected 2 tensors, got 1"):
+        same_work(ours, [torch.ones(4, 3)], "a peer")
+
+
+@pytest.mark.parametrize("peer", PEERS)
+@pytest.mark.parametrize("against", [per_sample_grads_against, norms_against], ids=["grads", "norms"])
+def test_each_peer_computes_what_torchbp_computes(peer, against):
+    pytest.importorskip(PEERS[peer][0])
+    hand, theirs = against(peer, NETWORKS["digits-cnn, batch 64"])()  # make() compares the two once
+    hand(), theirs()

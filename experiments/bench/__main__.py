@@ -19,6 +19,7 @@ import torch
 
 from experiments.bench.cases import CASES, Case
 from experiments.bench.peak_memory import measure_peak_memory_here, peak_memory
+from experiments.bench.peers import installed
 from experiments.bench.timing import in_blocks, paired_times, quantiles
 
 
@@ -32,6 +33,10 @@ def run(cases: list[Case], repeats: int, warmup: int) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
+        if case.requires is not None and not installed(case.requires):
+            lines.append(f"| {case.name} | {case.a} | {case.b} | skipped: {case.requires} is not installed |||||||")
+            print(lines[-1], file=sys.stderr)
+            continue
         a, b = case.make()
         compile_seconds = "-"
         if hasattr(a, "compile_seconds"):  # excluded from the times below

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import torchbp
 from experiments import seed
+from experiments.bench.peers import NETWORKS, PEERS, norms_against, per_sample_grads_against
 from experiments.lab.registry import EXPERIMENTS
 from torchbp.layers import LAYERS
 from torchbp.layers.conv2d import weight_gradient_by_convolution
@@ -30,6 +31,7 @@ class Case:
     target: float  # A / B at most
     memory_target: float | None = None  # peak memory A / B at most, where a target is set
     memory: tuple[str, str] | None = None  # (training setup, torchbp variant) whose peak memory to measure
+    requires: str | None = None  # a module B needs (a peer library): without it the case is skipped
 
 
 def square_mlp(width: int, layers: int, seed: int = 0, between=lambda width: [torch.nn.Sigmoid()]):
@@ -532,4 +534,29 @@ CASES = [
         cnn_norms_against_a_backward(),
         2.0,
     ),
+    # Per-sample gradients and norms of CNNs against the peers (experiments/bench/peers.py): at or below each.
+    *[
+        Case(
+            f"per-sample grads, {network}, against {peer}",
+            "torchbp.per_sample_grads(out=)",
+            PEERS[peer][1],
+            per_sample_grads_against(peer, NETWORKS[network]),
+            1.0,
+            requires=PEERS[peer][0],
+        )
+        for network in NETWORKS
+        for peer in PEERS
+    ],
+    *[
+        Case(
+            f"per-sample norms, {network}, against {peer}",
+            "torchbp.per_sample_grad_norms",
+            PEERS[peer][3],
+            norms_against(peer, NETWORKS[network]),
+            1.0,
+            requires=PEERS[peer][0],
+        )
+        for network in NETWORKS
+        for peer in PEERS
+    ],
 ]

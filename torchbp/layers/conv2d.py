@@ -477,10 +477,10 @@ def per_sample_weight_grad_norms_squared(
     L² (o + c·kH·kW) per sample against o·c·kH·kW·L for the gradient, so they are
     used while L (o + c·kH·kW) < o·c·kH·kW: few output positions, many channels.
     """
-    o = delta.shape[1]
-    U = _unfold(a_prev, kernel_size, stride, padding, dilation)  # (n, c·kH·kW, L)
-    ckk, L = U.shape[1:]
+    o, L = delta.shape[1], delta.shape[2] * delta.shape[3]
+    ckk = a_prev.shape[1] * kernel_size[0] * kernel_size[1]
     if L * (o + ckk) < o * ckk:
+        U = _unfold(a_prev, kernel_size, stride, padding, dilation)  # (n, c·kH·kW, L)
         delta_n = delta.flatten(2)  # (n, o, L)
         gram_delta = delta_n.transpose(1, 2) @ delta_n  # δ_l · δ_m: (n, L, L)
         gram_a = U.transpose(1, 2) @ U  # u_l · u_m: (n, L, L)
