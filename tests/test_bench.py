@@ -6,8 +6,13 @@ import torch
 import torchbp
 from experiments.bench import __main__ as bench_main
 from experiments.bench.__main__ import main
-from experiments.bench.cases import TRAINING_SETUPS, conv_weight_gradients_against_native, with_a_node_per_layer
-from experiments.bench.peers import NETWORKS, PEERS, norms_against, per_sample_grads_against, same_work
+from experiments.bench.cases import (
+    PEER_NETWORKS,
+    TRAINING_SETUPS,
+    conv_weight_gradients_against_native,
+    with_a_node_per_layer,
+)
+from experiments.bench.peers import PEERS, against, same_work
 
 
 def test_the_benchmark_runs_a_case_and_writes_its_table(tmp_path):
@@ -102,8 +107,8 @@ def test_a_peer_row_refuses_a_peer_that_computes_other_values():
 
 
 @pytest.mark.parametrize("peer", PEERS)
-@pytest.mark.parametrize("against", [per_sample_grads_against, norms_against], ids=["grads", "norms"])
-def test_each_peer_computes_what_torchbp_computes(peer, against):
-    pytest.importorskip(PEERS[peer][0])
-    hand, theirs = against(peer, NETWORKS["digits-cnn, batch 64"])()  # make() compares the two once
-    hand(), theirs()
+@pytest.mark.parametrize("kind", ["grads", "norms"])
+def test_each_peer_computes_what_torchbp_computes(peer, kind):
+    pytest.importorskip(PEERS[peer].module)
+    hand, theirs = against(peer, kind, PEER_NETWORKS["digits-cnn, batch 64"])()  # make() compares the two once
+    same_work(hand(), theirs(), peer)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import torchbp
 from experiments import seed
-from experiments.bench.peers import NETWORKS, PEERS, norms_against, per_sample_grads_against
+from experiments.bench.peers import OURS, PEERS, against
 from experiments.lab.registry import EXPERIMENTS
 from torchbp.layers import LAYERS
 from torchbp.layers.conv2d import weight_gradient_by_convolution
@@ -59,15 +59,40 @@ def image_data(batch: int, channels: int, size: int, seed: int = 1):
     return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
 
 
-def digits_cnn_setup():
-    """digits-cnn's network on a batch of 64 of the digits, in float32."""
+def digits_cnn_setup(batch: int = 64):
+    """digits-cnn's network on a batch of ``batch`` of the digits, in float32."""
     from experiments.digits_cnn import small_cnn
     from experiments.lab.data import load_digits
     from experiments.lab.registry import Config
 
     pixels, labels = load_digits()
-    config = Config(steps=1, lr=1e-3, batch_size=64, dtype="float32")
-    return small_cnn(config), torch.nn.CrossEntropyLoss(), pixels[:64].reshape(-1, 1, 8, 8).float(), labels[:64]
+    config = Config(steps=1, lr=1e-3, batch_size=batch, dtype="float32")
+    x = pixels[:batch].reshape(-1, 1, 8, 8).float()
+    return small_cnn(config), torch.nn.CrossEntropyLoss(), x, labels[:batch]
+
+
+def wider_cnn_setup(batch: int = 64):
+    """3 → 32 → 64 channels of 3×3 convolutions with ReLUs on 32×32 images, then a linear layer to 10 classes."""
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64 * 32 * 32, 10),
+    )
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, 32, 32, generator=generator)
+    return network, torch.nn.CrossEntropyLoss(), images, torch.randint(0, 10, (batch,), generator=generator)
+
+
+# The CNNs whose per-sample gradients are timed against the peers (experiments/bench/peers.py).
+PEER_NETWORKS = {
+    "digits-cnn, batch 64": lambda: digits_cnn_setup(64),
+    "digits-cnn, batch 256": lambda: digits_cnn_setup(256),
+    "wider CNN (3→32→64 channels, 32×32), batch 64": wider_cnn_setup,
+}
 
 
 def mlp_data(width: int, batch: int, seed: int = 1):
@@ -537,26 +562,15 @@ CASES = [
     # Per-sample gradients and norms of CNNs against the peers (experiments/bench/peers.py): at or below each.
     *[
         Case(
-            f"per-sample grads, {network}, against {peer}",
-            "torchbp.per_sample_grads(out=)",
-            PEERS[peer][1],
-            per_sample_grads_against(peer, NETWORKS[network]),
+            f"per-sample {kind}, {network}, against {peer}",
+            ours,
+            PEERS[peer].names[kind],
+            against(peer, kind, setup),
             1.0,
-            requires=PEERS[peer][0],
+            requires=PEERS[peer].module,
         )
-        for network in NETWORKS
-        for peer in PEERS
-    ],
-    *[
-        Case(
-            f"per-sample norms, {network}, against {peer}",
-            "torchbp.per_sample_grad_norms",
-            PEERS[peer][3],
-            norms_against(peer, NETWORKS[network]),
-            1.0,
-            requires=PEERS[peer][0],
-        )
-        for network in NETWORKS
+        for kind, ours in OURS.items()
+        for network, setup in PEER_NETWORKS.items()
         for peer in PEERS
     ],
 ]
