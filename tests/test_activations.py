@@ -168,3 +168,31 @@ def test_relu_inplace_writes_into_its_input_as_natively():
     check_model(ReliesOnTheWrite().double(), torch.nn.MSELoss(), values(5, 3), values(5, 2)).assert_ok()
     x = values(4, 3)
     assert torchbp.nn.ReLU(inplace=True)(x) is x and torch.equal(x, torch.relu(values(4, 3)))
+
+
+SPECIAL_Z = [float("nan"), -float("nan"), 0.0, -0.0, -1.0, 2.0, -3.0, 1e-30, -1e-30, float("inf"), -float("inf")]
+SPECIAL_G = [1.0, 2.0, float("inf"), -float("nan"), -5.0, float("nan"), -float("inf"), -2.0, 3.0, 4.0, -1.0]
+
+
+def same_bits(ours: torch.Tensor, native: torch.Tensor) -> bool:
+    """Equal to the bit, zeros' signs included; NaNs only as NaNs (their payload is the kernel's choice)."""
+    integer = {8: torch.int64, 4: torch.int32, 2: torch.int16}[ours.element_size()]
+    nan = ours.isnan()
+    return torch.equal(nan, native.isnan()) and torch.equal(ours[~nan].view(integer), native[~nan].view(integer))
+
+
+@pytest.mark.parametrize("create_graph", [False, True], ids=["in place", "recorded"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_relu_selects_as_natively_where_values_are_special(dtype, create_graph):
+    """g passes where z > 0 or z is NaN and is exactly +0 elsewhere, a NaN or ∞ in g included, on both
+    routes of the selection (bit masks in place on the CPU, torch.where where the backward is recorded),
+    and in vectorised lengths (the values thrice, then a long random tail with exact zeros)."""
+    tail = values(300, dtype=torch.float64)
+    z = torch.cat([torch.tensor(SPECIAL_Z * 3, dtype=torch.float64), tail]).to(dtype)
+    g = torch.cat([torch.tensor(SPECIAL_G * 3, dtype=torch.float64), tail.flip(0) * 3]).to(dtype)
+    grads = []
+    for relu in (TF.relu, torch.relu):
+        leaf = z.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(relu(leaf), leaf, g, create_graph=create_graph)
+        grads.append(grad.detach())
+    assert same_bits(*grads)

@@ -17,6 +17,7 @@ import torch
 
 from torchbp.speed.calls import (  # the one hook into the speed package
     TWINS,
+    keep_where_nonzero,
     mse_loss_of_equal_shapes,
     transforms_active,
     unwrap_dead_wrappers,
@@ -70,13 +71,14 @@ squared_error = mse_loss_of_equal_shapes
 
 
 class Indicator:
-    """A derivative that is 1 or 0, given by where it is 0: ``g ⊙`` it is g there set to exactly 0 (a
-    selection, not a product, so a NaN or ∞ in g becomes 0 where the derivative is 0, as natively)."""
+    """A derivative that is 1 or 0: 1 where the tensor ``nonzero`` is non-zero (a NaN counts as non-zero),
+    0 where it is ±0. ``g ⊙`` it is g set to exactly +0 where it is 0 (a selection, not a product, so a
+    NaN or ∞ in g becomes 0 where the derivative is 0, as natively)."""
 
-    __slots__ = ("zero_where",)
+    __slots__ = ("nonzero",)
 
-    def __init__(self, zero_where: torch.Tensor) -> None:
-        self.zero_where = zero_where
+    def __init__(self, nonzero: torch.Tensor) -> None:
+        self.nonzero = nonzero
 
 
 Derivative = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Indicator
@@ -91,7 +93,7 @@ def chain_rule(function: type[ElementwiseFunction], g: torch.Tensor, saved: torc
         f1, f2 = derivative
         return product(products_in_place(g), f1, g, f2)
     if isinstance(derivative, Indicator):
-        return torch.where(derivative.zero_where, 0, g)
+        return keep_where_nonzero(g, derivative.nonzero)
     if derivative is saved:  # f' is the saved tensor itself (as eᶻ's is): multiply into a new tensor, never into it
         return saved * g
     return product(products_in_place(g), derivative, g)

@@ -12,10 +12,11 @@ from torchbp.validation import validate_floating
 class ReLUFunction(ElementwiseFunction):
     r"""a = max(z, 0), with the backward derived by hand: ∂J/∂z = g ⊙ 1[a > 0].
 
-    The indicator comes from the saved output a (a > 0 exactly where z > 0), so only a
-    is saved. At z = 0 the derivative is taken as 0, as native torch takes it; it is
-    applied as a selection, so a NaN or an infinity in g where a ≤ 0 becomes 0 there too,
-    and a NaN output passes g through, both as natively: the same bits as native torch.
+    The indicator comes from the saved output a (a ≥ 0, and a ≠ 0 exactly where z > 0),
+    so only a is saved. At z = 0 the derivative is taken as 0, as native torch takes it;
+    it is applied as a selection, so a NaN or an infinity in g where a = 0 becomes 0
+    there too, and a NaN output passes g through, both as natively: the same bits as
+    native torch.
     """
 
     @staticmethod
@@ -25,7 +26,7 @@ class ReLUFunction(ElementwiseFunction):
 
     @staticmethod
     def derivative(a: torch.Tensor) -> Indicator:
-        return Indicator(zero_where=a <= 0)  # 1[a > 0]
+        return Indicator(nonzero=a)  # 1[a > 0]: a ≥ 0
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:

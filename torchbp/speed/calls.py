@@ -17,6 +17,11 @@ and unwrap_if_dead. Where a PyTorch version lacks them, every call takes the ful
   fresh temporary instead of recording each product, so it holds one temporary where native torch's
   kernel holds one; this is what keeps the compute-bound MLP's peak memory at native's (1.003, where
   recorded products hold one temporary per factor).
+- **A selection by bit masks** (:func:`keep_where_nonzero`): on the CPU, ``torch.where`` and the
+  comparison that makes its condition run element by element, where integer bit operations run
+  vectorised, so ReLU's g ⊙ 1[a > 0] as bit masks takes 0.43 ms on a 32×32×32×32 float32 tensor
+  against ``torch.where``'s 4.9 ms (native's fused ``threshold_backward``: 0.26 ms; one thread), and
+  23 µs against 33 µs on 64×256 (native: 6 µs), with the same bits.
 - **The squared error's kernel** (:func:`mse_loss_of_equal_shapes`): ``F.mse_loss`` broadcasts its
   arguments before calling the kernel; for one shape it calls the kernel directly: 4.0 µs against
   9.4 µs on a 5×1 float64 input, 12 µs against 19 µs on 64×256 (one thread).
@@ -109,6 +114,37 @@ def products_in_place(g: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or not SHORTCUTS:  # first: the compiler is not to trace the checks below
         return False
     return not (torch.is_grad_enabled() or transforms_active() or is_legacy_batchedtensor(g))
+
+
+# The signed integer of each floating-point width, to read and mask a float's bits.
+_SAME_WIDTH_INTEGER = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def keep_where_nonzero(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """g where t ≠ 0 (a NaN counts as non-zero), exactly +0 where t = ±0: ``torch.where(t == 0, 0, g)``,
+    the same bits, for g and t of one shape and dtype.
+
+    Where a backward may work in place on the CPU (:func:`products_in_place`), as bit masks:
+    t's bits less its sign bit are 0 exactly where t = ±0; negated and shifted right
+    arithmetically by all but one bit they are all ones where t ≠ 0 and all zeros where it is
+    0; and-ed with g's bits they keep g or give the bits of +0. Four vectorised integer
+    operations into one fresh tensor, against a comparison and a selection that run element
+    by element (see the module's docstring). Elsewhere (double backward, torch.func, the
+    compiler, which fuses the selection, and other devices, where it is one fast kernel)
+    ``torch.where``.
+    """
+    integer = _SAME_WIDTH_INTEGER.get(t.dtype)
+    if integer is None or not (g.is_cpu and products_in_place(g)):
+        return torch.where(t == 0, 0, g)
+    info = torch.iinfo(integer)
+    mask = t.view(integer) & info.max  # |t|'s bits: 0 exactly where t = ±0
+    mask.neg_().bitwise_right_shift_(info.bits - 1)  # all ones where t ≠ 0, else all zeros
+    return mask.bitwise_and_(g.view(integer)).view(g.dtype)
 
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
