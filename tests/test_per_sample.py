@@ -192,6 +192,63 @@ def test_the_models_gradients_are_left_alone():
     assert all(not m._forward_hooks for m in model.modules())  # no hook outlives the call
 
 
+def frozen_flags(model):
+    return [p.requires_grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+def test_the_parameters_require_grad_as_before_after_the_call(fails):
+    """The recorded pass freezes the trainable parameters while it runs (no summed gradient is formed),
+    and gives every flag back, also when the loss raises."""
+    model = torchbp.convert(mlp())
+    model[0].bias.requires_grad_(False)
+    before = frozen_flags(model)
+    x, y = data(5, (), torch.float64)
+
+    def loss_fn(output, target):
+        if fails:
+            raise RuntimeError("the loss failed")
+        return F.mse_loss(output, target)
+
+    loss_fn.reduction = "mean"
+
+    if fails:
+        with pytest.raises(RuntimeError, match="the loss failed"):
+            per_sample_grad_norms(model, loss_fn, x, y)
+    else:
+        per_sample_grad_norms(model, loss_fn, x, y)
+    assert frozen_flags(model) == before
+
+
+class ReadsAConstant(torch.nn.Module):
+    """A layer applied to a constant as well as a layer on the inputs: its output does not depend on them."""
+
+    def __init__(self, integer_inputs=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.on_inputs, self.on_constant = torch.nn.Linear(3, 2).double(), torch.nn.Linear(3, 2).double()
+        self.register_buffer("constant", torch.randn(5, 3, dtype=torch.float64))
+        self.integer_inputs = integer_inputs
+
+    def forward(self, x):
+        return self.on_inputs(x.double()) + (0 if self.integer_inputs else self.on_constant(self.constant))
+
+
+@pytest.mark.parametrize("integer_inputs", [False, True], ids=["a layer reads a constant", "integer inputs"])
+def test_where_freezing_would_lose_a_layer_the_plain_pass_runs(integer_inputs):
+    """Frozen parameters with inputs that require grad would leave a layer unrecorded (one whose output does
+    not depend on the inputs), or every layer (inputs that cannot require grad): the pass then runs with
+    the parameters as they are, and gives what the recorder gives around a plain backward."""
+    model = torchbp.convert(ReadsAConstant(integer_inputs))
+    x = torch.randint(-3, 4, (5, 3)) if integer_inputs else data(5, (), torch.float64)[0]
+    y = torch.randn(5, 2, dtype=torch.float64)
+    with PerSampleGradients(model) as recorder:
+        F.mse_loss(model(x), y, reduction="sum").backward()
+    expected = recorder.grads()
+    assert len(expected) == (2 if integer_inputs else 4)
+    assert_matches(per_sample_grads(model, torch.nn.MSELoss(reduction="sum"), x, y), expected)
+
+
 def test_inside_the_context_the_ordinary_backward_still_gives_native_gradients():
     model = torchbp.convert(mlp())
     x, y = data(5, (), torch.float64)

@@ -19,7 +19,8 @@ their mean over the N samples is ``.grad``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -93,10 +94,12 @@ class PerSampleGradients:
             )
         self.records: dict[torch.nn.Module, list[list[Any]]] = {}  # layer: one [a_prev, δ] per call
         self.outputs: list[torch.Tensor] = []  # each call's z, for a backward that stops at them
+        self.unrecorded: set[torch.nn.Module] = set()  # layers called whose output did not require grad
         self.handles: list[RemovableHandle] = []
 
     def __enter__(self) -> PerSampleGradients:
         self.records.clear()
+        self.unrecorded.clear()
         self.handles = [module.register_forward_hook(self._record) for module in self.layers]
         return self
 
@@ -107,6 +110,7 @@ class PerSampleGradients:
 
     def _record(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         if not output.requires_grad:
+            self.unrecorded.add(module)
             return
         record = [inputs[0].detach(), None, output.shape]  # δ arrives during backward
         self.records.setdefault(module, []).append(record)
@@ -243,9 +247,36 @@ def _recorded_pass(
     model = _torchbp_model(model)
     loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
     recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0], target))
-    with recorder:
+    if inputs.is_floating_point():
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        with recorder, _parameters_frozen(trainable):
+            recorder.backward(loss_fn(model(inputs.detach().requires_grad_()), target))
+        ids = {id(p) for p in trainable}
+        if not any(id(p) in ids for module in recorder.unrecorded for p in module.parameters(recurse=False)):
+            return recorder
+    with recorder:  # a trainable layer's output does not depend on the inputs (or they are not floating point)
         recorder.backward(loss_fn(model(inputs), target))
     return recorder
+
+
+@contextlib.contextmanager
+def _parameters_frozen(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    """The parameters do not require grad inside the block (the inputs do instead, see _recorded_pass).
+
+    Every layer's δ still arrives, as each layer's output depends on the inputs, but no
+    layer's backward forms the batch's summed weight gradient, which no per-sample rule
+    reads (a convolution's is the costliest part of its backward); the backward stops at
+    the recorded outputs, so the first layer's input gradient is not formed either. (Not
+    torch.func.functional_call with detached parameters: it leaves them swapped in a model
+    that holds one layer twice.)
+    """
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
 
 
 def per_sample_grads(
@@ -263,7 +294,10 @@ def per_sample_grads(
     With a "sum" loss they sum to the parameters' gradient; with "mean", each is
     the gradient of that sample's own loss and their mean is the parameters'
     gradient. ``model`` may be native (a converted copy is used); its ``.grad``
-    is left alone.
+    is left alone. While the pass runs, the parameters that require grad are set
+    not to (the inputs require it instead), so that no layer forms the batch's
+    summed gradient, which per-sample rules do not read; each gets its flag back
+    when the call returns or raises.
 
     ``out`` takes tensors to write the results into, by parameter name, each of
     shape (N, *param.shape): pass the previous call's result in a loop. Large
