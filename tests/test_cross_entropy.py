@@ -91,6 +91,31 @@ def test_matches_native(case, reduction, dtype):
     check_function(fn, reference, *case_inputs(CASES[case], dtype)).assert_ok()
 
 
+UNMASKED = [name for name, case in CASES.items() if case.get("target") != "probabilities" and not case.get("ignored")]
+
+
+@pytest.mark.parametrize("dtype", [f32, f64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", UNMASKED)
+def test_where_no_target_is_ignored_the_unmasked_path_gives_the_masked_paths_bits(case, reduction, dtype, monkeypatch):
+    """Eagerly on the CPU, with no target ignored, the backward scatters s at t_n without the masks of
+    ignored targets; the masked path, taken elsewhere, gives the same bits."""
+    fn, _ = case_functions(CASES[case], reduction)
+    z, target = case_inputs(CASES[case], dtype)
+    g = torch.randn(fn(z, target).shape, dtype=dtype, generator=torch.Generator().manual_seed(2))
+
+    def grad():
+        leaf = z.clone().requires_grad_()
+        return torch.autograd.grad(fn(leaf, target), leaf, g)[0]
+
+    taken = []
+    counted = cross_entropy.every_target_counted
+    monkeypatch.setattr(cross_entropy, "every_target_counted", lambda *args: taken.append(counted(*args)) or taken[-1])
+    unmasked = grad()
+    monkeypatch.setattr(cross_entropy, "every_target_counted", lambda *args: False)
+    assert taken == [True] and torch.equal(unmasked, grad())
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize(
@@ -353,6 +378,7 @@ def test_log_p_is_a_differentiable_output_whose_gradient_joins(target):
 
 original_backward = cross_entropy.cross_entropy_backward
 original_distribution = cross_entropy.index_distribution_times
+original_one_hot = cross_entropy.one_hot_times
 
 
 def with_arguments(**changed):
@@ -408,9 +434,18 @@ PLANTED_BUGS = {
     ),
     "ignored targets counted as class 0": (
         "index_distribution_times",
-        lambda c, t, log_p, ignore_index, smoothing: original_distribution(c, t.clamp(min=0), log_p, -1, smoothing),
+        lambda c, t, log_p, ignore_index, smoothing, *counted: original_distribution(
+            c, t.clamp(min=0), log_p, -1, smoothing, *counted
+        ),
         "indices, ignore_index -100",
         "none",
+        ["inputs[0].grad"],
+    ),
+    "the one-hot at the next class": (
+        "one_hot_times",
+        lambda c, t, log_p: original_one_hot(c, (t + 1) % log_p.shape[class_dim(log_p)], log_p),
+        "indices",
+        "mean",
         ["inputs[0].grad"],
     ),
     "smoothing left out of the backward": (

@@ -173,19 +173,41 @@ def cross_entropy_from_log_p(
 # -- the backward -----------------------------------------------------------------------------
 
 
+def every_target_counted(target: torch.Tensor, ignore_index: int, g: torch.Tensor) -> bool:
+    """Is no class index ignore_index? Read from the target (a comparison and a synchronisation, about
+    5 µs), so asked only where the backward runs eagerly on the CPU (see products_in_place), where it
+    spares the masks of ignored targets; elsewhere the answer is False, and the masks are applied."""
+    return target.is_cpu and products_in_place(g) and not bool((target == ignore_index).any())
+
+
+def one_hot_times(c: torch.Tensor, target: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """c q where q is one-hot at t_n (no target ignored, no smoothing): c at the target class, 0 elsewhere."""
+    dim = class_dim(log_p)
+    index = target.unsqueeze(dim)  # (N, 1, d1, …)
+    return torch.zeros_like(log_p).scatter_(dim, index.long(), c.expand(index.shape))
+
+
 def index_distribution_times(
-    c: torch.Tensor, target: torch.Tensor, log_p: torch.Tensor, ignore_index: int, label_smoothing: float
+    c: torch.Tensor,
+    target: torch.Tensor,
+    log_p: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    every_counted: bool = False,
 ) -> torch.Tensor:
     """c q for class-index targets, of log p's shape (N, C, d1, …); c a scalar or (N, 1, d1, …).
 
     q is 1 − ε + ε/C at the target class and ε/C at the others, scattered into
     place: an ignored target's row is written as exactly 0 rather than
     multiplied by 0, so it stays 0 whatever c is (native's gradient there is 0
-    even where s = g / 0, every target being ignored).
+    even where s = g / 0, every target being ignored). ``every_counted`` (no
+    target is ignore_index, see :func:`every_target_counted`) skips the masks.
     """
     dim = class_dim(log_p)
     if log_p.shape[dim] == 0:  # no classes: every target is ignored, and there is nowhere to scatter
         return torch.zeros_like(log_p)
+    if every_counted and label_smoothing == 0:
+        return one_hot_times(c, target, log_p)
     counted = (target != ignore_index).unsqueeze(dim)  # (N, 1, d1, …)
     index = torch.where(counted, target.unsqueeze(dim), 0).long()  # t_n, any class where ignored
     if label_smoothing == 0:
@@ -228,8 +250,9 @@ def cross_entropy_backward(
     if g is None:  # ℓ takes no part in J: log p's own gradient alone
         assert g_log_p is not None
         return (through_log_softmax(g_log_p, log_p, in_place=False) if need_z else None), None
+    every_counted = not probabilities and need_z and every_target_counted(target, ignore_index, g)  # type: ignore[arg-type]  # saved when ∂J/∂z is needed
     if reduction == "mean":  # s = g / count
-        if probabilities:
+        if probabilities or every_counted:
             count: int | torch.Tensor = math.prod(positions_shape(log_p))
         else:
             assert target is not None  # saved whenever ∂J/∂z is needed, as it is for class indices
@@ -243,7 +266,7 @@ def cross_entropy_backward(
         if probabilities:
             u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
         else:
-            u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing)
+            u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing, every_counted)
         if g_log_p is not None:  # log p reaches J by another way too (a differentiated backward reads it)
             u = u + g_log_p
         grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c s q_c − s q
