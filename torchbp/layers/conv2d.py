@@ -271,7 +271,13 @@ def weight_gradient_by_offsets(
     return torch.einsum("nohw,nchwij->ocij", delta, a_windows[:, :, : delta.shape[2], : delta.shape[3]])
 
 
-def windows(a_prev: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
+def windows(
+    a_prev: torch.Tensor,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
     """windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·d, w·s + j·d], the window each output position reads:
     a strided view of a_pad, no copy."""
     (kH, kW), (sH, sW), (pH, pW), (dH, dW) = kernel_size, stride, padding, dilation
