@@ -9,6 +9,7 @@ from experiments.bench.__main__ import main
 from experiments.bench.cases import (
     PEER_NETWORKS,
     TRAINING_SETUPS,
+    cnn_per_sample_floor,
     conv_weight_gradients_against_native,
     with_a_node_per_layer,
 )
@@ -86,6 +87,14 @@ def test_the_compiled_convolutions_floor_times_the_same_weight_gradients_as_nati
     for ours, theirs in zip(hand(), native(), strict=True):
         # float32 sums of 32 × 32 × 32 terms in two orders: equal to a rounding of the largest entry
         torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-5 * float(theirs.abs().max()))
+
+
+def test_the_per_sample_floor_computes_the_per_sample_gradients_torch_func_computes():
+    floor, vmapped = cnn_per_sample_floor()()
+    ours, theirs = floor(), vmapped()
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
 
 
 def test_a_case_whose_peer_is_not_installed_is_skipped_and_says_so(tmp_path, monkeypatch):

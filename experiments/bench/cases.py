@@ -397,6 +397,18 @@ def conv_weight_gradients_against_native():
     return make
 
 
+def vmap_grad(native: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], object]:
+    """torch.func's per-sample gradients of ``native`` under summed cross-entropy: vmap(grad)."""
+    params = {name: p.detach() for name, p in native.named_parameters()}
+
+    def one_sample_loss(params, x_n, label_n):
+        logits = torch.func.functional_call(native, params, (x_n[None],))
+        return F.cross_entropy(logits, label_n[None], reduction="sum")
+
+    vmapped = torch.func.vmap(torch.func.grad(one_sample_loss), in_dims=(None, 0, 0))
+    return lambda: vmapped(params, x, labels)
+
+
 def cnn_per_sample_against_torch_func():
     """digits-cnn's per-sample gradients into reused buffers, against torch.func's vmap(grad)."""
 
@@ -404,15 +416,40 @@ def cnn_per_sample_against_torch_func():
         native, _, x, labels = digits_cnn_setup()
         hand = torchbp.convert(native)
         loss_fn = torchbp.nn.CrossEntropyLoss(reduction="sum")
-        params = {name: p.detach() for name, p in native.named_parameters()}
-
-        def one_sample_loss(params, x_n, label_n):
-            logits = torch.func.functional_call(native, params, (x_n[None],))
-            return F.cross_entropy(logits, label_n[None], reduction="sum")
-
-        vmapped = torch.func.vmap(torch.func.grad(one_sample_loss), in_dims=(None, 0, 0))
         buffers = per_sample_grads(hand, loss_fn, x, labels)
-        return (lambda: per_sample_grads(hand, loss_fn, x, labels, out=buffers)), (lambda: vmapped(params, x, labels))
+        return (lambda: per_sample_grads(hand, loss_fn, x, labels, out=buffers)), vmap_grad(native, x, labels)
+
+    return make
+
+
+def cnn_per_sample_floor():
+    """The floor of digits-cnn's per-sample gradients, against torch.func's vmap(grad): native's forward and
+    backward, the backward only as far as each layer's output (every δ, no weight gradient), then torchbp's
+    per-sample rules on each layer's (a_prev, δ) into reused buffers. Per-sample gradients from a backward
+    need at least that; torchbp's own pass adds its hand-derived backward and the recording."""
+
+    def make():
+        native, _, x, labels = digits_cnn_setup()
+        rules = {layer.native: layer.per_sample for layer in LAYERS if layer.per_sample is not None}
+        frozen = copy.deepcopy(native).requires_grad_(False)  # runs the pass; the rules read native's modules
+        recorded = [(m, f) for m, f in zip(native.modules(), frozen.modules()) if type(m) in rules]
+        buffers = per_sample_grads(torchbp.convert(native), torchbp.nn.CrossEntropyLoss(reduction="sum"), x, labels)
+        names = {m: name for name, m in native.named_modules()}
+        out = {m: {local: buffers[f"{names[m]}.{local}"] for local, _ in m.named_parameters()} for m, _ in recorded}
+        calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for _, f in recorded:
+            f.register_forward_hook(lambda module, inputs, output: calls.append((inputs[0], output)))
+        x_leaf = x.detach().requires_grad_()
+
+        def floor():
+            calls.clear()
+            loss = F.cross_entropy(frozen(x_leaf), labels, reduction="sum")
+            deltas = torch.autograd.grad(loss, [output for _, output in calls])
+            for (m, _), (a_prev, _), delta in zip(recorded, calls, deltas):
+                rules[type(m)].grads(m, a_prev.detach(), delta, out[m])
+            return buffers
+
+        return floor, vmap_grad(native, x, labels)
 
     return make
 
@@ -550,6 +587,13 @@ CASES = [
         "torchbp.per_sample_grads(out=)",
         "torch.func vmap(grad)",
         cnn_per_sample_against_torch_func(),
+        0.5,
+    ),
+    Case(
+        "floor of per-sample grads into reused buffers, digits-cnn, batch 64",
+        "native's forward and backward to each layer's output, then torchbp's per-sample rules",
+        "torch.func vmap(grad)",
+        cnn_per_sample_floor(),
         0.5,
     ),
     Case(
