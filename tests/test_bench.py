@@ -82,8 +82,9 @@ def test_the_floor_of_the_per_layer_path_is_native_with_as_many_function_nodes_a
     assert all(torch.equal(a, b) for a, b in zip(floor_grads, native_grads))
 
 
-def test_the_compiled_convolutions_floor_times_the_same_weight_gradients_as_native():
-    hand, native = conv_weight_gradients_against_native()()
+@pytest.mark.parametrize("setup, compiled", [("conv", False), ("digits-cnn", True)])
+def test_the_compiled_convolutions_floor_times_the_same_weight_gradients_as_native(setup, compiled):
+    hand, native = conv_weight_gradients_against_native(setup, compiled)()
     for ours, theirs in zip(hand(), native(), strict=True):
         # float32 sums of 32 × 32 × 32 terms in two orders: equal to a rounding of the largest entry
         torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-5 * float(theirs.abs().max()))

@@ -18,7 +18,7 @@ from experiments import seed
 from experiments.bench.peers import OURS, PEERS, against
 from experiments.lab.registry import EXPERIMENTS
 from torchbp.layers import LAYERS
-from torchbp.layers.conv2d import weight_gradient_by_convolution
+from torchbp.layers.conv2d import weight_gradient, weight_gradient_by_convolution
 from torchbp.per_sample import per_sample_grad_norms, per_sample_grads
 
 
@@ -347,30 +347,30 @@ def compiled_case(title: str, setup: str, variant: str = "per-layer", target: fl
     )
 
 
-def conv_weight_gradients_against_native():
-    """The floor of the compiled convolution case: ∂J/∂W of the compute-bound convolution's two layers as
-    torchbp computes it (``weight_gradient_by_convolution``, which compiled torchbp runs as the operator
-    ``torchbp::conv2d_weight_gradient``), against native's backward-weights kernel
-    (``aten.convolution_backward``) on the same tensors: what the route itself costs, before any compiler."""
+def conv_weight_gradients_against_native(setup: str = "conv", compiled: bool = False):
+    """The floor of a compiled convolution case: ∂J/∂W of the setup's convolutions as torchbp computes it
+    (``weight_gradient_by_convolution``, which compiled torchbp runs as the operator
+    ``torchbp::conv2d_weight_gradient`` on the compute-bound convolution; with ``compiled``, ``weight_gradient``
+    itself through torch.compile, which on digits-cnn's small convolutions is the contraction over the
+    windows), against native's backward-weights kernel (``aten.convolution_backward``) on the same tensors:
+    what the weight gradient costs, apart from the rest of the step."""
 
     def make():
-        model, _, x, _ = TRAINING_SETUPS["conv"]()
-        first, relu, second = model
+        model, _, x, _ = TRAINING_SETUPS[setup]()
+        inputs: list[tuple[torch.nn.Conv2d, torch.Tensor, torch.Tensor]] = []
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        hooks = [m.register_forward_hook(lambda m, i, o: inputs.append((m, i[0], o))) for m in convs]
         with torch.no_grad():
-            z1 = first(x)
-            a1 = relu(z1)
-            z2 = second(a1)
+            model(x)
+        for hook in hooks:
+            hook.remove()
         generator = torch.Generator().manual_seed(3)
-        layers = [
-            (x, torch.randn(z1.shape, generator=generator), first),
-            (a1, torch.randn(z2.shape, generator=generator), second),
-        ]
+        layers = [(a_prev, torch.randn(z.shape, generator=generator), conv) for conv, a_prev, z in inputs]
+        route = torch.compile(weight_gradient) if compiled else weight_gradient_by_convolution
 
         def hand():
             return [
-                weight_gradient_by_convolution(
-                    a_prev, delta, conv.kernel_size, conv.stride, conv.padding, conv.dilation
-                )
+                route(a_prev, delta, conv.kernel_size, conv.stride, conv.padding, conv.dilation)
                 for a_prev, delta, conv in layers
             ]
 
@@ -580,6 +580,13 @@ CASES = [
         "torchbp's route (F.conv2d of transposed tensors)",
         "native's backward-weights kernel",
         conv_weight_gradients_against_native(),
+        1.05,
+    ),
+    Case(
+        "floor of the compiled training step, digits-cnn's network: its two weight gradients",
+        "compiled torchbp's ∂J/∂W (the contraction over the windows)",
+        "native's backward-weights kernel",
+        conv_weight_gradients_against_native("digits-cnn", compiled=True),
         1.05,
     ),
     Case(
