@@ -163,7 +163,7 @@ def test_a_wrong_loss_step_in_the_chain_is_caught(monkeypatch):
 
 
 FALLBACKS = {
-    "a child torchbp cannot fuse": lambda: (torch.nn.Sequential(*chain(), torch.nn.GELU()), torch.nn.MSELoss()),
+    "a child torchbp cannot fuse": lambda: (torch.nn.Sequential(*chain(), torch.nn.ELU()), torch.nn.MSELoss()),
     "a loss torchbp cannot fuse": lambda: (chain(), torch.nn.L1Loss()),
     "a model that is no Sequential": lambda: (torch.nn.Linear(2, 1).double(), torch.nn.MSELoss()),
     "a hook on a child": lambda: (_hooked(chain(), lambda m: m[0]), torch.nn.MSELoss()),

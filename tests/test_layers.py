@@ -49,6 +49,13 @@ def model_cases():
         "Linear": (torch.nn.Sequential(torch.nn.Linear(6, 3)).double(), mse, vectors(), None),
         "Tanh": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Tanh()).double(), mse, vectors(), None),
         "ReLU": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU()).double(), mse, vectors(), None),
+        "GELU": (torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.GELU()).double(), mse, vectors(), None),
+        "GELU, tanh": (
+            torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.GELU(approximate="tanh")).double(),
+            mse,
+            vectors(),
+            None,
+        ),
         "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(), None),
         "LayerNorm over two dimensions, no bias": (
             torch.nn.Sequential(torch.nn.Unflatten(1, (2, 3)), torch.nn.LayerNorm((2, 3), bias=False)).double(),
@@ -221,6 +228,7 @@ def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
 LAYER_FILES = {  # every layer of the table, and the one file that defines it
     "Conv2d": "torchbp/layers/conv2d.py",
     "CrossEntropyLoss": "torchbp/layers/cross_entropy.py",
+    "GELU": "torchbp/layers/gelu.py",
     "LayerNorm": "torchbp/layers/layer_norm.py",
     "Linear": "torchbp/layers/linear.py",
     "MSELoss": "torchbp/layers/mse_loss.py",

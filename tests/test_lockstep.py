@@ -204,7 +204,7 @@ def test_dropout_draws_the_same_mask_on_both_sides():
 
 def test_a_model_torchbp_would_not_change_is_refused():
     with pytest.raises(ValueError, match="no layer that torchbp replaces"):
-        LockstepTrainer(torch.nn.Sequential(torch.nn.GELU()), lambda out, y: (out - y).sum())
+        LockstepTrainer(torch.nn.Sequential(torch.nn.ELU()), lambda out, y: (out - y).sum())
 
 
 def test_the_time_split_accounts_for_training_checking_and_logging(tmp_path):
@@ -238,10 +238,10 @@ def test_the_comparison_is_the_one_check_model_uses(monkeypatch):
 
 
 def test_a_mismatch_report_names_the_hand_derived_and_the_native_layers(planted_weight_bug):
-    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.GELU(), torch.nn.Linear(5, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ELU(), torch.nn.Linear(5, 2))
     with pytest.raises(LockstepMismatch) as raised:
         LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5).step(*batches()[0])
-    assert "hand-derived: 0 Linear, 2 Linear, loss MSELoss; native: 1 GELU" in str(raised.value)
+    assert "hand-derived: 0 Linear, 2 Linear, loss MSELoss; native: 1 ELU" in str(raised.value)
 
 
 @pytest.mark.parametrize("free_running", [False, True], ids=["synced", "free-running"])

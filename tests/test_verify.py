@@ -82,6 +82,15 @@ OWN = [
     ],
     Own("functional.tanh", TF.tanh, torch.tanh, examples((6, 3)), {}, ONE_INPUT),
     Own("functional.relu", TF.relu, torch.relu, (examples((6, 3))[0] + 0.01,), {}, ONE_INPUT),
+    Own("functional.gelu", TF.gelu, F.gelu, examples((6, 3)), {}, ONE_INPUT),
+    Own(
+        "functional.gelu, tanh",
+        lambda z: TF.gelu(z, approximate="tanh"),
+        lambda z: F.gelu(z, approximate="tanh"),
+        examples((6, 3)),
+        {},
+        ONE_INPUT,
+    ),
     Own(
         "functional.layer_norm",
         lambda x, w, b: TF.layer_norm(x, (4,), w, b),
