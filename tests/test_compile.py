@@ -113,6 +113,7 @@ LAYER_CASES = {
     "sigmoid": Case(lambda: Seq(L.Linear(4, 3), L.Sigmoid()), L.MSELoss, (4,), like),
     "tanh": Case(lambda: Seq(L.Linear(4, 3), L.Tanh()), L.MSELoss, (4,), like),
     "relu": Case(lambda: Seq(L.Linear(4, 3), L.ReLU()), L.MSELoss, (4,), like),
+    "softmax": Case(lambda: Seq(L.Linear(4, 3), L.Softmax(1), L.Linear(3, 3), L.LogSoftmax(-1)), L.MSELoss, (4,), like),
     "gelu": Case(lambda: Seq(L.Linear(4, 3), L.GELU(), L.Linear(3, 3), L.GELU("tanh")), L.MSELoss, (4,), like),
     "layer_norm": Case(lambda: Seq(L.Linear(4, 6), L.LayerNorm(6)), L.MSELoss, (4,), like),
     # one input channel, then one output channel: the shapes whose transposes have equal strides

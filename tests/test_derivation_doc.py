@@ -143,7 +143,9 @@ PLANTED = {
         torchbp.layers.cross_entropy,
         "index_distribution_times",
         lambda original: (
-            lambda c, target, log_p, ignore_index, label_smoothing: original(c, target, log_p, ignore_index, 0.0)
+            lambda c, target, log_p, ignore_index, label_smoothing, *rest: original(
+                c, target, log_p, ignore_index, 0.0, *rest
+            )
         ),
     ),
     "layer norm's term through σ left out": (

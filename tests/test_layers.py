@@ -57,6 +57,13 @@ def model_cases():
             None,
         ),
         "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(), None),
+        "Softmax": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Softmax(1)).double(), mse, vectors(), None),
+        "LogSoftmax": (
+            torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LogSoftmax(-1)).double(),
+            mse,
+            vectors(),
+            None,
+        ),
         "LayerNorm over two dimensions, no bias": (
             torch.nn.Sequential(torch.nn.Unflatten(1, (2, 3)), torch.nn.LayerNorm((2, 3), bias=False)).double(),
             mse,
@@ -231,9 +238,11 @@ LAYER_FILES = {  # every layer of the table, and the one file that defines it
     "GELU": "torchbp/layers/gelu.py",
     "LayerNorm": "torchbp/layers/layer_norm.py",
     "Linear": "torchbp/layers/linear.py",
+    "LogSoftmax": "torchbp/layers/log_softmax.py",
     "MSELoss": "torchbp/layers/mse_loss.py",
     "ReLU": "torchbp/layers/relu.py",
     "Sigmoid": "torchbp/layers/sigmoid.py",
+    "Softmax": "torchbp/layers/softmax.py",
     "Tanh": "torchbp/layers/tanh.py",
 }
 ROOT = Path(__file__).resolve().parent.parent

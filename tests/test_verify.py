@@ -83,6 +83,15 @@ OWN = [
     Own("functional.tanh", TF.tanh, torch.tanh, examples((6, 3)), {}, ONE_INPUT),
     Own("functional.relu", TF.relu, torch.relu, (examples((6, 3))[0] + 0.01,), {}, ONE_INPUT),
     Own("functional.gelu", TF.gelu, F.gelu, examples((6, 3)), {}, ONE_INPUT),
+    Own("functional.softmax", lambda z: TF.softmax(z, -1), lambda z: F.softmax(z, -1), examples((6, 3)), {}, ONE_INPUT),
+    Own(
+        "functional.log_softmax",
+        lambda z: TF.log_softmax(z, -1),
+        lambda z: F.log_softmax(z, -1),
+        examples((6, 3)),
+        {},
+        ONE_INPUT,
+    ),
     Own(
         "functional.gelu, tanh",
         lambda z: TF.gelu(z, approximate="tanh"),

@@ -16,9 +16,9 @@ _NATIVE[Sequential] = torch.nn.Sequential
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """Return ``module`` with every layer of the table (``torchbp.nn.LAYERS``: Linear, Conv2d, LayerNorm,
-    Sigmoid, Tanh, ReLU, GELU, MSELoss, CrossEntropyLoss), at any depth (``module`` itself included), replaced by
-    its torchbp version; an instance torchbp cannot run (a Conv2d with groups, a CrossEntropyLoss with class
-    weights) stays native.
+    Sigmoid, Tanh, ReLU, GELU, Softmax, LogSoftmax, MSELoss, CrossEntropyLoss), at any depth (``module``
+    itself included), replaced by its torchbp version; an instance torchbp cannot run (a Conv2d with groups,
+    a CrossEntropyLoss with class weights) stays native.
 
     The replacement holds the same parameters, buffers and hooks: a torchbp
     layer adds no state to its native class, so the swap only changes which

@@ -22,6 +22,7 @@ from torch.nn import _reduction
 
 from torchbp import autocast
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place, running_eagerly
+from torchbp.layers.log_softmax import log_softmax_backward
 from torchbp.table import Layer, register
 from torchbp.validation import (
     FLOATING,
@@ -218,15 +219,10 @@ def index_distribution_times(
 
 
 def through_log_softmax(u: torch.Tensor, log_p: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """∂J/∂z from u = ∂J/∂log p: u − p Σ_c u_c, since ∂ log p_c/∂z_k = [c = k] − p_k.
-
-    One multiply-add (one rounding), as native's log-softmax kernel computes it;
-    ``in_place`` writes it into u, a temporary of the caller's.
-    """
-    dim = class_dim(log_p)
-    total = u.sum(dim, keepdim=True)  # Σ_c u_nc: (N, 1, d1, …)
-    p = log_p.exp()
-    return u.addcmul_(p, total, value=-1) if in_place else torch.addcmul(u, p, total, value=-1)
+    """∂J/∂z from u = ∂J/∂log p: u − p Σ_c u_c, since ∂ log p_c/∂z_k = [c = k] − p_k: the log-softmax's
+    backward (:func:`torchbp.layers.log_softmax.log_softmax_backward`) over the class dimension.
+    ``in_place`` writes it into u, a temporary of the caller's."""
+    return log_softmax_backward(u, log_p, class_dim(log_p), in_place)
 
 
 def cross_entropy_backward(

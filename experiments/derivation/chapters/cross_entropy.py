@@ -133,7 +133,11 @@ CODE = [
     ("ℓ_n = −Σ_c q_nc log p_nc", PATH, "terms = log_p * smoothed(target, label_smoothing, C)"),
     ('s = g / count for "mean"', PATH, "minus_s = -(g / count)"),
     ("∂J/∂log p = −s q", PATH, "u = minus_s * smoothed(target, label_smoothing, C)"),
-    ("∂J/∂z_n = p_n Σ_c s q_nc − s q_n", PATH, "return u.addcmul_(p, total, value=-1) if in_place"),
+    (
+        "∂J/∂z_n = p_n Σ_c s q_nc − s q_n",
+        "torchbp/layers/log_softmax.py",
+        "return g.addcmul_(y, total, value=-1) if in_place",
+    ),
     ("label smoothing: q ← (1 − ε) q + ε/C", PATH, "return q * (1 - label_smoothing) + per_class("),
     ("ignore_index: q_n = 0, and not counted", PATH, "counted = (target != ignore_index).unsqueeze(dim)"),
 ]

@@ -1,0 +1,113 @@
+"""The softmax y = e^z / Σ e^z over one dimension: its Function, functional form and module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
+from torchbp.table import Layer, Step, register
+from torchbp.validation import validate_floating
+
+
+def resolve_dim(op: str, input: torch.Tensor, dim: int | None, stacklevel: int) -> int:
+    """``dim`` itself, or for None the dimension native picks (with native's deprecation warning): 0 for a
+    tensor of 0, 1 or 3 dimensions, else 1."""
+    if dim is None:
+        chosen: int = F._get_softmax_dim(op, input.dim(), stacklevel + 1)  # type: ignore[attr-defined]  # private
+        return chosen
+    return dim
+
+
+def softmax_backward(g: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
+    """∂J/∂z = y ⊙ (g − Σ_d g ⊙ y), the softmax's Jacobian-vector product from its saved output y."""
+    centred = g - (g * y).sum(dim, keepdim=True)  # g − Σ_d g_d y_d, a new tensor
+    return centred.mul_(y) if products_in_place(g) else centred * y
+
+
+class SoftmaxFunction(HandDerivedFunction):
+    r"""y = softmax(z) over ``dim``, y_i = e^{z_i} / Σ_k e^{z_k}, with the backward derived by hand:
+
+    ∂y_i/∂z_j = y_i ([i = j] − y_j), so ∂J/∂z_j = Σ_i g_i y_i ([i = j] − y_j) = y_j (g_j − Σ_i g_i y_i),
+
+    that is ∂J/∂z = y ⊙ (g − Σ g ⊙ y): the Jacobian is never formed. From the saved output y
+    only. ``SoftmaxFunction.apply(input, dim)``; gradients agree with native's to rounding
+    (native's kernel sums Σ g ⊙ y in its own order).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input: torch.Tensor, dim: int) -> torch.Tensor:
+        validate_floating("softmax", input)
+        return torch.softmax(input, dim)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return softmax_backward(g, y, ctx.dim), None
+
+
+def softmax(
+    input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """softmax(input) over ``dim``, as torch.nn.functional.softmax, backward by SoftmaxFunction.
+
+    ``dtype`` casts the input first, as native does (the cast is recorded, so the gradient comes back in the
+    input's dtype); ``dim=None`` picks native's legacy dimension, with its warning.
+    """
+    dim = resolve_dim("softmax", input, dim, _stacklevel)
+    if dtype is not None:
+        input = input.to(dtype)
+    return SoftmaxFunction.apply(input, dim)  # type: ignore[no-any-return]
+
+
+class Softmax(HandDerivedModule, torch.nn.Softmax):
+    r"""torch.nn.Softmax whose backward is :class:`SoftmaxFunction`.
+
+    .. math:: y = \operatorname{softmax}(z), \qquad \partial J/\partial z = y \odot (g - \textstyle\sum g \odot y)
+
+    Args:
+        dim: as torch.nn.Softmax's (None: native's legacy choice, with its warning).
+
+    Shape:
+        - Input: :math:`(*)`; Output: :math:`(*)`, the same shape.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return softmax(input, self.dim, _stacklevel=5)
+
+
+def with_a_dim(module: torch.nn.Softmax) -> tuple[int] | None:
+    """A softmax's argument in the fused chain, its dim; one without a dim runs per layer."""
+    return None if module.dim is None else (module.dim,)
+
+
+def step_backward(delta: torch.Tensor, y: torch.Tensor, dim: int, need_z: bool) -> tuple[torch.Tensor]:
+    return (softmax_backward(delta, y, dim),)
+
+
+register(
+    Layer(
+        torch.nn.Softmax,
+        Softmax,
+        SoftmaxFunction,
+        softmax,
+        step=Step(
+            "softmax",
+            SoftmaxFunction.forward,
+            step_backward,
+            reads="output",
+            arity=1,
+            arguments=with_a_dim,
+            constants=(0,),
+        ),
+    )
+)
