@@ -113,6 +113,7 @@ LAYER_CASES = {
     "sigmoid": Case(lambda: Seq(L.Linear(4, 3), L.Sigmoid()), L.MSELoss, (4,), like),
     "tanh": Case(lambda: Seq(L.Linear(4, 3), L.Tanh()), L.MSELoss, (4,), like),
     "relu": Case(lambda: Seq(L.Linear(4, 3), L.ReLU()), L.MSELoss, (4,), like),
+    "dropout": Case(lambda: Seq(L.Linear(4, 6), L.Dropout(0.5), L.Linear(6, 3)), L.MSELoss, (4,), like),
     "softmax": Case(lambda: Seq(L.Linear(4, 3), L.Softmax(1), L.Linear(3, 3), L.LogSoftmax(-1)), L.MSELoss, (4,), like),
     "gelu": Case(lambda: Seq(L.Linear(4, 3), L.GELU(), L.Linear(3, 3), L.GELU("tanh")), L.MSELoss, (4,), like),
     "layer_norm": Case(lambda: Seq(L.Linear(4, 6), L.LayerNorm(6)), L.MSELoss, (4,), like),
@@ -144,6 +145,7 @@ def compiled_steps(model, loss_fn, batches, dynamic):
     limit torch.compile would quietly run it eagerly). Without a ``loss_fn``, the model is given the target
     too and returns the loss (as torchbp.fuse_loss's does)."""
     torch._dynamo.reset()
+    torch.manual_seed(0)  # both sides draw their dropout masks from one random state
     compiled = torch.compile(model, dynamic=dynamic, fullgraph=True)
     results = []
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):

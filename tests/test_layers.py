@@ -57,6 +57,12 @@ def model_cases():
             None,
         ),
         "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(), None),
+        "Dropout, in eval mode": (
+            torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Dropout(0.5)).double().eval(),
+            mse,
+            vectors(),
+            None,
+        ),
         "Softmax": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Softmax(1)).double(), mse, vectors(), None),
         "LogSoftmax": (
             torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LogSoftmax(-1)).double(),
@@ -235,6 +241,7 @@ def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
 LAYER_FILES = {  # every layer of the table, and the one file that defines it
     "Conv2d": "torchbp/layers/conv2d.py",
     "CrossEntropyLoss": "torchbp/layers/cross_entropy.py",
+    "Dropout": "torchbp/layers/dropout.py",
     "GELU": "torchbp/layers/gelu.py",
     "LayerNorm": "torchbp/layers/layer_norm.py",
     "Linear": "torchbp/layers/linear.py",

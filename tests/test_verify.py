@@ -83,6 +83,14 @@ OWN = [
     Own("functional.tanh", TF.tanh, torch.tanh, examples((6, 3)), {}, ONE_INPUT),
     Own("functional.relu", TF.relu, torch.relu, (examples((6, 3))[0] + 0.01,), {}, ONE_INPUT),
     Own("functional.gelu", TF.gelu, F.gelu, examples((6, 3)), {}, ONE_INPUT),
+    Own(
+        "functional.dropout, seeded",
+        lambda z: (torch.manual_seed(0), TF.dropout(z, 0.5))[1],
+        lambda z: (torch.manual_seed(0), F.dropout(z, 0.5))[1],
+        examples((6, 3)),
+        {"skip": ("vmap", "vmap-grad", "compile", "non-contiguous")},  # why: tests/test_dropout.py
+        ONE_INPUT,
+    ),
     Own("functional.softmax", lambda z: TF.softmax(z, -1), lambda z: F.softmax(z, -1), examples((6, 3)), {}, ONE_INPUT),
     Own(
         "functional.log_softmax",
