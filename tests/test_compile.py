@@ -108,11 +108,25 @@ def classes(output):
 
 
 Seq, L = torch.nn.Sequential, torch.nn
+
+
+class Indices(L.Module):
+    """Inputs (N, 4) as indices into ``rows`` rows: the compiled cases draw float inputs."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, x):
+        return (x.abs() * 2).long().clamp(max=self.rows - 1)
+
+
 LAYER_CASES = {
     "linear": Case(lambda: Seq(L.Linear(4, 3)), L.MSELoss, (4,), like),
     "sigmoid": Case(lambda: Seq(L.Linear(4, 3), L.Sigmoid()), L.MSELoss, (4,), like),
     "tanh": Case(lambda: Seq(L.Linear(4, 3), L.Tanh()), L.MSELoss, (4,), like),
     "relu": Case(lambda: Seq(L.Linear(4, 3), L.ReLU()), L.MSELoss, (4,), like),
+    "embedding": Case(lambda: Seq(Indices(5), L.Embedding(5, 3), L.Flatten(), L.Linear(12, 3)), L.MSELoss, (4,), like),
     "dropout": Case(lambda: Seq(L.Linear(4, 6), L.Dropout(0.5), L.Linear(6, 3)), L.MSELoss, (4,), like),
     "softmax": Case(lambda: Seq(L.Linear(4, 3), L.Softmax(1), L.Linear(3, 3), L.LogSoftmax(-1)), L.MSELoss, (4,), like),
     "gelu": Case(lambda: Seq(L.Linear(4, 3), L.GELU(), L.Linear(3, 3), L.GELU("tanh")), L.MSELoss, (4,), like),

@@ -57,6 +57,12 @@ def model_cases():
             None,
         ),
         "LayerNorm": (torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4)).double(), mse, vectors(), None),
+        "Embedding, padding_idx": (
+            torch.nn.Sequential(torch.nn.Embedding(7, 3, padding_idx=0), torch.nn.Linear(3, 2)).double(),
+            mse,
+            torch.randint(0, 7, (5, 4), generator=torch.Generator().manual_seed(1)),
+            None,
+        ),
         "Dropout, in eval mode": (
             torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Dropout(0.5)).double().eval(),
             mse,
@@ -242,6 +248,7 @@ LAYER_FILES = {  # every layer of the table, and the one file that defines it
     "Conv2d": "torchbp/layers/conv2d.py",
     "CrossEntropyLoss": "torchbp/layers/cross_entropy.py",
     "Dropout": "torchbp/layers/dropout.py",
+    "Embedding": "torchbp/layers/embedding.py",
     "GELU": "torchbp/layers/gelu.py",
     "LayerNorm": "torchbp/layers/layer_norm.py",
     "Linear": "torchbp/layers/linear.py",

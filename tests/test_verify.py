@@ -91,6 +91,14 @@ OWN = [
         {"skip": ("vmap", "vmap-grad", "compile", "non-contiguous")},  # why: tests/test_dropout.py
         ONE_INPUT,
     ),
+    Own(
+        "functional.embedding",
+        TF.embedding,
+        F.embedding,
+        (torch.tensor([[1, 2, 2], [0, 4, 1], [3, 3, 3]]), examples((5, 4))[0]),
+        {"batch_dims": (0, None)},
+        frozenset({"jvp"}),
+    ),
     Own("functional.softmax", lambda z: TF.softmax(z, -1), lambda z: F.softmax(z, -1), examples((6, 3)), {}, ONE_INPUT),
     Own(
         "functional.log_softmax",

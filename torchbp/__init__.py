@@ -21,7 +21,7 @@ from torchbp.convert import convert, fuse, fuse_loss, to_native
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer, StepRecord
 from torchbp.per_sample import PerSampleGradients, per_sample_grad_norms, per_sample_grads
 from torchbp.tensorboard_log import new_run_dir
-from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
+from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, IndexRangeError, ShapeError
 from torchbp.verification import VERIFY_PROPERTIES, VerifyReport, VerifyRow, verify
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "ComparedTensor",
     "DTypeError",
     "DeviceError",
+    "IndexRangeError",
     "LockstepMismatch",
     "LockstepResult",
     "LockstepTrainer",

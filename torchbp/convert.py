@@ -15,7 +15,7 @@ _NATIVE[Sequential] = torch.nn.Sequential
 
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
-    """Return ``module`` with every layer of the table (``torchbp.nn.LAYERS``: Linear, Conv2d, LayerNorm,
+    """Return ``module`` with every layer of the table (``torchbp.nn.LAYERS``: Linear, Conv2d, Embedding, LayerNorm,
     Sigmoid, Tanh, ReLU, GELU, Softmax, LogSoftmax, Dropout, MSELoss, CrossEntropyLoss), at any depth (``module``
     itself included), replaced by its torchbp version; an instance torchbp cannot run (a Conv2d with groups,
     a CrossEntropyLoss with class weights) stays native.

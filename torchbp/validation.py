@@ -35,7 +35,12 @@ class ArgumentError(ValueError, RuntimeError):
     """An argument whose value the operation does not accept (native torch raises RuntimeError)."""
 
 
-class ClassIndexError(IndexError, RuntimeError):
+class IndexRangeError(IndexError, RuntimeError):
+    """An index outside the range of what it indexes: an embedding's row (native torch raises IndexError on
+    the CPU, RuntimeError on CUDA)."""
+
+
+class ClassIndexError(IndexRangeError):
     """A class index outside [0, C) (native torch raises IndexError on the CPU, RuntimeError on CUDA)."""
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchbp.layers import LAYERS
 from torchbp.speed.fused import SequentialFunction
-from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, ShapeError
+from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, IndexRangeError, ShapeError
 
 globals().update({layer.function.__name__: layer.function for layer in LAYERS})
 
@@ -23,6 +23,7 @@ __all__ = [
     "DeviceError",
     "ArgumentError",
     "ClassIndexError",
+    "IndexRangeError",
 ]
 
 if TYPE_CHECKING:  # the table's names are made at run time: a type checker takes them as Any
