@@ -19,7 +19,7 @@ import torch
 
 import torchbp
 from torchbp import table
-from torchbp.layers import HAND_DERIVED, LAYERS
+from torchbp.layers import HAND_DERIVED, LAYERS, OPERATIONS
 from torchbp.per_sample import PER_SAMPLE_RULES
 
 
@@ -278,11 +278,17 @@ def calls_to(name: str, path: Path) -> int:
     )
 
 
-def test_the_table_lists_every_layer_and_its_one_file():
+OPERATION_FILES = {  # every operation without a module of its own, and its one file
+    "ScaledDotProductAttentionFunction": "torchbp/layers/attention.py",
+}
+
+
+def test_the_table_lists_every_layer_and_operation_and_its_one_file():
     assert {layer.hand.__name__: module_file(layer.hand) for layer in LAYERS} == LAYER_FILES
+    assert {op.function.__name__: module_file(op.function) for op in OPERATIONS} == OPERATION_FILES
     assert sorted(
         f"torchbp/layers/{p.name}" for p in (ROOT / "torchbp" / "layers").glob("*.py") if p.name != "__init__.py"
-    ) == sorted(LAYER_FILES.values())
+    ) == sorted([*LAYER_FILES.values(), *OPERATION_FILES.values()])
 
 
 REGISTRATIONS_REFUSED = {

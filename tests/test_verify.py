@@ -99,6 +99,14 @@ OWN = [
         {"batch_dims": (0, None)},
         frozenset({"jvp"}),
     ),
+    Own(
+        "functional.scaled_dot_product_attention, causal",
+        lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        examples((3, 2, 4, 5), (3, 2, 4, 5), (3, 2, 4, 3)),
+        {"batch_dims": (0, 0, 0)},
+        frozenset({"jvp"}),
+    ),
     Own("functional.softmax", lambda z: TF.softmax(z, -1), lambda z: F.softmax(z, -1), examples((6, 3)), {}, ONE_INPUT),
     Own(
         "functional.log_softmax",

@@ -73,7 +73,22 @@ class Layer(NamedTuple):
     runs: Callable[[Any], bool] | None = None  # which instances it can run, where not all (convert leaves the rest)
 
 
+class Operation(NamedTuple):
+    """A hand-derived operation without a module of its own (attention, which MultiheadAttention uses): an entry
+    of ``torchbp.layers.OPERATIONS``, named in ``torchbp.functional`` and ``torchbp.functions`` as layers are."""
+
+    function: type[torch.autograd.Function]  # the autograd Function holding its backward
+    functional: Callable[..., torch.Tensor]  # its functional form, with torch.nn.functional's signature
+
+
 REGISTERED: list[Layer] = []  # in the order the files were imported
+REGISTERED_OPERATIONS: list[Operation] = []
+
+
+def register_operation(operation: Operation) -> Operation:
+    """Enter ``operation``; a file of ``torchbp/layers/`` whose operation has no module calls this once."""
+    REGISTERED_OPERATIONS.append(operation)
+    return operation
 
 
 def register(layer: Layer) -> Layer:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torchbp.layers import LAYERS
+from torchbp.layers import LAYERS, OPERATIONS
 from torchbp.speed.fused import SequentialFunction
 from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, IndexRangeError, ShapeError
 
-globals().update({layer.function.__name__: layer.function for layer in LAYERS})
+_FUNCTIONS = [layer.function for layer in LAYERS] + [operation.function for operation in OPERATIONS]
+globals().update({function.__name__: function for function in _FUNCTIONS})
 
 __all__ = [
-    *(layer.function.__name__ for layer in LAYERS),
+    *(function.__name__ for function in _FUNCTIONS),
     "SequentialFunction",
     "ShapeError",
     "DTypeError",

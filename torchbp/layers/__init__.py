@@ -14,12 +14,13 @@ import pkgutil
 
 import torch
 
-from torchbp.table import REGISTERED, Layer
+from torchbp.table import REGISTERED, REGISTERED_OPERATIONS, Layer, Operation
 
 for _file in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_file.name}")
 
 LAYERS: tuple[Layer, ...] = tuple(REGISTERED)  # in the order of the files' names
+OPERATIONS: tuple[Operation, ...] = tuple(REGISTERED_OPERATIONS)  # hand-derived operations with no module
 HAND_DERIVED: dict[type[torch.nn.Module], type[torch.nn.Module]] = {layer.native: layer.hand for layer in LAYERS}
 _BY_HAND_CLASS = {layer.hand: layer for layer in LAYERS}
 _BY_NATIVE_CLASS = {layer.native: layer for layer in LAYERS}

@@ -1,0 +1,181 @@
+"""Scaled dot-product attention O = softmax(Q Kᵀ · s + B) V: its Function, checks and functional form."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from torchbp import autocast
+from torchbp.hand_derived import HandDerivedFunction
+from torchbp.layers.softmax import softmax_backward
+from torchbp.table import Operation, register_operation
+from torchbp.validation import ArgumentError, ShapeError, shape_text, validate_floating_and_matching
+
+
+def validate_attention(
+    query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float, is_causal: bool, enable_gqa: bool
+) -> None:
+    """Q (…, L, E), K (…, S, E), V (…, S, Ev) of one floating dtype and device, with one batch (K and V may
+    have fewer heads, dimension −3, under ``enable_gqa``); a mask broadcastable to (…, L, S)."""
+    validate_floating_and_matching("scaled_dot_product_attention", query=query, key=key, value=value)
+    if dropout_p != 0.0:
+        raise NotImplementedError(
+            "torchbp scaled_dot_product_attention: dropout_p > 0 is not hand-derived yet (its mask must be drawn "
+            "as native's kernel draws it); use dropout_p=0.0, or a torchbp.nn.Dropout on the output"
+        )
+    if query.dim() < 2 or key.dim() != query.dim() or value.dim() != query.dim():
+        raise ShapeError(
+            f"scaled_dot_product_attention: expected query (…, L, E), key (…, S, E) and value (…, S, Ev) with the "
+            f"same number of dimensions, got {shape_text(query)}, {shape_text(key)} and {shape_text(value)}"
+        )
+    if key.shape[-1] != query.shape[-1] or value.shape[-2] != key.shape[-2] or key.shape[:-2] != value.shape[:-2]:
+        raise ShapeError(
+            f"scaled_dot_product_attention: expected key (…, S, E) to match query's E and value (…, S, Ev) "
+            f"key's S, got query {shape_text(query)}, key {shape_text(key)}, value {shape_text(value)}"
+        )
+    heads, kv_heads = (query.shape[-3], key.shape[-3]) if query.dim() >= 3 else (1, 1)
+    same_batch = query.shape[:-3] == key.shape[:-3] and (heads == kv_heads or (enable_gqa and heads % kv_heads == 0))
+    if not same_batch:
+        raise ShapeError(
+            f"scaled_dot_product_attention: expected query, key and value of one batch (key and value may have "
+            f"a divisor of query's heads with enable_gqa=True), got query {shape_text(query)} and key "
+            f"{shape_text(key)}"
+        )
+    if attn_mask is not None:
+        if is_causal:
+            raise ArgumentError("scaled_dot_product_attention: expected attn_mask or is_causal=True, not both")
+        target = (*query.shape[:-1], key.shape[-2])
+        try:
+            attn_mask.expand(target)  # a view: refused unless the mask broadcasts to (…, L, S)
+        except RuntimeError:
+            raise ShapeError(
+                f"scaled_dot_product_attention: expected attn_mask broadcastable to {target} (…, L, S), got "
+                f"{shape_text(attn_mask)}"
+            ) from None
+        if attn_mask.dtype != torch.bool:
+            validate_floating_and_matching("scaled_dot_product_attention", query=query, attn_mask=attn_mask)
+
+
+def grouped(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """K or V with each of its heads repeated for the query heads it serves (enable_gqa), as a copy."""
+    return t if t.dim() < 3 or t.shape[-3] == heads else t.repeat_interleave(heads // t.shape[-3], dim=-3)
+
+
+def summed_over_groups(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """The gradient of a repeated K or V: each head's copies summed back into it."""
+    if grad.dim() < 3 or grad.shape[-3] == kv_heads:
+        return grad
+    return grad.reshape(*grad.shape[:-3], kv_heads, grad.shape[-3] // kv_heads, *grad.shape[-2:]).sum(-3)
+
+
+def reduced_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A gradient of a broadcast tensor summed back to the tensor's own shape."""
+    extra = grad.dim() - len(shape)
+    dims = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
+    return grad.sum(dims, keepdim=True).reshape(shape) if dims else grad
+
+
+class ScaledDotProductAttentionFunction(HandDerivedFunction):
+    r"""O = P V, P = softmax(S) over the keys, S = Q Kᵀ · s + B, with the backward derived by hand.
+
+    s is 1/√E unless given; B is 0, −∞ where a boolean mask is False or above the diagonal
+    (``is_causal``), or the additive mask itself. Given G = ∂J/∂O:
+
+    - ∂J/∂V = Pᵀ G
+    - ∂J/∂P = G Vᵀ
+    - ∂J/∂S = P ⊙ (∂J/∂P − Σ_keys ∂J/∂P ⊙ P)       (the softmax's Jacobian-vector product, softmax_backward)
+    - ∂J/∂Q = ∂J/∂S K · s,  ∂J/∂K = (∂J/∂S)ᵀ Q · s
+    - ∂J/∂B = ∂J/∂S, summed over the dimensions an additive mask was broadcast along
+
+    A query row whose keys are all masked gets P = 0 and O = 0, as native's; its gradients
+    are 0. With ``enable_gqa`` each K and V head serves a group of query heads, and its
+    gradient sums the group's. Saved: Q, K, V and P (native's math path saves the same). Like
+    native's math path, ``apply`` returns O and P; P is differentiable, so a gradient arriving
+    at it (when the backward is differentiated) joins G Vᵀ, and double backward works.
+    ``ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, is_causal, scale,
+    enable_gqa)``; gradients agree with native's to rounding.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        scale: float | None,
+        enable_gqa: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        validate_attention(query, key, value, attn_mask, 0.0, is_causal, enable_gqa)
+        s = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+        heads = query.shape[-3] if query.dim() >= 3 else 1
+        with torch.autocast(query.device.type, enabled=False):  # in the inputs' dtype, as native's kernel runs
+            scores = query @ grouped(key, heads).transpose(-2, -1) * s  # S = Q Kᵀ · s: (…, L, S)
+            if is_causal:
+                above = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+                scores = scores.masked_fill(above, -math.inf)
+            elif attn_mask is not None:
+                is_bool = attn_mask.dtype == torch.bool
+                scores = scores.masked_fill(~attn_mask, -math.inf) if is_bool else scores + attn_mask
+            p = torch.softmax(scores, -1)
+            p = torch.where(scores.isneginf().all(-1, keepdim=True), 0, p)  # every key masked: P = 0
+            return p @ grouped(value, heads), p
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        query, key, value, attn_mask, _, scale, _ = inputs
+        ctx.set_materialize_grads(False)  # P's gradient is None, not zeros, where it takes no part in J
+        ctx.save_for_backward(query, key, value, output[1])
+        ctx.scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+        ctx.mask_shape = attn_mask.shape if attn_mask is not None and attn_mask.dtype != torch.bool else None
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor | None, g_p: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """G = ∂J/∂O, and ∂J/∂P from outside where P reaches J another way (a differentiated backward reads it)."""
+        query, key, value, p = ctx.saved_tensors
+        need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
+        heads = query.shape[-3] if query.dim() >= 3 else 1
+        kv_heads = key.shape[-3] if key.dim() >= 3 else 1
+        k, v = grouped(key, heads), grouped(value, heads)
+        grad_v = summed_over_groups(p.transpose(-2, -1) @ g, kv_heads) if need_v and g is not None else None  # Pᵀ G
+        grad_p = None if g is None else g @ v.transpose(-2, -1)  # G Vᵀ
+        if g_p is not None:
+            grad_p = g_p if grad_p is None else grad_p + g_p
+        if grad_p is None or not (need_q or need_k or need_mask):
+            return None, None, grad_v, None, None, None, None
+        grad_scores = softmax_backward(grad_p, p, -1)  # P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)
+        grad_q = grad_scores @ k * ctx.scale if need_q else None
+        grad_k = summed_over_groups(grad_scores.transpose(-2, -1) @ query * ctx.scale, kv_heads) if need_k else None
+        grad_mask = reduced_to(grad_scores, ctx.mask_shape) if need_mask and ctx.mask_shape is not None else None
+        return grad_q, grad_k, grad_v, grad_mask, None, None, None
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """softmax(Q Kᵀ · s + B) V, as torch.nn.functional.scaled_dot_product_attention, backward by
+    ScaledDotProductAttentionFunction. ``dropout_p`` other than 0 is refused (NotImplementedError). Under
+    ``torch.autocast`` it runs in the autocast dtype, as the native one does."""
+    if autocast.any_enabled() and isinstance(query, torch.Tensor):  # one cheap call when autocast is off
+        float_mask = attn_mask if isinstance(attn_mask, torch.Tensor) and attn_mask.is_floating_point() else None
+        query, key, value, cast_mask = autocast.cast_as_autocast_would(
+            autocast.LOWER_PRECISION, query, key, value, float_mask
+        )
+        attn_mask = attn_mask if float_mask is None else cast_mask
+    validate_attention(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    output, _ = ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+    return output  # type: ignore[no-any-return]
+
+
+register_operation(Operation(ScaledDotProductAttentionFunction, scaled_dot_product_attention))
