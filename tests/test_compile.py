@@ -121,12 +121,25 @@ class Indices(L.Module):
         return (x.abs() * 2).long().clamp(max=self.rows - 1)
 
 
+class SelfAttention(L.Module):
+    """Inputs (N, 8) as two tokens of width 4, each attending to both: a MultiheadAttention of two heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = L.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        tokens = x.unflatten(1, (2, 4))
+        return self.attention(tokens, tokens, tokens, need_weights=False)[0].flatten(1)
+
+
 LAYER_CASES = {
     "linear": Case(lambda: Seq(L.Linear(4, 3)), L.MSELoss, (4,), like),
     "sigmoid": Case(lambda: Seq(L.Linear(4, 3), L.Sigmoid()), L.MSELoss, (4,), like),
     "tanh": Case(lambda: Seq(L.Linear(4, 3), L.Tanh()), L.MSELoss, (4,), like),
     "relu": Case(lambda: Seq(L.Linear(4, 3), L.ReLU()), L.MSELoss, (4,), like),
     "embedding": Case(lambda: Seq(Indices(5), L.Embedding(5, 3), L.Flatten(), L.Linear(12, 3)), L.MSELoss, (4,), like),
+    "multihead_attention": Case(lambda: Seq(SelfAttention(), L.Linear(8, 3)), L.MSELoss, (8,), like),
     "dropout": Case(lambda: Seq(L.Linear(4, 6), L.Dropout(0.5), L.Linear(6, 3)), L.MSELoss, (4,), like),
     "softmax": Case(lambda: Seq(L.Linear(4, 3), L.Softmax(1), L.Linear(3, 3), L.LogSoftmax(-1)), L.MSELoss, (4,), like),
     "gelu": Case(lambda: Seq(L.Linear(4, 3), L.GELU(), L.Linear(3, 3), L.GELU("tanh")), L.MSELoss, (4,), like),

@@ -254,6 +254,7 @@ LAYER_FILES = {  # every layer of the table, and the one file that defines it
     "Linear": "torchbp/layers/linear.py",
     "LogSoftmax": "torchbp/layers/log_softmax.py",
     "MSELoss": "torchbp/layers/mse_loss.py",
+    "MultiheadAttention": "torchbp/layers/multihead_attention.py",
     "ReLU": "torchbp/layers/relu.py",
     "Sigmoid": "torchbp/layers/sigmoid.py",
     "Softmax": "torchbp/layers/softmax.py",
@@ -281,6 +282,7 @@ def calls_to(name: str, path: Path) -> int:
 OPERATION_FILES = {  # every operation without a module of its own, and its one file
     "ScaledDotProductAttentionFunction": "torchbp/layers/attention.py",
 }
+COMPOSITE = {"MultiheadAttention"}  # layers built of other layers and operations, which hold their Functions
 
 
 def test_the_table_lists_every_layer_and_operation_and_its_one_file():
@@ -312,8 +314,12 @@ def test_the_table_refuses(case, monkeypatch):
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.hand.__name__)
 def test_a_layers_file_alone_holds_its_function_checks_functional_form_module_and_registration(layer):
     home = ROOT / LAYER_FILES[layer.hand.__name__]
-    names = {layer.function.__name__, layer.functional.__name__, layer.hand.__name__}
-    for piece in (layer.function, layer.functional, layer.hand):
+    # A layer built of others names the Function of the operation it runs, which lives in that operation's file.
+    composite = layer.hand.__name__ in COMPOSITE
+    function_home = ROOT / (OPERATION_FILES[layer.function.__name__] if composite else LAYER_FILES[layer.hand.__name__])
+    names = {layer.functional.__name__, layer.hand.__name__} | ({layer.function.__name__} if not composite else set())
+    assert module_file(layer.function) == str(function_home.relative_to(ROOT))
+    for piece in (layer.functional, layer.hand):
         assert module_file(piece) == LAYER_FILES[layer.hand.__name__]
     if layer.per_sample is not None:
         assert module_file(type(layer.per_sample)) == LAYER_FILES[layer.hand.__name__]
@@ -329,7 +335,7 @@ def test_a_layers_file_alone_holds_its_function_checks_functional_form_module_an
     }
     assert called, f"{layer.function.__name__}.forward validates nothing"
     shared = top_level_definitions(ROOT / "torchbp" / "validation.py")
-    assert called <= top_level_definitions(home) | shared
+    assert called <= top_level_definitions(function_home) | shared
     # No other file of the library defines these names, and none outside torchbp/layers registers a layer.
     for path in (ROOT / "torchbp").rglob("*.py"):
         if path != home:

@@ -174,12 +174,13 @@ def describe_layers(model: torch.nn.Module, loss_fn: Callable[..., Any] | None =
     For example ``hand-derived: 0 Linear, 1 Sigmoid, loss MSELoss; native: 2 ReLU``.
     """
 
-    def layers(module: torch.nn.Module, prefix: str) -> list[tuple[str, torch.nn.Module]]:
-        return [
-            (f"{prefix}.{name}" if prefix and name else prefix or name, m)
-            for name, m in module.named_modules()
-            if not any(True for _ in m.children())  # leaves: the containers only arrange them
-        ]
+    def layers(module: torch.nn.Module, name: str) -> list[tuple[str, torch.nn.Module]]:
+        """The leaves below ``module``, and the torchbp layers, whose children are parts of them (a
+        MultiheadAttention's out_proj): the containers only arrange them."""
+        children = list(module.named_children())
+        if runs_hand_derived(module) or not children:
+            return [(name, module)]
+        return [found for child, m in children for found in layers(m, f"{name}.{child}" if name else child)]
 
     found = layers(model, "") + (layers(loss_fn, "loss") if isinstance(loss_fn, torch.nn.Module) else [])
     hand = [f"{name} {type(m).__name__}" for name, m in found if runs_hand_derived(m)]

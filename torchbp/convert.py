@@ -15,10 +15,11 @@ _NATIVE[Sequential] = torch.nn.Sequential
 
 
 def convert(module: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
-    """Return ``module`` with every layer of the table (``torchbp.nn.LAYERS``: Linear, Conv2d, Embedding, LayerNorm,
-    Sigmoid, Tanh, ReLU, GELU, Softmax, LogSoftmax, Dropout, MSELoss, CrossEntropyLoss), at any depth (``module``
-    itself included), replaced by its torchbp version; an instance torchbp cannot run (a Conv2d with groups,
-    a CrossEntropyLoss with class weights) stays native.
+    """Return ``module`` with every layer of the table (``torchbp.nn.LAYERS``: Linear, Conv2d, Embedding,
+    LayerNorm, Sigmoid, Tanh, ReLU, GELU, Softmax, LogSoftmax, Dropout, MultiheadAttention, MSELoss,
+    CrossEntropyLoss), at any depth (``module`` itself included), replaced by its torchbp version; an instance
+    torchbp cannot run (a Conv2d with groups, a CrossEntropyLoss with class weights, an Embedding with max_norm,
+    a MultiheadAttention with dropout) stays native.
 
     The replacement holds the same parameters, buffers and hooks: a torchbp
     layer adds no state to its native class, so the swap only changes which

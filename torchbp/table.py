@@ -67,7 +67,7 @@ class Layer(NamedTuple):
     native: type[torch.nn.Module]  # the torch.nn class it replaces
     hand: type[torch.nn.Module]  # its torchbp class: a subclass of native with its own forward
     function: type[torch.autograd.Function]  # the autograd Function holding its backward
-    functional: Callable[..., torch.Tensor]  # its functional form, with torch.nn.functional's signature
+    functional: Callable[..., Any]  # its functional form, with torch.nn.functional's signature
     step: Step | None = None  # its step in the fused chain, if it has one
     per_sample: PerSampleRule | None = None  # its per-sample rule, if it has parameters
     runs: Callable[[Any], bool] | None = None  # which instances it can run, where not all (convert leaves the rest)

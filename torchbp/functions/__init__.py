@@ -13,7 +13,8 @@ from torchbp.layers import LAYERS, OPERATIONS
 from torchbp.speed.fused import SequentialFunction
 from torchbp.validation import ArgumentError, ClassIndexError, DeviceError, DTypeError, IndexRangeError, ShapeError
 
-_FUNCTIONS = [layer.function for layer in LAYERS] + [operation.function for operation in OPERATIONS]
+# each once: MultiheadAttention's table entry names the attention's Function, which it runs
+_FUNCTIONS = list(dict.fromkeys([layer.function for layer in LAYERS] + [op.function for op in OPERATIONS]))
 globals().update({function.__name__: function for function in _FUNCTIONS})
 
 __all__ = [

@@ -1,0 +1,148 @@
+"""MultiheadAttention built on the hand-derived Linear and attention, and the transformer layers converted with it.
+
+Cases are data: each MHA configuration and call below, against native's module on the same parameters.
+"""
+
+import pytest
+import torch
+
+import torchbp
+from torchbp.check import check_model
+
+f64 = torch.float64
+N, L, S, E = 3, 5, 6, 8
+
+
+class Call(torch.nn.Module):
+    """An attention module called with fixed options; returns its output (and, on request, its weights)."""
+
+    def __init__(self, attention, self_attention=True, weights=False, **options):
+        super().__init__()
+        self.attention, self.self_attention, self.weights, self.options = attention, self_attention, weights, options
+
+    def forward(self, x):
+        memory = x if self.self_attention else x[..., :S, :] if self.attention.batch_first else x[:S]
+        output, weights = self.attention(x, memory, memory, **self.options)
+        return output if not self.weights else torch.cat([output.flatten(), weights.flatten()])
+
+
+def causal(n=L):
+    return torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
+
+
+def padding():
+    mask = torch.zeros(N, L, dtype=torch.bool)
+    mask[1, 3:] = True
+    return mask
+
+
+# name: (MultiheadAttention's options, Call's options)
+CASES = {
+    "self-attention": (dict(), dict(need_weights=False)),
+    "batch_first": (dict(batch_first=True), dict(need_weights=False)),
+    "cross-attention": (dict(), dict(self_attention=False)),
+    "kdim and vdim (separate weights)": (dict(kdim=E, vdim=E, bias=False), dict(self_attention=False)),
+    "no bias": (dict(bias=False), dict()),
+    "causal attn_mask": (dict(), dict(attn_mask=causal())),
+    "causal, is_causal hint": (dict(batch_first=True), dict(attn_mask=causal(), is_causal=True, need_weights=False)),
+    "float attn_mask": (dict(), dict(attn_mask=torch.randn(L, L, dtype=f64))),
+    "key_padding_mask": (dict(), dict(key_padding_mask=padding())),
+    "both masks": (dict(batch_first=True), dict(attn_mask=causal(), key_padding_mask=padding())),
+    "weights returned": (dict(), dict(weights=True)),
+    "weights per head": (dict(), dict(weights=True, average_attn_weights=False)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_native(case):
+    options, call = CASES[case]
+    torch.manual_seed(0)
+    native = Call(torch.nn.MultiheadAttention(E, 2, **options).double(), **call)
+    x = torch.randn((N, L, E) if options.get("batch_first") else (L, N, E), dtype=f64)
+    report = check_model(native, torch.nn.MSELoss(), x, torch.randn_like(native(x)))
+    report.assert_ok()
+    assert "attention MultiheadAttention" in report.layers
+
+
+def test_an_unbatched_sequence_matches_native():
+    torch.manual_seed(0)
+    native = Call(torch.nn.MultiheadAttention(E, 2).double(), weights=True)
+    x = torch.randn(L, E, dtype=f64)
+    check_model(native, torch.nn.MSELoss(), x, torch.randn_like(native(x))).assert_ok()
+
+
+def test_a_planted_wrong_attention_backward_is_caught(monkeypatch):
+    import torchbp.layers.attention as attention
+
+    monkeypatch.setattr(attention, "softmax_backward", lambda g, y, dim: g * y)
+    torch.manual_seed(0)
+    native = Call(torch.nn.MultiheadAttention(E, 2).double(), need_weights=False)
+    x = torch.randn(L, N, E, dtype=f64)
+    report = check_model(native, torch.nn.MSELoss(), x, torch.randn(L, N, E, dtype=f64))
+    assert not report.ok and "attention.in_proj_weight.grad" in [row.name for row in report.mismatches]
+
+
+TRANSFORMERS = {
+    "encoder, pre-norm, GELU": lambda: torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(
+            E, 2, 16, dropout=0.0, activation=torch.nn.GELU(), batch_first=True, norm_first=True
+        ),
+        num_layers=2,
+        enable_nested_tensor=False,
+    ),
+    "decoder layer, post-norm": lambda: DecoderOnItself(
+        torch.nn.TransformerDecoderLayer(E, 2, 16, dropout=0.0, activation=torch.nn.ReLU(), batch_first=True)
+    ),
+}
+
+
+class DecoderOnItself(torch.nn.Module):
+    """A decoder layer attending to its own input as memory, with a causal mask on itself."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x, x, tgt_mask=causal(x.shape[1]), tgt_is_causal=True)
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_convert_runs_a_transformer_hand_derived_end_to_end(name):
+    torch.manual_seed(0)
+    native = TRANSFORMERS[name]().double()
+    x = torch.randn(N, L, E, dtype=f64)
+    report = check_model(native, torch.nn.MSELoss(), x, torch.randn(N, L, E, dtype=f64))
+    report.assert_ok()
+    assert report.layers.endswith("native: none") and "MultiheadAttention" in report.layers, report.layers
+
+
+REFUSED = {
+    "dropout": dict(dropout=0.1),
+    "add_bias_kv": dict(add_bias_kv=True),
+    "add_zero_attn": dict(add_zero_attn=True),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_is_not_hand_derived_is_refused_at_construction_and_left_native_by_convert(case):
+    with pytest.raises(NotImplementedError, match=case):
+        torchbp.nn.MultiheadAttention(E, 2, **REFUSED[case])
+    native = torch.nn.MultiheadAttention(E, 2, **REFUSED[case])
+    assert type(torchbp.convert(native)) is torch.nn.MultiheadAttention
+
+
+def test_the_module_keeps_natives_parameters_and_state_dict():
+    torch.manual_seed(0)
+    native = torch.nn.MultiheadAttention(E, 2)
+    torch.manual_seed(0)
+    ours = torchbp.nn.MultiheadAttention(E, 2)
+    assert native.state_dict().keys() == ours.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(native.state_dict().values(), ours.state_dict().values()))
+    assert type(torchbp.to_native(torchbp.convert(native))) is torch.nn.MultiheadAttention
+
+
+def test_is_causal_without_a_mask_is_refused_as_natively():
+    x = torch.randn(L, N, E)
+    with pytest.raises(RuntimeError, match="is_causal"):
+        torchbp.nn.MultiheadAttention(E, 2)(x, x, x, is_causal=True)
