@@ -53,7 +53,7 @@ def test_a_run_that_fails_its_check_draws_the_parameters_it_stopped_at_under_the
 
     def wrong(ctx, delta):
         grad_a_prev, grad_W, grad_b = original(ctx, delta)
-        return grad_a_prev, -grad_W, grad_b
+        return grad_a_prev, None if grad_W is None else -grad_W, grad_b  # None: not asked for (per-sample's pass)
 
     monkeypatch.setattr(LinearFunction, "backward", staticmethod(wrong))
     assert main(["seed", "--steps", "20", "--logdir", str(tmp_path)]) == 1  # step 0 fails, before any update
