@@ -5,6 +5,8 @@ Cases are data: every test runs over ACTIVATIONS, so an activation added there i
 """
 
 import functools
+import inspect
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 import torchbp
 import torchbp.functional as TF
+import torchbp.layers.gelu
 from torchbp.check import check_function, check_model
 from torchbp.functions import GELUFunction, ReLUFunction, SigmoidFunction, TanhFunction
 from torchbp.layers.gelu import GELUTanhFunction
@@ -230,3 +233,16 @@ def test_relu_selects_as_natively_where_values_are_special(dtype, create_graph):
         (grad,) = torch.autograd.grad(relu(leaf), leaf, g, create_graph=create_graph)
         grads.append(grad.detach())
     assert same_bits(*grads)
+
+
+def test_gelus_literal_constants_are_the_values_they_stand_for():
+    """gelu.py writes its constants as literals (a global float breaks compiled backwards): each is its value."""
+    source = inspect.getsource(torchbp.layers.gelu)
+    values = {
+        "0.7071067811865476": 1 / math.sqrt(2),
+        "0.3989422804014327": 1 / math.sqrt(2 * math.pi),
+        "0.7978845608028654": math.sqrt(2 / math.pi),
+        "0.134145": 3 * 0.044715,
+    }
+    for literal, value in values.items():
+        assert literal in source and math.isclose(float(literal), value, rel_tol=1e-15)

@@ -59,7 +59,7 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
 def test_list_names_every_experiment(capsys):
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out
-    assert list(EXPERIMENTS) == ["seed", "xor", "spiral", "digits", "digits-cnn", "digits-layernorm"]
+    assert list(EXPERIMENTS) == ["seed", "xor", "spiral", "digits", "digits-cnn", "digits-layernorm", "gpt"]
     assert all(name in printed for name in EXPERIMENTS)
 
 

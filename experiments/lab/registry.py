@@ -42,6 +42,7 @@ class Setup:
     optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None
     metrics: dict[str, Callable[[torch.nn.Module], float]] = field(default_factory=dict)
     headline_metric: str | None = None  # the metric the summary table shows
+    baseline_metric: str | None = None  # one the summary shows beside it (gpt: the bigram model's loss)
     metric_every: int = 100
     per_sample_every: int | None = 100  # per-sample gradient norms, as a histogram
     # Given the trainer before training, returns what to do after each step (extra logging).

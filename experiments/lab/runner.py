@@ -18,6 +18,7 @@ class Outcome:
     name: str
     result: LockstepResult
     headline_metric: str | None
+    baseline_metric: str | None
     run_dir: Path | None
     layers: str = ""  # which layers are hand-derived, which native
     mismatch: LockstepMismatch | None = None
@@ -58,7 +59,9 @@ def run_experiment(
             after_step(record)
         bar.update()
 
-    outcome = Outcome(experiment.name, trainer.result, setup.headline_metric, run_dir, trainer.layers)
+    outcome = Outcome(
+        experiment.name, trainer.result, setup.headline_metric, setup.baseline_metric, run_dir, trainer.layers
+    )
     try:
         trainer.train(batches, config.steps, on_step=on_step)
     except LockstepMismatch as mismatch:
@@ -88,6 +91,12 @@ SUMMARY_COLUMNS = (
 )
 
 
+def metric_text(name: str, metrics: dict[str, tuple[float, float]]) -> str:
+    """The torchbp model's value of a metric: a loss as a number, anything else (an accuracy) as a share."""
+    value = metrics[name][0]
+    return f"{value:.3f}" if name.endswith("loss") else f"{value:.1%}"
+
+
 def summary_table(outcomes: list[Outcome]) -> str:
     """One row per experiment; MATCH when every checked step agreed."""
     rows = [SUMMARY_COLUMNS]
@@ -95,7 +104,9 @@ def summary_table(outcomes: list[Outcome]) -> str:
         result = outcome.result
         metric = "-"
         if outcome.headline_metric in result.metrics:
-            metric = f"{outcome.headline_metric} {result.metrics[outcome.headline_metric][0]:.1%}"
+            metric = f"{outcome.headline_metric} {metric_text(outcome.headline_metric, result.metrics)}"
+            if outcome.baseline_metric in result.metrics:
+                metric += f" ({outcome.baseline_metric} {metric_text(outcome.baseline_metric, result.metrics)})"
         rows.append(
             (
                 outcome.name,

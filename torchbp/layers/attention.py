@@ -70,11 +70,15 @@ def summed_over_groups(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return grad.reshape(*grad.shape[:-3], kv_heads, grad.shape[-3] // kv_heads, *grad.shape[-2:]).sum(-3)
 
 
-def reduced_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A gradient of a broadcast tensor summed back to the tensor's own shape."""
-    extra = grad.dim() - len(shape)
-    dims = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
-    return grad.sum(dims, keepdim=True).reshape(shape) if dims else grad
+def reduced_to(grad: torch.Tensor, broadcast: tuple[bool, ...]) -> torch.Tensor:
+    """A gradient of a broadcast tensor summed back to the tensor's own shape: over the leading dimensions the
+    tensor lacks, and over those where it has size 1 (``broadcast``, one flag per dimension of its own)."""
+    extra = grad.dim() - len(broadcast)
+    dims = tuple(range(extra)) + tuple(i + extra for i, flag in enumerate(broadcast) if flag)
+    if not dims:
+        return grad
+    summed = grad.sum(dims, keepdim=True)
+    return summed.reshape(summed.shape[extra:])
 
 
 class ScaledDotProductAttentionFunction(HandDerivedFunction):
@@ -131,7 +135,9 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         ctx.set_materialize_grads(False)  # P's gradient is None, not zeros, where it takes no part in J
         ctx.save_for_backward(query, key, value, output[1])
         ctx.scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
-        ctx.mask_shape = attn_mask.shape if attn_mask is not None and attn_mask.dtype != torch.bool else None
+        # which dimensions an additive mask was broadcast along (flags, not its sizes: the compiler's may be symbols)
+        additive = attn_mask is not None and attn_mask.dtype != torch.bool
+        ctx.mask_broadcast = tuple(size == 1 for size in attn_mask.shape) if additive else None
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None, g_p: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -150,7 +156,7 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         grad_scores = softmax_backward(grad_p, p, -1)  # P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)
         grad_q = grad_scores @ k * ctx.scale if need_q else None
         grad_k = summed_over_groups(grad_scores.transpose(-2, -1) @ query * ctx.scale, kv_heads) if need_k else None
-        grad_mask = reduced_to(grad_scores, ctx.mask_shape) if need_mask and ctx.mask_shape is not None else None
+        grad_mask = reduced_to(grad_scores, ctx.mask_broadcast) if need_mask and ctx.mask_broadcast else None
         return grad_q, grad_k, grad_v, grad_mask, None, None, None
 
 

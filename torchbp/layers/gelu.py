@@ -3,8 +3,6 @@ and module."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from torchbp.hand_derived import ElementwiseFunction, HandDerivedModule, chain_rule
@@ -12,10 +10,10 @@ from torchbp.table import Layer, Step, register
 from torchbp.validation import ArgumentError, validate_floating
 
 APPROXIMATIONS = ("none", "tanh")
-SQRT_HALF = math.sqrt(0.5)  # 1/√2: Φ(z) = ½ (1 + erf(z/√2))
-INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)  # φ(z) = e^{−z²/2} / √(2π)
-SQRT_2_OVER_PI = math.sqrt(2 / math.pi)  # the tanh approximation's √(2/π)
-KAPPA = 0.044715  # and its cubic coefficient
+# The constants are written into the formulas as literals: under torch.compile(dynamic=True) a float read from a
+# module's globals becomes an input of the graph, which an autograd.Function's backward cannot take (torch 2.13
+# fails with "lift_tracked_freevar_to_input"). tests/test_activations.py checks each literal against its value:
+# 0.7071067811865476 = 1/√2, 0.3989422804014327 = 1/√(2π), 0.7978845608028654 = √(2/π), 0.044715 = κ, 3κ = 0.134145.
 
 
 def validate_approximate(approximate: object) -> None:
@@ -42,8 +40,8 @@ class GELUFunction(ElementwiseFunction):
 
     @staticmethod
     def derivative(z: torch.Tensor) -> torch.Tensor:
-        cdf = 0.5 * (1 + torch.erf(z * SQRT_HALF))  # Φ(z)
-        pdf = torch.exp(-0.5 * z * z) * INV_SQRT_2PI  # φ(z)
+        cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))  # Φ(z) = ½ (1 + erf(z/√2))
+        pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327  # φ(z) = e^{−z²/2} / √(2π)
         return cdf + z * pdf  # Φ(z) + z φ(z)
 
 
@@ -68,8 +66,8 @@ class GELUTanhFunction(ElementwiseFunction):
     @staticmethod
     def derivative(z: torch.Tensor) -> torch.Tensor:
         z_squared = z * z
-        tanh_u = torch.tanh(SQRT_2_OVER_PI * (z + KAPPA * z_squared * z))  # tanh u
-        du_dz = SQRT_2_OVER_PI * (1 + 3 * KAPPA * z_squared)  # du/dz
+        tanh_u = torch.tanh(0.7978845608028654 * (z + 0.044715 * z_squared * z))  # tanh u, u = √(2/π)(z + κ z³)
+        du_dz = 0.7978845608028654 * (1 + 0.134145 * z_squared)  # du/dz = √(2/π)(1 + 3κ z²)
         return 0.5 * (1 + tanh_u) + 0.5 * z * (1 - tanh_u * tanh_u) * du_dz
 
 
