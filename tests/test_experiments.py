@@ -451,3 +451,24 @@ def test_batch_size_given_to_a_full_batch_experiment_says_it_does_not_apply(tmp_
     assert notes == [
         "python -m experiments: note: --batch-size does not apply to seed, which trains on all its samples at once"
     ]
+
+
+def test_gpt_matches_at_every_step_and_logs_what_it_writes(tmp_path, capsys):
+    assert main(["gpt", "--steps", "9", "--logdir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^gpt\s+9\s+9\s.*held_out_loss [\d.]+ \(bigram_held_out_loss 2\.530\).*MATCH$", printed, re.M)
+    for layer in ("token Embedding", "attention MultiheadAttention", "mlp.1 GELU", "norm1 LayerNorm", "head Linear"):
+        assert layer in printed
+    assert "loss CrossEntropyLoss; native: none" in printed
+    cards = accumulator(only_run(tmp_path, "gpt")).Tensors("sample/gpt")
+    assert [card.step for card in cards] == [0, 3, 6, 9]  # every third of the run, and at its end
+    text = cards[-1].tensor_proto.string_val[0].decode()
+    assert text.startswith("step 9: `The ") and len(text) > 160
+
+
+def test_gpt_beats_the_bigram_model_on_held_out_text_in_its_default_run(tmp_path, capsys):
+    """The whole default run (300 steps, about 12 s here): held-out cross-entropy well below the bigram's."""
+    assert main(["gpt", "--logdir", str(tmp_path)]) == 0
+    row = re.search(r"held_out_loss ([\d.]+) \(bigram_held_out_loss ([\d.]+)\)", capsys.readouterr().out)
+    ours, bigram = float(row[1]), float(row[2])
+    assert ours < bigram - 0.3, (ours, bigram)
