@@ -194,7 +194,19 @@ TRAINING_SETUPS = {
     ),
     "conv": lambda: (conv_stack(16), torch.nn.MSELoss(), *image_data(32, 16, 32)),
     "digits-cnn": digits_cnn_setup,
+    "gpt": lambda: gpt_setup(),
 }
+
+
+def gpt_setup(batch: int = 32):
+    """The gpt experiment's network on a batch of ``batch`` windows of its text, in float32."""
+    from experiments.gpt import GPT, prose, windows
+
+    text = prose()
+    alphabet = "".join(sorted(set(text)))
+    x, y = windows(torch.tensor([alphabet.index(c) for c in text]))
+    torch.manual_seed(0)
+    return GPT(len(alphabet)), torch.nn.CrossEntropyLoss(), x[:batch], y[:batch]
 
 
 def training_step(model, loss_fn, x, y) -> Callable[[], None]:
@@ -558,6 +570,7 @@ CASES = [
     ),
     training_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", "per-layer", 1.15, 1.3),
     training_case("digits-cnn's network, batch 64", "digits-cnn", "per-layer", 1.3, 1.3),
+    training_case("gpt's network (2 blocks, width 64, context 32, batch 32)", "gpt", "per-layer", 1.3, 1.3),
     floor_case("mid MLP (3×256, batch 64)", "mid", 1.15),
     floor_case("mid MLP with tanh (3×256, batch 64)", "mid-tanh", 1.15),
     floor_case("mid MLP with ReLU (3×256, batch 64)", "mid-relu", 1.15),
@@ -575,6 +588,7 @@ CASES = [
     compiled_case("mid MLP with cross-entropy (3×256, 256 classes, batch 64)", "mid-cross-entropy"),
     compiled_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv"),
     compiled_case("digits-cnn's network, batch 64", "digits-cnn"),
+    compiled_case("gpt's network (2 blocks, width 64, context 32, batch 32)", "gpt"),
     Case(
         "floor of the compiled training step, compute-bound Conv2d: its two weight gradients",
         "torchbp's route (F.conv2d of transposed tensors)",
