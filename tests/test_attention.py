@@ -146,7 +146,7 @@ BAD_INPUT = {
         torchbp.ArgumentError,
         "not both",
     ),
-    "dropout": (((2, 5, 8), (2, 6, 8), (2, 6, 3)), {"dropout_p": 0.1}, NotImplementedError, "dropout_p"),
+    "a dropout probability above 1": (((2, 5, 8), (2, 6, 8), (2, 6, 3)), {"dropout_p": 1.5}, ValueError, "1.5"),
 }
 
 
@@ -160,3 +160,31 @@ def test_bad_input_is_refused_before_any_arithmetic(case):
 def test_integer_inputs_are_refused():
     with pytest.raises(torchbp.DTypeError):
         sdpa(torch.ones(2, 5, 8, dtype=torch.int64), *tensors((2, 6, 8), (2, 6, 3)))
+
+
+def run_seeded(attention, shapes, **options):
+    """Output, the three input gradients and the random state's next draw, from one seed."""
+    torch.manual_seed(0)
+    inputs = [t.requires_grad_() for t in tensors(*shapes)]
+    output = attention(*inputs, **options)
+    output.backward(torch.ones_like(output))
+    return [output.detach(), *(t.grad for t in inputs), torch.rand(3)]
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0])
+@pytest.mark.parametrize("case", ["heads", "causal", "grouped query heads"])
+def test_dropout_draws_as_native_does_so_both_sides_agree(case, p):
+    *shapes, options = CASES[case]
+    ours = run_seeded(sdpa, shapes, dropout_p=p, **options)
+    native = run_seeded(F.scaled_dot_product_attention, shapes, dropout_p=p, **options)
+    for mine, theirs in zip(ours, native):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_left_out_of_the_backward_is_caught(monkeypatch):
+    monkeypatch.setattr(attention, "times_factor", lambda g, factor, scale: g)
+    *shapes, options = CASES["heads"]
+    ours = run_seeded(sdpa, shapes, dropout_p=0.3, **options)
+    native = run_seeded(F.scaled_dot_product_attention, shapes, dropout_p=0.3, **options)
+    torch.testing.assert_close(ours[0], native[0])  # the same output: the forward drops alike
+    assert not torch.allclose(ours[3], native[3])  # ∂J/∂V = P_dᵀ G needs the dropped weights

@@ -118,7 +118,6 @@ def test_convert_runs_a_transformer_hand_derived_end_to_end(name):
 
 
 REFUSED = {
-    "dropout": dict(dropout=0.1),
     "add_bias_kv": dict(add_bias_kv=True),
     "add_zero_attn": dict(add_zero_attn=True),
 }
@@ -146,3 +145,38 @@ def test_is_causal_without_a_mask_is_refused_as_natively():
     x = torch.randn(L, N, E)
     with pytest.raises(RuntimeError, match="is_causal"):
         torchbp.nn.MultiheadAttention(E, 2)(x, x, x, is_causal=True)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_dropout_draws_as_native_does(need_weights):
+    torch.manual_seed(0)
+    native = torch.nn.MultiheadAttention(E, 2, dropout=0.2, batch_first=True).double()
+    ours = torchbp.convert(native)
+    x = torch.randn(N, L, E, dtype=f64)
+    torch.manual_seed(1)
+    expected = native(x, x, x, need_weights=need_weights)
+    torch.manual_seed(1)
+    got = ours(x, x, x, need_weights=need_weights)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+    assert (got[1] is None) == (expected[1] is None) == (not need_weights)
+    if need_weights:
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+def test_a_transformer_with_its_default_dropout_trains_in_lockstep():
+    """TransformerEncoderLayer's default dropout 0.1, in attention and after it: every step matches, each side
+    drawing the same masks from the trainer's replayed random state."""
+    from torchbp.lockstep import LockstepTrainer
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(E, 2, 16, activation=torch.nn.GELU(), batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).double()
+    assert "native: none" in torchbp.check_model(model.eval(), torch.nn.MSELoss(), *data()).layers
+    trainer = LockstepTrainer(model.train(), torch.nn.MSELoss(), lr=0.05)
+    records = [trainer.step(*data(seed)) for seed in range(4)]
+    assert all(record.report.ok for record in records)
+
+
+def data(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(N, L, E, generator=generator, dtype=f64), torch.randn(N, L, E, generator=generator, dtype=f64)

@@ -9,6 +9,7 @@ import torch
 
 from torchbp import autocast
 from torchbp.hand_derived import HandDerivedFunction
+from torchbp.layers.dropout import drop, times_factor, validate_probability
 from torchbp.layers.softmax import softmax_backward
 from torchbp.table import Operation, register_operation
 from torchbp.validation import ArgumentError, ShapeError, shape_text, validate_floating_and_matching
@@ -20,11 +21,7 @@ def validate_attention(
     """Q (…, L, E), K (…, S, E), V (…, S, Ev) of one floating dtype and device, with one batch (K and V may
     have fewer heads, dimension −3, under ``enable_gqa``); a mask broadcastable to (…, L, S)."""
     validate_floating_and_matching("scaled_dot_product_attention", query=query, key=key, value=value)
-    if dropout_p != 0.0:
-        raise NotImplementedError(
-            "torchbp scaled_dot_product_attention: dropout_p > 0 is not hand-derived yet (its mask must be drawn "
-            "as native's kernel draws it); use dropout_p=0.0, or a torchbp.nn.Dropout on the output"
-        )
+    validate_probability(dropout_p)
     if query.dim() < 2 or key.dim() != query.dim() or value.dim() != query.dim():
         raise ShapeError(
             f"scaled_dot_product_attention: expected query (…, L, E), key (…, S, E) and value (…, S, Ev) with the "
@@ -93,13 +90,18 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
     - ∂J/∂Q = ∂J/∂S K · s,  ∂J/∂K = (∂J/∂S)ᵀ Q · s
     - ∂J/∂B = ∂J/∂S, summed over the dimensions an additive mask was broadcast along
 
+    With ``dropout_p`` the weights are dropped as native's math path drops them, P_d = P ⊙ m / (1 − p)
+    with m drawn as native's dropout draws it (so both sides of a comparison draw alike), and O = P_d V:
+    then ∂J/∂V = P_dᵀ G and ∂J/∂P = (G Vᵀ) ⊙ m / (1 − p).
+
     A query row whose keys are all masked gets P = 0 and O = 0, as native's; its gradients
     are 0. With ``enable_gqa`` each K and V head serves a group of query heads, and its
     gradient sums the group's. Saved: Q, K, V and P (native's math path saves the same). Like
     native's math path, ``apply`` returns O and P; P is differentiable, so a gradient arriving
     at it (when the backward is differentiated) joins G Vᵀ, and double backward works.
-    ``ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, is_causal, scale,
-    enable_gqa)``; gradients agree with native's to rounding.
+    ``ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, dropout_p, is_causal, scale,
+    enable_gqa)`` returns O, P and the dropout's factor (1 without dropout; not differentiable);
+    gradients agree with native's to rounding.
     """
 
     generate_vmap_rule = True
@@ -110,11 +112,12 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         key: torch.Tensor,
         value: torch.Tensor,
         attn_mask: torch.Tensor | None,
+        dropout_p: float,
         is_causal: bool,
         scale: float | None,
         enable_gqa: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        validate_attention(query, key, value, attn_mask, 0.0, is_causal, enable_gqa)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        validate_attention(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
         s = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
         heads = query.shape[-3] if query.dim() >= 3 else 1
         with torch.autocast(query.device.type, enabled=False):  # in the inputs' dtype, as native's kernel runs
@@ -127,37 +130,45 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
                 scores = scores.masked_fill(~attn_mask, -math.inf) if is_bool else scores + attn_mask
             p = torch.softmax(scores, -1)
             p = torch.where(scores.isneginf().all(-1, keepdim=True), 0, p)  # every key masked: P = 0
-            return p @ grouped(value, heads), p
+            if dropout_p > 0:
+                dropped, factor = drop(p, dropout_p)  # P_d = P ⊙ m / (1 − p)
+                return dropped @ grouped(value, heads), p, factor
+            return p @ grouped(value, heads), p, p.new_ones(())
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        query, key, value, attn_mask, _, scale, _ = inputs
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        query, key, value, attn_mask, dropout_p, _, scale, _ = inputs
         ctx.set_materialize_grads(False)  # P's gradient is None, not zeros, where it takes no part in J
-        ctx.save_for_backward(query, key, value, output[1])
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(query, key, value, output[1], output[2] if dropout_p > 0 else None)
+        ctx.dropout_scale = 1 / (1 - dropout_p) if output[2].dtype == torch.bool else None
         ctx.scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
         # which dimensions an additive mask was broadcast along (flags, not its sizes: the compiler's may be symbols)
         additive = attn_mask is not None and attn_mask.dtype != torch.bool
         ctx.mask_broadcast = tuple(size == 1 for size in attn_mask.shape) if additive else None
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor | None, g_p: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, g: torch.Tensor | None, g_p: torch.Tensor | None, _: Any) -> tuple[torch.Tensor | None, ...]:
         """G = ∂J/∂O, and ∂J/∂P from outside where P reaches J another way (a differentiated backward reads it)."""
-        query, key, value, p = ctx.saved_tensors
+        query, key, value, p, factor = ctx.saved_tensors
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
         heads = query.shape[-3] if query.dim() >= 3 else 1
         kv_heads = key.shape[-3] if key.dim() >= 3 else 1
         k, v = grouped(key, heads), grouped(value, heads)
-        grad_v = summed_over_groups(p.transpose(-2, -1) @ g, kv_heads) if need_v and g is not None else None  # Pᵀ G
-        grad_p = None if g is None else g @ v.transpose(-2, -1)  # G Vᵀ
+        dropped = p if factor is None else times_factor(p, factor, ctx.dropout_scale)  # P_d (P without dropout)
+        grad_v = summed_over_groups(dropped.transpose(-2, -1) @ g, kv_heads) if need_v and g is not None else None
+        grad_p = None if g is None else g @ v.transpose(-2, -1)  # ∂J/∂P_d = G Vᵀ
+        if grad_p is not None and factor is not None:
+            grad_p = times_factor(grad_p, factor, ctx.dropout_scale)  # ∂J/∂P = ∂J/∂P_d ⊙ m / (1 − p)
         if g_p is not None:
             grad_p = g_p if grad_p is None else grad_p + g_p
         if grad_p is None or not (need_q or need_k or need_mask):
-            return None, None, grad_v, None, None, None, None
+            return None, None, grad_v, None, None, None, None, None
         grad_scores = softmax_backward(grad_p, p, -1)  # P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)
         grad_q = grad_scores @ k * ctx.scale if need_q else None
         grad_k = summed_over_groups(grad_scores.transpose(-2, -1) @ query * ctx.scale, kv_heads) if need_k else None
         grad_mask = reduced_to(grad_scores, ctx.mask_broadcast) if need_mask and ctx.mask_broadcast else None
-        return grad_q, grad_k, grad_v, grad_mask, None, None, None
+        return grad_q, grad_k, grad_v, grad_mask, None, None, None, None
 
 
 def scaled_dot_product_attention(
@@ -171,8 +182,8 @@ def scaled_dot_product_attention(
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """softmax(Q Kᵀ · s + B) V, as torch.nn.functional.scaled_dot_product_attention, backward by
-    ScaledDotProductAttentionFunction. ``dropout_p`` other than 0 is refused (NotImplementedError). Under
-    ``torch.autocast`` it runs in the autocast dtype, as the native one does."""
+    ScaledDotProductAttentionFunction. ``dropout_p`` drops the weights as native's math path does, drawing
+    alike. Under ``torch.autocast`` it runs in the autocast dtype, as the native one does."""
     if autocast.any_enabled() and isinstance(query, torch.Tensor):  # one cheap call when autocast is off
         float_mask = attn_mask if isinstance(attn_mask, torch.Tensor) and attn_mask.is_floating_point() else None
         query, key, value, cast_mask = autocast.cast_as_autocast_would(
@@ -180,7 +191,9 @@ def scaled_dot_product_attention(
         )
         attn_mask = attn_mask if float_mask is None else cast_mask
     validate_attention(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
-    output, _ = ScaledDotProductAttentionFunction.apply(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+    output, _, _ = ScaledDotProductAttentionFunction.apply(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+    )
     return output  # type: ignore[no-any-return]
 
 

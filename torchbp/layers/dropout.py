@@ -26,6 +26,25 @@ def draws_natives_fused_mask(input: torch.Tensor, p: float) -> bool:
     return not on_the_cpu and 0 < p < 1 and input.numel() > 0
 
 
+def drop(input: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ⊙ m / (1 − p), the factor its backward multiplies by), m drawn as native's dropout draws it:
+    m / (1 − p) itself, or torch.native_dropout's boolean mask m (see :func:`times_factor`)."""
+    if p == 1:  # native multiplies by a zero scalar
+        factor = input.new_zeros(())
+        return input * factor, factor
+    if draws_natives_fused_mask(input, p):
+        output, mask = torch.native_dropout(input, p, True)
+        return output, mask
+    factor = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)  # m / (1 − p), native's noise
+    return input * factor, factor
+
+
+def times_factor(g: torch.Tensor, factor: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """g ⊙ m / (1 − p) from :func:`drop`'s factor: g ⊙ factor, or for a boolean mask m, g ⊙ m · scale with
+    scale = 1/(1 − p)."""
+    return g * factor * scale if scale is not None else g * factor
+
+
 class DropoutFunction(HandDerivedFunction):
     r"""y = z ⊙ m / (1 − p), m_i ~ Bernoulli(1 − p), with the backward derived by hand:
 
@@ -45,14 +64,7 @@ class DropoutFunction(HandDerivedFunction):
     @staticmethod
     def forward(input: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
         validate_floating("dropout", input)
-        if p == 1:  # native multiplies by a zero scalar
-            factor = input.new_zeros(())
-            return input * factor, factor
-        if draws_natives_fused_mask(input, p):
-            output, mask = torch.native_dropout(input, p, True)
-            return output, mask
-        factor = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)  # m / (1 − p), native's noise
-        return input * factor, factor
+        return drop(input, p)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -64,9 +76,7 @@ class DropoutFunction(HandDerivedFunction):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor, _: Any) -> tuple[torch.Tensor, None]:
         (factor,) = ctx.saved_tensors
-        if ctx.scale is not None:  # the fused kernel's mask m: g ⊙ m · 1/(1 − p)
-            return g * factor * ctx.scale, None
-        return g * factor, None  # g ⊙ m / (1 − p)
+        return times_factor(g, factor, ctx.scale), None
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:

@@ -14,17 +14,11 @@ from torchbp.table import Layer, register
 from torchbp.validation import ShapeError, shape_text
 
 
-def refuse_unsupported(bias_k: Any, add_zero_attn: bool, dropout_p: float) -> None:
+def refuse_unsupported(bias_k: Any, add_zero_attn: bool) -> None:
     if bias_k is not None or add_zero_attn:
         raise NotImplementedError(
             "torchbp multi-head attention: add_bias_kv and add_zero_attn are not hand-derived here; "
             "torchbp.convert leaves such a MultiheadAttention native"
-        )
-    if dropout_p != 0.0:
-        raise NotImplementedError(
-            "torchbp multi-head attention: attention dropout is not hand-derived yet (its mask must be drawn as "
-            "native's kernel draws it); use dropout=0.0, or a torchbp.nn.Dropout after it. torchbp.convert "
-            "leaves a MultiheadAttention with dropout native"
         )
 
 
@@ -82,10 +76,11 @@ def multi_head_attention_forward(
     Q = query W_qᵀ + b_q, K and V likewise; each of the H heads attends over its E/H columns; the heads'
     outputs side by side go through the out-projection. The attention weights returned with
     ``need_weights`` are the attention's own P (averaged over the heads with ``average_attn_weights``).
-    ``bias_k``/``bias_v``, ``add_zero_attn``, ``static_k``/``static_v`` and dropout in training are refused
-    (NotImplementedError); ``is_causal`` needs ``attn_mask``, the causal mask itself, as natively.
+    ``dropout_p`` drops the attention's weights in training, drawing as native does. ``bias_k``/``bias_v``,
+    ``add_zero_attn`` and ``static_k``/``static_v`` are refused (NotImplementedError); ``is_causal`` needs
+    ``attn_mask``, the causal mask itself, as natively.
     """
-    refuse_unsupported(bias_k, add_zero_attn, dropout_p if training else 0.0)
+    refuse_unsupported(bias_k, add_zero_attn)
     if static_k is not None or static_v is not None:
         raise NotImplementedError("torchbp multi-head attention: static_k and static_v are not hand-derived here")
     if is_causal and attn_mask is None:
@@ -114,10 +109,14 @@ def multi_head_attention_forward(
         return t.reshape(t.shape[0], n, num_heads, embed_dim // num_heads).permute(1, 2, 0, 3)
 
     mask = merged_mask(attn_mask, key_padding_mask, n, num_heads, query.dtype)
-    if need_weights:
-        output, p = ScaledDotProductAttentionFunction.apply(heads(q), heads(k), heads(v), mask, False, None, False)
+    dropout_p = dropout_p if training else 0.0
+    if need_weights:  # the weights are P dropped, as native's
+        output, p, factor = ScaledDotProductAttentionFunction.apply(
+            heads(q), heads(k), heads(v), mask, dropout_p, False, None, False
+        )
+        p = p * factor if factor.dtype != torch.bool else p * factor / (1 - dropout_p)
     else:
-        output, p = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask), None
+        output, p = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask, dropout_p), None
     output = linear(output.permute(2, 0, 1, 3).reshape(length, n, embed_dim), out_proj_weight, out_proj_bias)
     weights = None if p is None else (p.mean(1) if average_attn_weights else p)
     if not batched:
@@ -133,13 +132,14 @@ class MultiheadAttention(HandDerivedModule, torch.nn.MultiheadAttention):
     Args:
         embed_dim, num_heads, bias, kdim, vdim, batch_first, device, dtype: as torch.nn.MultiheadAttention's
             (the same parameters, initialization and state_dict keys).
-        dropout, add_bias_kv, add_zero_attn: refused here, at construction (NotImplementedError), unless 0.0,
-            False and False; ``torchbp.convert`` leaves such a MultiheadAttention native.
+        dropout: as native's: the attention's weights dropped in training, drawn as native draws them.
+        add_bias_kv, add_zero_attn: refused here, at construction (NotImplementedError), unless False;
+            ``torchbp.convert`` leaves such a MultiheadAttention native.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        refuse_unsupported(self.bias_k, self.add_zero_attn, self.dropout)
+        refuse_unsupported(self.bias_k, self.add_zero_attn)
 
     def forward(  # the native signature, its defaults included
         self,
@@ -171,7 +171,7 @@ class MultiheadAttention(HandDerivedModule, torch.nn.MultiheadAttention):
 
 
 def supported(module: torch.nn.MultiheadAttention) -> bool:
-    return module.bias_k is None and not module.add_zero_attn and module.dropout == 0.0
+    return module.bias_k is None and not module.add_zero_attn
 
 
 register(
