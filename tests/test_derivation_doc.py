@@ -10,9 +10,11 @@ import torchbp.layers.conv2d
 import torchbp.layers.cross_entropy
 import torchbp.layers.layer_norm
 import torchbp.layers.sigmoid
+import torchbp.layers.softmax
 from experiments.__main__ import main
 from experiments.derivation import explain
 from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm
+from experiments.derivation.chapters import softmax as softmax_chapter
 from experiments.derivation.explain import BLOCK, render, three_ways
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +44,7 @@ CHAPTER_BLOCKS = {
     },
     "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
     "conv2d": {"conv2d-forward", "conv2d-backward", "conv2d-three-ways"},
+    "softmax": {"softmax-example", "softmax-three-ways"},
 }
 
 
@@ -127,6 +130,12 @@ PLANTED = {
         torchbp.layers.cross_entropy,
         "through_log_softmax",
         lambda original: lambda u, log_p, in_place: u,
+    ),
+    "softmax's Σ g ⊙ y left out: ∂J/∂z = y ⊙ g": (
+        softmax_chapter.three_ways,
+        torchbp.layers.softmax,
+        "softmax_backward",
+        lambda original: lambda g, y, dim: g * y,
     ),
     "the mean's 1/N left out": (
         cross_entropy.three_ways,
