@@ -32,7 +32,7 @@ def validate_attention(
             f"scaled_dot_product_attention: expected key (…, S, E) to match query's E and value (…, S, Ev) "
             f"key's S, got query {shape_text(query)}, key {shape_text(key)}, value {shape_text(value)}"
         )
-    heads, kv_heads = (query.shape[-3], key.shape[-3]) if query.dim() >= 3 else (1, 1)
+    heads, kv_heads = heads_of(query), heads_of(key)
     same_batch = query.shape[:-3] == key.shape[:-3] and (heads == kv_heads or (enable_gqa and heads % kv_heads == 0))
     if not same_batch:
         raise ShapeError(
@@ -53,6 +53,16 @@ def validate_attention(
             ) from None
         if attn_mask.dtype != torch.bool:
             validate_floating_and_matching("scaled_dot_product_attention", query=query, attn_mask=attn_mask)
+
+
+def heads_of(t: torch.Tensor) -> int:
+    """Q's, K's or V's number of heads, its dimension −3; 1 for one sequence, (L, E)."""
+    return t.shape[-3] if t.dim() >= 3 else 1
+
+
+def scale_of(query: torch.Tensor, scale: float | None) -> float:
+    """s: the given scale, or 1/√E."""
+    return 1 / math.sqrt(query.shape[-1]) if scale is None else scale
 
 
 def grouped(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -118,8 +128,7 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         enable_gqa: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         validate_attention(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
-        s = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
-        heads = query.shape[-3] if query.dim() >= 3 else 1
+        s, heads = scale_of(query, scale), heads_of(query)
         with torch.autocast(query.device.type, enabled=False):  # in the inputs' dtype, as native's kernel runs
             scores = query @ grouped(key, heads).transpose(-2, -1) * s  # S = Q Kᵀ · s: (…, L, S)
             if is_causal:
@@ -141,8 +150,8 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         ctx.set_materialize_grads(False)  # P's gradient is None, not zeros, where it takes no part in J
         ctx.mark_non_differentiable(output[2])
         ctx.save_for_backward(query, key, value, output[1], output[2] if dropout_p > 0 else None)
-        ctx.dropout_scale = 1 / (1 - dropout_p) if output[2].dtype == torch.bool else None
-        ctx.scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
+        ctx.dropout_p = dropout_p
+        ctx.scale = scale_of(query, scale)
         # which dimensions an additive mask was broadcast along (flags, not its sizes: the compiler's may be symbols)
         additive = attn_mask is not None and attn_mask.dtype != torch.bool
         ctx.mask_broadcast = tuple(size == 1 for size in attn_mask.shape) if additive else None
@@ -152,14 +161,13 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         """G = ∂J/∂O, and ∂J/∂P from outside where P reaches J another way (a differentiated backward reads it)."""
         query, key, value, p, factor = ctx.saved_tensors
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
-        heads = query.shape[-3] if query.dim() >= 3 else 1
-        kv_heads = key.shape[-3] if key.dim() >= 3 else 1
+        heads, kv_heads = heads_of(query), heads_of(key)
         k, v = grouped(key, heads), grouped(value, heads)
-        dropped = p if factor is None else times_factor(p, factor, ctx.dropout_scale)  # P_d (P without dropout)
+        dropped = p if factor is None else times_factor(p, factor, ctx.dropout_p)  # P_d (P without dropout)
         grad_v = summed_over_groups(dropped.transpose(-2, -1) @ g, kv_heads) if need_v and g is not None else None
         grad_p = None if g is None else g @ v.transpose(-2, -1)  # ∂J/∂P_d = G Vᵀ
         if grad_p is not None and factor is not None:
-            grad_p = times_factor(grad_p, factor, ctx.dropout_scale)  # ∂J/∂P = ∂J/∂P_d ⊙ m / (1 − p)
+            grad_p = times_factor(grad_p, factor, ctx.dropout_p)  # ∂J/∂P = ∂J/∂P_d ⊙ m / (1 − p)
         if g_p is not None:
             grad_p = g_p if grad_p is None else grad_p + g_p
         if grad_p is None or not (need_q or need_k or need_mask):

@@ -39,10 +39,9 @@ def drop(input: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     return input * factor, factor
 
 
-def times_factor(g: torch.Tensor, factor: torch.Tensor, scale: float | None) -> torch.Tensor:
-    """g ⊙ m / (1 − p) from :func:`drop`'s factor: g ⊙ factor, or for a boolean mask m, g ⊙ m · scale with
-    scale = 1/(1 − p)."""
-    return g * factor * scale if scale is not None else g * factor
+def times_factor(g: torch.Tensor, factor: torch.Tensor, p: float) -> torch.Tensor:
+    """g ⊙ m / (1 − p) from :func:`drop`'s factor: g ⊙ factor, or for a boolean mask m, g ⊙ m · 1/(1 − p)."""
+    return g * factor * (1 / (1 - p)) if factor.dtype == torch.bool else g * factor
 
 
 class DropoutFunction(HandDerivedFunction):
@@ -71,12 +70,12 @@ class DropoutFunction(HandDerivedFunction):
         _, factor = output  # m / (1 − p), or the fused kernel's boolean mask m
         ctx.mark_non_differentiable(factor)
         ctx.save_for_backward(factor)
-        ctx.scale = 1 / (1 - inputs[1]) if factor.dtype == torch.bool else None
+        ctx.p = inputs[1]
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor, _: Any) -> tuple[torch.Tensor, None]:
         (factor,) = ctx.saved_tensors
-        return times_factor(g, factor, ctx.scale), None
+        return times_factor(g, factor, ctx.p), None
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from torchbp.hand_derived import HandDerivedModule
 from torchbp.layers.attention import ScaledDotProductAttentionFunction, scaled_dot_product_attention
+from torchbp.layers.dropout import times_factor
 from torchbp.layers.linear import linear
 from torchbp.table import Layer, register
 from torchbp.validation import ShapeError, shape_text
@@ -114,7 +115,7 @@ def multi_head_attention_forward(
         output, p, factor = ScaledDotProductAttentionFunction.apply(
             heads(q), heads(k), heads(v), mask, dropout_p, False, None, False
         )
-        p = p * factor if factor.dtype != torch.bool else p * factor / (1 - dropout_p)
+        p = times_factor(p, factor, dropout_p)
     else:
         output, p = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask, dropout_p), None
     output = linear(output.permute(2, 0, 1, 3).reshape(length, n, embed_dim), out_proj_weight, out_proj_bias)
