@@ -24,6 +24,14 @@ def prose() -> str:
     return "".join(topics[name] for name in sorted(topics))[:TEXT_CHARACTERS]
 
 
+def encoded_prose() -> tuple[str, torch.Tensor]:
+    """The prose's alphabet (its characters, sorted) and the prose as indices into it."""
+    text = prose()
+    alphabet = "".join(sorted(set(text)))
+    index = {character: i for i, character in enumerate(alphabet)}
+    return alphabet, torch.tensor([index[character] for character in text])
+
+
 class Block(torch.nn.Module):
     """Pre-LayerNorm transformer block: x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x)), the MLP
     width → 4 width → width with GELU."""
@@ -127,9 +135,7 @@ class Samples:
     dtype="float32",
 )
 def build(config: Config) -> Setup:
-    text = prose()
-    alphabet = "".join(sorted(set(text)))
-    codes = torch.tensor([alphabet.index(c) for c in text])
+    alphabet, codes = encoded_prose()
     cut = int(len(codes) * (1 - HELD_OUT))
     x_train, y_train = windows(codes[:cut])
     x_test, y_test = windows(codes[cut:])

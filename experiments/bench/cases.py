@@ -200,11 +200,10 @@ TRAINING_SETUPS = {
 
 def gpt_setup(batch: int = 32):
     """The gpt experiment's network on a batch of ``batch`` windows of its text, in float32."""
-    from experiments.gpt import GPT, prose, windows
+    from experiments.gpt import GPT, encoded_prose, windows
 
-    text = prose()
-    alphabet = "".join(sorted(set(text)))
-    x, y = windows(torch.tensor([alphabet.index(c) for c in text]))
+    alphabet, codes = encoded_prose()
+    x, y = windows(codes)
     torch.manual_seed(0)
     return GPT(len(alphabet)), torch.nn.CrossEntropyLoss(), x[:batch], y[:batch]
 
