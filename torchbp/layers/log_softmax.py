@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
-from torchbp.layers.softmax import resolve_dim, with_a_dim
-from torchbp.table import Layer, Step, register
+from torchbp.layers.softmax import over_a_dim, step_over_a_dim
+from torchbp.table import Layer, register
 from torchbp.validation import validate_floating
 
 
@@ -59,10 +59,7 @@ def log_softmax(
     ``dtype`` casts the input first, as native does; ``dim=None`` picks native's legacy dimension, with its
     warning.
     """
-    dim = resolve_dim("log_softmax", input, dim, _stacklevel)
-    if dtype is not None:
-        input = input.to(dtype)
-    return LogSoftmaxFunction.apply(input, dim)  # type: ignore[no-any-return]
+    return over_a_dim(LogSoftmaxFunction, "log_softmax", input, dim, _stacklevel, dtype)
 
 
 class LogSoftmax(HandDerivedModule, torch.nn.LogSoftmax):
@@ -82,24 +79,12 @@ class LogSoftmax(HandDerivedModule, torch.nn.LogSoftmax):
         return log_softmax(input, self.dim, _stacklevel=5)
 
 
-def step_backward(delta: torch.Tensor, log_y: torch.Tensor, dim: int, need_z: bool) -> tuple[torch.Tensor]:
-    return (log_softmax_backward(delta, log_y, dim),)
-
-
 register(
     Layer(
         torch.nn.LogSoftmax,
         LogSoftmax,
         LogSoftmaxFunction,
         log_softmax,
-        step=Step(
-            "log_softmax",
-            LogSoftmaxFunction.forward,
-            step_backward,
-            reads="output",
-            arity=1,
-            arguments=with_a_dim,
-            constants=(0,),
-        ),
+        step=step_over_a_dim("log_softmax", LogSoftmaxFunction.forward, log_softmax_backward),
     )
 )

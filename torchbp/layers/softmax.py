@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,35 @@ def resolve_dim(op: str, input: torch.Tensor, dim: int | None, stacklevel: int) 
         chosen: int = F._get_softmax_dim(op, input.dim(), stacklevel + 1)  # type: ignore[attr-defined]  # private
         return chosen
     return dim
+
+
+def over_a_dim(
+    function: type[HandDerivedFunction],
+    op: str,
+    input: torch.Tensor,
+    dim: int | None,
+    stacklevel: int,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """``function.apply(input, dim)`` with the arguments of native's softmax and log-softmax: ``dim=None``
+    picks native's legacy dimension (with its warning), and ``dtype`` casts the input first (the cast is
+    recorded, so the gradient comes back in the input's dtype)."""
+    dim = resolve_dim(op, input, dim, stacklevel + 1)
+    if dtype is not None:
+        input = input.to(dtype)
+    return function.apply(input, dim)  # type: ignore[no-any-return]
+
+
+def step_over_a_dim(
+    kind: str, forward: Callable[[torch.Tensor, int], torch.Tensor], formula: Callable[..., torch.Tensor]
+) -> Step:
+    """The fused step of a layer over one dimension whose backward ``formula(δ, output, dim)`` reads its
+    output: its dim the one constant argument; a module without a dim runs per layer."""
+
+    def backward(delta: torch.Tensor, output: torch.Tensor, dim: int, need_input: bool) -> tuple[torch.Tensor]:
+        return (formula(delta, output, dim),)
+
+    return Step(kind, forward, backward, reads="output", arity=1, arguments=with_a_dim, constants=(0,))
 
 
 def softmax_backward(g: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
@@ -60,13 +90,10 @@ def softmax(
 ) -> torch.Tensor:
     """softmax(input) over ``dim``, as torch.nn.functional.softmax, backward by SoftmaxFunction.
 
-    ``dtype`` casts the input first, as native does (the cast is recorded, so the gradient comes back in the
-    input's dtype); ``dim=None`` picks native's legacy dimension, with its warning.
+    ``dtype`` casts the input first, as native does; ``dim=None`` picks native's legacy dimension, with its
+    warning (see :func:`over_a_dim`).
     """
-    dim = resolve_dim("softmax", input, dim, _stacklevel)
-    if dtype is not None:
-        input = input.to(dtype)
-    return SoftmaxFunction.apply(input, dim)  # type: ignore[no-any-return]
+    return over_a_dim(SoftmaxFunction, "softmax", input, dim, _stacklevel, dtype)
 
 
 class Softmax(HandDerivedModule, torch.nn.Softmax):
@@ -90,24 +117,12 @@ def with_a_dim(module: torch.nn.Softmax) -> tuple[int] | None:
     return None if module.dim is None else (module.dim,)
 
 
-def step_backward(delta: torch.Tensor, y: torch.Tensor, dim: int, need_z: bool) -> tuple[torch.Tensor]:
-    return (softmax_backward(delta, y, dim),)
-
-
 register(
     Layer(
         torch.nn.Softmax,
         Softmax,
         SoftmaxFunction,
         softmax,
-        step=Step(
-            "softmax",
-            SoftmaxFunction.forward,
-            step_backward,
-            reads="output",
-            arity=1,
-            arguments=with_a_dim,
-            constants=(0,),
-        ),
+        step=step_over_a_dim("softmax", SoftmaxFunction.forward, softmax_backward),
     )
 )
