@@ -251,9 +251,8 @@ def _recorded_pass(
         trainable = [p for p in model.parameters() if p.requires_grad]
         with recorder, _parameters_frozen(trainable):
             recorder.backward(loss_fn(model(inputs.detach().requires_grad_()), target))
-        ids = {id(p) for p in trainable}
-        if not any(id(p) in ids for module in recorder.unrecorded for p in module.parameters(recurse=False)):
-            return recorder
+        if not any(p.requires_grad for module in recorder.unrecorded for p in module.parameters(recurse=False)):
+            return recorder  # (the flags are back: requires_grad is each parameter's own again)
     with recorder:  # a trainable layer's output does not depend on the inputs (or they are not floating point)
         recorder.backward(loss_fn(model(inputs), target))
     return recorder
