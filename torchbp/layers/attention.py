@@ -198,7 +198,6 @@ def scaled_dot_product_attention(
             autocast.LOWER_PRECISION, query, key, value, float_mask
         )
         attn_mask = attn_mask if float_mask is None else cast_mask
-    validate_attention(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
     output, _, _ = ScaledDotProductAttentionFunction.apply(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
     )
