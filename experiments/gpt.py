@@ -64,7 +64,9 @@ class GPT(torch.nn.Module):
         self.register_buffer("positions", torch.arange(CONTEXT), persistent=False)
 
     def forward(self, characters: torch.Tensor) -> torch.Tensor:
-        x = self.token(characters) + self.position(self.positions[: characters.shape[1]])
+        # Each sample looks its positions up itself, (N, T), so that per-sample gradients see each one's δ.
+        positions = self.positions[: characters.shape[1]].expand(characters.shape)
+        x = self.token(characters) + self.position(positions)
         return self.head(self.norm(self.blocks(x))).transpose(1, 2)
 
 
@@ -156,7 +158,7 @@ def build(config: Config) -> Setup:
         headline_metric="held_out_loss",
         baseline_metric="bigram_held_out_loss",
         metric_every=100,
-        per_sample_every=None,  # MultiheadAttention has no per-sample rule
+        per_sample_every=100,
         watch=samples.watch,
         finish=samples.finish,
     )

@@ -25,7 +25,9 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tensorboard.util.tensor_util import make_ndarray
 
+import torchbp
 from experiments.__main__ import main
+from experiments.gpt import GPT
 from experiments.lab.registry import EXPERIMENTS
 from experiments.seed import build as build_seed
 from torchbp.functions import LinearFunction
@@ -464,6 +466,26 @@ def test_gpt_matches_at_every_step_and_logs_what_it_writes(tmp_path, capsys):
     assert [card.step for card in cards] == [0, 3, 6, 9]  # every third of the run, and at its end
     text = cards[-1].tensor_proto.string_val[0].decode()
     assert text.startswith("step 9: `The ") and len(text) > 160
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
+def test_gpts_per_sample_gradients_are_torch_funcs():
+    torch.manual_seed(0)
+    model = GPT(vocabulary=11, width=8, heads=2).double()
+    characters, target = torch.randint(0, 11, (4, 6)), torch.randint(0, 11, (4, 6))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    params = {key: p.detach() for key, p in model.named_parameters()}
+
+    def one(params, characters_n, target_n):
+        return loss_fn(torch.func.functional_call(model, params, (characters_n[None],)), target_n[None])
+
+    expected = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, characters, target)
+    grads = torchbp.per_sample_grads(model, loss_fn, characters, target)
+    assert list(grads) == list(params)  # every parameter: embeddings, attention, LayerNorm, Linear
+    for key in params:
+        torch.testing.assert_close(grads[key], expected[key], rtol=1e-10, atol=1e-12)
+    squared = sum(g.flatten(1).square().sum(1) for g in expected.values())
+    torch.testing.assert_close(torchbp.per_sample_grad_norms(model, loss_fn, characters, target), squared.sqrt())
 
 
 def test_gpt_beats_the_bigram_model_on_held_out_text_in_its_default_run(tmp_path, capsys):

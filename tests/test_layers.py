@@ -33,9 +33,31 @@ def images(n=4, c=2, size=6):
     return torch.randn(n, c, size, size, generator=generator, dtype=torch.float64)
 
 
+def sequences(n=5, t=3, f=6):
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(n, t, f, generator=generator, dtype=torch.float64)
+
+
 def vectors(n=5, f=6):
     generator = torch.Generator().manual_seed(1)
     return torch.randn(n, f, generator=generator, dtype=torch.float64)
+
+
+class Attending(torch.nn.Module):
+    """Self-attention with a causal mask, then a linear layer: MultiheadAttention returns a pair."""
+
+    def __init__(self, batch_first=True, **kwargs):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(6, 2, batch_first=batch_first, **kwargs)
+        self.head = torch.nn.Linear(6, 2)
+        self.batch_first, self.kdim = batch_first, kwargs.get("kdim", 6)
+
+    def forward(self, x):
+        sequence = x if self.batch_first else x.transpose(0, 1)
+        other = sequence[..., : self.kdim] if self.kdim != 6 else sequence  # key and value: one tensor or a slice
+        mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
+        output = self.attention(sequence, other, other, attn_mask=mask, need_weights=False)[0]
+        return self.head(output if self.batch_first else output.transpose(0, 1))
 
 
 def model_cases():
@@ -87,6 +109,13 @@ def model_cases():
             torch.nn.CrossEntropyLoss(reduction="sum"),
             vectors(),
             torch.tensor([0, 3, 1, 1, 2]),
+        ),
+        "MultiheadAttention": (Attending().double(), mse, sequences(), None),
+        "MultiheadAttention, sequence first, separate weights": (
+            Attending(batch_first=False, kdim=4, vdim=4, bias=False).double(),
+            mse,
+            sequences(),
+            None,
         ),
         "Conv2d, padding 1": (conv(padding=1), mse, images(), None),
         "Conv2d, same": (conv(padding="same"), mse, images(), None),
@@ -143,7 +172,9 @@ def test_per_sample_gradients_are_a_loop_over_samples(name):
     torch.testing.assert_close(norms, torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads.values())))
 
 
-@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm"])
+# vmap over native attention warns that it loops over the samples; the reference is still right.
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
+@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "MultiheadAttention"])
 def test_per_sample_gradients_are_torch_funcs(name):
     model, loss_fn, x, target = CASES[name]
     params = {key: p.detach() for key, p in model.named_parameters()}
@@ -170,6 +201,18 @@ def test_a_planted_wrong_per_sample_formula_is_caught(monkeypatch):
     monkeypatch.setattr(torchbp.layers.conv2d, "per_sample_bias_grads", lambda delta, out=None: delta.sum((2, 3)) * 2)
     with pytest.raises(AssertionError):
         test_per_sample_gradients_are_a_loop_over_samples("Conv2d, padding 1")
+
+
+def test_a_planted_wrong_attention_replay_is_caught(monkeypatch):
+    replay = torchbp.layers.multihead_attention.MultiheadAttentionPerSample.products
+
+    def swapped(self, module, call, delta):  # the query's and the key's δ swapped
+        products = replay(self, module, call, delta)
+        return {**products, "q": (products["k"][0], products["q"][1]), "k": (products["q"][0], products["k"][1])}
+
+    monkeypatch.setattr(torchbp.layers.multihead_attention.MultiheadAttentionPerSample, "products", swapped)
+    with pytest.raises(AssertionError):
+        test_per_sample_gradients_are_a_loop_over_samples("MultiheadAttention")
 
 
 REFUSED = [

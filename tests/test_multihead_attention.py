@@ -3,6 +3,8 @@
 Cases are data: each MHA configuration and call below, against native's module on the same parameters.
 """
 
+import warnings
+
 import pytest
 import torch
 
@@ -180,3 +182,81 @@ def test_a_transformer_with_its_default_dropout_trains_in_lockstep():
 def data(seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(N, L, E, generator=generator, dtype=f64), torch.randn(N, L, E, generator=generator, dtype=f64)
+
+
+class SamplesFirst(torch.nn.Module):
+    """Attention on inputs (N, L, E) whatever layout the module takes, its key padding read off each sample's
+    own input (a key whose first feature exceeds 0.8 is padding; the first key never is), plus the weights
+    the loss reads where ``weights``: a model per-sample gradients can take."""
+
+    def __init__(self, attention, padded=False, weights=False, **options):
+        super().__init__()
+        self.attention, self.padded, self.weights, self.options = attention, padded, weights, options
+
+    def forward(self, x):
+        padding = None
+        if self.padded:
+            padding = torch.cat([torch.zeros_like(x[:, :1, 0], dtype=torch.bool), x[:, 1:, 0] > 0.8], dim=1)
+        sequence = x if self.attention.batch_first else x.transpose(0, 1)
+        output, weights = self.attention(
+            sequence, sequence, sequence, key_padding_mask=padding, need_weights=self.weights, **self.options
+        )
+        output = output if self.attention.batch_first else output.transpose(0, 1)
+        if not self.weights:
+            return output
+        squared = weights.square().sum(-1)  # (N, L), or (N, H, L) per head
+        return output + (squared.sum(1) if squared.dim() == 3 else squared).unsqueeze(-1)
+
+
+# name: (MultiheadAttention's options, SamplesFirst's options)
+PER_SAMPLE_CASES = {
+    "sequence first": (dict(), dict()),
+    "batch_first, causal": (dict(batch_first=True), dict(attn_mask=causal(), is_causal=True)),
+    "no bias, float mask": (dict(bias=False), dict(attn_mask=torch.randn(L, L, dtype=f64))),
+    "key padding": (dict(batch_first=True), dict(padded=True)),
+    "weights read by the loss": (dict(batch_first=True), dict(weights=True)),
+    "weights per head read by the loss": (dict(), dict(weights=True, average_attn_weights=False, padded=True)),
+}
+
+
+@pytest.mark.parametrize("case", PER_SAMPLE_CASES)
+def test_per_sample_gradients_are_torch_funcs(case):
+    options, call = PER_SAMPLE_CASES[case]
+    torch.manual_seed(0)
+    model = SamplesFirst(torch.nn.MultiheadAttention(E, 2, **options).double(), **call)
+    x = torch.randn(N, L, E, dtype=f64)
+    target, loss_fn = torch.randn_like(model(x)), torch.nn.MSELoss()
+    params = {key: p.detach() for key, p in model.named_parameters()}
+
+    def one(params, x_n, target_n):
+        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
+
+    with warnings.catch_warnings():  # vmap over native attention loops over the samples, and says so
+        warnings.simplefilter("ignore", UserWarning)
+        expected = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
+    grads = torchbp.per_sample_grads(model, loss_fn, x, target)
+    assert list(grads) == list(params)
+    for key in params:
+        torch.testing.assert_close(grads[key], expected[key], rtol=1e-10, atol=1e-12)
+    squared = sum(g.flatten(1).square().sum(1) for g in expected.values())
+    torch.testing.assert_close(torchbp.per_sample_grad_norms(model, loss_fn, x, target), squared.sqrt())
+
+
+def test_per_sample_gradients_refuse_dropout_in_training_and_take_it_in_eval():
+    model = SamplesFirst(torch.nn.MultiheadAttention(E, 2, dropout=0.1, batch_first=True).double())
+    x = torch.randn(N, L, E, dtype=f64)
+    with pytest.raises(NotImplementedError, match=r"dropout=0.1.*would draw another mask; call eval\(\)"):
+        torchbp.per_sample_grads(model, torch.nn.MSELoss(), x, torch.randn(N, L, E, dtype=f64))
+    loss_fn, target = torch.nn.MSELoss(reduction="sum"), torch.zeros(N, L, E, dtype=f64)
+    grads = torchbp.per_sample_grads(model.eval(), loss_fn, x, target)
+    model.zero_grad()
+    loss_fn(model(x), target).backward()
+    for key, p in model.named_parameters():
+        torch.testing.assert_close(grads[key].sum(0), p.grad)
+
+
+def test_per_sample_gradients_refuse_an_unbatched_sequence():
+    hand = torchbp.convert(torch.nn.MultiheadAttention(E, 2).double())
+    x = torch.randn(L, E, dtype=f64, requires_grad=True)
+    with torchbp.PerSampleGradients(hand), pytest.raises(torchbp.ShapeError, match=r"needs batched input.*\(5, 8\)"):
+        hand(x, x, x)

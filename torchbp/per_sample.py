@@ -20,7 +20,8 @@ their mean over the N samples is ``.grad``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -79,7 +80,7 @@ class PerSampleGradients:
     def __init__(self, model: torch.nn.Module, scale: float | torch.Tensor = 1.0):
         self.model, self.scale = model, scale
         self.layers = {module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES}
-        covered = {id(p) for module in self.layers for p in module.parameters(recurse=False)}
+        covered = {id(p) for module in self.layers for p in module.parameters()}  # a layer's own and its parts'
         owners = {
             id(p): f"{name or 'the model'} ({type(module).__name__})"
             for name, module in model.named_modules()
@@ -100,7 +101,7 @@ class PerSampleGradients:
     def __enter__(self) -> PerSampleGradients:
         self.records.clear()
         self.unrecorded.clear()
-        self.handles = [module.register_forward_hook(self._record) for module in self.layers]
+        self.handles = [module.register_forward_hook(self._record, with_kwargs=True) for module in self.layers]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -108,38 +109,55 @@ class PerSampleGradients:
             handle.remove()
         self.handles, self.outputs = [], []
 
-    def _record(self, module: torch.nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        if not output.requires_grad:
+    def _record(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        rule = PER_SAMPLE_RULES[type(module)]
+        if hasattr(rule, "recorded"):
+            a_prev, outputs = rule.recorded(module, args, kwargs, output)
+        else:
+            a_prev, outputs = args[0].detach(), [(output, 0)]
+        outputs = [(z, axis) for z, axis in outputs if z.requires_grad]
+        if not outputs:
             self.unrecorded.add(module)
             return
-        record = [inputs[0].detach(), None, output.shape]  # δ arrives during backward
+        shapes = [_moved(z.shape, axis) for z, axis in outputs]
+        record = [a_prev, [None] * len(outputs), shapes]  # each δ arrives during backward
         self.records.setdefault(module, []).append(record)
-        self.outputs.append(output)
-        output.register_hook(lambda delta: record.__setitem__(1, delta.detach()))  # type: ignore[no-untyped-call]
+        for i, (z, axis) in enumerate(outputs):
+            self.outputs.append(z)
+            z.register_hook(functools.partial(_keep, record[1], i, axis))
+
+    def recorded(self, module: torch.nn.Module) -> list[tuple[Any, Any]]:
+        """The layer's calls as recorded: (a_prev, δ) each, δ unscaled (None where none arrived; a tuple, one
+        per output, where its rule records several)."""
+        return [
+            (a_prev, deltas[0] if len(deltas) == 1 else tuple(deltas)) for a_prev, deltas, _ in self.records[module]
+        ]
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` only as far as the recorded layers' outputs: every δ, no ``.grad``."""
         if self.outputs and loss.requires_grad:
             torch.autograd.grad(loss, self.outputs, allow_unused=True)
 
-    def _calls(self) -> dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _calls(self) -> dict[torch.nn.Module, list[tuple[Any, Any]]]:
         """Each recorded layer's calls as (a_prev, scale · δ); δ = 0 where none arrived.
 
         The scale goes onto δ, (N, out), rather than onto the (N, out, in) results.
         """
-        calls: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        calls: dict[torch.nn.Module, list[tuple[Any, Any]]] = {}
         batch_sizes: set[int] = set()
         for module, records in self.records.items():
-            for a_prev, delta, output_shape in records:
-                if a_prev.dim() < 2:
+            for a_prev, deltas, shapes in records:
+                first = _first(a_prev)
+                if first.dim() < 2:
                     raise ShapeError(
                         f"per-sample gradients: {self.layers[module] or 'the model'} saw an input of shape "
-                        f"{tuple(a_prev.shape)}; expected (N, ...) with the sample dimension first"
+                        f"{tuple(first.shape)}; expected (N, ...) with the sample dimension first (a layer "
+                        "whose output all samples share, broadcast later, has no δ of each sample's own: give "
+                        "it an input for each sample, expanded to (N, ...))"
                     )
-                batch_sizes.add(a_prev.shape[0])
-                if delta is None:
-                    delta = a_prev.new_zeros(output_shape)
-                calls.setdefault(module, []).append((a_prev, self._scaled(delta)))
+                batch_sizes.add(first.shape[0])
+                scaled = [self._scaled(first.new_zeros(shape) if d is None else d) for d, shape in zip(deltas, shapes)]
+                calls.setdefault(module, []).append((a_prev, scaled[0] if len(scaled) == 1 else tuple(scaled)))
         if len(batch_sizes) > 1:
             raise ShapeError(f"per-sample gradients: layers saw different sample counts {sorted(batch_sizes)}")
         return calls
@@ -151,7 +169,7 @@ class PerSampleGradients:
         return delta * self.scale if self.scale != 1 else delta
 
     def _layer_grads(
-        self, module: torch.nn.Module, calls: list[tuple[torch.Tensor, torch.Tensor]], out: dict[str, torch.Tensor]
+        self, module: torch.nn.Module, calls: list[tuple[Any, Any]], out: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         rule = PER_SAMPLE_RULES[type(module)]
         grads = rule.grads(module, *calls[0], out)
@@ -168,7 +186,7 @@ class PerSampleGradients:
         """
         calls = self._calls()
         if out:
-            batch = next(iter(calls.values()))[0][0].shape[0] if calls else 0
+            batch = _first(next(iter(calls.values()))[0][0]).shape[0] if calls else 0
             validate_out(self.model, out, batch)
         result = {}
         for module, layer_calls in calls.items():
@@ -192,14 +210,30 @@ class PerSampleGradients:
             if len(calls) == 1:
                 layer = PER_SAMPLE_RULES[type(module)].norms_squared(module, *calls[0])
             else:
-                delta = calls[0][1]
-                layer = delta.new_zeros(delta.shape[0])  # stays 0 where every parameter of the layer is frozen
+                first = _first(calls[0][0])
+                layer = first.new_zeros(first.shape[0])  # stays 0 where every parameter of the layer is frozen
                 for grad in self._layer_grads(module, calls, {}).values():
                     layer = layer + grad.flatten(1).square().sum(1)
             squared = layer if squared is None else squared + layer
         if squared is None:
             return torch.zeros(0)
         return squared.sqrt()
+
+
+def _first(a_prev: torch.Tensor | tuple[Any, ...]) -> torch.Tensor:
+    """A call's a_prev, or the first item of what a rule kept of it: samples first."""
+    return a_prev[0] if isinstance(a_prev, tuple) else a_prev
+
+
+def _moved(shape: torch.Size, axis: int) -> tuple[int, ...]:
+    """The shape with the sample axis first."""
+    sizes = list(shape)
+    return (sizes.pop(axis), *sizes)
+
+
+def _keep(deltas: list[torch.Tensor | None], i: int, axis: int, delta: torch.Tensor) -> None:
+    """A tensor hook: keep the δ that arrived at a recorded output, samples first."""
+    deltas[i] = delta.detach().movedim(axis, 0)
 
 
 def validate_out(model: torch.nn.Module, out: dict[str, torch.Tensor], batch: int) -> None:
@@ -247,33 +281,56 @@ def _recorded_pass(
     model = _torchbp_model(model)
     loss_fn = convert(loss_fn) if isinstance(loss_fn, torch.nn.Module) else loss_fn
     recorder = PerSampleGradients(model, scale=reduction_scale(loss_fn, inputs.shape[0], target))
-    if inputs.is_floating_point():
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        with recorder, _parameters_frozen(trainable):
-            recorder.backward(loss_fn(model(inputs.detach().requires_grad_()), target))
-        if not any(p.requires_grad for module in recorder.unrecorded for p in module.parameters(recurse=False)):
-            return recorder  # (the flags are back: requires_grad is each parameter's own again)
-    with recorder:  # a trainable layer's output does not depend on the inputs (or they are not floating point)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    inputs = inputs.detach().requires_grad_() if inputs.is_floating_point() else inputs
+    with recorder, _parameters_frozen(trainable, recorder.layers):
         recorder.backward(loss_fn(model(inputs), target))
+    if not any(p.requires_grad for module in recorder.unrecorded for p in module.parameters()):
+        return recorder  # (the flags are back: requires_grad is each parameter's own again)
+    with recorder:  # a trainable layer was called where gradients are off, say: the plain pass
+        recorder.backward(loss_fn(model(inputs.detach()), target))
     return recorder
 
 
 @contextlib.contextmanager
-def _parameters_frozen(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
-    """The parameters do not require grad inside the block (the inputs do instead, see _recorded_pass).
+def _parameters_frozen(parameters: list[torch.nn.Parameter], layers: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """The parameters do not require grad inside the block, except in a call of one of the ``layers`` whose
+    inputs do not require grad either (the first layer where the inputs are indices, a position embedding).
 
-    Every layer's δ still arrives, as each layer's output depends on the inputs, but no
-    layer's backward forms the batch's summed weight gradient, which no per-sample rule
-    reads (a convolution's is the costliest part of its backward); the backward stops at
-    the recorded outputs, so the first layer's input gradient is not formed either. (Not
-    torch.func.functional_call with detached parameters: it leaves them swapped in a model
-    that holds one layer twice.)
+    Every layer's δ still arrives, as each layer's output depends on the inputs (which require grad
+    where they are floating point, see _recorded_pass) or on such a layer's parameters, but no other
+    layer's backward forms the batch's summed weight gradient, which no per-sample rule reads (a
+    convolution's is the costliest part of its backward); the backward stops at the recorded
+    outputs, so the first layer's input gradient is not formed either. (Not torch.func.functional_call
+    with detached parameters: it leaves them swapped in a model that holds one layer twice.)
     """
+    frozen = {id(p) for p in parameters}
+
+    def own(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [p for p in module.parameters() if id(p) in frozen]
+
+    def entering(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values())):
+            for p in own(module):
+                p.requires_grad_(True)
+
+    def leaving(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        for p in own(module):
+            p.requires_grad_(False)
+
     for p in parameters:
         p.requires_grad_(False)
+    handles = []
     try:
+        for layer in layers:
+            handles += [
+                layer.register_forward_pre_hook(entering, with_kwargs=True),
+                layer.register_forward_hook(leaving),
+            ]
         yield
     finally:
+        for handle in handles:
+            handle.remove()
         for p in parameters:
             p.requires_grad_(True)
 

@@ -48,15 +48,20 @@ class Step(NamedTuple):
 
 
 class PerSampleRule(Protocol):
-    """A layer's per-sample gradients (torchbp.per_sample), from one call's input a_prev and upstream δ."""
+    """A layer's per-sample gradients (torchbp.per_sample), from one call's input a_prev and upstream δ.
 
-    def grads(
-        self, module: Any, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    What a call records is, by default, a_prev = its first input and δ = ∂J/∂(its output), both with the
+    samples first. A rule may define ``recorded(module, args, kwargs, output)`` returning (a_prev, [(z, axis),
+    ...]) instead: what to keep of the call as a_prev (a tensor, or a tuple whose first item is a tensor,
+    samples first), and the output tensors z whose δ it needs, each with its sample axis (δ is moved to put
+    it first); it then receives δ as a tuple, one per z, where it names more than one.
+    """
+
+    def grads(self, module: Any, a_prev: Any, delta: Any, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{parameter name: (N, *shape)} for the parameters that require grad, into ``out``'s tensors where given."""
         ...
 
-    def norms_squared(self, module: Any, a_prev: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def norms_squared(self, module: Any, a_prev: Any, delta: Any) -> torch.Tensor:
         """(N,): each sample's squared gradient norm summed over the layer's parameters."""
         ...
 

@@ -420,11 +420,11 @@ def vmap_grad(native: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) ->
     return lambda: vmapped(params, x, labels)
 
 
-def cnn_per_sample_against_torch_func():
-    """digits-cnn's per-sample gradients into reused buffers, against torch.func's vmap(grad)."""
+def per_sample_of_a_network_against_torch_func(network: str):
+    """A network's per-sample gradients into reused buffers, against torch.func's vmap(grad)."""
 
     def make():
-        native, _, x, labels = digits_cnn_setup()
+        native, _, x, labels = TRAINING_SETUPS[network]()
         hand = torchbp.convert(native)
         loss_fn = torchbp.nn.CrossEntropyLoss(reduction="sum")
         buffers = per_sample_grads(hand, loss_fn, x, labels)
@@ -465,11 +465,11 @@ def cnn_per_sample_floor():
     return make
 
 
-def cnn_norms_against_a_backward():
-    """digits-cnn's per-sample gradient norms against one plain training backward."""
+def norms_of_a_network_against_a_backward(network: str):
+    """A network's per-sample gradient norms against one plain training backward."""
 
     def make():
-        native, _, x, labels = digits_cnn_setup()
+        native, _, x, labels = TRAINING_SETUPS[network]()
         hand = torchbp.convert(native)
         hand_loss = torchbp.nn.CrossEntropyLoss()
 
@@ -606,7 +606,7 @@ CASES = [
         "per-sample grads into reused buffers, digits-cnn, batch 64",
         "torchbp.per_sample_grads(out=)",
         "torch.func vmap(grad)",
-        cnn_per_sample_against_torch_func(),
+        per_sample_of_a_network_against_torch_func("digits-cnn"),
         0.5,
     ),
     Case(
@@ -620,7 +620,21 @@ CASES = [
         "per-sample norms, digits-cnn, batch 64",
         "torchbp.per_sample_grad_norms",
         "a plain backward",
-        cnn_norms_against_a_backward(),
+        norms_of_a_network_against_a_backward("digits-cnn"),
+        2.0,
+    ),
+    Case(
+        "per-sample grads into reused buffers, gpt's network, batch 32",
+        "torchbp.per_sample_grads(out=)",
+        "torch.func vmap(grad)",
+        per_sample_of_a_network_against_torch_func("gpt"),
+        1.0,
+    ),
+    Case(
+        "per-sample norms, gpt's network, batch 32",
+        "torchbp.per_sample_grad_norms",
+        "a plain backward",
+        norms_of_a_network_against_a_backward("gpt"),
         2.0,
     ),
     # Per-sample gradients and norms of CNNs against the peers (experiments/bench/peers.py): at or below each.

@@ -40,8 +40,8 @@ def torchbp_way(x, y, model) -> dict[str, np.ndarray]:
     with torchbp.PerSampleGradients(hand) as recorder:
         J = loss_fn(hand(x), y)
         J.backward()
-    ((_, delta1, _),) = recorder.records[hand[0]]
-    ((a1, delta2, _),) = recorder.records[hand[2]]
+    ((_, delta1),) = recorder.recorded(hand[0])
+    ((a1, delta2),) = recorder.recorded(hand[2])
     with torch.no_grad():
         z1 = hand[0](x)
         z2 = hand[2](a1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,12 @@ import torch.nn.functional as F
 from torchbp.hand_derived import HandDerivedModule
 from torchbp.layers.attention import ScaledDotProductAttentionFunction, scaled_dot_product_attention
 from torchbp.layers.dropout import times_factor
-from torchbp.layers.linear import linear
+from torchbp.layers.linear import (
+    linear,
+    per_sample_bias_grads,
+    per_sample_weight_grad_norms_squared,
+    per_sample_weight_grads,
+)
 from torchbp.table import Layer, register
 from torchbp.validation import ShapeError, shape_text
 
@@ -41,6 +47,56 @@ def merged_mask(
         return attn
     padding = padding.view(n, 1, 1, padding.shape[-1])
     return padding if attn is None else attn + padding
+
+
+def in_projections(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    in_proj_weight: torch.Tensor | None,
+    in_proj_bias: torch.Tensor | None,
+    use_separate_proj_weight: bool,
+    q_proj_weight: torch.Tensor | None,
+    k_proj_weight: torch.Tensor | None,
+    v_proj_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v, each (L or S, N, E): the packed weight's
+    three blocks of rows (one product where query, key and value are one tensor), or the separate weights."""
+    if use_separate_proj_weight:
+        b_q, b_k, b_v = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
+        return linear(query, q_proj_weight, b_q), linear(key, k_proj_weight, b_k), linear(value, v_proj_weight, b_v)  # type: ignore[arg-type]
+    if query is key and key is value:  # self-attention: one product with the packed weight
+        q, k, v = linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)  # type: ignore[arg-type]
+        return q, k, v
+    w_q, w_k, w_v = in_proj_weight.chunk(3)  # type: ignore[union-attr]
+    b_q, b_k, b_v = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
+    return linear(query, w_q, b_q), linear(key, w_k, b_k), linear(value, w_v, b_v)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    mask: torch.Tensor | None,
+    dropout_p: float,
+    need_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The heads' attention: Q, K, V (L or S, N, E) split into H heads of E/H columns each, attended, and put
+    side by side again: (L, N, E), and with ``need_weights`` each head's weights P dropped, (N, H, L, S)."""
+    length, n, embed_dim = q.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, H, L, E/H)
+        return t.reshape(t.shape[0], n, num_heads, embed_dim // num_heads).permute(1, 2, 0, 3)
+
+    if need_weights:  # the weights are P dropped, as native's
+        output, p, factor = ScaledDotProductAttentionFunction.apply(
+            heads(q), heads(k), heads(v), mask, dropout_p, False, None, False
+        )
+        weights = times_factor(p, factor, dropout_p)
+    else:
+        output, weights = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask, dropout_p), None
+    return output.permute(2, 0, 1, 3).reshape(length, n, embed_dim), weights
 
 
 def multi_head_attention_forward(
@@ -90,36 +146,21 @@ def multi_head_attention_forward(
     if not batched:  # (L, E): one sequence
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-    length, n, embed_dim = query.shape
+    _, n, embed_dim = query.shape
     if embed_dim != embed_dim_to_check or embed_dim % num_heads:
         raise ShapeError(
             f"multi_head_attention_forward: expected query (L, N, {embed_dim_to_check}) with an embedding that "
             f"{num_heads} heads divide, got {shape_text(query)}"
         )
-    if use_separate_proj_weight:
-        b_q, b_k, b_v = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
-        q, k, v = linear(query, q_proj_weight, b_q), linear(key, k_proj_weight, b_k), linear(value, v_proj_weight, b_v)  # type: ignore[arg-type]
-    elif query is key and key is value:  # self-attention: one product with the packed weight
-        q, k, v = linear(query, in_proj_weight, in_proj_bias).chunk(3, dim=-1)  # type: ignore[arg-type]
-    else:
-        w_q, w_k, w_v = in_proj_weight.chunk(3)  # type: ignore[union-attr]
-        b_q, b_k, b_v = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
-        q, k, v = linear(query, w_q, b_q), linear(key, w_k, b_k), linear(value, w_v, b_v)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, H, L, E/H)
-        return t.reshape(t.shape[0], n, num_heads, embed_dim // num_heads).permute(1, 2, 0, 3)
-
+    q, k, v = in_projections(
+        query, key, value, in_proj_weight, in_proj_bias, use_separate_proj_weight,
+        q_proj_weight, k_proj_weight, v_proj_weight,
+    )  # fmt: skip
     mask = merged_mask(attn_mask, key_padding_mask, n, num_heads, query.dtype)
-    dropout_p = dropout_p if training else 0.0
-    if need_weights:  # the weights are P dropped, as native's
-        output, p, factor = ScaledDotProductAttentionFunction.apply(
-            heads(q), heads(k), heads(v), mask, dropout_p, False, None, False
-        )
-        p = times_factor(p, factor, dropout_p)
-    else:
-        output, p = scaled_dot_product_attention(heads(q), heads(k), heads(v), mask, dropout_p), None
-    output = linear(output.permute(2, 0, 1, 3).reshape(length, n, embed_dim), out_proj_weight, out_proj_bias)
-    weights = None if p is None else (p.mean(1) if average_attn_weights else p)
+    output, weights = attend(q, k, v, num_heads, mask, dropout_p if training else 0.0, need_weights)
+    output = linear(output, out_proj_weight, out_proj_bias)
+    if weights is not None and average_attn_weights:
+        weights = weights.mean(1)
     if not batched:
         output, weights = output.squeeze(1), None if weights is None else weights.squeeze(0)
     return output, weights
@@ -171,6 +212,147 @@ class MultiheadAttention(HandDerivedModule, torch.nn.MultiheadAttention):
         return output, weights
 
 
+class MultiheadAttentionCall(NamedTuple):
+    """What a per-sample pass keeps of one call: the inputs with the samples first, (N, L or S, E), detached
+    (one tensor where query, key and value were one), the one additive mask, and what the call returned."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None
+    average_attn_weights: bool
+
+
+FORWARD = inspect.signature(MultiheadAttention.forward)
+
+
+class MultiheadAttentionPerSample:
+    """A multi-head attention's per-sample rule (torchbp.per_sample): the Linear rule on each of its products.
+
+    Each product y = a Wᵀ + b (the in-projections of query, key and value; the out-projection of the heads'
+    outputs O) contributes δ_y,n a_nᵀ to sample n's weight gradient and δ_y,n to its bias's, summed over the
+    positions. The δ at the output arrives from the recorded pass; O and the δ at Q, K and V, which the
+    pass does not keep, come from running the layer's own forward and backward again on the recorded
+    inputs, all samples at once (attention does not mix samples). In training mode with ``dropout`` the
+    replay would draw another mask: refused (eval mode or dropout=0 work). The attention weights returned
+    with ``need_weights``, where the loss reads them, send their δ through the replay too.
+    """
+
+    def recorded(
+        self, module: MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> tuple[MultiheadAttentionCall, list[tuple[torch.Tensor, int]]]:
+        call = FORWARD.bind(module, *args, **kwargs)
+        call.apply_defaults()
+        given = call.arguments
+        query, key, value = given["query"], given["key"], given["value"]
+        if query.dim() != 3:
+            raise ShapeError(
+                f"per-sample gradients: MultiheadAttention needs batched input, (N, L, E) with batch_first or "
+                f"(L, N, E) without; got query {shape_text(query)}"
+            )
+        if module.training and module.dropout > 0:
+            raise NotImplementedError(
+                f"per-sample gradients: this MultiheadAttention drops attention weights in training "
+                f"(dropout={module.dropout}), and its per-sample rule replays the attention, which would draw "
+                "another mask; call eval() on the model, or use dropout=0"
+            )
+
+        def samples_first(t: torch.Tensor) -> torch.Tensor:
+            return t.detach() if module.batch_first else t.detach().transpose(0, 1)
+
+        q = samples_first(query)
+        k = q if key is query else samples_first(key)
+        v = k if value is key else samples_first(value)
+        mask = merged_mask(given["attn_mask"], given["key_padding_mask"], q.shape[0], module.num_heads, q.dtype)
+        kept = MultiheadAttentionCall(q, k, v, None if mask is None else mask.detach(), given["average_attn_weights"])
+        outputs = [(output[0], 0 if module.batch_first else 1)]
+        if output[1] is not None:
+            outputs.append((output[1], 0))
+        return kept, outputs
+
+    def products(
+        self, module: MultiheadAttention, call: MultiheadAttentionCall, delta: Any
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each product's (δ_y, a), samples first: "q", "k", "v" (the in-projections), "out" (the out-projection)."""
+        delta_out, delta_weights = delta if isinstance(delta, tuple) else (delta, None)
+
+        def sequence_first(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(0, 1)
+
+        query = sequence_first(call.query)
+        key = query if call.key is call.query else sequence_first(call.key)
+        value = key if call.value is call.key else sequence_first(call.value)
+        with torch.enable_grad():
+            projected = in_projections(
+                query, key, value, module.in_proj_weight, module.in_proj_bias,
+                not module._qkv_same_embed_dim, module.q_proj_weight, module.k_proj_weight, module.v_proj_weight,
+            )  # fmt: skip
+            q, k, v = (t.detach().requires_grad_() for t in projected)
+            heads_output, weights = attend(q, k, v, module.num_heads, call.mask, 0.0, delta_weights is not None)
+            outputs = [linear(heads_output, module.out_proj.weight.detach())]
+            deltas = [sequence_first(delta_out)]
+            if weights is not None:
+                outputs.append(weights.mean(1) if call.average_attn_weights else weights)
+                deltas.append(delta_weights)
+            delta_q, delta_k, delta_v = torch.autograd.grad(outputs, (q, k, v), deltas)
+        return {
+            "q": (sequence_first(delta_q), call.query),
+            "k": (sequence_first(delta_k), call.key),
+            "v": (sequence_first(delta_v), call.value),
+            "out": (delta_out, sequence_first(heads_output.detach())),
+        }
+
+    def grads(
+        self, module: MultiheadAttention, a_prev: MultiheadAttentionCall, delta: Any, out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        products = self.products(module, a_prev, delta)
+        grads = {}
+        for name, weight, parts in self._weights(module):
+            if weight.requires_grad:
+                each = [per_sample_weight_grads(*products[part]) for part in parts]
+                grads[name] = torch.cat(each, dim=1, out=out.get(name)) if len(each) > 1 else each[0]
+        for name, bias, parts in self._biases(module):
+            if bias is not None and bias.requires_grad:
+                grads[name] = torch.cat(
+                    [per_sample_bias_grads(products[part][0]) for part in parts], 1, out=out.get(name)
+                )
+        return grads
+
+    def norms_squared(self, module: MultiheadAttention, a_prev: MultiheadAttentionCall, delta: Any) -> torch.Tensor:
+        products = self.products(module, a_prev, delta)
+        total = torch.zeros(a_prev.query.shape[0], dtype=a_prev.query.dtype, device=a_prev.query.device)
+        for _, weight, parts in self._weights(module):
+            if weight.requires_grad:
+                for part in parts:  # the packed weight's blocks of rows add up
+                    total = total + per_sample_weight_grad_norms_squared(*products[part])
+        for _, bias, parts in self._biases(module):
+            if bias is not None and bias.requires_grad:
+                for part in parts:
+                    total = total + per_sample_bias_grads(products[part][0]).square().sum(1)
+        return total
+
+    @staticmethod
+    def _weights(module: MultiheadAttention) -> list[tuple[str, torch.Tensor, tuple[str, ...]]]:
+        """Each weight's name, tensor and the products it serves (a packed weight's blocks of rows, in order)."""
+        projections: list[tuple[str, torch.Tensor, tuple[str, ...]]]
+        if module._qkv_same_embed_dim:
+            projections = [("in_proj_weight", module.in_proj_weight, ("q", "k", "v"))]
+        else:
+            projections = [
+                ("q_proj_weight", module.q_proj_weight, ("q",)),
+                ("k_proj_weight", module.k_proj_weight, ("k",)),
+                ("v_proj_weight", module.v_proj_weight, ("v",)),
+            ]
+        return [*projections, ("out_proj.weight", module.out_proj.weight, ("out",))]
+
+    @staticmethod
+    def _biases(module: MultiheadAttention) -> list[tuple[str, torch.Tensor | None, tuple[str, ...]]]:
+        return [
+            ("in_proj_bias", module.in_proj_bias, ("q", "k", "v")),
+            ("out_proj.bias", module.out_proj.bias, ("out",)),
+        ]
+
+
 def supported(module: torch.nn.MultiheadAttention) -> bool:
     return module.bias_k is None and not module.add_zero_attn
 
@@ -181,6 +363,7 @@ register(
         MultiheadAttention,
         ScaledDotProductAttentionFunction,
         multi_head_attention_forward,
+        per_sample=MultiheadAttentionPerSample(),
         runs=supported,
     )
 )
