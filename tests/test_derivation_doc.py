@@ -5,15 +5,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import torchbp.layers.attention
 import torchbp.layers.conv2d
 import torchbp.layers.cross_entropy
+import torchbp.layers.embedding
+import torchbp.layers.gelu
 import torchbp.layers.layer_norm
 import torchbp.layers.sigmoid
 import torchbp.layers.softmax
 from experiments.__main__ import main
 from experiments.derivation import explain
 from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm
+from experiments.derivation.chapters import attention as attention_chapter
+from experiments.derivation.chapters import embedding as embedding_chapter
+from experiments.derivation.chapters import gelu as gelu_chapter
 from experiments.derivation.chapters import softmax as softmax_chapter
 from experiments.derivation.explain import BLOCK, render, three_ways
 
@@ -45,6 +52,9 @@ CHAPTER_BLOCKS = {
     "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
     "conv2d": {"conv2d-forward", "conv2d-backward", "conv2d-three-ways"},
     "softmax": {"softmax-example", "softmax-three-ways"},
+    "attention": {"attention-forward", "attention-backward", "attention-three-ways"},
+    "gelu": {"gelu-example", "gelu-three-ways"},
+    "embedding": {"embedding-example", "embedding-three-ways"},
 }
 
 
@@ -117,6 +127,12 @@ def _without_the_term_through_sigma(original):
     return backward
 
 
+def tanh_gelu_term_of_2_kappa(z):
+    """½ z (1 − tanh² u) √(2/π) · 2κ z²: what du/dz loses when d(κ z³)/dz is taken as κ z²."""
+    tanh_u = torch.tanh((2 / torch.pi) ** 0.5 * (z + 0.044715 * z**3))
+    return 0.5 * z * (1 - tanh_u**2) * (2 / torch.pi) ** 0.5 * 2 * 0.044715 * z**2
+
+
 # the chapter, where the formula lives, its name there, and the wrong formula made from the right one
 PLANTED = {
     "σ' 0.1 % too large": (
@@ -136,6 +152,42 @@ PLANTED = {
         torchbp.layers.softmax,
         "softmax_backward",
         lambda original: lambda g, y, dim: g * y,
+    ),
+    "attention's dS without the softmax's Σ: ∂J/∂S = P ⊙ ∂J/∂P": (
+        attention_chapter.three_ways,
+        torchbp.layers.attention,
+        "softmax_backward",
+        lambda original: lambda g, y, dim: g * y,
+    ),
+    "attention's ∂J/∂Q without its scale s": (
+        attention_chapter.three_ways,
+        torchbp.layers.attention.ScaledDotProductAttentionFunction,
+        "backward",
+        lambda original: staticmethod(
+            lambda ctx, *grads: (lambda q, *rest: (q / ctx.scale, *rest))(*original(ctx, *grads))
+        ),
+    ),
+    "GELU's z φ(z) left out: a'(z) = Φ(z)": (
+        gelu_chapter.three_ways,
+        torchbp.layers.gelu.GELUFunction,
+        "derivative",
+        lambda original: staticmethod(lambda z: 0.5 * (1 + torch.erf(z / 2**0.5))),
+    ),
+    "tanh GELU's du/dz without the chain rule on z³: √(2/π) (1 + κ z²)": (
+        gelu_chapter.three_ways,
+        torchbp.layers.gelu.GELUTanhFunction,
+        "derivative",
+        lambda original: staticmethod(lambda z: original(z) - tanh_gelu_term_of_2_kappa(z)),
+    ),
+    "an embedding that overwrites a repeated row instead of adding": (
+        embedding_chapter.three_ways,
+        torchbp.layers.embedding,
+        "embedding_backward",
+        lambda original: (
+            lambda g, indices, num_weights, padding_idx, scale: torch.zeros(
+                num_weights, g.shape[-1], dtype=g.dtype
+            ).index_put_((indices.reshape(-1),), g.reshape(-1, g.shape[-1]) * (indices.reshape(-1, 1) != padding_idx))
+        ),
     ),
     "the mean's 1/N left out": (
         cross_entropy.three_ways,

@@ -74,6 +74,4 @@ CODE = [
     ("y = softmax(z)", "torchbp/layers/softmax.py", "return torch.softmax(input, dim)"),
     ("∂J/∂z = y ⊙ (g − Σ g ⊙ y)", "torchbp/layers/softmax.py", "centred = g - (g * y).sum(dim, keepdim=True)"),
     ("log-softmax: ∂J/∂z = g − softmax(z) Σ g", "torchbp/layers/log_softmax.py", "total = g.sum(dim, keepdim=True)"),
-    ("attention: ∂J/∂S, the same product on each query's weights", "torchbp/layers/attention.py",
-     "grad_scores = softmax_backward(grad_p, p, -1)"),
 ]  # fmt: skip
