@@ -52,6 +52,12 @@ CASES = {
     "both masks": (dict(batch_first=True), dict(attn_mask=causal(), key_padding_mask=padding())),
     "weights returned": (dict(), dict(weights=True)),
     "weights per head": (dict(), dict(weights=True, average_attn_weights=False)),
+    "add_bias_kv, both masks": (dict(add_bias_kv=True), dict(attn_mask=causal(), key_padding_mask=padding())),
+    "add_zero_attn, weights": (dict(add_zero_attn=True, batch_first=True), dict(weights=True)),
+    "add_bias_kv and add_zero_attn, cross-attention": (
+        dict(add_bias_kv=True, add_zero_attn=True),
+        dict(self_attention=False),
+    ),
 }
 
 
@@ -119,18 +125,14 @@ def test_convert_runs_a_transformer_hand_derived_end_to_end(name):
     assert report.layers.endswith("native: none") and "MultiheadAttention" in report.layers, report.layers
 
 
-REFUSED = {
-    "add_bias_kv": dict(add_bias_kv=True),
-    "add_zero_attn": dict(add_zero_attn=True),
-}
-
-
-@pytest.mark.parametrize("case", REFUSED)
-def test_what_is_not_hand_derived_is_refused_at_construction_and_left_native_by_convert(case):
-    with pytest.raises(NotImplementedError, match=case):
-        torchbp.nn.MultiheadAttention(E, 2, **REFUSED[case])
-    native = torch.nn.MultiheadAttention(E, 2, **REFUSED[case])
-    assert type(torchbp.convert(native)) is torch.nn.MultiheadAttention
+def test_static_keys_are_refused_by_the_functional_form():
+    x = torch.randn(L, N, E, dtype=f64)
+    native = torch.nn.MultiheadAttention(E, 2).double()
+    with pytest.raises(NotImplementedError, match="static_k and static_v"):
+        torchbp.functional.multi_head_attention_forward(
+            x, x, x, E, 2, native.in_proj_weight, native.in_proj_bias, None, None, False, 0.0,
+            native.out_proj.weight, native.out_proj.bias, static_k=torch.randn(N * 2, L, E // 2, dtype=f64),
+        )  # fmt: skip
 
 
 def test_the_module_keeps_natives_parameters_and_state_dict():
@@ -216,6 +218,8 @@ PER_SAMPLE_CASES = {
     "key padding": (dict(batch_first=True), dict(padded=True)),
     "weights read by the loss": (dict(batch_first=True), dict(weights=True)),
     "weights per head read by the loss": (dict(), dict(weights=True, average_attn_weights=False, padded=True)),
+    "add_bias_kv and add_zero_attn": (dict(add_bias_kv=True, add_zero_attn=True), dict(padded=True)),
+    "add_bias_kv, causal, weights": (dict(add_bias_kv=True, batch_first=True), dict(attn_mask=causal(), weights=True)),
 }
 
 

@@ -18,14 +18,16 @@ from torchbp.validation import ArgumentError, ShapeError, shape_text, validate_f
 def validate_attention(
     query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float, is_causal: bool, enable_gqa: bool
 ) -> None:
-    """Q (…, L, E), K (…, S, E), V (…, S, Ev) of one floating dtype and device, with one batch (K and V may
-    have fewer heads, dimension −3, under ``enable_gqa``); a mask broadcastable to (…, L, S)."""
+    """Q (…, L, E), K (…, S, E), V (…, S, Ev) of one floating dtype and device, with one batch or batches that
+    broadcast (K and V may have fewer heads, dimension −3, under ``enable_gqa``); a mask broadcastable to
+    (…, L, S)."""
     validate_floating_and_matching("scaled_dot_product_attention", query=query, key=key, value=value)
     validate_probability(dropout_p)
-    if query.dim() < 2 or key.dim() != query.dim() or value.dim() != query.dim():
+    if query.dim() < 2 or key.dim() < 2 or value.dim() != key.dim():
         raise ShapeError(
-            f"scaled_dot_product_attention: expected query (…, L, E), key (…, S, E) and value (…, S, Ev) with the "
-            f"same number of dimensions, got {shape_text(query)}, {shape_text(key)} and {shape_text(value)}"
+            f"scaled_dot_product_attention: expected query (…, L, E), key (…, S, E) and value (…, S, Ev), key and "
+            f"value with the same number of dimensions, got {shape_text(query)}, {shape_text(key)} and "
+            f"{shape_text(value)}"
         )
     if key.shape[-1] != query.shape[-1] or value.shape[-2] != key.shape[-2] or key.shape[:-2] != value.shape[:-2]:
         raise ShapeError(
@@ -33,12 +35,15 @@ def validate_attention(
             f"key's S, got query {shape_text(query)}, key {shape_text(key)}, value {shape_text(value)}"
         )
     heads, kv_heads = heads_of(query), heads_of(key)
-    same_batch = query.shape[:-3] == key.shape[:-3] and (heads == kv_heads or (enable_gqa and heads % kv_heads == 0))
-    if not same_batch:
+    if enable_gqa and heads != kv_heads:
+        one_batch = query.shape[:-3] == key.shape[:-3] and heads % kv_heads == 0
+    else:
+        one_batch = broadcastable(query.shape[:-2], key.shape[:-2])
+    if not one_batch:
         raise ShapeError(
-            f"scaled_dot_product_attention: expected query, key and value of one batch (key and value may have "
-            f"a divisor of query's heads with enable_gqa=True), got query {shape_text(query)} and key "
-            f"{shape_text(key)}"
+            f"scaled_dot_product_attention: expected query, key and value of one batch, or batches that "
+            f"broadcast (key and value may have a divisor of query's heads with enable_gqa=True), got query "
+            f"{shape_text(query)} and key {shape_text(key)}"
         )
     if attn_mask is not None:
         if is_causal:
@@ -55,6 +60,14 @@ def validate_attention(
             validate_floating_and_matching("scaled_dot_product_attention", query=query, attn_mask=attn_mask)
 
 
+def broadcastable(*shapes: torch.Size) -> bool:
+    try:
+        torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        return False
+    return True
+
+
 def heads_of(t: torch.Tensor) -> int:
     """Q's, K's or V's number of heads, its dimension −3; 1 for one sequence, (L, E)."""
     return t.shape[-3] if t.dim() >= 3 else 1
@@ -66,8 +79,11 @@ def scale_of(query: torch.Tensor, scale: float | None) -> float:
 
 
 def grouped(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """K or V with each of its heads repeated for the query heads it serves (enable_gqa), as a copy."""
-    return t if t.dim() < 3 or t.shape[-3] == heads else t.repeat_interleave(heads // t.shape[-3], dim=-3)
+    """K or V with each of its heads repeated for the query heads it serves (enable_gqa), as a copy; as it is
+    where it has as many heads, or more (Q's batch broadcast against it)."""
+    if t.dim() < 3 or t.shape[-3] >= heads:
+        return t
+    return t.repeat_interleave(heads // t.shape[-3], dim=-3)
 
 
 def summed_over_groups(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -75,6 +91,11 @@ def summed_over_groups(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
     if grad.dim() < 3 or grad.shape[-3] == kv_heads:
         return grad
     return grad.reshape(*grad.shape[:-3], kv_heads, grad.shape[-3] // kv_heads, *grad.shape[-2:]).sum(-3)
+
+
+def own_shape(grad: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor | None:
+    """Q's, K's or V's gradient summed back over the batch dimensions along which it was broadcast."""
+    return grad if grad is None or grad.shape == t.shape else grad.sum_to_size(t.shape)
 
 
 def reduced_to(grad: torch.Tensor, broadcast: tuple[bool, ...]) -> torch.Tensor:
@@ -165,6 +186,7 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         k, v = grouped(key, heads), grouped(value, heads)
         dropped = p if factor is None else times_factor(p, factor, ctx.dropout_p)  # P_d (P without dropout)
         grad_v = summed_over_groups(dropped.transpose(-2, -1) @ g, kv_heads) if need_v and g is not None else None
+        grad_v = own_shape(grad_v, value)
         grad_p = None if g is None else g @ v.transpose(-2, -1)  # ∂J/∂P_d = G Vᵀ
         if grad_p is not None and factor is not None:
             grad_p = times_factor(grad_p, factor, ctx.dropout_p)  # ∂J/∂P = ∂J/∂P_d ⊙ m / (1 − p)
@@ -176,7 +198,7 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         grad_q = grad_scores @ k * ctx.scale if need_q else None
         grad_k = summed_over_groups(grad_scores.transpose(-2, -1) @ query * ctx.scale, kv_heads) if need_k else None
         grad_mask = reduced_to(grad_scores, ctx.mask_broadcast) if need_mask and ctx.mask_broadcast else None
-        return grad_q, grad_k, grad_v, grad_mask, None, None, None, None
+        return own_shape(grad_q, query), own_shape(grad_k, key), grad_v, grad_mask, None, None, None, None
 
 
 def scaled_dot_product_attention(

@@ -21,19 +21,42 @@ from torchbp.table import Layer, register
 from torchbp.validation import ShapeError, shape_text
 
 
-def refuse_unsupported(bias_k: Any, add_zero_attn: bool) -> None:
-    if bias_k is not None or add_zero_attn:
-        raise NotImplementedError(
-            "torchbp multi-head attention: add_bias_kv and add_zero_attn are not hand-derived here; "
-            "torchbp.convert leaves such a MultiheadAttention native"
+def extra_keys(
+    k: torch.Tensor, v: torch.Tensor, bias_k: torch.Tensor | None, bias_v: torch.Tensor | None, add_zero_attn: bool
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """K and V (S, N, E) with native's extra keys after the projected ones: the learned row bias_k (and bias_v),
+    (1, 1, E), for every sequence (``add_bias_kv``), then a row of zeros (``add_zero_attn``); and how many
+    were added. A mask gets as many columns that mask nothing (see :func:`merged_mask`). The rows are
+    copies of the inputs, so their gradients are sums of the copies' (bias_k's: over the sequences)."""
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError("multi_head_attention_forward: bias_k and bias_v are given together or not at all")
+    added = 0
+    if bias_k is not None and bias_v is not None:
+        k, v, added = (
+            torch.cat([k, bias_k.expand(1, k.shape[1], -1)]),
+            torch.cat([v, bias_v.expand(1, v.shape[1], -1)]),
+            1,
         )
+    if add_zero_attn:
+        k, v, added = (
+            torch.cat([k, k.new_zeros(1, *k.shape[1:])]),
+            torch.cat([v, v.new_zeros(1, *v.shape[1:])]),
+            added + 1,
+        )
+    return k, v, added
 
 
 def merged_mask(
-    attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, n: int, heads: int, dtype: torch.dtype
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    n: int,
+    heads: int,
+    dtype: torch.dtype,
+    added: int = 0,
 ) -> torch.Tensor | None:
     """One additive mask for scaled_dot_product_attention, (L, S) or (N, H, L, S): native's convention, a True
-    entry (or −∞) masks a key out. attn_mask is (L, S) or (N·H, L, S); key_padding_mask (N, S)."""
+    entry (or −∞) masks a key out. attn_mask is (L, S) or (N·H, L, S); key_padding_mask (N, S); each gets
+    ``added`` columns of zeros for the extra keys (see :func:`extra_keys`)."""
     attn = F._canonical_mask(
         mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="", target_type=dtype, check_other=False
     )
@@ -41,6 +64,9 @@ def merged_mask(
     padding = F._canonical_mask(
         mask=key_padding_mask, mask_name="key_padding_mask", other_type=other, other_name="attn_mask", target_type=dtype
     )
+    if added:
+        attn = None if attn is None else F.pad(attn, (0, added))
+        padding = None if padding is None else F.pad(padding, (0, added))
     if attn is not None and attn.dim() == 3:
         attn = attn.view(n, heads, *attn.shape[-2:])
     if padding is None:
@@ -133,11 +159,11 @@ def multi_head_attention_forward(
     Q = query W_qᵀ + b_q, K and V likewise; each of the H heads attends over its E/H columns; the heads'
     outputs side by side go through the out-projection. The attention weights returned with
     ``need_weights`` are the attention's own P (averaged over the heads with ``average_attn_weights``).
-    ``dropout_p`` drops the attention's weights in training, drawing as native does. ``bias_k``/``bias_v``,
-    ``add_zero_attn`` and ``static_k``/``static_v`` are refused (NotImplementedError); ``is_causal`` needs
+    ``dropout_p`` drops the attention's weights in training, drawing as native does. ``bias_k``/``bias_v``
+    and ``add_zero_attn`` append native's extra keys (:func:`extra_keys`); ``static_k``/``static_v`` are
+    refused (NotImplementedError); ``is_causal`` needs
     ``attn_mask``, the causal mask itself, as natively.
     """
-    refuse_unsupported(bias_k, add_zero_attn)
     if static_k is not None or static_v is not None:
         raise NotImplementedError("torchbp multi-head attention: static_k and static_v are not hand-derived here")
     if is_causal and attn_mask is None:
@@ -156,7 +182,8 @@ def multi_head_attention_forward(
         query, key, value, in_proj_weight, in_proj_bias, use_separate_proj_weight,
         q_proj_weight, k_proj_weight, v_proj_weight,
     )  # fmt: skip
-    mask = merged_mask(attn_mask, key_padding_mask, n, num_heads, query.dtype)
+    k, v, added = extra_keys(k, v, bias_k, bias_v, add_zero_attn)
+    mask = merged_mask(attn_mask, key_padding_mask, n, num_heads, query.dtype, added)
     output, weights = attend(q, k, v, num_heads, mask, dropout_p if training else 0.0, need_weights)
     output = linear(output, out_proj_weight, out_proj_bias)
     if weights is not None and average_attn_weights:
@@ -175,13 +202,9 @@ class MultiheadAttention(HandDerivedModule, torch.nn.MultiheadAttention):
         embed_dim, num_heads, bias, kdim, vdim, batch_first, device, dtype: as torch.nn.MultiheadAttention's
             (the same parameters, initialization and state_dict keys).
         dropout: as native's: the attention's weights dropped in training, drawn as native draws them.
-        add_bias_kv, add_zero_attn: refused here, at construction (NotImplementedError), unless False;
-            ``torchbp.convert`` leaves such a MultiheadAttention native.
+        add_bias_kv, add_zero_attn: as native's: a learned key and value row, and a row of zeros, after each
+            sequence's keys and values (:func:`extra_keys`).
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        refuse_unsupported(self.bias_k, self.add_zero_attn)
 
     def forward(  # the native signature, its defaults included
         self,
@@ -263,7 +286,8 @@ class MultiheadAttentionPerSample:
         q = samples_first(query)
         k = q if key is query else samples_first(key)
         v = k if value is key else samples_first(value)
-        mask = merged_mask(given["attn_mask"], given["key_padding_mask"], q.shape[0], module.num_heads, q.dtype)
+        added = (module.bias_k is not None) + module.add_zero_attn
+        mask = merged_mask(given["attn_mask"], given["key_padding_mask"], q.shape[0], module.num_heads, q.dtype, added)
         kept = MultiheadAttentionCall(q, k, v, None if mask is None else mask.detach(), given["average_attn_weights"])
         outputs = [(output[0], 0 if module.batch_first else 1)]
         if output[1] is not None:
@@ -287,7 +311,9 @@ class MultiheadAttentionPerSample:
                 query, key, value, module.in_proj_weight, module.in_proj_bias,
                 not module._qkv_same_embed_dim, module.q_proj_weight, module.k_proj_weight, module.v_proj_weight,
             )  # fmt: skip
-            q, k, v = (t.detach().requires_grad_() for t in projected)
+            q = projected[0].detach().requires_grad_()
+            k, v, _ = extra_keys(projected[1], projected[2], module.bias_k, module.bias_v, module.add_zero_attn)
+            k, v = k.detach().requires_grad_(), v.detach().requires_grad_()
             heads_output, weights = attend(q, k, v, module.num_heads, call.mask, 0.0, delta_weights is not None)
             outputs = [linear(heads_output, module.out_proj.weight.detach())]
             deltas = [sequence_first(delta_out)]
@@ -295,12 +321,16 @@ class MultiheadAttentionPerSample:
                 outputs.append(weights.mean(1) if call.average_attn_weights else weights)
                 deltas.append(delta_weights)
             delta_q, delta_k, delta_v = torch.autograd.grad(outputs, (q, k, v), deltas)
-        return {
+        keys = call.key.shape[1]  # the projected keys; the extra ones follow (bias_k's row first)
+        products = {
             "q": (sequence_first(delta_q), call.query),
-            "k": (sequence_first(delta_k), call.key),
-            "v": (sequence_first(delta_v), call.value),
+            "k": (sequence_first(delta_k[:keys]), call.key),
+            "v": (sequence_first(delta_v[:keys]), call.value),
             "out": (delta_out, sequence_first(heads_output.detach())),
         }
+        if module.bias_k is not None:  # (N, E): the δ at each sequence's copy of the learned row
+            products |= {"bias_k": (delta_k[keys], call.key), "bias_v": (delta_v[keys], call.value)}
+        return products
 
     def grads(
         self, module: MultiheadAttention, a_prev: MultiheadAttentionCall, delta: Any, out: dict[str, torch.Tensor]
@@ -316,6 +346,8 @@ class MultiheadAttentionPerSample:
                 grads[name] = torch.cat(
                     [per_sample_bias_grads(products[part][0]) for part in parts], 1, out=out.get(name)
                 )
+        for name in self._extra_rows(module):
+            grads[name] = self._row_grads(products[name][0], out.get(name))
         return grads
 
     def norms_squared(self, module: MultiheadAttention, a_prev: MultiheadAttentionCall, delta: Any) -> torch.Tensor:
@@ -329,7 +361,24 @@ class MultiheadAttentionPerSample:
             if bias is not None and bias.requires_grad:
                 for part in parts:
                     total = total + per_sample_bias_grads(products[part][0]).square().sum(1)
+        for name in self._extra_rows(module):
+            total = total + products[name][0].square().sum(1)
         return total
+
+    @staticmethod
+    def _extra_rows(module: MultiheadAttention) -> list[str]:
+        """bias_k and bias_v, where the layer has them and they require grad."""
+        return [
+            name
+            for name in ("bias_k", "bias_v")
+            if getattr(module, name) is not None and getattr(module, name).requires_grad
+        ]
+
+    @staticmethod
+    def _row_grads(delta_row: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """A learned key or value row's per-sample gradient: the δ at the sample's copy of it, (N, 1, 1, E)."""
+        shaped = delta_row.reshape(delta_row.shape[0], 1, 1, delta_row.shape[-1])
+        return shaped if out is None else out.copy_(shaped)
 
     @staticmethod
     def _weights(module: MultiheadAttention) -> list[tuple[str, torch.Tensor, tuple[str, ...]]]:
@@ -353,10 +402,6 @@ class MultiheadAttentionPerSample:
         ]
 
 
-def supported(module: torch.nn.MultiheadAttention) -> bool:
-    return module.bias_k is None and not module.add_zero_attn
-
-
 register(
     Layer(
         torch.nn.MultiheadAttention,
@@ -364,6 +409,5 @@ register(
         ScaledDotProductAttentionFunction,
         multi_head_attention_forward,
         per_sample=MultiheadAttentionPerSample(),
-        runs=supported,
     )
 )
