@@ -67,7 +67,7 @@ def custom_function_nodes(output):
     return count
 
 
-@pytest.mark.parametrize("setup", ["mid-layernorm", "mid-cross-entropy", "digits-cnn"])
+@pytest.mark.parametrize("setup", ["mid-layernorm", "mid-cross-entropy", "digits-cnn", "gpt"])
 def test_the_floor_of_the_per_layer_path_is_native_with_as_many_function_nodes_as_torchbp(setup):
     model, loss_fn, x, y = TRAINING_SETUPS[setup]()
     floor_model = with_a_node_per_layer(model)  # a copy

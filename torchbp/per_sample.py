@@ -110,12 +110,7 @@ class PerSampleGradients:
         self.handles, self.outputs = [], []
 
     def _record(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        rule = PER_SAMPLE_RULES[type(module)]
-        if hasattr(rule, "recorded"):
-            a_prev, outputs = rule.recorded(module, args, kwargs, output)
-        else:
-            a_prev, outputs = args[0].detach(), [(output, 0)]
-        outputs = [(z, axis) for z, axis in outputs if z.requires_grad]
+        a_prev, outputs = _what_a_call_records(module, args, kwargs, output)
         if not outputs:
             self.unrecorded.add(module)
             return
@@ -124,7 +119,7 @@ class PerSampleGradients:
         self.records.setdefault(module, []).append(record)
         for i, (z, axis) in enumerate(outputs):
             self.outputs.append(z)
-            z.register_hook(functools.partial(_keep, record[1], i, axis))
+            z.register_hook(functools.partial(_keep, record[1], i, axis))  # type: ignore[no-untyped-call]
 
     def recorded(self, module: torch.nn.Module) -> list[tuple[Any, Any]]:
         """The layer's calls as recorded: (a_prev, δ) each, δ unscaled (None where none arrived; a tuple, one
@@ -156,17 +151,13 @@ class PerSampleGradients:
                         "it an input for each sample, expanded to (N, ...))"
                     )
                 batch_sizes.add(first.shape[0])
-                scaled = [self._scaled(first.new_zeros(shape) if d is None else d) for d, shape in zip(deltas, shapes)]
+                scaled = [
+                    _scaled(first.new_zeros(shape) if d is None else d, self.scale) for d, shape in zip(deltas, shapes)
+                ]
                 calls.setdefault(module, []).append((a_prev, scaled[0] if len(scaled) == 1 else tuple(scaled)))
         if len(batch_sizes) > 1:
             raise ShapeError(f"per-sample gradients: layers saw different sample counts {sorted(batch_sizes)}")
         return calls
-
-    def _scaled(self, delta: torch.Tensor) -> torch.Tensor:
-        """scale · δ, the scale a number or one per sample."""
-        if isinstance(self.scale, torch.Tensor):
-            return delta * self.scale.to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
-        return delta * self.scale if self.scale != 1 else delta
 
     def _layer_grads(
         self, module: torch.nn.Module, calls: list[tuple[Any, Any]], out: dict[str, torch.Tensor]
@@ -218,6 +209,26 @@ class PerSampleGradients:
         if squared is None:
             return torch.zeros(0)
         return squared.sqrt()
+
+
+def _what_a_call_records(
+    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+) -> tuple[Any, list[tuple[torch.Tensor, int]]]:
+    """A call's a_prev and the outputs whose δ its rule reads (each with its sample axis), those that require
+    grad: its first input and its output, unless its rule says otherwise (see PerSampleRule)."""
+    rule = PER_SAMPLE_RULES[type(module)]
+    if hasattr(rule, "recorded"):
+        a_prev, outputs = rule.recorded(module, args, kwargs, output)
+    else:
+        a_prev, outputs = args[0].detach(), [(output, 0)]
+    return a_prev, [(z, axis) for z, axis in outputs if z.requires_grad]
+
+
+def _scaled(delta: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """scale · δ, the scale a number or one per sample."""
+    if isinstance(scale, torch.Tensor):
+        return delta * scale.to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
+    return delta * scale if scale != 1 else delta
 
 
 def _first(a_prev: torch.Tensor | tuple[Any, ...]) -> torch.Tensor:

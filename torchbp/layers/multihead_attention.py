@@ -337,69 +337,69 @@ class MultiheadAttentionPerSample:
     ) -> dict[str, torch.Tensor]:
         products = self.products(module, a_prev, delta)
         grads = {}
-        for name, weight, parts in self._weights(module):
+        for name, weight, parts in projection_weights(module):
             if weight.requires_grad:
                 each = [per_sample_weight_grads(*products[part]) for part in parts]
                 grads[name] = torch.cat(each, dim=1, out=out.get(name)) if len(each) > 1 else each[0]
-        for name, bias, parts in self._biases(module):
+        for name, bias, parts in projection_biases(module):
             if bias is not None and bias.requires_grad:
                 grads[name] = torch.cat(
                     [per_sample_bias_grads(products[part][0]) for part in parts], 1, out=out.get(name)
                 )
-        for name in self._extra_rows(module):
-            grads[name] = self._row_grads(products[name][0], out.get(name))
+        for name in learned_rows(module):
+            grads[name] = learned_row_grads(products[name][0], out.get(name))
         return grads
 
     def norms_squared(self, module: MultiheadAttention, a_prev: MultiheadAttentionCall, delta: Any) -> torch.Tensor:
         products = self.products(module, a_prev, delta)
         total = torch.zeros(a_prev.query.shape[0], dtype=a_prev.query.dtype, device=a_prev.query.device)
-        for _, weight, parts in self._weights(module):
+        for _, weight, parts in projection_weights(module):
             if weight.requires_grad:
                 for part in parts:  # the packed weight's blocks of rows add up
                     total = total + per_sample_weight_grad_norms_squared(*products[part])
-        for _, bias, parts in self._biases(module):
+        for _, bias, parts in projection_biases(module):
             if bias is not None and bias.requires_grad:
                 for part in parts:
                     total = total + per_sample_bias_grads(products[part][0]).square().sum(1)
-        for name in self._extra_rows(module):
+        for name in learned_rows(module):
             total = total + products[name][0].square().sum(1)
         return total
 
-    @staticmethod
-    def _extra_rows(module: MultiheadAttention) -> list[str]:
-        """bias_k and bias_v, where the layer has them and they require grad."""
-        return [
-            name
-            for name in ("bias_k", "bias_v")
-            if getattr(module, name) is not None and getattr(module, name).requires_grad
+
+def projection_weights(module: MultiheadAttention) -> list[tuple[str, torch.Tensor, tuple[str, ...]]]:
+    """Each weight's name, tensor and the products it serves (a packed weight's blocks of rows, in order)."""
+    projections: list[tuple[str, torch.Tensor, tuple[str, ...]]]
+    if module._qkv_same_embed_dim:
+        projections = [("in_proj_weight", module.in_proj_weight, ("q", "k", "v"))]
+    else:
+        projections = [
+            ("q_proj_weight", module.q_proj_weight, ("q",)),
+            ("k_proj_weight", module.k_proj_weight, ("k",)),
+            ("v_proj_weight", module.v_proj_weight, ("v",)),
         ]
+    return [*projections, ("out_proj.weight", module.out_proj.weight, ("out",))]
 
-    @staticmethod
-    def _row_grads(delta_row: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        """A learned key or value row's per-sample gradient: the δ at the sample's copy of it, (N, 1, 1, E)."""
-        shaped = delta_row.reshape(delta_row.shape[0], 1, 1, delta_row.shape[-1])
-        return shaped if out is None else out.copy_(shaped)
 
-    @staticmethod
-    def _weights(module: MultiheadAttention) -> list[tuple[str, torch.Tensor, tuple[str, ...]]]:
-        """Each weight's name, tensor and the products it serves (a packed weight's blocks of rows, in order)."""
-        projections: list[tuple[str, torch.Tensor, tuple[str, ...]]]
-        if module._qkv_same_embed_dim:
-            projections = [("in_proj_weight", module.in_proj_weight, ("q", "k", "v"))]
-        else:
-            projections = [
-                ("q_proj_weight", module.q_proj_weight, ("q",)),
-                ("k_proj_weight", module.k_proj_weight, ("k",)),
-                ("v_proj_weight", module.v_proj_weight, ("v",)),
-            ]
-        return [*projections, ("out_proj.weight", module.out_proj.weight, ("out",))]
+def projection_biases(module: MultiheadAttention) -> list[tuple[str, torch.Tensor | None, tuple[str, ...]]]:
+    return [
+        ("in_proj_bias", module.in_proj_bias, ("q", "k", "v")),
+        ("out_proj.bias", module.out_proj.bias, ("out",)),
+    ]
 
-    @staticmethod
-    def _biases(module: MultiheadAttention) -> list[tuple[str, torch.Tensor | None, tuple[str, ...]]]:
-        return [
-            ("in_proj_bias", module.in_proj_bias, ("q", "k", "v")),
-            ("out_proj.bias", module.out_proj.bias, ("out",)),
-        ]
+
+def learned_rows(module: MultiheadAttention) -> list[str]:
+    """bias_k and bias_v, where the layer has them and they require grad."""
+    return [
+        name
+        for name in ("bias_k", "bias_v")
+        if getattr(module, name) is not None and getattr(module, name).requires_grad
+    ]
+
+
+def learned_row_grads(delta_row: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """A learned key or value row's per-sample gradient: the δ at the sample's copy of it, (N, 1, 1, E)."""
+    shaped = delta_row.reshape(delta_row.shape[0], 1, 1, delta_row.shape[-1])
+    return shaped if out is None else out.copy_(shaped)
 
 
 register(
