@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from torchbp import autocast
-from torchbp.hand_derived import HandDerivedFunction
+from torchbp.hand_derived import HandDerivedFunction, running_eagerly
 from torchbp.layers.dropout import drop, times_factor, validate_probability
 from torchbp.layers.softmax import softmax_backward
 from torchbp.table import Operation, register_operation
@@ -159,7 +159,9 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
                 is_bool = attn_mask.dtype == torch.bool
                 scores = scores.masked_fill(~attn_mask, -math.inf) if is_bool else scores + attn_mask
             p = torch.softmax(scores, -1)
-            p = torch.where(scores.isneginf().all(-1, keepdim=True), 0, p)  # every key masked: P = 0
+            all_masked = scores.amax(-1, keepdim=True) == -math.inf  # a row whose every key is masked: P = 0
+            if not running_eagerly() or bool(all_masked.any()):  # (read eagerly: most batches have none)
+                p = torch.where(all_masked, 0, p)
             if dropout_p > 0:
                 dropped, factor = drop(p, dropout_p)  # P_d = P ⊙ m / (1 − p)
                 return dropped @ grouped(value, heads), p, factor

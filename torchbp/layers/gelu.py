@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from torchbp.hand_derived import ElementwiseFunction, HandDerivedModule, chain_rule
+from torchbp.hand_derived import ElementwiseFunction, HandDerivedModule, chain_rule, products_in_place
 from torchbp.table import Layer, Step, register
 from torchbp.validation import ArgumentError, validate_floating
 
@@ -40,9 +40,27 @@ class GELUFunction(ElementwiseFunction):
 
     @staticmethod
     def derivative(z: torch.Tensor) -> torch.Tensor:
-        cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))  # Φ(z) = ½ (1 + erf(z/√2))
-        pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327  # φ(z) = e^{−z²/2} / √(2π)
-        return cdf + z * pdf  # Φ(z) + z φ(z)
+        own = products_in_place(z)  # nothing records this backward: its steps work in place on its new tensors
+        cdf = normal_distribution(z, own)  # Φ(z) = ½ (1 + erf(z/√2))
+        pdf = normal_density(z, own)  # φ(z) = e^{−z²/2} / √(2π)
+        return cdf.addcmul_(z, pdf) if own else cdf + z * pdf  # Φ(z) + z φ(z)
+
+
+def normal_distribution(z: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Φ(z) = ½ (1 + erf(z/√2)), a new tensor; with ``in_place`` each step after z/√2 works in place on it (on
+    the CPU a new tensor the size of an activation can cost more than its arithmetic: its pages are fresh)."""
+    scaled = z * 0.7071067811865476
+    if in_place:
+        return scaled.erf_().add_(1).mul_(0.5)
+    return 0.5 * (1 + torch.erf(scaled))
+
+
+def normal_density(z: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """φ(z) = e^{−z²/2} / √(2π), a new tensor; with ``in_place`` each step after z² works in place on it."""
+    squared = z * z
+    if in_place:
+        return squared.mul_(-0.5).exp_().mul_(0.3989422804014327)
+    return torch.exp(squared * -0.5) * 0.3989422804014327
 
 
 class GELUTanhFunction(ElementwiseFunction):

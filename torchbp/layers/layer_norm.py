@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
 from torchbp.table import Layer, register
 from torchbp.validation import FLOATING, ShapeError, validate_floating_and_matching
 
@@ -92,7 +92,8 @@ def normalized(
     """
     if torch.is_grad_enabled():
         return normalize(x, normalized_ndim, eps)
-    return (x - mean) * rstd, rstd
+    centred = x - mean
+    return centred.mul_(rstd) if products_in_place(x) else centred * rstd, rstd
 
 
 def _sum_over_samples(t: torch.Tensor, sample_dims: tuple[int, ...]) -> torch.Tensor:
@@ -124,14 +125,18 @@ def layer_norm_backward(
     if not (need_x or need_weight):
         return grad_x, grad_weight, grad_bias
     assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
-    x_hat, rstd = normalized(x, mean, rstd, normalized_ndim, eps)  # (*, D) and (*, 1)
+    x_hat, rstd = normalized(x, mean, rstd, normalized_ndim, eps)  # (*, D), a new tensor, and (*, 1)
+    own = products_in_place(g)  # nothing records this backward: its last steps work in place on its new tensors
     if need_x:
         g_hat = g * weight if weight is not None else g  # ĝ = g ⊙ γ: (*, D)
         mean_g_hat = g_hat.mean(over_d, keepdim=True)  # mean_d(ĝ): (*, 1)
         mean_g_hat_x_hat = (g_hat * x_hat).mean(over_d, keepdim=True)  # mean_d(ĝ ⊙ x̂): (*, 1)
-        grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
-    if need_weight:
-        grad_weight = _sum_over_samples(g * x_hat, over_n)  # Σ_n g_n ⊙ x̂_n: normalized_shape
+        if own and weight is not None:  # into ĝ, a new tensor here (see normal_distribution in gelu.py for why)
+            grad_x = g_hat.sub_(mean_g_hat).addcmul_(x_hat, mean_g_hat_x_hat, value=-1).mul_(rstd)
+        else:
+            grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
+    if need_weight:  # Σ_n g_n ⊙ x̂_n: normalized_shape
+        grad_weight = _sum_over_samples(x_hat.mul_(g) if own else g * x_hat, over_n)
     return grad_x, grad_weight, grad_bias
 
 

@@ -81,7 +81,7 @@ TITLES = {
 }
 
 CODE = [
-    ("GELU: a'(z) = Φ(z) + z φ(z)", "torchbp/layers/gelu.py", "return cdf + z * pdf"),
+    ("GELU: a'(z) = Φ(z) + z φ(z)", "torchbp/layers/gelu.py", "else cdf + z * pdf  # Φ(z) + z φ(z)"),
     ("tanh GELU: a'(z) = ½ (1 + tanh u) + ½ z (1 − tanh² u) du/dz", "torchbp/layers/gelu.py",
      "return 0.5 * (1 + tanh_u) + 0.5 * z * (1 - tanh_u * tanh_u) * du_dz"),
 ]  # fmt: skip

@@ -103,7 +103,7 @@ TITLES = {
 PATH = "torchbp/layers/layer_norm.py"
 CODE = [
     ("rstd = 1/√(σ² + ε)", PATH, "rstd = torch.rsqrt(centered.square().mean(over_d, keepdim=True) + eps)"),
-    ("x̂ = (x − μ) · rstd", PATH, "return (x - mean) * rstd, rstd"),
+    ("x̂ = (x − μ) · rstd", PATH, "else centred * rstd, rstd"),
     ("y = x̂ ⊙ γ + β", PATH, "return torch.native_layer_norm(input, normalized_shape"),
     ("ĝ = g ⊙ γ", PATH, "g_hat = g * weight if weight is not None else g"),
     (
@@ -111,6 +111,6 @@ CODE = [
         PATH,
         "grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)",
     ),
-    ("∂J/∂γ = Σ_n g_n ⊙ x̂_n", PATH, "grad_weight = _sum_over_samples(g * x_hat, over_n)"),
+    ("∂J/∂γ = Σ_n g_n ⊙ x̂_n", PATH, "if own else g * x_hat, over_n)"),
     ("∂J/∂β = Σ_n g_n", PATH, "grad_bias = _sum_over_samples(g, over_n)"),
 ]
