@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from torchbp import autocast
-from torchbp.hand_derived import HandDerivedFunction, running_eagerly
+from torchbp.hand_derived import HandDerivedFunction, products_in_place, running_eagerly
 from torchbp.layers.dropout import drop, times_factor, validate_probability
 from torchbp.layers.softmax import softmax_backward
 from torchbp.table import Operation, register_operation
@@ -93,6 +93,11 @@ def summed_over_groups(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return grad.reshape(*grad.shape[:-3], kv_heads, grad.shape[-3] // kv_heads, *grad.shape[-2:]).sum(-3)
 
 
+def scaled(product: torch.Tensor, s: float, in_place: bool) -> torch.Tensor:
+    """product · s, into the product (a new tensor) with ``in_place``."""
+    return product.mul_(s) if in_place else product * s
+
+
 def own_shape(grad: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor | None:
     """Q's, K's or V's gradient summed back over the batch dimensions along which it was broadcast."""
     return grad if grad is None or grad.shape == t.shape else grad.sum_to_size(t.shape)
@@ -151,13 +156,16 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         validate_attention(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
         s, heads = scale_of(query, scale), heads_of(query)
         with torch.autocast(query.device.type, enabled=False):  # in the inputs' dtype, as native's kernel runs
-            scores = query @ grouped(key, heads).transpose(-2, -1) * s  # S = Q Kᵀ · s: (…, L, S)
+            scores = query @ grouped(key, heads).transpose(-2, -1)
+            own = running_eagerly()  # nothing batches the new scores: the mask and scale go into them in place
+            scores = (scores.mul_ if own else scores.mul)(s)  # S = Q Kᵀ · s: (…, L, S)
             if is_causal:
                 above = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
-                scores = scores.masked_fill(above, -math.inf)
+                scores = (scores.masked_fill_ if own else scores.masked_fill)(above, -math.inf)
+            elif attn_mask is not None and attn_mask.dtype == torch.bool:
+                scores = (scores.masked_fill_ if own else scores.masked_fill)(~attn_mask, -math.inf)
             elif attn_mask is not None:
-                is_bool = attn_mask.dtype == torch.bool
-                scores = scores.masked_fill(~attn_mask, -math.inf) if is_bool else scores + attn_mask
+                scores = (scores.add_ if own else scores.add)(attn_mask)
             p = torch.softmax(scores, -1)
             all_masked = scores.amax(-1, keepdim=True) == -math.inf  # a row whose every key is masked: P = 0
             if not running_eagerly() or bool(all_masked.any()):  # (read eagerly: most batches have none)
@@ -197,8 +205,13 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         if grad_p is None or not (need_q or need_k or need_mask):
             return None, None, grad_v, None, None, None, None, None
         grad_scores = softmax_backward(grad_p, p, -1)  # P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)
-        grad_q = grad_scores @ k * ctx.scale if need_q else None
-        grad_k = summed_over_groups(grad_scores.transpose(-2, -1) @ query * ctx.scale, kv_heads) if need_k else None
+        own = products_in_place(g if g is not None else grad_p)  # the products below are new: scaled in place
+        grad_q = scaled(grad_scores @ k, ctx.scale, own) if need_q else None  # ∂J/∂S K · s
+        grad_k = (
+            summed_over_groups(scaled(grad_scores.transpose(-2, -1) @ query, ctx.scale, own), kv_heads)
+            if need_k
+            else None
+        )
         grad_mask = reduced_to(grad_scores, ctx.mask_broadcast) if need_mask and ctx.mask_broadcast else None
         return own_shape(grad_q, query), own_shape(grad_k, key), grad_v, grad_mask, None, None, None, None
 

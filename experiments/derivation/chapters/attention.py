@@ -96,12 +96,12 @@ TITLES = {
 
 CODE = [
     ("attention: S = Q Kᵀ · s", "torchbp/layers/attention.py",
-     "scores = query @ grouped(key, heads).transpose(-2, -1) * s"),
+     "scores = (scores.mul_ if own else scores.mul)(s)  # S = Q Kᵀ · s"),
     ("∂J/∂V = Pᵀ G", "torchbp/layers/attention.py", "grad_v = summed_over_groups(dropped.transpose(-2, -1) @ g"),
     ("∂J/∂P = G Vᵀ", "torchbp/layers/attention.py", "grad_p = None if g is None else g @ v.transpose(-2, -1)"),
     ("∂J/∂S = P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)", "torchbp/layers/attention.py",
      "grad_scores = softmax_backward(grad_p, p, -1)"),
-    ("∂J/∂Q = ∂J/∂S K · s", "torchbp/layers/attention.py", "grad_q = grad_scores @ k * ctx.scale"),
+    ("∂J/∂Q = ∂J/∂S K · s", "torchbp/layers/attention.py", "grad_q = scaled(grad_scores @ k, ctx.scale, own)"),
     ("∂J/∂K = (∂J/∂S)ᵀ Q · s", "torchbp/layers/attention.py",
-     "grad_k = summed_over_groups(grad_scores.transpose(-2, -1) @ query * ctx.scale"),
+     "scaled(grad_scores.transpose(-2, -1) @ query, ctx.scale, own)"),
 ]  # fmt: skip
