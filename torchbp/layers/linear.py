@@ -88,6 +88,8 @@ def linear_backward(
     only for ∂J/∂a_prev and a_prev only for ∂J/∂W, so either may be None where it is not; no gradient
     reads b, which is taken so that the fused chain passes the layer's arguments as they come)."""
     grad_a_prev = grad_W = grad_b = None
+    if delta.dim() > 2 and need_a_prev and (need_W or need_b):
+        delta = delta.contiguous()  # a strided δ (a transposed output's) copied once, not once for each product
     if need_a_prev:
         grad_a_prev = delta @ W  # δ W: (*, o) @ (o, i) -> (*, i)
     if need_W or need_b:
