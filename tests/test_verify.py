@@ -678,6 +678,83 @@ def test_memory_counts_tensors_kept_on_ctx_in_a_list():
     assert row.status == FAIL and "more than 1.5×" in row.measured
 
 
+class CubeSavingItsDerivative(torch.autograd.Function):
+    """PyTorch's own example (Extending torch.func): the forward returns dx = 3x² beside x³ and saves it, so
+    that the backward need not compute it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x**3, 3 * x**2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output[1])
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_dx):
+        x, dx = ctx.saved_tensors
+        return grad_output * dx + grad_dx * 6 * x
+
+
+def cube(x):
+    return CubeSavingItsDerivative.apply(x)[0]
+
+
+def test_memory_allows_one_saved_tensor_the_size_of_an_output_and_says_so():
+    row = torchbp.verify(cube, lambda x: x**3, *examples((6, 5)), only=["memory"])["memory"]
+    assert row.status == PASS, row.measured
+    assert row.measured.startswith("480 bytes saved where the reference saves 240: within 1.5× beside one tensor")
+    strict = torchbp.verify(cube, lambda x: x**3, *examples((6, 5)), only=["memory"], memory_ratio=1.5)["memory"]
+    assert strict.status == FAIL and strict.measured == (
+        "480 bytes saved where the reference saves 240: more than the 1.5× asked"
+    )
+
+
+def test_memory_fails_a_saved_tensor_larger_than_any_input_or_output():
+    class SavesOuterProducts(WrongSigmoid):  # (N, i, i) where the output, (N, i), would do
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(output, output[:, :, None] * output[:, None, :])
+
+        @staticmethod
+        def backward(ctx, g):
+            y, _ = ctx.saved_tensors
+            return g * y * (1 - y)
+
+    row = torchbp.verify(SavesOuterProducts.apply, torch.sigmoid, *examples((4, 3)), only=["memory"])["memory"]
+    assert row.status == FAIL and "more than 1.5×" in row.measured and "memory_ratio=" in row.measured
+
+
+def test_memory_ratio_must_be_positive():
+    with pytest.raises(ValueError, match="memory_ratio must be a positive number or None, got 0"):
+        torchbp.verify(cube, lambda x: x**3, *examples((6, 5)), memory_ratio=0)
+
+
+def test_a_view_output_that_pytorch_refuses_to_write_counts_as_refused():
+    class FirstTwoColumns(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x[:, :2]  # a view of the input, made inside the Function
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.shape = inputs[0].shape
+
+        @staticmethod
+        def backward(ctx, g):
+            return F.pad(g, (0, ctx.shape[1] - 2))
+
+    row = torchbp.verify(FirstTwoColumns.apply, lambda x: x[:, :2], *examples((4, 5)), only=["in-place"])["in-place"]
+    assert (
+        row.status == PASS
+        and row.measured == "2 tensors written after the forward: 2 refused, 0 not read by the backward"
+    )
+
+
 def test_a_graph_break_says_where_it_happened():
     class Branches(WrongSigmoid):
         @staticmethod

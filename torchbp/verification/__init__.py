@@ -40,6 +40,7 @@ def verify(
     skip: Iterable[str] = (),
     compile_backend: str = "inductor",
     seed: int = 0,
+    memory_ratio: float | None = None,
 ) -> VerifyReport:
     """Check ``fn`` (typically ``MyFunction.apply``) against ``reference`` (a native expression of the
     same function, or None) on the example ``inputs``, one property at a time.
@@ -65,6 +66,9 @@ def verify(
             names from ``torchbp.VERIFY_PROPERTIES``.
         compile_backend: the backend of the ``compile`` property.
         seed: of the upstream gradients and tangents.
+        memory_ratio: the ``memory`` property's limit, as a ratio of the reference's saved bytes. By default
+            1.5×, plus one tensor the size of an input or output that the forward made (a derivative saved
+            to spare the backward work is a sanctioned trade); given, the ratio alone.
 
     Returns:
         A :class:`VerifyReport`: ``.ok``, ``.rows``, ``str()`` for the table,
@@ -72,7 +76,7 @@ def verify(
     """
     names, skipped = _chosen(only, skip)
     subject = _subject(
-        fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed
+        fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed, memory_ratio
     )
     rows = []
     # Grad mode on, whatever the caller's; the global random state seeded for the checks that draw from it
@@ -139,6 +143,7 @@ def _subject(
     atol: float | None,
     compile_backend: str,
     seed: int,
+    memory_ratio: float | None,
 ) -> Subject:
     if not callable(fn):
         raise TypeError(f"verify: fn must be callable (a function or MyFunction.apply), got {type(fn).__name__}")
@@ -156,6 +161,8 @@ def _subject(
         raise ValueError(f"verify: {error}") from None
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"verify: seed must be an int, got {type(seed).__name__}")
+    if memory_ratio is not None and not (isinstance(memory_ratio, (int, float)) and memory_ratio > 0):
+        raise ValueError(f"verify: memory_ratio must be a positive number or None, got {memory_ratio!r}")
     nondiff = _positions("nondiff", nondiff, allow_none=False)
     for i in nondiff:
         if not 0 <= i < len(inputs):
@@ -173,6 +180,7 @@ def _subject(
         atol=atol,
         compile_backend=compile_backend,
         seed=seed,
+        memory_ratio=memory_ratio,
     )
     if not subject.differentiable:
         raise ValueError("verify: no input left to differentiate: every floating-point input is in nondiff")

@@ -133,6 +133,7 @@ class Subject(Examples):
         atol: float | None,
         compile_backend: str,
         seed: int,
+        memory_ratio: float | None = None,
     ) -> None:
         super().__init__(inputs, batch_dims, nondiff)
         self.fn, self.reference = fn, reference
@@ -141,6 +142,7 @@ class Subject(Examples):
         self.rtol, self.atol = rtol, atol
         self.compile_backend = compile_backend
         self.seed = seed
+        self.memory_ratio = memory_ratio
         self._baseline: Run | None = None
 
     # -- running --------------------------------------------------------------------------
