@@ -261,7 +261,7 @@ def test_a_passing_report_reads_ok_with_its_counts():
     report.assert_ok()
     lines = str(report).splitlines()
     assert lines[0].startswith("verify(sigmoid): OK (") and "pass" in lines[0]
-    assert lines[1] == "differentiating inputs[0]; batch along inputs[0] dim 0"
+    assert lines[1] == "differentiating inputs[0]; batch along inputs[0] dim 0 (inferred; batch_dims= changes it)"
     assert lines[2].split() == ["property", "status", "measured"]
     assert [line.split()[0] for line in lines[3:]] == list(torchbp.VERIFY_PROPERTIES)
 
@@ -592,7 +592,8 @@ def test_the_report_says_which_inputs_were_differentiated_and_batched():
     x, w, b = examples((6, 3), (4, 3), (4,))
     report = torchbp.verify(TF.linear, F.linear, x, w, b, only=["float64"])
     assert str(report).splitlines()[1] == (
-        "differentiating inputs[0], inputs[1], inputs[2]; batch along inputs[0] dim 0"
+        "differentiating inputs[0], inputs[1], inputs[2]; batch along inputs[0] dim 0 "
+        "(inferred; batch_dims= changes it)"
     )
 
 
@@ -753,6 +754,47 @@ def test_a_view_output_that_pytorch_refuses_to_write_counts_as_refused():
         row.status == PASS
         and row.measured == "2 tensors written after the forward: 2 refused, 0 not read by the backward"
     )
+
+
+class Gather(torch.autograd.Function):
+    """out[n, t] = x[n, index[n, t]], index (N, T) of another shape than x (N, D); ∂J/∂x scatters g back."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, index):
+        return x.gather(-1, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, index = inputs
+        ctx.save_for_backward(index)
+        ctx.features = x.shape[-1]
+
+    @staticmethod
+    def backward(ctx, g):
+        (index,) = ctx.saved_tensors
+        return g.new_zeros(*g.shape[:-1], ctx.features).scatter_add(-1, index, g), None
+
+
+def test_an_index_tensor_of_another_shape_is_batched_with_the_input_whose_first_size_it_shares():
+    (x,) = examples((5, 4))
+    index = torch.tensor([[0, 3, 3], [1, 1, 2], [2, 0, 0], [3, 2, 1], [0, 0, 0]])
+    report = torchbp.verify(Gather.apply, lambda x, i: x.gather(-1, i), x, index, **FAST)
+    assert str(report).splitlines()[1] == (
+        "differentiating inputs[0]; batch along inputs[0] dim 0, inputs[1] dim 0 (inferred; batch_dims= changes it)"
+    )
+    report.assert_ok()  # empty-batch and the transforms narrow both
+
+
+def test_the_header_and_the_rows_say_where_no_batch_came_from():
+    (vector,) = examples((4,))
+    inferred = torchbp.verify(torch.sigmoid, torch.sigmoid, vector, only=["empty-batch"])
+    reason = "inferred: the first floating-point input has fewer than 2 dimensions; batch_dims= gives one"
+    assert str(inferred).splitlines()[1] == f"differentiating inputs[0]; batch along none ({reason})"
+    assert inferred["empty-batch"].measured == f"no input has a batch dimension ({reason})"
+    given = torchbp.verify(torch.sigmoid, torch.sigmoid, vector, batch_dims=[None], only=["empty-batch"])
+    assert str(given).splitlines()[1] == "differentiating inputs[0]; batch along none (as batch_dims gives)"
 
 
 def test_a_graph_break_says_where_it_happened():

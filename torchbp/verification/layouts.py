@@ -103,7 +103,7 @@ def _expand(x: torch.Tensor, dim: int, size: int, materialise: bool) -> torch.Te
 def empty_batch(subject: Subject) -> str:
     """A batch of 0 samples gives the reference's outputs and gradients (zero for shared inputs), not an error."""
     if not subject.batched:
-        raise NotApplicable("no input has a batch dimension (pass batch_dims)")
+        raise NotApplicable(f"no input has a batch dimension ({subject.batch_origin()})")
     if subject.reference is not None:
         return subject.compare(subject.pairs(*subject.run_both(torch.float64, samples=0)))
     inputs = subject.inputs(samples=0)

@@ -41,6 +41,7 @@ class Examples:
         asked = [i for i in floating if inputs[i].requires_grad]
         self.differentiable = [i for i in (asked or floating) if i not in set(nondiff)]
         self.batch_dims = self._batch_dims(batch_dims)
+        self.batch_dims_given = batch_dims is not None
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -49,9 +50,10 @@ class Examples:
 
         By default dimension 0 of the first floating-point tensor when it has two
         dimensions or more (a 1-d input may be one vector, not a batch of
-        scalars), and of every other tensor with exactly its shape (a target, a
-        second operand of an elementwise op) or with its first size alone (class
-        labels); other inputs (weights) are shared by all samples.
+        scalars), of every other tensor with exactly its shape (a target, a
+        second operand of an elementwise op), and of every integer or boolean
+        tensor whose first size is its (class labels (N,) or (N, T), a sort's
+        permutation, a mask); other inputs (weights) are shared by all samples.
         """
         if given is not None:
             return list(given)
@@ -60,7 +62,8 @@ class Examples:
             return [None] * len(self.examples)
 
         def batched(x: torch.Tensor) -> bool:
-            return x.shape == first.shape or (not x.is_floating_point() and x.shape == first.shape[:1])
+            indices = not x.is_floating_point() and not x.is_complex() and x.dim() >= 1
+            return x.shape == first.shape or (indices and x.shape[0] == first.shape[0])
 
         return [0 if i in self.tensors and batched(self.examples[i]) else None for i in range(len(self.examples))]
 
@@ -68,7 +71,15 @@ class Examples:
         """One line: which inputs are differentiated, and where the batch is (what the defaults chose)."""
         differentiated = ", ".join(f"inputs[{i}]" for i in self.differentiable)
         batch = ", ".join(f"inputs[{i}] dim {d}" for i, d in enumerate(self.batch_dims) if d is not None)
-        return f"differentiating {differentiated}; batch along {batch or 'none (batch_dims=)'}"
+        return f"differentiating {differentiated}; batch along {batch or 'none'} ({self.batch_origin()})"
+
+    def batch_origin(self) -> str:
+        """Where the batch dimensions came from, and how to change them."""
+        if self.batch_dims_given:
+            return "as batch_dims gives"
+        if not self.batched:
+            return "inferred: the first floating-point input has fewer than 2 dimensions; batch_dims= gives one"
+        return "inferred; batch_dims= changes it"
 
     @property
     def batched(self) -> list[int]:

@@ -24,7 +24,7 @@ JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
 
 def _no_batch(subject: Subject) -> None:
     if not subject.batched:
-        raise NotApplicable("no input has a batch dimension (pass batch_dims)")
+        raise NotApplicable(f"no input has a batch dimension ({subject.batch_origin()})")
 
 
 def _samples(subject: Subject, count: int) -> int:
