@@ -18,6 +18,8 @@ from verify_corpus import (
     CORPUS,
     ContiguousOnly,
     Linear,
+    NoVmapRule,
+    OldStyleLinear,
     OnceDifferentiableSigmoid,
     SigmoidWithJvp,
     TransposedGradient,
@@ -112,3 +114,25 @@ def test_examples_drawn_from_seed_0_still_show_a_transposed_gradient():
     x, W, b = (torch.randn(shape, generator=generator, dtype=torch.float64) for shape in [(6, 4), (4, 4), (4,)])
     report = verify(TransposedGradient.apply, F.linear, x, W, b, only=["float64", "float32"])
     assert failed(report) == {"float64", "float32"}, str(report)
+
+
+def test_an_old_style_function_gets_one_diagnosis_on_every_torch_func_row():
+    report = verify(OldStyleLinear.apply, F.linear, *linear_inputs(), only=["vmap", "vmap-grad", "jacrev", "jvp"])
+    for row in report.rows:
+        assert row.status == "fail" and row.measured.startswith("OldStyleLinear is an old-style autograd.Function")
+        assert "move the ctx work to setup_context" in row.fix and "all fail for this one cause" in row.fix
+
+
+def test_a_function_without_a_vmap_rule_fails_the_rows_that_vmap_its_forward_for_that_reason():
+    report = verify(NoVmapRule.apply, F.linear, *linear_inputs(), only=["vmap", "vmap-grad", "jacrev"])
+    assert report["jacrev"].status == "pass"
+    for name in ("vmap", "vmap-grad"):
+        assert report[name].measured == "NoVmapRule has no vmap rule"
+        assert report[name].fix.startswith("set generate_vmap_rule = True")
+
+
+def test_torchbps_own_functions_are_diagnosed_as_themselves_not_as_their_eager_twins():
+    from torchbp.functions import LinearFunction
+
+    report = verify(LinearFunction.apply, F.linear, *linear_inputs(), only=["vmap", "vmap-grad", "jacrev"])
+    report.assert_ok()

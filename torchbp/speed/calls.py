@@ -86,6 +86,7 @@ def _ctx_in_forward_twin(function: type[torch.autograd.Function]) -> Callable[..
             "forward": staticmethod(forward),
             "setup_context": staticmethod(_SingleLevelFunction.setup_context),  # the older form
             "__module__": function.__module__,
+            "eager_twin_of": function,  # what verify diagnoses: the Function torch.func runs instead
         },
     )
     return super(torch.autograd.Function, twin).apply  # type: ignore[misc, no-any-return]  # _FunctionBase.apply

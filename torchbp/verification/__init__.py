@@ -103,7 +103,7 @@ def _run(prop: Property, subject: Subject) -> VerifyRow:
         measured = prop.check(subject)
         row = VerifyRow(prop.name, PASS, measured)
     except Failed as failure:
-        row = VerifyRow(prop.name, FAIL, str(failure), prop.fix)
+        row = VerifyRow(prop.name, FAIL, str(failure), prop.fix if failure.fix is None else failure.fix)
     except NotApplicable as reason:
         row = VerifyRow(prop.name, NOT_APPLICABLE, str(reason))
     except Skipped as reason:

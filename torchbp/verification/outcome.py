@@ -13,7 +13,12 @@ from typing import Any, NamedTuple, TypeVar
 
 
 class Failed(Exception):
-    """The property was exercised and does not hold; the message says what was measured."""
+    """The property was exercised and does not hold; the message says what was measured. ``fix``, where the
+    cause is known, replaces the property's usual cause and fix."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix
 
 
 class NotApplicable(Exception):

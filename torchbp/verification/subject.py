@@ -261,6 +261,16 @@ def _describe(row: ComparedTensor, rtol: float | None) -> str:
     return f"{row.name}: rel. error {row.max_rel_error:.1e} > rtol {_rtol(row.dtype, rtol):.0e}"
 
 
+def functions_of(outputs: Sequence[Any]) -> list[type[torch.autograd.Function]]:
+    """The autograd.Function classes whose nodes produced ``outputs``, each once (torchbp's eager twin of a
+    Function counted as the Function, which torch.func runs in its place)."""
+    found: dict[type[torch.autograd.Function], None] = {}
+    for node in custom_nodes(outputs):
+        cls = node._forward_cls  # type: ignore[attr-defined]
+        found[cls.__dict__.get("eager_twin_of", cls)] = None
+    return list(found)
+
+
 def custom_nodes(outputs: Sequence[Any]) -> list[torch.autograd.function.BackwardCFunction]:
     """The autograd.Function nodes in the graph that produced ``outputs``."""
     found: list[torch.autograd.function.BackwardCFunction] = []

@@ -16,7 +16,7 @@ import torch.func
 
 from torchbp.check import as_tuple
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
-from torchbp.verification.subject import Subject
+from torchbp.verification.subject import Subject, functions_of
 
 SAMPLES = 4  # samples looped over, for the vmap properties
 JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
@@ -25,6 +25,35 @@ JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
 def _no_batch(subject: Subject) -> None:
     if not subject.batched:
         raise NotApplicable(f"no input has a batch dimension ({subject.batch_origin()})")
+
+
+def old_style(function: type[torch.autograd.Function]) -> bool:
+    """ctx in forward: no setup_context of its own."""
+    return function.setup_context is torch.autograd.Function.setup_context
+
+
+def vmap_rule(function: type[torch.autograd.Function]) -> bool:
+    return bool(getattr(function, "generate_vmap_rule", False)) or function.vmap is not torch.autograd.Function.vmap
+
+
+def _transformable(subject: Subject, vmaps_forward: bool) -> None:
+    """One diagnosis, before the transform fails in its own words, for a Function torch.func cannot run: an
+    old-style one (every torch.func row fails for it), or one without a vmap rule (the rows that vmap its
+    forward)."""
+    for function in functions_of(subject.baseline.outputs):
+        if old_style(function):
+            raise Failed(
+                f"{function.__name__} is an old-style autograd.Function (ctx in forward), which torch.func "
+                "does not transform",
+                fix="write forward(*inputs) without ctx, move the ctx work to setup_context(ctx, inputs, output) "
+                "and set generate_vmap_rule = True: vmap, vmap-grad, jacrev and jvp all fail for this one cause",
+            )
+        if vmaps_forward and not vmap_rule(function):
+            raise Failed(
+                f"{function.__name__} has no vmap rule",
+                fix="set generate_vmap_rule = True on the class (or write a vmap staticmethod): vmap and "
+                "vmap-grad fail for this one cause",
+            )
 
 
 def _samples(subject: Subject, count: int) -> int:
@@ -48,6 +77,7 @@ def _in_dims(subject: Subject) -> tuple[int | None, ...]:
 def check_vmap(subject: Subject) -> str:
     """Torch.func.vmap over the batch dimension gives what a loop over the samples gives."""
     _no_batch(subject)
+    _transformable(subject, vmaps_forward=True)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
     batched = as_tuple(torch.func.vmap(subject.fn, in_dims=_in_dims(subject))(*inputs))
@@ -68,6 +98,7 @@ def check_vmap(subject: Subject) -> str:
 def vmap_grad(subject: Subject) -> str:
     """Per-sample gradients by torch.func.vmap(grad) equal one backward per sample."""
     _no_batch(subject)
+    _transformable(subject, vmaps_forward=True)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
     samples = [
@@ -144,6 +175,7 @@ def _jacobian_inputs(subject: Subject) -> list[Any]:
 )
 def check_jacrev(subject: Subject) -> str:
     """Torch.func.jacrev gives the Jacobian built from one eager backward per output element."""
+    _transformable(subject, vmaps_forward=False)
     inputs = _jacobian_inputs(subject)
     primals = tuple(inputs[i] for i in subject.differentiable)
     argnums = tuple(range(len(primals)))
@@ -162,6 +194,7 @@ def check_jacrev(subject: Subject) -> str:
 )
 def check_jvp(subject: Subject) -> str:
     """Forward mode: torch.func.jvp gives the Jacobian times a tangent."""
+    _transformable(subject, vmaps_forward=False)
     inputs = _jacobian_inputs(subject)
     generator = torch.Generator().manual_seed(subject.seed + 1)
     tangents = tuple(
