@@ -797,6 +797,28 @@ def test_the_header_and_the_rows_say_where_no_batch_came_from():
     assert str(given).splitlines()[1] == "differentiating inputs[0]; batch along none (as batch_dims gives)"
 
 
+def test_the_recipe_for_a_backward_that_is_not_the_derivative_catches_a_wrong_one():
+    class ReversalThatForgetsTheSign(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x.view_as(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            return g  # −g was meant
+
+    report = torchbp.verify(
+        ReversalThatForgetsTheSign.apply, lambda x: 2 * x.detach() - x, *examples((8, 3)), skip=["gradcheck"], **FAST
+    )
+    assert {"float64", "float32"} <= {row.name for row in report.rows if row.status == FAIL}
+
+
 def test_a_graph_break_says_where_it_happened():
     class Branches(WrongSigmoid):
         @staticmethod
