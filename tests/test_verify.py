@@ -819,6 +819,107 @@ def test_the_recipe_for_a_backward_that_is_not_the_derivative_catches_a_wrong_on
     assert {"float64", "float32"} <= {row.name for row in report.rows if row.status == FAIL}
 
 
+class SavedVariables(torch.autograd.Function):
+    """ctx.saved_variables, the name older tutorials use: eager PyTorch still answers it, the compiler does not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_variables
+        return 2 * x * g
+
+
+class ClassMethods(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @classmethod
+    def forward(cls, x):
+        return x * x
+
+    @classmethod
+    def setup_context(cls, ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @classmethod
+    def backward(cls, ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class SquareRoot(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.sqrt(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (2 * y)
+
+
+class WritesIntoItsGradient(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g.mul_(2 * x)
+
+
+def positive(*shape):
+    return (examples(shape)[0].abs() + 0.1,)
+
+
+def with_a_zero(*shape):
+    (x,) = positive(*shape)
+    return (torch.cat([x, torch.zeros(1, shape[1], dtype=x.dtype)]),)
+
+
+# name: (fn, reference, inputs, the row, words of what it measured, words of the fix it gives)
+READ_FROM_THE_ERROR = {
+    "ctx.saved_variables": (
+        SavedVariables.apply, lambda x: x * x, positive(6, 4), "compile", "graph break", "use ctx.saved_tensors"
+    ),
+    "classmethods": (
+        ClassMethods.apply, lambda x: x * x, positive(6, 4), "compile", "failed to bind arguments", "@staticmethod"
+    ),
+    "NaN second derivatives": (
+        SquareRoot.apply, torch.sqrt, with_a_zero(6, 4), "double-backward", "NaN or infinite", "singular point"
+    ),
+    "a backward that writes into g": (
+        WritesIntoItsGradient.apply, lambda x: x * x, positive(6, 4), "double-backward", "in-place operation",
+        "writes into its upstream gradient g",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated")  # the case's own old name
+@pytest.mark.parametrize("case", READ_FROM_THE_ERROR)
+def test_a_failures_fix_is_read_from_what_was_observed(case):
+    fn, reference, inputs, name, measured, fix = READ_FROM_THE_ERROR[case]
+    row = torchbp.verify(fn, reference, *inputs, only=[name], **FAST)[name]
+    assert row.status == FAIL and measured in row.measured, row.measured
+    assert fix in row.fix, row.fix
+
+
 def test_a_graph_break_says_where_it_happened():
     class Branches(WrongSigmoid):
         @staticmethod

@@ -85,16 +85,55 @@ def double_backward(subject: Subject) -> str:
     """The backward is itself differentiable, correctly (torch.autograd.gradgradcheck)."""
     if subject.once_differentiable:
         raise NotApplicable("declared once-differentiable (once_differentiable=True)")
-    if _marked_once_differentiable(subject):
+    try:
+        marked = _marked_once_differentiable(subject)
+    except RuntimeError as error:
+        raise _written_upstream(error) from None
+    if marked:
         raise NotApplicable("the backward is marked @once_differentiable")
     inputs = subject.inputs()
     try:
         torch.autograd.gradgradcheck(subject.fn, inputs, **GRADCHECK, fast_mode=_large(subject, inputs))
     except GradcheckError as error:
-        raise Failed(f"{_first_line(error)} (finite differences of the backward against its own backward)") from None
+        measured = f"{_first_line(error)} (finite differences of the backward against its own backward)"
+        if not _second_derivatives_finite(subject):
+            raise Failed(
+                f"{measured}; the second derivatives are NaN or infinite at the example inputs",
+                fix="a singular point of the backward's formula (a sqrt, log or division at 0) among the example "
+                "inputs: give inputs away from it, or mark the backward @once_differentiable",
+            ) from None
+        raise Failed(measured) from None
+    except RuntimeError as error:
+        raise _written_upstream(error) from None
     return "second derivatives agree with finite differences of the backward" + (
         " (fast mode)" if _large(subject, inputs) else ""
     )
+
+
+def _written_upstream(error: RuntimeError) -> Exception:
+    """The failure to report for an error raised while differentiating the backward: a diagnosis where the
+    backward wrote into its upstream gradient, else the error itself."""
+    if "leaf Variable that requires grad is being used in an in-place operation" not in str(error):
+        return error
+    return Failed(
+        f"raised RuntimeError: {_first_line(error)}",
+        fix="the backward writes into its upstream gradient g (g.mul_(...), g += ...), which is a leaf of the "
+        "graph when the backward is differentiated: return a new tensor (g * ...) instead",
+    )
+
+
+def _second_derivatives_finite(subject: Subject) -> bool:
+    """Are the derivatives of fn's gradients (summed) finite at the example inputs?"""
+    inputs = subject.inputs()
+    outputs = as_tuple(subject.fn(*inputs))
+    pairs = [(out, g) for out, g in zip(outputs, subject.upstream(outputs)) if g is not None and out.requires_grad]
+    wrt = [inputs[i] for i in subject.differentiable]
+    grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True, allow_unused=True)
+    differentiable = [g.sum() for g in grads if g is not None and g.requires_grad]
+    if not differentiable:
+        return True
+    second = torch.autograd.grad(cast(torch.Tensor, sum(differentiable)), wrt, allow_unused=True)
+    return all(g is None or bool(g.isfinite().all()) for g in second)
 
 
 def _marked_once_differentiable(subject: Subject) -> bool:

@@ -237,8 +237,41 @@ def check_compile(subject: Subject) -> str:
         reason = _reason(error)
         if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
             reason += " (torch.compile refuses any Function that defines jvp: drop the jvp, or skip compile)"
-        raise Failed(f"graph break: {reason}") from None
+        raise Failed(f"graph break: {reason}", fix=_graph_break_fix(reason, _source_line(error))) from None
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        raise Failed(
+            f"the {subject.compile_backend} backend failed: {_reason(error)}",
+            fix="an error inside the compiler's backend after fn traced without a graph break, not a mistake the "
+            "trace found in fn: try compile_backend='aot_eager' to confirm, and report the error to PyTorch",
+        ) from None
     return f"{subject.compile_backend}, no graph break: {subject.compare(subject.pairs(run, subject.baseline))}"
+
+
+# What a graph break's reason or the line it points at says, and the fix for it (else the property's usual one).
+GRAPH_BREAK_CAUSES = (
+    ("saved_variables", "ctx.saved_variables is the old name the compiler does not know: use ctx.saved_tensors"),
+    (
+        "failed to bind arguments when attempting to inline",
+        "forward, setup_context or backward written as a @classmethod: the compiler calls them as static "
+        "methods; make them @staticmethod",
+    ),
+)
+
+
+def _graph_break_fix(reason: str, line: str) -> str | None:
+    for words, fix in GRAPH_BREAK_CAUSES:
+        if words in reason or words in line:
+            return fix
+    return None
+
+
+def _source_line(error: Exception) -> str:
+    """The source line of the innermost 'File "…", line N' the error names, or ''."""
+    import linecache
+    import re
+
+    places = re.findall(r'File "([^"]+)", line (\d+)', str(error))
+    return linecache.getline(places[-1][0], int(places[-1][1])) if places else ""
 
 
 def _reason(error: Exception) -> str:
