@@ -189,7 +189,11 @@ def describe_layers(model: torch.nn.Module, loss_fn: Callable[..., Any] | None =
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:
-    """``Cube.apply`` for a Function's apply (whose __qualname__ is ``Function.apply``), else the qualified name."""
+    """``Cube.apply`` for a Function's apply (whose __qualname__ is ``Function.apply``), a torch.library custom
+    op's own name (``demo::swish``), else the qualified name."""
+    qualname = getattr(fn, "_qualname", None)  # a torch.library custom op (CustomOpDef)
+    if isinstance(qualname, str):
+        return qualname
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, type):
         return f"{owner.__name__}.{fn.__name__}"

@@ -19,7 +19,7 @@ from torchbp.check import as_tuple
 from torchbp.compare import validate_tolerances
 
 # Importing each theme registers its properties; the report lists them in this order.
-from torchbp.verification import gradients, layouts, transforms, settings  # noqa: F401  # isort: skip
+from torchbp.verification import gradients, layouts, transforms, settings, custom_ops  # noqa: F401  # isort: skip
 from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Property, Skipped
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
 from torchbp.verification.subject import Subject
@@ -97,6 +97,15 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if initialized else []
 
 
+# Errors whose words name their cause, whichever property raised them: the fix for it.
+ERROR_CAUSES = (
+    (
+        "no autograd formula was registered",
+        "the custom op has no autograd formula: register one with op.register_autograd(backward, setup_context=...)",
+    ),
+)
+
+
 def _run(prop: Property, subject: Subject) -> VerifyRow:
     start = time.perf_counter()
     try:
@@ -112,7 +121,8 @@ def _run(prop: Property, subject: Subject) -> VerifyRow:
         message = " ".join(str(error).split())
         if len(message) > 300:
             message = message[:297] + "..."
-        row = VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", prop.fix)
+        fix = next((fix for words, fix in ERROR_CAUSES if words in message), prop.fix)
+        row = VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", fix)
     return row._replace(seconds=time.perf_counter() - start)
 
 

@@ -181,9 +181,14 @@ def _unchanged_by_forward(subject: Subject, inputs: list[Any]) -> None:
     """fn's forward left every input as it was given."""
     for i, (x, example) in enumerate(zip(inputs, subject.inputs())):
         if isinstance(x, torch.Tensor) and not bool(((x.detach() == example) | (x.isnan() & example.isnan())).all()):
+            custom_op = isinstance(subject.fn, torch._library.custom_ops.CustomOpDef)
             raise Failed(
                 f"fn's forward wrote into inputs[{i}]: a Function that changes its input must "
-                "ctx.mark_dirty it, and most should not change it at all"
+                "ctx.mark_dirty it, and most should not change it at all",
+                fix="a custom op that writes into an input must name it in mutates_args (see opcheck-schema); "
+                "better, write into a new tensor"
+                if custom_op
+                else "write into a new tensor; a Function that must change its input says so with ctx.mark_dirty",
             )
 
 

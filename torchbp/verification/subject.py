@@ -261,6 +261,11 @@ def _describe(row: ComparedTensor, rtol: float | None) -> str:
     return f"{row.name}: rel. error {row.max_rel_error:.1e} > rtol {_rtol(row.dtype, rtol):.0e}"
 
 
+def is_custom_op(fn: Any) -> bool:
+    """A torch.library custom op: what ``torch.library.custom_op`` returns, or an operator overload."""
+    return isinstance(fn, (torch._library.custom_ops.CustomOpDef, torch._ops.OpOverload, torch._ops.OpOverloadPacket))
+
+
 def functions_of(outputs: Sequence[Any]) -> list[type[torch.autograd.Function]]:
     """The autograd.Function classes whose nodes produced ``outputs``, each once (torchbp's eager twin of a
     Function counted as the Function, which torch.func runs in its place)."""

@@ -16,7 +16,7 @@ import torch.func
 
 from torchbp.check import as_tuple
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
-from torchbp.verification.subject import Subject, functions_of
+from torchbp.verification.subject import Subject, functions_of, is_custom_op
 
 SAMPLES = 4  # samples looped over, for the vmap properties
 JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
@@ -40,6 +40,14 @@ def _transformable(subject: Subject, vmaps_forward: bool) -> None:
     """One diagnosis, before the transform fails in its own words, for a Function torch.func cannot run: an
     old-style one (every torch.func row fails for it), or one without a vmap rule (the rows that vmap its
     forward)."""
+    if isinstance(subject.fn, torch._library.custom_ops.CustomOpDef):
+        if vmaps_forward and getattr(subject.fn, "_vmap_fn", None) is None:
+            raise Failed(
+                f"{subject.name} is a custom op without a vmap rule",
+                fix="register one with torch.library.register_vmap (or the op's register_vmap): vmap and "
+                "vmap-grad fail for this one cause",
+            )
+        return
     for function in functions_of(subject.baseline.outputs):
         if old_style(function):
             raise Failed(
@@ -54,6 +62,20 @@ def _transformable(subject: Subject, vmaps_forward: bool) -> None:
                 fix="set generate_vmap_rule = True on the class (or write a vmap staticmethod): vmap and "
                 "vmap-grad fail for this one cause",
             )
+
+
+GRAD_TRANSFORM_REFUSED = "must override the setup_context staticmethod"  # PyTorch's words for a custom op's autograd
+
+
+def _custom_op_refused(subject: Subject, error: RuntimeError) -> NotApplicable | RuntimeError:
+    """A custom op whose registered autograd torch.func's grad transforms do not run (PyTorch's limit, not the
+    op's mistake): not applicable; any other error as it is."""
+    if isinstance(subject.fn, torch._library.custom_ops.CustomOpDef) and GRAD_TRANSFORM_REFUSED in str(error):
+        return NotApplicable(
+            "torch.func's grad transforms do not run a torch.library custom op's registered autograd in this "
+            f"PyTorch ({torch.__version__.split('+')[0]}): it asks for an autograd.Function's setup_context"
+        )
+    return error
 
 
 def _samples(subject: Subject, count: int) -> int:
@@ -123,9 +145,12 @@ def vmap_grad(subject: Subject) -> str:
 
     argnums = tuple(subject.differentiable)
     upstream_dims = tuple(None if u is None else 0 for u in upstream)
-    grads = torch.func.vmap(torch.func.grad(loss, argnums=argnums), in_dims=(*_in_dims(subject), upstream_dims))(
-        *inputs, upstream
-    )
+    try:
+        grads = torch.func.vmap(torch.func.grad(loss, argnums=argnums), in_dims=(*_in_dims(subject), upstream_dims))(
+            *inputs, upstream
+        )
+    except RuntimeError as error:
+        raise _custom_op_refused(subject, error) from None
     pairs = [
         (f"inputs[{i}].grad", g, torch.stack([sample[j] for sample in looped]))
         for j, (i, g) in enumerate(zip(argnums, grads))
@@ -179,7 +204,10 @@ def check_jacrev(subject: Subject) -> str:
     inputs = _jacobian_inputs(subject)
     primals = tuple(inputs[i] for i in subject.differentiable)
     argnums = tuple(range(len(primals)))
-    transformed = torch.func.jacrev(_of_differentiable(subject, inputs), argnums=argnums)(*primals)
+    try:
+        transformed = torch.func.jacrev(_of_differentiable(subject, inputs), argnums=argnums)(*primals)
+    except RuntimeError as error:
+        raise _custom_op_refused(subject, error) from None
     pairs = [
         (f"d output[{j}] / d inputs[{i}]", mine, eager)
         for j, (transformed_j, eager_j) in enumerate(zip(transformed, _eager_jacobian(subject, inputs)))
@@ -194,6 +222,8 @@ def check_jacrev(subject: Subject) -> str:
 )
 def check_jvp(subject: Subject) -> str:
     """Forward mode: torch.func.jvp gives the Jacobian times a tangent."""
+    if isinstance(subject.fn, torch._library.custom_ops.CustomOpDef):
+        raise NotApplicable("a torch.library custom op has no forward mode: register_autograd gives reverse mode only")
     _transformable(subject, vmaps_forward=False)
     inputs = _jacobian_inputs(subject)
     generator = torch.Generator().manual_seed(subject.seed + 1)
@@ -238,13 +268,32 @@ def check_compile(subject: Subject) -> str:
         if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
             reason += " (torch.compile refuses any Function that defines jvp: drop the jvp, or skip compile)"
         raise Failed(f"graph break: {reason}", fix=_graph_break_fix(reason, _source_line(error))) from None
-    except torch._dynamo.exc.BackendCompilerFailed as error:
+    except torch._dynamo.exc.TorchRuntimeError as error:
+        if not isinstance(subject.fn, torch._library.custom_ops.CustomOpDef) or "fake" not in str(error).lower():
+            raise
         raise Failed(
-            f"the {subject.compile_backend} backend failed: {_reason(error)}",
-            fix="an error inside the compiler's backend after fn traced without a graph break, not a mistake the "
-            "trace found in fn: try compile_backend='aot_eager' to confirm, and report the error to PyTorch",
+            f"the compiler's fake-tensor run of {subject.name} failed: {_reason(error)}",
+            fix="the op has no fake kernel, or a wrong one: register one with op.register_fake (see opcheck-fake)",
         ) from None
-    return f"{subject.compile_backend}, no graph break: {subject.compare(subject.pairs(run, subject.baseline))}"
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        if isinstance(subject.fn, torch._library.custom_ops.CustomOpDef):
+            fix = "the op's fake kernel (register_fake) gives an output unlike the real kernel's, and the compiler "
+            fix += "traced with it: see opcheck-fake"
+        else:
+            fix = "an error inside the compiler's backend after fn traced without a graph break, not a mistake the "
+            fix += "trace found in fn: try compile_backend='aot_eager' to confirm, and report the error to PyTorch"
+        raise Failed(f"the {subject.compile_backend} backend failed: {_reason(error)}", fix=fix) from None
+    try:
+        measured = subject.compare(subject.pairs(run, subject.baseline))
+    except Failed as wrong:
+        if not is_custom_op(subject.fn):
+            raise
+        raise Failed(
+            str(wrong),
+            fix="compiled, the op's gradient is not eager's: its autograd is not registered where the compiler's "
+            "dispatcher looks (an autograd.Function inside its kernel): op.register_autograd (see opcheck-autograd)",
+        ) from None
+    return f"{subject.compile_backend}, no graph break: {measured}"
 
 
 # What a graph break's reason or the line it points at says, and the fix for it (else the property's usual one).
