@@ -14,9 +14,10 @@ from torch.func import functional_call
 import torchbp
 import torchbp.functional as TF
 from torchbp.functions import LinearFunction, SequentialFunction
+from torchbp.verification.custom_ops import CUSTOM_OP_PROPERTIES
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED
 
-OPCHECK = {"opcheck-schema", "opcheck-autograd", "opcheck-fake", "opcheck-aot"}  # not applicable but to custom ops
+OPCHECK = CUSTOM_OP_PROPERTIES  # not applicable but to custom ops
 FAST = dict(compile_backend="aot_eager")  # graph breaks and backward tracing as with inductor, less code generation
 
 

@@ -10,6 +10,9 @@ import torch
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
 from torchbp.verification.subject import Subject, is_custom_op
 
+# The rows that apply to custom ops alone (not applicable to anything else).
+CUSTOM_OP_PROPERTIES = frozenset({"opcheck-schema", "opcheck-autograd", "opcheck-fake", "opcheck-aot"})
+
 
 def _opcheck(subject: Subject, test: str) -> str:
     """One of opcheck's tests on the example inputs (float64, the differentiable ones requiring grad)."""
