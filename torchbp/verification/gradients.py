@@ -122,25 +122,12 @@ def _written_upstream(error: RuntimeError) -> Exception:
     )
 
 
-def _second_derivatives_finite(subject: Subject) -> bool:
-    """Are the derivatives of fn's gradients (summed) finite at the example inputs?"""
+def _summed_gradients(subject: Subject) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Fresh differentiable inputs, and the sum of fn's gradients of them for the seeded upstream gradient,
+    their graph kept, as double backward differentiates them (the upstream gradient requires grad: only
+    then does @once_differentiable act); None where no gradient is itself differentiable."""
     inputs = subject.inputs()
     outputs = as_tuple(subject.fn(*inputs))
-    pairs = [(out, g) for out, g in zip(outputs, subject.upstream(outputs)) if g is not None and out.requires_grad]
-    wrt = [inputs[i] for i in subject.differentiable]
-    grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True, allow_unused=True)
-    differentiable = [g.sum() for g in grads if g is not None and g.requires_grad]
-    if not differentiable:
-        return True
-    second = torch.autograd.grad(cast(torch.Tensor, sum(differentiable)), wrt, allow_unused=True)
-    return all(g is None or bool(g.isfinite().all()) for g in second)
-
-
-def _marked_once_differentiable(subject: Subject) -> bool:
-    """Does differentiating fn's gradients raise the error @once_differentiable plants?"""
-    inputs = subject.inputs()
-    outputs = as_tuple(subject.fn(*inputs))
-    # An upstream gradient that requires grad, as in double backward: only then does the mark act.
     pairs = [
         (out, g.requires_grad_())
         for out, g in zip(outputs, subject.upstream(outputs))
@@ -149,11 +136,25 @@ def _marked_once_differentiable(subject: Subject) -> bool:
     wrt = [inputs[i] for i in subject.differentiable]
     grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True, allow_unused=True)
     differentiable = [g.sum() for g in grads if g is not None and g.requires_grad]
-    if not differentiable:
+    return wrt, cast(torch.Tensor, sum(differentiable)) if differentiable else None
+
+
+def _second_derivatives_finite(subject: Subject) -> bool:
+    """Are the derivatives of fn's gradients (summed) finite at the example inputs?"""
+    wrt, total = _summed_gradients(subject)
+    if total is None:
+        return True
+    second = torch.autograd.grad(total, wrt, allow_unused=True)
+    return all(g is None or bool(g.isfinite().all()) for g in second)
+
+
+def _marked_once_differentiable(subject: Subject) -> bool:
+    """Does differentiating fn's gradients raise the error @once_differentiable plants?"""
+    _, total = _summed_gradients(subject)
+    if total is None:
         return False
     try:
-        # into these fresh leaves' .grad; the mark's error shows only here
-        cast(torch.Tensor, sum(differentiable)).backward()  # type: ignore[no-untyped-call]
+        total.backward()  # type: ignore[no-untyped-call]  # into fresh leaves' .grad; the mark's error shows only here
     except RuntimeError as error:
         return "once_differentiable" in str(error)
     return False

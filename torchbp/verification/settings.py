@@ -63,9 +63,9 @@ class Saved(NamedTuple):
     made: bool
 
 
-def saved_tensors(fn: Callable[..., Any], inputs: list[Any]) -> list[Saved]:
-    """The tensors ``fn`` saves for its backward: through save_for_backward (seen by saved-tensor hooks)
-    and stashed on an autograd.Function's ctx. A tensor saved twice counts once."""
+def saved_tensors(fn: Callable[..., Any], inputs: list[Any]) -> tuple[list[Saved], tuple[Any, ...]]:
+    """The tensors ``fn`` saves for its backward, through save_for_backward (seen by saved-tensor hooks)
+    and stashed on an autograd.Function's ctx (a tensor saved twice counts once), and fn's outputs."""
     saved: dict[tuple[int, torch.Size, tuple[int, ...], torch.dtype], torch.Tensor] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -83,15 +83,16 @@ def saved_tensors(fn: Callable[..., Any], inputs: list[Any]) -> list[Saved]:
                 if isinstance(item, torch.Tensor):
                     pack(item)
     given = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
-    return [
+    made = [
         Saved(t.numel() * t.element_size(), t.shape, t.untyped_storage().data_ptr() not in given)
         for t in saved.values()
     ]
+    return made, outputs
 
 
 def saved_bytes(fn: Callable[..., Any], inputs: list[Any]) -> int:
     """Bytes of the tensors ``fn`` saves for its backward (see :func:`saved_tensors`)."""
-    return sum(t.bytes for t in saved_tensors(fn, inputs))
+    return sum(t.bytes for t in saved_tensors(fn, inputs)[0])
 
 
 @verifies(
@@ -105,7 +106,7 @@ def memory(subject: Subject) -> str:
     if subject.reference is None:
         raise NotApplicable("no reference to measure against")
     inputs = subject.inputs()
-    mine = saved_tensors(subject.fn, inputs)
+    mine, outputs = saved_tensors(subject.fn, inputs)
     theirs = saved_bytes(subject.reference, subject.inputs())
     total = sum(t.bytes for t in mine)
     measured = f"{total} bytes saved where the reference saves {theirs}"
@@ -113,7 +114,6 @@ def memory(subject: Subject) -> str:
         if total > subject.memory_ratio * theirs:
             raise Failed(f"{measured}: more than the {subject.memory_ratio}× asked")
         return measured
-    outputs = as_tuple(subject.fn(*subject.inputs()))
     shapes = {t.shape for t in (*inputs, *outputs) if isinstance(t, torch.Tensor)}
     spare = max((t.bytes for t in mine if t.made and t.shape in shapes), default=0)
     if total - spare > MEMORY_RATIO * theirs:
