@@ -17,6 +17,18 @@ from torchbp.functions import LinearFunction, SequentialFunction
 from torchbp.verification.custom_ops import CUSTOM_OP_PROPERTIES
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED
 
+from verify_corpus_in_the_wild import (
+    ClassMethodSquare,
+    FirstTwoColumns,
+    SavedVariablesSquare,
+    SortValues,
+    SquareRoot,
+    cube,
+    positive,
+    sort_inputs,
+    with_a_zero,
+)
+
 OPCHECK = CUSTOM_OP_PROPERTIES  # not applicable but to custom ops
 FAST = dict(compile_backend="aot_eager")  # graph breaks and backward tracing as with inductor, less code generation
 
@@ -682,30 +694,6 @@ def test_memory_counts_tensors_kept_on_ctx_in_a_list():
     assert row.status == FAIL and "more than 1.5×" in row.measured
 
 
-class CubeSavingItsDerivative(torch.autograd.Function):
-    """PyTorch's own example (Extending torch.func): the forward returns dx = 3x² beside x³ and saves it, so
-    that the backward need not compute it."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return x**3, 3 * x**2
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[1])
-
-    @staticmethod
-    def backward(ctx, grad_output, grad_dx):
-        x, dx = ctx.saved_tensors
-        return grad_output * dx + grad_dx * 6 * x
-
-
-def cube(x):
-    return CubeSavingItsDerivative.apply(x)[0]
-
-
 def test_memory_allows_one_saved_tensor_the_size_of_an_output_and_says_so():
     row = torchbp.verify(cube, lambda x: x**3, *examples((6, 5)), only=["memory"])["memory"]
     assert row.status == PASS, row.measured
@@ -737,53 +725,15 @@ def test_memory_ratio_must_be_positive():
 
 
 def test_a_view_output_that_pytorch_refuses_to_write_counts_as_refused():
-    class FirstTwoColumns(torch.autograd.Function):
-        generate_vmap_rule = True
-
-        @staticmethod
-        def forward(x):
-            return x[:, :2]  # a view of the input, made inside the Function
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.shape = inputs[0].shape
-
-        @staticmethod
-        def backward(ctx, g):
-            return F.pad(g, (0, ctx.shape[1] - 2))
-
-    row = torchbp.verify(FirstTwoColumns.apply, lambda x: x[:, :2], *examples((4, 5)), only=["in-place"])["in-place"]
+    row = torchbp.verify(FirstTwoColumns.apply, lambda x: x[..., :2], *examples((4, 5)), only=["in-place"])["in-place"]
     assert (
         row.status == PASS
         and row.measured == "2 tensors written after the forward: 2 refused, 0 not read by the backward"
     )
 
 
-class Gather(torch.autograd.Function):
-    """out[n, t] = x[n, index[n, t]], index (N, T) of another shape than x (N, D); ∂J/∂x scatters g back."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, index):
-        return x.gather(-1, index)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, index = inputs
-        ctx.save_for_backward(index)
-        ctx.features = x.shape[-1]
-
-    @staticmethod
-    def backward(ctx, g):
-        (index,) = ctx.saved_tensors
-        return g.new_zeros(*g.shape[:-1], ctx.features).scatter_add(-1, index, g), None
-
-
 def test_an_index_tensor_of_another_shape_is_batched_with_the_input_whose_first_size_it_shares():
-    (x,) = examples((5, 4))
-    index = torch.tensor([[0, 3, 3], [1, 1, 2], [2, 0, 0], [3, 2, 1], [0, 0, 0]])
-    report = torchbp.verify(Gather.apply, lambda x, i: x.gather(-1, i), x, index, **FAST)
+    report = torchbp.verify(SortValues.apply, lambda x, order: x.gather(-1, order), *sort_inputs(), **FAST)
     assert str(report).splitlines()[1] == (
         "differentiating inputs[0]; batch along inputs[0] dim 0, inputs[1] dim 0 (inferred; batch_dims= changes it)"
     )
@@ -822,54 +772,6 @@ def test_the_recipe_for_a_backward_that_is_not_the_derivative_catches_a_wrong_on
     assert {"float64", "float32"} <= {row.name for row in report.rows if row.status == FAIL}
 
 
-class SavedVariables(torch.autograd.Function):
-    """ctx.saved_variables, the name older tutorials use: eager PyTorch still answers it, the compiler does not."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_variables
-        return 2 * x * g
-
-
-class ClassMethods(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @classmethod
-    def forward(cls, x):
-        return x * x
-
-    @classmethod
-    def setup_context(cls, ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @classmethod
-    def backward(cls, ctx, g):
-        (x,) = ctx.saved_tensors
-        return 2 * x * g
-
-
-class SquareRoot(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return torch.sqrt(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g / (2 * y)
-
-
 class WritesIntoItsGradient(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -887,28 +789,19 @@ class WritesIntoItsGradient(torch.autograd.Function):
         return g.mul_(2 * x)
 
 
-def positive(*shape):
-    return (examples(shape)[0].abs() + 0.1,)
-
-
-def with_a_zero(*shape):
-    (x,) = positive(*shape)
-    return (torch.cat([x, torch.zeros(1, shape[1], dtype=x.dtype)]),)
-
-
 # name: (fn, reference, inputs, the row, words of what it measured, words of the fix it gives)
 READ_FROM_THE_ERROR = {
     "ctx.saved_variables": (
-        SavedVariables.apply, lambda x: x * x, positive(6, 4), "compile", "graph break", "use ctx.saved_tensors"
+        SavedVariablesSquare.apply, lambda x: x * x, positive(), "compile", "graph break", "use ctx.saved_tensors"
     ),
     "classmethods": (
-        ClassMethods.apply, lambda x: x * x, positive(6, 4), "compile", "failed to bind arguments", "@staticmethod"
+        ClassMethodSquare.apply, lambda x: x * x, positive(), "compile", "failed to bind arguments", "@staticmethod"
     ),
     "NaN second derivatives": (
-        SquareRoot.apply, torch.sqrt, with_a_zero(6, 4), "double-backward", "NaN or infinite", "singular point"
+        SquareRoot.apply, torch.sqrt, with_a_zero(), "double-backward", "NaN or infinite", "singular point"
     ),
     "a backward that writes into g": (
-        WritesIntoItsGradient.apply, lambda x: x * x, positive(6, 4), "double-backward", "in-place operation",
+        WritesIntoItsGradient.apply, lambda x: x * x, positive(), "double-backward", "in-place operation",
         "writes into its upstream gradient g",
     ),
 }  # fmt: skip
