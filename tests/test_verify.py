@@ -9,6 +9,8 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
+from functorch.compile import make_boxed_compiler
+from torch._dynamo.backends.common import aot_autograd
 from torch.func import functional_call
 
 import torchbp
@@ -102,7 +104,7 @@ OWN = [
         lambda z: (torch.manual_seed(0), TF.dropout(z, 0.5))[1],
         lambda z: (torch.manual_seed(0), F.dropout(z, 0.5))[1],
         examples((6, 3)),
-        {"skip": ("vmap", "vmap-grad", "compile", "non-contiguous")},  # why: tests/test_dropout.py
+        {"skip": ("vmap", "vmap-grad", "compile", "compile-dynamic", "non-contiguous")},  # why: tests/test_dropout.py
         ONE_INPUT,
     ),
     Own(
@@ -215,6 +217,95 @@ def test_forward_mode_is_not_applicable_for_the_reason_the_readme_gives():
 def test_the_default_compiler_traces_torchbps_linear_with_no_graph_break():
     row = torchbp.verify(TF.linear, F.linear, *examples((6, 3), (4, 3), (4,)), only=["compile"])["compile"]
     assert row.status == PASS and row.measured.startswith("inductor, no graph break")
+
+
+def _wrong_where_the_batch_is_symbolic(graph, example_inputs):
+    """A backward compiler whose code is 1 % off wherever a size is a symbol: what a backend's bug for symbolic
+    sizes would give. Registered below as a compile backend."""
+    symbolic = any(isinstance(x, torch.SymInt) for x in example_inputs)
+
+    def run(args):
+        return [out * 1.01 if symbolic and isinstance(out, torch.Tensor) else out for out in graph(*args)]
+
+    run._boxed_call = True
+    return run
+
+
+torch._dynamo.register_backend(
+    aot_autograd(
+        fw_compiler=make_boxed_compiler(lambda graph, _: graph), bw_compiler=_wrong_where_the_batch_is_symbolic
+    ),
+    name="torchbp_test_wrong_where_symbolic",
+)
+
+
+def test_compile_dynamic_holds_the_compilation_with_a_symbolic_batch_to_eager():
+    """Shown to fail on a wrong gradient: a backend 1 % off where the batch is a symbol passes compile (its
+    sizes fixed) and fails compile-dynamic, naming the batch size and the gradients."""
+    inputs = examples((6, 3), (4, 3), (4,))
+    rows = ["compile", "compile-dynamic"]
+    wrong = torchbp.verify(TF.linear, F.linear, *inputs, only=rows, compile_backend="torchbp_test_wrong_where_symbolic")
+    assert wrong["compile"].status == PASS, str(wrong)
+    row = wrong["compile-dynamic"]
+    assert row.status == FAIL and row.measured.startswith("batch 6: inputs[0].grad: rel. error 1.0e-02"), row.measured
+    assert "backend's code for symbolic sizes" in row.fix
+    right = torchbp.verify(TF.linear, F.linear, *inputs, only=rows, **FAST)["compile-dynamic"]
+    assert right.status == PASS and "batch 6 then 5, one graph for both" in right.measured, right.measured
+
+
+def test_the_compile_row_fixes_the_sizes_whatever_verify_compiled_before():
+    """The compiler learns which sizes change by the code's file, line and name, alike for each verify: without
+    dynamic=False a second verify with another batch size would compile the compile row with a symbolic batch
+    (which the backend above would get wrong)."""
+    for n in (6, 5, 4):
+        report = torchbp.verify(
+            TF.linear, F.linear, *examples((n, 3), (4, 3), (4,)), only=["compile", "compile-dynamic"],
+            compile_backend="torchbp_test_wrong_where_symbolic",
+        )  # fmt: skip
+        assert report["compile"].status == PASS, str(report)
+
+
+class Square(torch.autograd.Function):
+    """x², done right: the twin of the squares below."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class LoopsOverTheSamples(Square):
+    """x², one sample at a time in a Python loop: right, but the compiler unrolls the loop for one batch size."""
+
+    @staticmethod
+    def forward(x):
+        return torch.stack([x[n] * x[n] for n in range(x.shape[0])])
+
+
+@pytest.mark.parametrize(
+    ("fn", "shapes", "status", "words"),
+    [
+        (TF.linear, ((2, 3), (4, 3), (4,)), PASS, "batch 3 then 2"),  # the examples' samples over again
+        (LoopsOverTheSamples.apply, ((6, 4),), PASS, "2 graphs: fn fixes the batch size"),
+        (TF.linear, ((3,), (4, 3), (4,)), NOT_APPLICABLE, "no input has a batch dimension"),
+        (TF.linear, ((0, 3), (4, 3), (4,)), NOT_APPLICABLE, "no samples"),
+    ],
+    ids=["two samples", "a size fixed by fn", "no batch", "an empty batch"],
+)
+def test_compile_dynamic_runs_two_batch_sizes_above_one_and_says_what_it_compiled(fn, shapes, status, words):
+    reference = F.linear if fn is TF.linear else (lambda x: x * x)
+    row = torchbp.verify(fn, reference, *examples(*shapes), only=["compile-dynamic"], **FAST)["compile-dynamic"]
+    assert row.status == status and words in row.measured, row.measured
 
 
 def test_the_bare_linear_function_leaves_autocast_to_the_functional_form():
@@ -772,17 +863,7 @@ def test_the_recipe_for_a_backward_that_is_not_the_derivative_catches_a_wrong_on
     assert {"float64", "float32"} <= {row.name for row in report.rows if row.status == FAIL}
 
 
-class WritesIntoItsGradient(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return x * x
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
+class WritesIntoItsGradient(Square):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors

@@ -20,7 +20,7 @@ BACKEND = "aot_eager"  # the graph breaks and traced backwards inductor sees, wi
 @pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated")  # an entry's own old name
 @pytest.mark.parametrize("entry", CORPUS, ids=lambda entry: entry.name)
 def test_it_fails_exactly_its_rows_each_with_the_fix_for_its_cause(entry):
-    report = verify(entry.fn, entry.reference, *entry.inputs(), compile_backend=BACKEND, **entry.options)
+    report = verify(entry.fn, entry.reference, *entry.inputs(), **{"compile_backend": BACKEND, **entry.options})
     failed = {row.name for row in report.rows if row.status == "fail"}
     assert failed == entry.fails, str(report)
     for name, words in entry.fixes.items():

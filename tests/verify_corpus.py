@@ -724,9 +724,9 @@ CORPUS: list[Mistake] = [
         F.linear,
         linear_inputs,
         {},
-        frozenset({"compile"}),
-        "only the compiler needs the branch decided while tracing; eager code and torch.func read the "
-        "shared, unbatched bias",
+        frozenset({"compile", "compile-dynamic"}),
+        "only the compiler needs the branch decided while tracing (the batch fixed or symbolic); eager code and "
+        "torch.func read the shared, unbatched bias",
     ),
     Mistake(
         "max over the whole batch",
@@ -766,10 +766,10 @@ CORPUS: list[Mistake] = [
         SigmoidWithJvp.apply,
         torch.sigmoid,
         batch_inputs,
-        {"skip": ("compile",)},
+        {"skip": ("compile", "compile-dynamic")},
         frozenset({"jvp"}),
-        "only forward mode calls jvp; compile is skipped because Dynamo refuses any Function with a custom jvp, "
-        "the correct twin included",
+        "only forward mode calls jvp; compile and compile-dynamic are skipped because Dynamo refuses any Function "
+        "with a custom jvp, the correct twin included",
     ),
     Mistake(
         "backward assumes a batch",

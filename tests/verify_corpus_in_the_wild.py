@@ -22,7 +22,7 @@ class Wild(NamedTuple):
     fn: Callable
     reference: Callable | None
     inputs: Callable[[], tuple]
-    options: dict  # verify's keyword options, besides compile_backend
+    options: dict  # verify's keyword options (compile_backend: aot_eager unless given)
     fails: frozenset  # exactly the rows it must fail (empty: a correct Function)
     fixes: dict  # row: words its fix must contain
 
@@ -197,6 +197,38 @@ class SquareRoot(Function):
         return g / (2 * y)
 
 
+class ConvolutionWeightOverTheBatch(Function):
+    """A 2-d convolution (stride 1, no padding) whose weight gradient is one convolution with the batch as its
+    channels, conv2d(xᵀ, δᵀ), as many hand-written convolutions compute it: right eagerly and compiled with a
+    fixed batch; the backend cannot order its strides with the batch size symbolic, and an empty batch gives the
+    weight gradient no output channels."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w):
+        return F.conv2d(x, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g = g.to(x.dtype)  # autocast's lower precision, back to the saved input's
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.nn.grad.conv2d_input(x.shape, w, g)
+        if ctx.needs_input_grad[1]:
+            gw = F.conv2d(x.transpose(0, 1), g.transpose(0, 1)).transpose(0, 1)  # Σ over the batch, as channels
+        return gx, gw
+
+
+def images() -> tuple:
+    return examples((4, 2, 6, 6), (3, 2, 3, 3))
+
+
 # -- torch.library custom ops -----------------------------------------------------------------------
 
 
@@ -283,10 +315,11 @@ CORPUS: list[Wild] = [
          frozenset({"vmap", "vmap-grad", "jacrev", "jvp"}),
          {row: "move the ctx work to setup_context" for row in ("vmap", "vmap-grad", "jacrev", "jvp")}),
     Wild("ctx.saved_variables", SavedVariablesSquare.apply, lambda x: x * x, features, {},
-         frozenset({"vmap", "vmap-grad", "jacrev", "jvp", "compile"}),
-         {"compile": "use ctx.saved_tensors", "vmap": "move the ctx work to setup_context"}),
-    Wild("classmethods", ClassMethodSquare.apply, lambda x: x * x, features, {}, frozenset({"compile"}),
-         {"compile": "@staticmethod"}),
+         frozenset({"vmap", "vmap-grad", "jacrev", "jvp", "compile", "compile-dynamic"}),
+         {"compile": "use ctx.saved_tensors", "compile-dynamic": "use ctx.saved_tensors",
+          "vmap": "move the ctx work to setup_context"}),
+    Wild("classmethods", ClassMethodSquare.apply, lambda x: x * x, features, {},
+         frozenset({"compile", "compile-dynamic"}), {"compile": "@staticmethod", "compile-dynamic": "@staticmethod"}),
     Wild("a view output", FirstTwoColumns.apply, lambda x: x[..., :2], features, {}, NOTHING, {}),
     Wild("an index input of another shape", SortValues.apply, lambda x, order: x.gather(-1, order), sort_inputs,
          {}, NOTHING, {}),
@@ -295,25 +328,31 @@ CORPUS: list[Wild] = [
          {"skip": ["gradcheck"]}, NOTHING, {}),
     Wild("a straight-through estimator, with its recipe", RoundStraightThrough.apply,
          lambda x: x + (torch.round(x) - x).detach(), features, {"skip": ["gradcheck"]}, NOTHING, {}),
+    Wild("a weight gradient as a convolution over the batch", ConvolutionWeightOverTheBatch.apply, F.conv2d, images,
+         {"compile_backend": "inductor"},  # the failure is inductor's, where the batch size is a symbol
+         frozenset({"empty-batch", "vmap-grad", "compile-dynamic"}),
+         {"compile-dynamic": "channel count is the batch", "empty-batch": "in shape [0, 2, 3, 3]",
+          "vmap-grad": "assumes a batch dimension"}),
     Wild("a sqrt at 0", SquareRoot.apply, torch.sqrt, with_a_zero, {}, frozenset({"gradcheck", "double-backward"}),
          {"double-backward": "singular point"}),
     Wild("a custom op", swish, F.silu, features, {}, NOTHING, {}),
     Wild("a custom op without a fake kernel", swish_without_a_fake, F.silu, features, {},
-         frozenset({"compile", "opcheck-fake", "opcheck-aot"}),
-         {"compile": "register_fake", "opcheck-fake": "register_fake"}),
+         frozenset({"compile", "compile-dynamic", "opcheck-fake", "opcheck-aot"}),
+         {"compile": "register_fake", "compile-dynamic": "register_fake", "opcheck-fake": "register_fake"}),
     Wild("a custom op with a wrong fake kernel", swish_with_a_wrong_fake, F.silu, features, {},
-         frozenset({"compile", "opcheck-fake", "opcheck-aot"}),
-         {"compile": "fake kernel", "opcheck-fake": "not the real kernel's"}),
+         frozenset({"compile", "compile-dynamic", "opcheck-fake", "opcheck-aot"}),
+         {"compile": "fake kernel", "compile-dynamic": "fake kernel", "opcheck-fake": "not the real kernel's"}),
     Wild("a custom op without a vmap rule", swish_without_vmap, F.silu, features, {}, frozenset({"vmap", "vmap-grad"}),
          {"vmap": "register_vmap", "vmap-grad": "register_vmap"}),
     Wild("a custom op without autograd", swish_without_autograd, F.silu, features, {},
          frozenset({"float64", "float32", "gradcheck", "double-backward", "non-contiguous", "empty-batch", "vmap-grad",
-                    "compile", "autocast", "in-place", "opcheck-aot"}),
+                    "compile", "compile-dynamic", "autocast", "in-place", "opcheck-aot"}),
          {"float64": "register_autograd", "gradcheck": "register_autograd"}),
     Wild("autograd inside an op's kernel", swish_autograd_in_kernel, F.silu, features, {},
-         frozenset({"vmap", "vmap-grad", "jacrev", "jvp", "compile", "opcheck-autograd", "opcheck-fake",
-                    "opcheck-aot"}),
+         frozenset({"vmap", "vmap-grad", "jacrev", "jvp", "compile", "compile-dynamic", "opcheck-autograd",
+                    "opcheck-fake", "opcheck-aot"}),
          {"opcheck-autograd": "inside its backend kernel", "compile": "see opcheck-autograd",
+          "compile-dynamic": "see opcheck-autograd",
           "vmap": "move the ctx work to setup_context"}),
     Wild("a custom op writing an undeclared input", scale_in_place_undeclared, lambda x: 2 * x, features, {},
          frozenset({"opcheck-schema", "in-place", "gradcheck", "non-contiguous", "vmap"}),

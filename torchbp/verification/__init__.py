@@ -2,13 +2,14 @@
 
 The properties, in the report's order, live by theme: ``gradients`` (against the
 reference, finite differences, double backward, needs_input_grad), ``layouts``
-(non-contiguous, empty batch), ``transforms`` (torch.func, torch.compile) and
+(non-contiguous, empty batch), ``transforms`` (torch.func), ``compiled`` (torch.compile) and
 ``settings`` (autocast, memory, in-place writes, CUDA); ``outcome`` registers them. ``subject`` holds what
 they share: fresh inputs in any form, one seeded upstream gradient, the comparison.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from torchbp.check import as_tuple
 from torchbp.compare import validate_tolerances
 
 # Importing each theme registers its properties; the report lists them in this order.
-from torchbp.verification import gradients, layouts, transforms, settings, custom_ops  # noqa: F401  # isort: skip
+from torchbp.verification import gradients, layouts, transforms, compiled, settings, custom_ops  # noqa: F401  # isort: skip
 from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Property, Skipped
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
 from torchbp.verification.subject import Subject
@@ -106,6 +107,29 @@ ERROR_CAUSES = (
 )
 
 
+# PyTorch's words when a backward returns a gradient of another shape than its input's.
+WRONG_SHAPE = re.compile(
+    r"returned an invalid gradient at index (\d+) - got (\[[^\]]*\]) but expected shape compatible with (\[[^\]]*\])"
+)
+
+
+def _error_fix(message: str, prop: Property) -> str:
+    """The fix for what an error says, where its words name the cause; else the property's usual one."""
+    fix = next((fix for words, fix in ERROR_CAUSES if words in message), None)
+    if fix is not None:
+        return fix
+    wrong_shape = WRONG_SHAPE.search(message)
+    if wrong_shape is None:
+        return prop.fix
+    index, got, expected = wrong_shape.groups()
+    fix = f"the backward returns gradient {index} (counted from 0, as forward's inputs) in shape {got} "
+    fix += f"where its input's is {expected}"
+    if prop.name == "empty-batch":
+        fix += ": with no samples, a sum over the batch done as one product or convolution over it can come out "
+        fix += "in another shape; start from zeros of the input's shape"
+    return fix
+
+
 def _run(prop: Property, subject: Subject) -> VerifyRow:
     start = time.perf_counter()
     try:
@@ -121,7 +145,7 @@ def _run(prop: Property, subject: Subject) -> VerifyRow:
         message = " ".join(str(error).split())
         if len(message) > 300:
             message = message[:297] + "..."
-        fix = next((fix for words, fix in ERROR_CAUSES if words in message), prop.fix)
+        fix = _error_fix(message, prop)
         row = VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", fix)
     return row._replace(seconds=time.perf_counter() - start)
 

@@ -102,7 +102,8 @@ class Examples:
     ) -> list[Any]:
         """Fresh leaves from the examples: floating-point ones in ``dtype``, the inputs in ``requires``
         (all differentiable ones by default) requiring grad, ``samples`` samples along the batch
-        dimensions, each laid out by ``layout`` (same values, other strides)."""
+        dimensions (the first ones; the examples' samples over again where more are asked), each laid out
+        by ``layout`` (same values, other strides)."""
         requiring = set(self.differentiable if requires is None else requires)
         made = []
         for i, x in enumerate(self.examples):
@@ -112,7 +113,7 @@ class Examples:
             x = x.detach()
             dim = self.batch_dims[i]
             if samples is not None and dim is not None:
-                x = x.narrow(dim, 0, samples)
+                x = x.index_select(dim, torch.arange(samples, device=x.device) % x.shape[dim])
             x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype, copy=True)
             if layout is not None:
                 x = layout(x)

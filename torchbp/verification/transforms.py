@@ -1,4 +1,4 @@
-"""Properties under PyTorch's function transforms and compiler: torch.func and torch.compile.
+"""Properties under PyTorch's function transforms: torch.func.
 
 Each is held to ``fn``'s own eager result (a loop over samples, a Jacobian built
 from its backward), not to the reference: a transform must not change what fn
@@ -7,7 +7,6 @@ computes, and whether fn computes the right thing is the float64 property's job.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -16,7 +15,7 @@ import torch.func
 
 from torchbp.check import as_tuple
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
-from torchbp.verification.subject import Subject, functions_of, is_custom_op
+from torchbp.verification.subject import Subject, functions_of
 
 SAMPLES = 4  # samples looped over, for the vmap properties
 JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
@@ -244,88 +243,3 @@ def check_jvp(subject: Subject) -> str:
         expected = cast(torch.Tensor, sum(products))  # Σ_i J_i t_i, over at least one input
         pairs.append((f"output[{j}] tangent", out, expected.reshape(out.shape)))
     return subject.compare(pairs)
-
-
-@verifies(
-    "compile",
-    "Python control flow on a tensor value (if x.sum() > 0), .item(), .numpy() or printing in forward or backward",
-)
-def check_compile(subject: Subject) -> str:
-    """Torch.compile(fullgraph=True) traces forward and backward with no graph break, with eager's results."""
-    import torch._dynamo
-
-    def call(*inputs: Any) -> Any:  # as a model calls fn; the compiler starts from a plain function
-        return subject.fn(*inputs)
-
-    # The compiler keeps its caches on code objects: a fresh one compiles afresh, without clearing (or counting
-    # against) anything the caller compiled.
-    call = types.FunctionType(call.__code__.replace(), call.__globals__, call.__name__, None, call.__closure__)
-    compiled = torch.compile(call, fullgraph=True, backend=subject.compile_backend)
-    try:
-        run = subject.run(compiled, subject.inputs())
-    except torch._dynamo.exc.Unsupported as error:
-        reason = _reason(error)
-        if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
-            reason += " (torch.compile refuses any Function that defines jvp: drop the jvp, or skip compile)"
-        raise Failed(f"graph break: {reason}", fix=_graph_break_fix(reason, _source_line(error))) from None
-    except torch._dynamo.exc.TorchRuntimeError as error:
-        if not isinstance(subject.fn, torch._library.custom_ops.CustomOpDef) or "fake" not in str(error).lower():
-            raise
-        raise Failed(
-            f"the compiler's fake-tensor run of {subject.name} failed: {_reason(error)}",
-            fix="the op has no fake kernel, or a wrong one: register one with op.register_fake (see opcheck-fake)",
-        ) from None
-    except torch._dynamo.exc.BackendCompilerFailed as error:
-        if isinstance(subject.fn, torch._library.custom_ops.CustomOpDef):
-            fix = "the op's fake kernel (register_fake) gives an output unlike the real kernel's, and the compiler "
-            fix += "traced with it: see opcheck-fake"
-        else:
-            fix = "an error inside the compiler's backend after fn traced without a graph break, not a mistake the "
-            fix += "trace found in fn: try compile_backend='aot_eager' to confirm, and report the error to PyTorch"
-        raise Failed(f"the {subject.compile_backend} backend failed: {_reason(error)}", fix=fix) from None
-    try:
-        measured = subject.compare(subject.pairs(run, subject.baseline))
-    except Failed as wrong:
-        if not is_custom_op(subject.fn):
-            raise
-        raise Failed(
-            str(wrong),
-            fix="compiled, the op's gradient is not eager's: its autograd is not registered where the compiler's "
-            "dispatcher looks (an autograd.Function inside its kernel): op.register_autograd (see opcheck-autograd)",
-        ) from None
-    return f"{subject.compile_backend}, no graph break: {measured}"
-
-
-# What a graph break's reason or the line it points at says, and the fix for it (else the property's usual one).
-GRAPH_BREAK_CAUSES = (
-    ("saved_variables", "ctx.saved_variables is the old name the compiler does not know: use ctx.saved_tensors"),
-    (
-        "failed to bind arguments when attempting to inline",
-        "forward, setup_context or backward written as a @classmethod: the compiler calls them as static "
-        "methods; make them @staticmethod",
-    ),
-)
-
-
-def _graph_break_fix(reason: str, line: str) -> str | None:
-    for words, fix in GRAPH_BREAK_CAUSES:
-        if words in reason or words in line:
-            return fix
-    return None
-
-
-def _source_line(error: Exception) -> str:
-    """The source line of the innermost 'File "…", line N' the error names, or ''."""
-    import linecache
-    import re
-
-    places = re.findall(r'File "([^"]+)", line (\d+)', str(error))
-    return linecache.getline(places[-1][0], int(places[-1][1])) if places else ""
-
-
-def _reason(error: Exception) -> str:
-    """The graph break's first line, and where in the user's code it happened."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    where = next((line for line in reversed(lines) if line.startswith('File "')), None)  # innermost: fn's code
-    reason = lines[0][:200] if lines else type(error).__name__
-    return f"{reason} ({where})" if where else reason
