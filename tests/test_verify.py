@@ -22,6 +22,7 @@ from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED
 from verify_corpus_in_the_wild import (
     ClassMethodSquare,
     FirstTwoColumns,
+    OldStyleSquare,
     SavedVariablesSquare,
     SortValues,
     SquareRoot,
@@ -306,6 +307,43 @@ def test_compile_dynamic_runs_two_batch_sizes_above_one_and_says_what_it_compile
     reference = F.linear if fn is TF.linear else (lambda x: x * x)
     row = torchbp.verify(fn, reference, *examples(*shapes), only=["compile-dynamic"], **FAST)["compile-dynamic"]
     assert row.status == status and words in row.measured, row.measured
+
+
+@pytest.fixture
+def cuda_row_on_the_cpu(monkeypatch):
+    """The cuda row's own logic, on the CPU (CI has no GPU): what it runs on its device, how a failure there
+    reads. On a GPU the row runs these same checks there."""
+    monkeypatch.setattr(torchbp.verification.settings, "GPU", "cpu")
+
+
+def test_the_cuda_row_runs_the_transforms_and_the_compiler_on_the_device(cuda_row_on_the_cpu):
+    row = torchbp.verify(TF.linear, F.linear, *examples((6, 3), (4, 3), (4,)), only=["cuda"], **FAST)["cuda"]
+    assert row.status == PASS, row.measured
+    assert row.measured.endswith("; vmap, vmap-grad, jacrev, compile, compile-dynamic on cpu as eagerly there")
+
+
+@pytest.mark.parametrize(
+    ("fn", "options", "measured", "fix"),
+    [
+        (TF.linear, {"compile_backend": "torchbp_test_wrong_where_symbolic"},
+         "compile-dynamic on cpu: batch 6: inputs[0].grad: rel. error 1.0e-02", "backend's code for symbolic sizes"),
+        (OldStyleSquare.apply, FAST, "vmap on cpu: OldStyleSquare is an old-style", "move the ctx work"),
+    ],
+    ids=["a gradient wrong there", "a Function torch.func does not take"],
+)  # fmt: skip
+def test_a_failure_on_the_device_fails_the_cuda_row_naming_where(cuda_row_on_the_cpu, fn, options, measured, fix):
+    inputs = examples((6, 3), (4, 3), (4,)) if fn is TF.linear else positive()
+    reference = F.linear if fn is TF.linear else (lambda x: x * x)
+    row = torchbp.verify(fn, reference, *inputs, only=["cuda"], **options)["cuda"]
+    assert row.status == FAIL and row.measured.startswith(measured) and fix in row.fix, (row.measured, row.fix)
+
+
+def test_the_cuda_row_leaves_out_on_the_device_what_verify_was_told_to_skip(cuda_row_on_the_cpu):
+    skip = ["vmap", "vmap-grad", "jacrev", "jvp"]
+    row = torchbp.verify(OldStyleSquare.apply, lambda x: x * x, *positive(), only=["cuda"], skip=skip, **FAST)
+    assert row["cuda"].status == PASS and row["cuda"].measured.endswith(
+        "; compile, compile-dynamic on cpu as eagerly there"
+    )
 
 
 def test_the_bare_linear_function_leaves_autocast_to_the_functional_form():

@@ -9,7 +9,6 @@ they share: fresh inputs in any form, one seeded upstream gradient, the comparis
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from torchbp.compare import validate_tolerances
 
 # Importing each theme registers its properties; the report lists them in this order.
 from torchbp.verification import gradients, layouts, transforms, compiled, settings, custom_ops  # noqa: F401  # isort: skip
-from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Property, Skipped
+from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Property, Skipped, fix_for, one_line
 from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED, VerifyReport, VerifyRow
 from torchbp.verification.subject import Subject
 
@@ -79,6 +78,7 @@ def verify(
     subject = _subject(
         fn, reference, inputs, batch_dims, nondiff, once_differentiable, rtol, atol, compile_backend, seed, memory_ratio
     )
+    subject.skipped = frozenset(skipped)
     rows = []
     # Grad mode on, whatever the caller's; the global random state seeded for the checks that draw from it
     # (gradgradcheck's upstream gradients, fn's own), and the caller's given back afterwards.
@@ -98,38 +98,6 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if initialized else []
 
 
-# Errors whose words name their cause, whichever property raised them: the fix for it.
-ERROR_CAUSES = (
-    (
-        "no autograd formula was registered",
-        "the custom op has no autograd formula: register one with op.register_autograd(backward, setup_context=...)",
-    ),
-)
-
-
-# PyTorch's words when a backward returns a gradient of another shape than its input's.
-WRONG_SHAPE = re.compile(
-    r"returned an invalid gradient at index (\d+) - got (\[[^\]]*\]) but expected shape compatible with (\[[^\]]*\])"
-)
-
-
-def _error_fix(message: str, prop: Property) -> str:
-    """The fix for what an error says, where its words name the cause; else the property's usual one."""
-    fix = next((fix for words, fix in ERROR_CAUSES if words in message), None)
-    if fix is not None:
-        return fix
-    wrong_shape = WRONG_SHAPE.search(message)
-    if wrong_shape is None:
-        return prop.fix
-    index, got, expected = wrong_shape.groups()
-    fix = f"the backward returns gradient {index} (counted from 0, as forward's inputs) in shape {got} "
-    fix += f"where its input's is {expected}"
-    if prop.name == "empty-batch":
-        fix += ": with no samples, a sum over the batch done as one product or convolution over it can come out "
-        fix += "in another shape; start from zeros of the input's shape"
-    return fix
-
-
 def _run(prop: Property, subject: Subject) -> VerifyRow:
     start = time.perf_counter()
     try:
@@ -142,11 +110,8 @@ def _run(prop: Property, subject: Subject) -> VerifyRow:
     except Skipped as reason:
         row = VerifyRow(prop.name, SKIPPED, str(reason))
     except Exception as error:  # the function broke under this property: that is what it measured
-        message = " ".join(str(error).split())
-        if len(message) > 300:
-            message = message[:297] + "..."
-        fix = _error_fix(message, prop)
-        row = VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", fix)
+        message = one_line(error)
+        row = VerifyRow(prop.name, FAIL, f"raised {type(error).__name__}: {message}", fix_for(message, prop))
     return row._replace(seconds=time.perf_counter() - start)
 
 

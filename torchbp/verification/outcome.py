@@ -8,6 +8,7 @@ the error is what was measured.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -51,3 +52,42 @@ def verifies(name: str, fix: str) -> Callable[[Check], Check]:
         return check
 
     return register
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, cut at ``limit`` characters."""
+    message = " ".join(str(error).split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+# Errors whose words name their cause, whichever property raised them: the fix for it.
+ERROR_CAUSES = (
+    (
+        "no autograd formula was registered",
+        "the custom op has no autograd formula: register one with op.register_autograd(backward, setup_context=...)",
+    ),
+)
+
+
+# PyTorch's words when a backward returns a gradient of another shape than its input's.
+WRONG_SHAPE = re.compile(
+    r"returned an invalid gradient at index (\d+) - got (\[[^\]]*\]) but expected shape compatible with (\[[^\]]*\])"
+)
+
+
+def fix_for(message: str, prop: Property) -> str:
+    """The fix for what an error raised under ``prop`` says, where its words name the cause; else the property's
+    usual one."""
+    fix = next((fix for words, fix in ERROR_CAUSES if words in message), None)
+    if fix is not None:
+        return fix
+    wrong_shape = WRONG_SHAPE.search(message)
+    if wrong_shape is None:
+        return prop.fix
+    index, got, expected = wrong_shape.groups()
+    fix = f"the backward returns gradient {index} (counted from 0, as forward's inputs) in shape {got} "
+    fix += f"where its input's is {expected}"
+    if prop.name == "empty-batch":
+        fix += ": with no samples, a sum over the batch done as one product or convolution over it can come out "
+        fix += "in another shape; start from zeros of the input's shape"
+    return fix

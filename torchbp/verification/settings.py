@@ -9,7 +9,7 @@ import torch
 
 from torchbp.check import SameRandomness, as_tuple
 from torchbp.compare import DEFAULT_RTOL
-from torchbp.verification.outcome import Failed, NotApplicable, Skipped, verifies
+from torchbp.verification.outcome import PROPERTIES, Failed, NotApplicable, Skipped, fix_for, one_line, verifies
 from torchbp.verification.subject import Run, Subject, custom_nodes
 
 MEMORY_RATIO = 1.5
@@ -192,18 +192,54 @@ def _unchanged_by_forward(subject: Subject, inputs: list[Any]) -> None:
             )
 
 
+# The rows run again on the GPU, each held to fn eagerly there: torch.func and the compiler.
+ON_THE_DEVICE = ("vmap", "vmap-grad", "jacrev", "jvp", "compile", "compile-dynamic")
+GPU = "cuda"  # the row's device (torchbp's tests run the row's logic on the CPU by setting it)
+
+
 @verifies(
     "cuda",
     "a tensor created on the CPU inside forward or backward (torch.zeros(n) without device=)",
 )
 def cuda(subject: Subject) -> str:
-    """On a CUDA device: the reference's values and gradients in float32, and under float16 autocast."""
-    if not torch.cuda.is_available():
+    """On a CUDA device: the reference's values and gradients in float32, and under float16 autocast; then
+    torch.func's and the compiler's rows there."""
+    if GPU == "cuda" and not torch.cuda.is_available():
         raise Skipped("no CUDA device here")
     if subject.reference is None:
         cpu = subject.run(subject.fn, subject.inputs(torch.float32))
-        gpu = subject.run(subject.fn, subject.inputs(torch.float32, device="cuda"))
+        gpu = subject.run(subject.fn, subject.inputs(torch.float32, device=GPU))
         gpu = gpu._replace(outputs=tuple(out.cpu() for out in gpu.outputs), grads=[g.cpu() for g in gpu.grads])
-        return f"float32 against fn on the CPU: {subject.compare(subject.pairs(gpu, cpu))}"
-    measured = subject.compare(subject.pairs(*subject.run_both(torch.float32, device="cuda")))
-    return f"float32: {measured}; {_under_autocast(subject, 'cuda')}"
+        measured = f"float32 against fn on the CPU: {subject.compare(subject.pairs(gpu, cpu))}"
+    else:
+        values = subject.compare(subject.pairs(*subject.run_both(torch.float32, device=GPU)))
+        measured = f"float32: {values}; {_under_autocast(subject, GPU)}"
+    return f"{measured}; {_rows_on(subject, GPU)}"
+
+
+def _rows_on(subject: Subject, device: str) -> str:
+    """The rows of ON_THE_DEVICE that apply and are not skipped, run again with the inputs on ``device``; the
+    first failure fails the row, named with where it happened."""
+    there = subject.on(device)
+    ran = []
+    for name in ON_THE_DEVICE:
+        if name in subject.skipped:
+            continue
+        prop = PROPERTIES[name]
+        try:
+            prop.check(there)
+        except (NotApplicable, Skipped):
+            continue
+        except Failed as failed:
+            raise Failed(f"{name} on {device}: {failed}", fix=failed.fix or prop.fix) from None
+        except Exception as error:  # fn broke there: that is what was measured
+            message = one_line(error)
+            raise Failed(
+                f"{name} on {device} raised {type(error).__name__}: {message}", fix_for(message, prop)
+            ) from None
+        ran.append(name)
+    return (
+        f"{', '.join(ran)} on {device} as eagerly there"
+        if ran
+        else f"no torch.func or compiler row applies on {device}"
+    )

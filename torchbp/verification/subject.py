@@ -8,6 +8,7 @@ drawn once from a seeded generator, so every run is compared under the same one.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ class Examples:
         self.differentiable = [i for i in (asked or floating) if i not in set(nondiff)]
         self.batch_dims = self._batch_dims(batch_dims)
         self.batch_dims_given = batch_dims is not None
+        self.device: torch.device | str | None = None  # where inputs() makes them unless told: the examples'
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class Examples:
         dimensions (the first ones; the examples' samples over again where more are asked), each laid out
         by ``layout`` (same values, other strides)."""
         requiring = set(self.differentiable if requires is None else requires)
+        device = self.device if device is None else device
         made = []
         for i, x in enumerate(self.examples):
             if not isinstance(x, torch.Tensor):
@@ -155,7 +158,14 @@ class Subject(Examples):
         self.compile_backend = compile_backend
         self.seed = seed
         self.memory_ratio = memory_ratio
+        self.skipped: frozenset[str] = frozenset()  # the properties verify was told to leave out
         self._baseline: Run | None = None
+
+    def on(self, device: torch.device | str) -> Subject:
+        """This subject with its inputs made on ``device``: the properties run there, held to fn there."""
+        there = copy.copy(self)
+        there.device, there._baseline = device, None
+        return there
 
     # -- running --------------------------------------------------------------------------
 

@@ -227,7 +227,8 @@ def check_jvp(subject: Subject) -> str:
     inputs = _jacobian_inputs(subject)
     generator = torch.Generator().manual_seed(subject.seed + 1)
     tangents = tuple(
-        torch.randn(inputs[i].shape, generator=generator, dtype=inputs[i].dtype) for i in subject.differentiable
+        torch.randn(inputs[i].shape, generator=generator, dtype=inputs[i].dtype).to(inputs[i].device)
+        for i in subject.differentiable
     )
 
     primals = tuple(inputs[i] for i in subject.differentiable)
