@@ -197,6 +197,26 @@ class SquareRoot(Function):
         return g / (2 * y)
 
 
+class SoftmaxOverDimOne(Function):
+    """Softmax over dim=1, written for (N, C) logits as most code is: right for a batch, but one sample (what
+    vmap passes) has no dimension 1."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.softmax(dim=1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (p,) = ctx.saved_tensors
+        return p * (g - (g * p).sum(dim=1, keepdim=True))
+
+
 class ConvolutionWeightOverTheBatch(Function):
     """A 2-d convolution (stride 1, no padding) whose weight gradient is one convolution with the batch as its
     channels, conv2d(xᵀ, δᵀ), as many hand-written convolutions compute it: right eagerly and compiled with a
@@ -328,11 +348,14 @@ CORPUS: list[Wild] = [
          {"skip": ["gradcheck"]}, NOTHING, {}),
     Wild("a straight-through estimator, with its recipe", RoundStraightThrough.apply,
          lambda x: x + (torch.round(x) - x).detach(), features, {"skip": ["gradcheck"]}, NOTHING, {}),
+    Wild("softmax over dim=1", SoftmaxOverDimOne.apply, lambda x: x.softmax(1), features, {},
+         frozenset({"vmap", "vmap-grad"}),
+         {"vmap": "counts dimensions from the front", "vmap-grad": "counts dimensions from the front"}),
     Wild("a weight gradient as a convolution over the batch", ConvolutionWeightOverTheBatch.apply, F.conv2d, images,
          {"compile_backend": "inductor"},  # the failure is inductor's, where the batch size is a symbol
          frozenset({"empty-batch", "vmap-grad", "compile-dynamic"}),
          {"compile-dynamic": "channel count is the batch", "empty-batch": "in shape [0, 2, 3, 3]",
-          "vmap-grad": "assumes a batch dimension"}),
+          "vmap-grad": "needs the batch dimension"}),
     Wild("a sqrt at 0", SquareRoot.apply, torch.sqrt, with_a_zero, {}, frozenset({"gradcheck", "double-backward"}),
          {"double-backward": "singular point"}),
     Wild("a custom op", swish, F.silu, features, {}, NOTHING, {}),

@@ -75,12 +75,24 @@ WRONG_SHAPE = re.compile(
 )
 
 
+# PyTorch's words for a dimension that is not there: under vmap, fn sees each sample without its batch dimension.
+MISSING_DIMENSION = re.compile(r"Dimension out of range|Expected \d+-dimensional input|expected \d+D")
+PER_SAMPLE_ROWS = ("vmap", "vmap-grad")
+
+
 def fix_for(message: str, prop: Property) -> str:
     """The fix for what an error raised under ``prop`` says, where its words name the cause; else the property's
     usual one."""
     fix = next((fix for words, fix in ERROR_CAUSES if words in message), None)
     if fix is not None:
         return fix
+    if prop.name in PER_SAMPLE_ROWS and MISSING_DIMENSION.search(message):
+        return (
+            "fn (its forward or backward) counts dimensions from the front, or needs the batch dimension: vmap "
+            "gives it one sample, that dimension removed. Count from the end (dim=-1, x[..., i], reshape(*lead, "
+            "-1)) so that one sample and a batch both work; a Function that must see the batch cannot be vmapped "
+            "(skip=('vmap', 'vmap-grad') where torch.func is not used on it)"
+        )
     wrong_shape = WRONG_SHAPE.search(message)
     if wrong_shape is None:
         return prop.fix
