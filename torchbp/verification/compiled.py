@@ -11,10 +11,12 @@ at, the operation the backend was lowering.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
+import logging
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,7 +48,8 @@ def _run_compiled(subject: Subject, compiled: Callable[..., Any], inputs: list[A
     import torch._dynamo
 
     try:
-        return subject.run(compiled, inputs)
+        with _quiet("torch._subclasses.fake_tensor"):  # its traceback of what the row reports in a line
+            return subject.run(compiled, inputs)
     except torch._dynamo.exc.Unsupported as error:
         reason = _reason(error)
         if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
@@ -61,6 +64,18 @@ def _run_compiled(subject: Subject, compiled: Callable[..., Any], inputs: list[A
         ) from None
     except torch._dynamo.exc.BackendCompilerFailed as error:
         raise _backend_failed(subject, error) from None
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """``logger`` silent below CRITICAL while the block runs, and as it was afterwards."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _held_to_eager(subject: Subject, compiled: Run, eager: Run) -> str:
