@@ -26,8 +26,9 @@ conv2d = Conv2dFunction.apply
 f32, f64 = torch.float32, torch.float64
 
 
-def setting(input, weight, bias=True, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
-    return dict(input=input, weight=weight, bias=bias, stride=stride, padding=padding, dilation=dilation)
+def setting(input, weight, bias=True, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """A convolution's shapes and options; weight is (out_channels, in_channels / groups, kH, kW)."""
+    return dict(input=input, weight=weight, bias=bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 CASES = {
@@ -42,16 +43,23 @@ CASES = {
     "one sample": setting((1, 2, 6, 5), (3, 2, 2, 2), stride=(2, 1)),
     "unbatched (C, H, W)": setting((3, 7, 7), (4, 3, 3, 3), stride=(2, 2), padding=(1, 1)),
     "empty batch": setting((0, 3, 6, 6), (4, 3, 3, 3), padding=(1, 1)),
+    "2 groups": setting((3, 4, 7, 7), (6, 2, 3, 3), padding=(1, 1), groups=2),
+    "depthwise (groups = channels)": setting((3, 4, 7, 7), (4, 1, 3, 3), padding=(1, 1), groups=4),
+    "depthwise, 2 outputs a channel, stride 2, dilation 2": setting(
+        (2, 3, 9, 8), (6, 1, 3, 2), stride=(2, 2), dilation=(2, 1), groups=3
+    ),
+    "3 groups, unbatched": setting((6, 6, 6), (3, 2, 2, 2), stride=(1, 2), groups=3),
+    "depthwise, empty batch": setting((0, 3, 5, 5), (3, 1, 3, 3), groups=3),
 }
 
 
 def make_inputs(case: dict, dtype=f64, seed=0) -> tuple:
-    """(input, weight, bias, stride, padding, dilation) for a setting, drawn from a seeded generator."""
+    """(input, weight, bias, stride, padding, dilation, groups) for a setting, drawn from a seeded generator."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(case["input"], generator=generator, dtype=f64).to(dtype)
     w = torch.randn(case["weight"], generator=generator, dtype=f64).to(dtype)
     b = torch.randn(case["weight"][0], generator=generator, dtype=f64).to(dtype) if case["bias"] else None
-    return x, w, b, case["stride"], case["padding"], case["dilation"]
+    return x, w, b, case["stride"], case["padding"], case["dilation"], case["groups"]
 
 
 def requiring_grad(inputs: tuple, which: str = "xwb") -> tuple:
@@ -71,9 +79,11 @@ def test_conv2d_matches_native(case, dtype):
     check_function(conv2d, F.conv2d, *make_inputs(CASES[case], dtype)).assert_ok()
 
 
-# A convolution's sizes for hypothesis: (in, out) channels, and per spatial dimension the kernel, stride,
-# padding, dilation and how many rows or columns the input has past the smallest one a window fits in.
+# A convolution's sizes for hypothesis: (in, out) channels of each of its groups, and per spatial dimension
+# the kernel, stride, padding, dilation and how many rows or columns the input has past the smallest one a
+# window fits in.
 CONVOLUTIONS = dict(
+    groups=st.integers(1, 3),
     channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
@@ -94,21 +104,23 @@ def input_size(kernel, padding, dilation, extra) -> tuple:
     dtype=st.sampled_from([f32, f64]),
     **CONVOLUTIONS,
 )
-def test_conv2d_matches_native_for_any_shape(n, channels, kernel, stride, padding, dilation, extra, bias, dtype):
-    c, o = channels
+def test_conv2d_matches_native_for_any_shape(
+    n, groups, channels, kernel, stride, padding, dilation, extra, bias, dtype
+):
+    c, o = channels  # per group
     size = input_size(kernel, padding, dilation, extra)
-    shape = (c, *size) if n is None else (n, c, *size)
-    case = setting(shape, (o, c, *kernel), bias, stride, padding, dilation)
+    shape = (c * groups, *size) if n is None else (n, c * groups, *size)
+    case = setting(shape, (o * groups, c, *kernel), bias, stride, padding, dilation, groups)
     check_function(conv2d, F.conv2d, *make_inputs(case, dtype)).assert_ok()
 
 
 def native_weight_gradient(case: dict) -> tuple:
-    x, w, b, stride, padding, dilation = make_inputs(case)
+    x, w, b, stride, padding, dilation, groups = make_inputs(case)
     w.requires_grad_()
-    z = F.conv2d(x, w, b, stride, padding, dilation)
+    z = F.conv2d(x, w, b, stride, padding, dilation, groups)
     delta = torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=z.dtype)
     (grad_w,) = torch.autograd.grad(z, w, delta)
-    return (x, delta, tuple(w.shape[2:]), stride, padding, dilation), grad_w
+    return (x, delta, tuple(w.shape[2:]), stride, padding, dilation, groups), grad_w
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if len(CASES[c]["input"]) == 4])
@@ -122,12 +134,12 @@ def test_the_weight_gradient_taken_while_compiling_matches_native(case):
 
 @given(n=st.integers(0, 3), **CONVOLUTIONS)
 def test_the_weight_gradient_taken_while_compiling_matches_native_for_any_shape(
-    n, channels, kernel, stride, padding, dilation, extra
+    n, groups, channels, kernel, stride, padding, dilation, extra
 ):
-    c, o = channels
+    c, o = channels  # per group
     size = input_size(kernel, padding, dilation, extra)
     arguments, expected = native_weight_gradient(
-        setting((n, c, *size), (o, c, *kernel), False, stride, padding, dilation)
+        setting((n, c * groups, *size), (o * groups, c, *kernel), False, stride, padding, dilation, groups)
     )
     assert compare_tensors("weight", weight_gradient_by_offsets(*arguments), expected).ok
 
@@ -145,7 +157,10 @@ def test_input_gradient_is_bit_identical_to_native(case, dtype):
     assert torch.equal(*gradients(conv2d, inputs, grad_output, "x"), *gradients(F.conv2d, inputs, grad_output, "x"))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if CASES[c]["bias"] and CASES[c]["dilation"] == (1, 1)])
+# Grouped convolution's native backward sums ∂J/∂b in an order of its own (its depthwise kernel, or group by group).
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if CASES[c]["bias"] and CASES[c]["dilation"] == (1, 1) and CASES[c]["groups"] == 1]
+)
 def test_bias_gradient_is_bit_identical_to_native_in_float64_without_dilation(case):
     inputs = make_inputs(CASES[case], f64)
     grad_output = torch.randn_like(F.conv2d(*inputs))
@@ -253,7 +268,7 @@ def test_numeric_padding(padding, kernel, dilation, expected):
 def test_numeric_padding_gives_natives_convolution(padding, kernel, dilation, expected):
     pair, extra = expected
     x, w = torch.randn(2, 3, 7, 6, dtype=f64), torch.randn(2, 3, *kernel, dtype=f64)
-    ours = lambda x, w: conv2d(F.pad(x, extra) if extra else x, w, None, (1, 1), pair, dilation)  # noqa: E731
+    ours = lambda x, w: conv2d(F.pad(x, extra) if extra else x, w, None, (1, 1), pair, dilation, 1)  # noqa: E731
     native = lambda x, w: F.conv2d(x, w, padding=padding, dilation=dilation)  # noqa: E731
     assert torch.equal(ours(x, w), native(x, w))
     check_function(ours, native, x, w).assert_ok()
@@ -274,17 +289,18 @@ def test_numeric_padding_refuses_what_native_refuses(arguments, message):
 # -- bad input -------------------------------------------------------------------------------
 
 
-def call(input=(2, 3, 8, 8), weight=(4, 3, 3, 3), bias=(4,), stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+def call(input=(2, 3, 8, 8), weight=(4, 3, 3, 3), bias=(4,), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """conv2d on tensors of these shapes (or the given tensors), with one thing changed."""
     as_tensor = lambda t: torch.randn(t) if isinstance(t, tuple) else t  # noqa: E731
-    return lambda: conv2d(as_tensor(input), as_tensor(weight), bias and as_tensor(bias), stride, padding, dilation)
+    tensors = as_tensor(input), as_tensor(weight), bias and as_tensor(bias)
+    return lambda: conv2d(*tensors, stride, padding, dilation, groups)
 
 
 BAD_INPUTS = {
     "3-d weight": (
         call(weight=(4, 3, 3)),
         torchbp.ShapeError,
-        r"weight of shape \(out_channels, in_channels, kH, kW\).*\(4, 3, 3\)",
+        r"weight of shape \(out_channels, in_channels / groups, kH, kW\).*\(4, 3, 3\)",
     ),
     "weight with no output channel": (
         call(weight=(0, 3, 3, 3), bias=None),
@@ -320,6 +336,18 @@ BAD_INPUTS = {
     "dilation of one entry": (call(dilation=(1,)), TypeError, r"dilation as a tuple of two ints, got \(1,\)"),
     "stride 0": (call(stride=(0, 1)), ValueError, r"stride of ints ≥ 1, got \(0, 1\)"),
     "negative padding": (call(padding=(1, -1)), ValueError, r"padding of ints ≥ 0, got \(1, -1\)"),
+    "groups not dividing the output channels": (
+        call(input=(2, 6, 8, 8), weight=(4, 2, 3, 3), groups=3),
+        torchbp.ShapeError,
+        r"groups=3 to divide the weight's 4 output channels",
+    ),
+    "input channels other than groups × the weight's": (
+        call(input=(2, 5, 8, 8), weight=(4, 2, 3, 3), groups=2),
+        torchbp.ShapeError,
+        r"\(N, 4, H, W\) or \(4, H, W\) \(2 groups of 2\).*got input \(2, 5, 8, 8\)",
+    ),
+    "groups 0": (call(groups=0), ValueError, "groups ≥ 1, got 0"),
+    "groups as a string": (call(groups="2"), TypeError, "groups to be an int, got '2'"),
 }
 
 
@@ -362,12 +390,21 @@ PLANTED = {
     ),
     "∂J/∂W: the window read from the far end": replaced(
         "weight_gradient",
-        lambda real, a, delta, k, s, p, d: F.conv2d(a.transpose(0, 1), delta.transpose(0, 1), None, d, p, s)[
+        lambda real, a, delta, k, s, p, d, g: F.conv2d(a.transpose(0, 1), delta.transpose(0, 1), None, d, p, s)[
             :, :, -k[0] :, -k[1] :
         ].transpose(0, 1),
     ),
     "∂J/∂W: stride and dilation not traded": replaced(
-        "weight_gradient", lambda real, a, delta, k, s, p, d: real(a, delta, k, d, p, s)
+        "weight_gradient", lambda real, a, delta, k, s, p, d, g: real(a, delta, k, d, p, s, g)
+    ),
+    "∂J/∂W: each group paired with the first group's outputs": replaced(
+        "weight_gradient",
+        lambda real, a, delta, k, s, p, d, g: real(
+            a, delta[:, : delta.shape[1] // g].repeat(1, g, 1, 1), k, s, p, d, g
+        ),
+    ),
+    "∂J/∂a_prev: the groups' kernels in the wrong order": replaced(
+        "input_gradient", lambda real, delta, W, *rest: real(delta, W.flip(0), *rest)
     ),
     "∂J/∂W: kernel rows and columns swapped": replaced(
         "weight_gradient", lambda real, *args: real(*args).transpose(2, 3)
@@ -403,39 +440,43 @@ PER_SAMPLE_CASES = {
     "stride 2 and dilation 2": setting((4, 2, 9, 8), (3, 2, 2, 3), stride=(2, 1), dilation=(1, 2)),
     "one sample, no bias": setting((1, 2, 5, 5), (3, 2, 3, 3), bias=False, stride=(2, 2), padding=(1, 0)),
     "empty batch": setting((0, 2, 5, 5), (3, 2, 3, 3)),
+    "2 groups, padding 1": setting((4, 4, 5, 5), (6, 2, 3, 3), padding=(1, 1), groups=2),
+    "depthwise, stride 2": setting((3, 3, 7, 7), (3, 1, 3, 3), stride=(2, 2), groups=3),
 }
 
 
 def per_sample_arguments(case: dict) -> tuple:
-    x, w, b, stride, padding, dilation = make_inputs(case)
-    delta = torch.randn_like(F.conv2d(x, w, b, stride, padding, dilation))
-    return x, w, b, delta, (stride, padding, dilation, tuple(w.shape[2:]))
+    x, w, b, stride, padding, dilation, groups = make_inputs(case)
+    delta = torch.randn_like(F.conv2d(x, w, b, stride, padding, dilation, groups))
+    return x, w, b, delta, (stride, padding, dilation, tuple(w.shape[2:]), groups)
 
 
-def loop_reference(x, w, b, delta, stride, padding, dilation):
+def loop_reference(x, w, b, delta, stride, padding, dilation, kernel, groups):
     """One native backward per sample, on a batch of one."""
     per_sample = []
     for n in range(len(x)):
         w_n, b_n = (None if t is None else t.clone().requires_grad_() for t in (w, b))
         wanted = [t for t in (w_n, b_n) if t is not None]
         per_sample.append(
-            torch.autograd.grad(F.conv2d(x[n : n + 1], w_n, b_n, stride, padding, dilation), wanted, delta[n : n + 1])
+            torch.autograd.grad(
+                F.conv2d(x[n : n + 1], w_n, b_n, stride, padding, dilation, groups), wanted, delta[n : n + 1]
+            )
         )
     return [torch.stack(grads) for grads in zip(*per_sample)]
 
 
-def func_reference(x, w, b, delta, stride, padding, dilation):
+def func_reference(x, w, b, delta, stride, padding, dilation, kernel, groups):
     """torch.func.vmap(torch.func.grad(...)) of F.conv2d: every call sees one unbatched sample."""
 
     def cost(w, b, x_n, delta_n):
-        return (F.conv2d(x_n, w, b, stride, padding, dilation) * delta_n).sum()
+        return (F.conv2d(x_n, w, b, stride, padding, dilation, groups) * delta_n).sum()
 
     argnums = (0, 1) if b is not None else (0,)
     return list(torch.func.vmap(torch.func.grad(cost, argnums=argnums), in_dims=(None, None, 0, 0))(w, b, x, delta))
 
 
-def ours(x, w, b, delta, stride, padding, dilation):
-    grads = [per_sample_weight_grads(delta, x, stride, padding, dilation, tuple(w.shape[2:]))]
+def ours(x, w, b, delta, *arguments):
+    grads = [per_sample_weight_grads(delta, x, *arguments)]
     return grads + ([per_sample_bias_grads(delta)] if b is not None else [])
 
 
@@ -443,25 +484,25 @@ def ours(x, w, b, delta, stride, padding, dilation):
 @pytest.mark.parametrize("case", [c for c in PER_SAMPLE_CASES if c != "empty batch"])
 def test_per_sample_grads_match_reference(case, reference):
     x, w, b, delta, arguments = per_sample_arguments(PER_SAMPLE_CASES[case])
-    expected = reference(x, w, b, delta, *arguments[:3])
-    for mine, theirs in zip(ours(x, w, b, delta, *arguments[:3]), expected, strict=True):
+    expected = reference(x, w, b, delta, *arguments)
+    for mine, theirs in zip(ours(x, w, b, delta, *arguments), expected, strict=True):
         assert compare_tensors("per-sample", mine, theirs).ok
 
 
 @pytest.mark.parametrize("case", PER_SAMPLE_CASES)
 def test_per_sample_weight_grads_add_up_to_the_weight_gradient(case):
     x, _, _, delta, arguments = per_sample_arguments(PER_SAMPLE_CASES[case])
-    stride, padding, dilation, kernel = arguments
+    stride, padding, dilation, kernel, groups = arguments
     summed = per_sample_weight_grads(delta, x, *arguments).sum(0)
-    torch.testing.assert_close(summed, weight_gradient(x, delta, kernel, stride, padding, dilation))
+    torch.testing.assert_close(summed, weight_gradient(x, delta, kernel, stride, padding, dilation, groups))
 
 
 def test_per_sample_grads_write_into_out():
-    x, w, b, delta, arguments = per_sample_arguments(PER_SAMPLE_CASES["3×3, padding 1"])
+    x, w, b, delta, arguments = per_sample_arguments(PER_SAMPLE_CASES["2 groups, padding 1"])
     weight_out, bias_out = torch.empty(len(x), *w.shape, dtype=f64), torch.empty(len(x), len(b), dtype=f64)
     assert per_sample_weight_grads(delta, x, *arguments, out=weight_out) is weight_out
     assert per_sample_bias_grads(delta, out=bias_out) is bias_out
-    torch.testing.assert_close([weight_out, bias_out], ours(x, w, b, delta, *arguments[:3]))
+    torch.testing.assert_close([weight_out, bias_out], ours(x, w, b, delta, *arguments))
 
 
 def test_an_empty_batch_gives_empty_per_sample_grads():
@@ -526,9 +567,9 @@ def test_a_planted_per_sample_bug_is_caught(bug, monkeypatch):
     def matches(case):
         x, w, b, delta, arguments = per_sample_arguments(case)
         try:
-            mine = ours(x, w, b, delta, *arguments[:3])
+            mine = ours(x, w, b, delta, *arguments)
         except RuntimeError:
             return False
-        return all(compare_tensors("", m, t).ok for m, t in zip(mine, func_reference(x, w, b, delta, *arguments[:3])))
+        return all(compare_tensors("", m, t).ok for m, t in zip(mine, func_reference(x, w, b, delta, *arguments)))
 
     assert not all(matches(case) for name, case in PER_SAMPLE_CASES.items() if name != "empty batch")

@@ -8,6 +8,11 @@ is a_prev with p zeros added on either side. δ = ∂J/∂z, shape (n, o, h, w).
 
     z[n,o,h,w] = b[o] + Σ_{c,i,j} W[o,c,i,j] a_pad[n, c, h·s + i·d, w·s + j·d]
 
+With G groups the channels split into G equal runs, and output channel o of
+group g reads only the input channels of group g: c runs over those C/G, and W
+is (O, C/G, kH, kW). Every sum over c below runs within the group; depthwise
+convolution is G = C. The formulas are those of G convolutions side by side.
+
 Input element a_pad[n,c,y,x] is read by every output and kernel position with
 h·s + i·d = y and w·s + j·d = x, so the chain rule gives:
 
@@ -78,24 +83,39 @@ def validate_conv2d_arguments(stride: Any, padding: Any, dilation: Any) -> None:
             raise ValueError(f"conv2d: expected {name} of ints ≥ {least}, got {tuple(value)}")
 
 
+def validate_conv2d_groups(groups: Any) -> None:
+    if not _is_int(groups):
+        raise TypeError(f"conv2d: expected groups to be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"conv2d: expected groups ≥ 1, got {groups}")
+
+
 def validate_conv2d_shapes(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     padding: Sequence[int],
     dilation: Sequence[int],
+    groups: int,
 ) -> None:
-    """input (n, c, H, W) or (c, H, W), weight (o, c, kH, kW) with o, c ≥ 1, bias (o,), and a window that fits."""
+    """input (n, c, H, W) or (c, H, W), weight (o, c/G, kH, kW) with o, c ≥ 1 and G dividing both, bias (o,), and
+    a window that fits."""
     if weight.dim() != 4 or weight.shape[0] == 0 or weight.shape[1] == 0:
         raise ShapeError(
-            "conv2d: expected weight of shape (out_channels, in_channels, kH, kW) with at least one channel "
-            f"of each, got {shape_text(weight)}"
+            "conv2d: expected weight of shape (out_channels, in_channels / groups, kH, kW) with at least one "
+            f"channel of each, got {shape_text(weight)}"
         )
-    in_channels, kH, kW = weight.shape[1:]
-    if input.dim() not in (3, 4) or input.shape[-3] != in_channels:
+    if weight.shape[0] % groups:
         raise ShapeError(
-            f"conv2d: expected input of shape (N, {in_channels}, H, W) or ({in_channels}, H, W) to match weight "
-            f"{shape_text(weight)}, got input {shape_text(input)}"
+            f"conv2d: expected groups={groups} to divide the weight's {weight.shape[0]} output channels, "
+            f"got weight {shape_text(weight)}"
+        )
+    in_channels, kH, kW = weight.shape[1] * groups, weight.shape[2], weight.shape[3]
+    if input.dim() not in (3, 4) or input.shape[-3] != in_channels:
+        per_group = f" ({groups} groups of {weight.shape[1]})" if groups > 1 else ""
+        raise ShapeError(
+            f"conv2d: expected input of shape (N, {in_channels}, H, W) or ({in_channels}, H, W){per_group} to "
+            f"match weight {shape_text(weight)}, got input {shape_text(input)}"
         )
     validate_bias_shape("conv2d", bias, weight)
     H, W = input.shape[-2:]
@@ -108,8 +128,10 @@ def validate_conv2d_shapes(
         )
 
 
-def validate_conv2d(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any) -> None:
-    """Floating point, one dtype and device, shapes that fit, and numeric stride, padding and dilation."""
+def validate_conv2d(
+    input: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any = 1
+) -> None:
+    """Floating point, one dtype and device, shapes that fit, and numeric stride, padding, dilation and groups."""
     if (  # the common case, decided in a few comparisons; the checks above explain the rest
         isinstance(input, torch.Tensor)
         and isinstance(weight, torch.Tensor)
@@ -118,7 +140,10 @@ def validate_conv2d(input: Any, weight: Any, bias: Any, stride: Any, padding: An
         and weight.device == input.device
         and weight.dim() == 4
         and input.dim() in (3, 4)
-        and input.shape[-3] == weight.shape[1]
+        and type(groups) is int
+        and groups >= 1
+        and input.shape[-3] == weight.shape[1] * groups
+        and weight.shape[0] % groups == 0
         and weight.shape[0] > 0
         and weight.shape[1] > 0
         and (
@@ -139,7 +164,8 @@ def validate_conv2d(input: Any, weight: Any, bias: Any, stride: Any, padding: An
         return
     validate_floating_and_matching("conv2d", input=input, weight=weight, bias=bias)
     validate_conv2d_arguments(stride, padding, dilation)
-    validate_conv2d_shapes(input, weight, bias, padding, dilation)
+    validate_conv2d_groups(groups)
+    validate_conv2d_shapes(input, weight, bias, padding, dilation, groups)
 
 
 def numeric_padding(
@@ -179,25 +205,38 @@ def numeric_padding(
 
 
 def input_gradient(
-    delta: torch.Tensor, W: torch.Tensor, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+    delta: torch.Tensor,
+    W: torch.Tensor,
+    input_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """∂J/∂a_prev, the transposed convolution of δ with W less the padding: (n, o, h, w) -> (n, c, H, W)."""
+    """∂J/∂a_prev, the transposed convolution of δ with W less the padding: (n, o, h, w) -> (n, c, H, W); with
+    groups, each group's δ with its own kernels."""
     # The last rows and columns that no window reaches (fewer than s of them) get a zero
     # gradient; conv_transpose2d leaves them out unless output_padding adds them back.
     output_padding = tuple(
         (size + 2 * p - d * (k - 1) - 1) % s
         for size, k, s, p, d in zip(input_size, W.shape[2:], stride, padding, dilation)
     )
-    return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, 1, dilation)
+    return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, groups, dilation)
 
 
 COMPILED_CONTRACTION_LIMIT = 32_768  # a sample's window elements up to which compiled ∂J/∂W is one contraction
 
 
 def weight_gradient(
-    a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+    a_prev: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """∂J/∂W = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]: (o, c, kH, kW).
+    """∂J/∂W = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]: (o, c/G, kH, kW), c within o's group.
 
     Eagerly, read with n as the channel summed over and δ as the kernel, this is a
     convolution whose stride is d and whose dilation is s. Its output (c, o, i', j')
@@ -225,19 +264,39 @@ def weight_gradient(
     if torch.compiler.is_compiling():
         windows = a_prev.shape[1] * delta.shape[2] * delta.shape[3] * kernel_size[0] * kernel_size[1]
         if torch.is_grad_enabled() or windows <= COMPILED_CONTRACTION_LIMIT:
-            return weight_gradient_by_offsets(a_prev, delta, kernel_size, stride, padding, dilation)
-        return weight_gradient_op(a_prev, delta, [*kernel_size], [*stride], [*padding], [*dilation])  # type: ignore[no-any-return]  # torch.library leaves the operator untyped
-    return weight_gradient_by_convolution(a_prev, delta, kernel_size, stride, padding, dilation)
+            return weight_gradient_by_offsets(a_prev, delta, kernel_size, stride, padding, dilation, groups)
+        return weight_gradient_op(a_prev, delta, [*kernel_size], [*stride], [*padding], [*dilation], groups)  # type: ignore[no-any-return]  # torch.library leaves the operator untyped
+    return weight_gradient_by_convolution(a_prev, delta, kernel_size, stride, padding, dilation, groups)
+
+
+def by_group(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """t's channels (dimension 1) split into (groups, channels per group): a view, no copy."""
+    return t.reshape(t.shape[0], groups, t.shape[1] // groups, *t.shape[2:])
 
 
 def weight_gradient_by_convolution(
-    a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+    a_prev: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """∂J/∂W as a convolution of a_prev with δ, n the channel summed over (see :func:`weight_gradient`)."""
-    if a_prev.shape[0] == 0:  # no samples: F.conv2d with no input channels gives a tensor of the wrong shape
-        return a_prev.new_zeros((delta.shape[1], a_prev.shape[1], *kernel_size))
-    grad = F.conv2d(a_prev.transpose(0, 1), delta.transpose(0, 1), None, dilation, padding, stride)  # (c, o, i', j')
-    return grad[:, :, : kernel_size[0], : kernel_size[1]].transpose(0, 1)  # (o, c, kH, kW)
+    """∂J/∂W as a convolution of a_prev with δ, n the channel summed over (see :func:`weight_gradient`).
+
+    With G groups, the pairs (g, n) are the channels, G groups of N: a_prev (n, c, H, W) read as the batch of
+    C/G inputs (c', (g, n), H, W), δ as the G·(O/G) kernels ((g, o'), n, h, w), and the convolution in G groups
+    pairs each group's channels with its own outputs only; G = 1 is the plain transpose.
+    """
+    n, c = a_prev.shape[:2]
+    o = delta.shape[1]
+    if n == 0:  # no samples: F.conv2d with no input channels gives a tensor of the wrong shape
+        return a_prev.new_zeros((o, c // groups, *kernel_size))
+    a_by_group = by_group(a_prev, groups).permute(2, 1, 0, 3, 4).flatten(1, 2)  # (c', g·n, H, W)
+    delta_by_group = by_group(delta, groups).permute(1, 2, 0, 3, 4).flatten(0, 1)  # (g·o', n, h, w)
+    grad = F.conv2d(a_by_group, delta_by_group, None, dilation, padding, stride, groups)  # (c', o, i', j')
+    return grad[:, :, : kernel_size[0], : kernel_size[1]].transpose(0, 1)  # (o, c/G, kH, kW)
 
 
 @torch.library.custom_op("torchbp::conv2d_weight_gradient", mutates_args=())
@@ -248,27 +307,45 @@ def weight_gradient_op(
     stride: list[int],
     padding: list[int],
     dilation: list[int],
+    groups: int,
 ) -> torch.Tensor:
-    """:func:`weight_gradient_by_convolution` as an operator the compiler does not trace into: (o, c, kH, kW),
+    """:func:`weight_gradient_by_convolution` as an operator the compiler does not trace into: (o, c/G, kH, kW),
     contiguous as its fake (the compiler plans with the fake's strides)."""
     pairs = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-    return weight_gradient_by_convolution(a_prev, delta, *pairs).contiguous()  # type: ignore[arg-type]
+    return weight_gradient_by_convolution(a_prev, delta, *pairs, groups).contiguous()  # type: ignore[arg-type]
 
 
 @weight_gradient_op.register_fake
-def _(a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: list[int], *rest: list[int]) -> torch.Tensor:
-    # (o, c, kH, kW): the rest (stride, padding, dilation) does not change the gradient's shape
-    return a_prev.new_empty((delta.shape[1], a_prev.shape[1], *kernel_size))
+def _(
+    a_prev: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    # (o, c/G, kH, kW): stride, padding and dilation do not change the gradient's shape
+    return a_prev.new_empty((delta.shape[1], a_prev.shape[1] // groups, *kernel_size))
 
 
 def weight_gradient_by_offsets(
-    a_prev: torch.Tensor, delta: torch.Tensor, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair
+    a_prev: torch.Tensor,
+    delta: torch.Tensor,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int = 1,
 ) -> torch.Tensor:
     """The same ∂J/∂W as one contraction over the windows: ∂J/∂W[o, c, i, j] = Σ_{n,h,w} δ[n,o,h,w]
     windows[n, c, h, w, i, j], where windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·d, w·s + j·d]
-    (a strided view of a_pad, no copy)."""
-    a_windows = windows(a_prev, kernel_size, stride, padding, dilation)
-    return torch.einsum("nohw,nchwij->ocij", delta, a_windows[:, :, : delta.shape[2], : delta.shape[3]])
+    (a strided view of a_pad, no copy); with groups, g an index of both, each group's channels with its
+    own outputs."""
+    a_windows = windows(a_prev, kernel_size, stride, padding, dilation)[:, :, : delta.shape[2], : delta.shape[3]]
+    a_windows = by_group(a_windows, groups)  # (n, g, c', h, w, kH, kW)
+    delta_by_group = by_group(delta, groups)  # (n, g, o', h, w)
+    return torch.einsum("ngohw,ngchwij->gocij", delta_by_group, a_windows).flatten(0, 1)  # (o, c/G, kH, kW)
 
 
 def windows(
@@ -294,6 +371,7 @@ def conv2d_backward(
     stride: Pair,
     padding: Pair,
     dilation: Pair,
+    groups: int,
     need_a_prev: bool,
     need_W: bool,
     need_b: bool,
@@ -306,18 +384,18 @@ def conv2d_backward(
     grad_a_prev = grad_W = grad_b = None
     if need_a_prev:
         assert W is not None  # saved whenever ∂J/∂a_prev is needed
-        grad_a_prev = input_gradient(delta, W, input_size, stride, padding, dilation)  # (n, c, H, W)
+        grad_a_prev = input_gradient(delta, W, input_size, stride, padding, dilation, groups)  # (n, c, H, W)
         grad_a_prev = grad_a_prev.squeeze(0) if unbatched else grad_a_prev
     if need_W:
         assert a_prev is not None  # saved whenever ∂J/∂W is needed
-        grad_W = weight_gradient(a_prev, delta, kernel_size, stride, padding, dilation)  # (o, c, kH, kW)
+        grad_W = weight_gradient(a_prev, delta, kernel_size, stride, padding, dilation, groups)  # (o, c/G, kH, kW)
     if need_b:
         grad_b = delta.sum((0, 2, 3))  # Σ_{n,h,w} δ: (o,)
     return grad_a_prev, grad_W, grad_b
 
 
 class Conv2dFunction(HandDerivedFunction):
-    r"""z = W ⋆ a_prev + b (``F.conv2d``, groups = 1), with the backward derived by hand.
+    r"""z = W ⋆ a_prev + b (``F.conv2d``), with the backward derived by hand.
 
     Given δ = ∂J/∂z:
 
@@ -326,14 +404,15 @@ class Conv2dFunction(HandDerivedFunction):
     - ∂J/∂W[o,c,i,j] = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]
     - ∂J/∂b[o] = Σ_{n,h,w} δ[n,o,h,w]
 
-    ``apply(input, weight, bias, stride, padding, dilation)``: input (n, c, H, W) or
-    (c, H, W), weight (o, c, kH, kW), bias (o,) or None, and stride, padding and
-    dilation tuples of two ints (see :func:`numeric_padding` for "same" and "valid").
+    ``apply(input, weight, bias, stride, padding, dilation, groups)``: input (n, c, H, W)
+    or (c, H, W), weight (o, c/groups, kH, kW), bias (o,) or None, stride, padding and
+    dilation tuples of two ints (see :func:`numeric_padding` for "same" and "valid"), and
+    groups an int dividing c and o (each group's sums run over its own channels).
     Saved: a_prev when ∂J/∂W is asked for, W when ∂J/∂a_prev is.
 
     On CPU, ∂J/∂a_prev is bit-identical to native in float32 and float64
     (conv_transpose2d runs native's backward-data kernel), and so is ∂J/∂b in
-    float64 without dilation. Native's backward-weights kernels add ∂J/∂W in an
+    float64 without dilation or groups. Native's backward-weights kernels add ∂J/∂W in an
     order of their own that no forward op reproduces (oneDNN in float32, a matrix
     product per sample in float64), and with it ∂J/∂b in float32 (oneDNN) and
     with dilation (sample by sample): those agree within torchbp.compare's default
@@ -350,21 +429,22 @@ class Conv2dFunction(HandDerivedFunction):
         stride: Pair,
         padding: Pair,
         dilation: Pair,
+        groups: int,
     ) -> torch.Tensor:
-        validate_conv2d(input, weight, bias, stride, padding, dilation)
-        z = F.conv2d(input, weight, bias, stride, padding, dilation)
+        validate_conv2d(input, weight, bias, stride, padding, dilation, groups)
+        z = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         # An unbatched input's output is a view of a batch of one; a custom Function's output that is a
         # view refuses in-place writes, native conv2d's does not. The same values, as a tensor that is not:
         return z if z._base is None else torch.ops.aten._unsafe_view(z, z.shape)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        a_prev, W, _, stride, padding, dilation = inputs
+        a_prev, W, _, stride, padding, dilation, groups = inputs
         need_a_prev, need_W = ctx.needs_input_grad[:2]
         # The transposed convolution reads W, the correlation a_prev: keep only what will be read.
         ctx.save_for_backward(a_prev if need_W else None, W if need_a_prev else None)
         ctx.input_size, ctx.kernel_size = tuple(a_prev.shape[-2:]), tuple(W.shape[-2:])
-        ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
+        ctx.stride, ctx.padding, ctx.dilation, ctx.groups = stride, padding, dilation, groups
 
     @staticmethod
     def backward(ctx: Any, delta: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -378,9 +458,10 @@ class Conv2dFunction(HandDerivedFunction):
             ctx.stride,
             ctx.padding,
             ctx.dilation,
+            ctx.groups,
             *ctx.needs_input_grad[:3],
         )
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def conv2d(
@@ -395,11 +476,9 @@ def conv2d(
     """2-d convolution, as torch.nn.functional.conv2d, backward by Conv2dFunction.
 
     ``padding`` may be "valid", "same" (an odd total is padded one more at the bottom and right, as
-    native) or ints. ``groups`` other than 1 are refused. Under ``torch.autocast`` it runs in the
-    autocast dtype, as the native one does.
+    native) or ints; ``groups`` splits the channels into that many independent convolutions (depthwise:
+    groups = in_channels). Under ``torch.autocast`` it runs in the autocast dtype, as the native one does.
     """
-    if groups != 1:
-        raise NotImplementedError(f"torchbp.functional.conv2d: groups=1 only, got groups={groups}")
     stride, dilation = _pair(stride), _pair(dilation)
     if isinstance(weight, torch.Tensor) and weight.dim() == 4:
         padding, extra = numeric_padding(padding, tuple(weight.shape[-2:]), dilation, stride)
@@ -409,7 +488,7 @@ def conv2d(
         padding = _pair(padding)  # Conv2dFunction names a weight of the wrong shape
     if autocast.any_enabled() and isinstance(input, torch.Tensor):
         input, weight, bias = autocast.cast_as_autocast_would(autocast.LOWER_PRECISION, input, weight, bias)
-    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation)  # type: ignore[no-any-return]
+    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)  # type: ignore[no-any-return]
 
 
 def _pair(value: Any) -> tuple[Any, ...]:
@@ -422,9 +501,8 @@ class Conv2d(HandDerivedModule, torch.nn.Conv2d):
     .. math:: z = W \star a_{prev} + b
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode, device, dtype:
-            as torch.nn.Conv2d. groups: 1 only (others raise NotImplementedError at the first call;
-            ``torchbp.convert`` leaves such a layer native).
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device,
+            dtype: as torch.nn.Conv2d (groups: grouped and depthwise convolution).
 
     Shape:
         - Input: :math:`(N, C_{in}, H, W)` or :math:`(C_{in}, H, W)`; Output: :math:`(N, C_{out}, H_{out}, W_{out})`.
@@ -441,6 +519,8 @@ class Conv2d(HandDerivedModule, torch.nn.Conv2d):
 # ∂J/∂W = Σ_n δ_n U_nᵀ, with U_n = unfold(a_prev,n): (c·kH·kW, L), one column per output
 # position l = (h, w), holding the window a_pad[n, c, h·s + i·d, w·s + j·d]. The backward
 # above sums over n inside one convolution; kept apart, the terms are each sample's gradient.
+# With G groups, U_n's rows and δ_n's channels split into G runs, and group g's gradient is
+# δ_ng U_ngᵀ: one batched product over (n, g).
 
 
 def _unfold(
@@ -466,13 +546,17 @@ def per_sample_weight_grads(
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
     kernel_size: tuple[int, ...],
+    groups: int = 1,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """δ_n U_nᵀ for every sample n: shape (n, o, c, kH, kW). ``out``, when given, receives it (see linear's)."""
+    """δ_ng U_ngᵀ for every sample n and group g: shape (n, o, c/G, kH, kW). ``out``, when given, receives it
+    (see linear's)."""
     n, o = delta.shape[:2]
-    U = _unfold(a_prev, kernel_size, stride, padding, dilation)  # (n, c·kH·kW, L)
-    grads = torch.matmul(delta.flatten(2), U.transpose(1, 2), out=None if out is None else out.view(n, o, U.shape[1]))
-    return grads.view(n, o, a_prev.shape[1], *kernel_size) if out is None else out
+    U = by_group(_unfold(a_prev, kernel_size, stride, padding, dilation), groups)  # (n, g, c'·kH·kW, L)
+    delta_by_group = by_group(delta.flatten(2), groups)  # (n, g, o', L)
+    into = None if out is None else out.view(n, groups, o // groups, U.shape[2])
+    grads = torch.matmul(delta_by_group, U.transpose(2, 3), out=into)  # (n, g, o', c'·kH·kW)
+    return grads.view(n, o, a_prev.shape[1] // groups, *kernel_size) if out is None else out
 
 
 def per_sample_bias_grads(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -487,23 +571,26 @@ def per_sample_weight_grad_norms_squared(
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
     kernel_size: tuple[int, ...],
+    groups: int = 1,
 ) -> torch.Tensor:
-    """‖δ_n U_nᵀ‖², shape (n,), without forming the (n, o, c, kH, kW) gradients where that is cheaper.
+    """‖δ_n U_nᵀ‖², shape (n,), without forming the (n, o, c/G, kH, kW) gradients where that is cheaper.
 
     ‖Σ_l δ_l u_lᵀ‖² = Σ_{l,m} (δ_l · δ_m)(u_l · u_m): two (L × L) Gram matrices, with δ_l
-    the o channels of δ at position l and u_l the c·kH·kW window there. They cost
-    L² (o + c·kH·kW) per sample against o·c·kH·kW·L for the gradient, so they are
-    used while L (o + c·kH·kW) < o·c·kH·kW: few output positions, many channels.
+    the o channels of δ at position l and u_l the c·kH·kW window there (per group with
+    groups, summed over the groups). They cost L² (o + c·kH·kW) per sample against
+    o·c·kH·kW·L / G for the gradient, so they are used while L (o + c·kH·kW) < o·c·kH·kW / G:
+    few output positions, many channels.
     """
     o, L = delta.shape[1], delta.shape[2] * delta.shape[3]
     ckk = a_prev.shape[1] * kernel_size[0] * kernel_size[1]
-    if L * (o + ckk) < o * ckk:
-        U = _unfold(a_prev, kernel_size, stride, padding, dilation)  # (n, c·kH·kW, L)
-        delta_n = delta.flatten(2)  # (n, o, L)
-        gram_delta = delta_n.transpose(1, 2) @ delta_n  # δ_l · δ_m: (n, L, L)
-        gram_a = U.transpose(1, 2) @ U  # u_l · u_m: (n, L, L)
-        return (gram_delta * gram_a).sum((1, 2))
-    return per_sample_weight_grads(delta, a_prev, stride, padding, dilation, kernel_size).square().sum((1, 2, 3, 4))
+    if L * (o + ckk) < o * ckk // groups:
+        U = by_group(_unfold(a_prev, kernel_size, stride, padding, dilation), groups)  # (n, g, c'kk, L)
+        delta_n = by_group(delta.flatten(2), groups)  # (n, g, o', L)
+        gram_delta = delta_n.transpose(2, 3) @ delta_n  # δ_l · δ_m within each group: (n, g, L, L)
+        gram_a = U.transpose(2, 3) @ U  # u_l · u_m: (n, g, L, L)
+        return (gram_delta * gram_a).sum((1, 2, 3))
+    grads = per_sample_weight_grads(delta, a_prev, stride, padding, dilation, kernel_size, groups=groups)
+    return grads.square().sum((1, 2, 3, 4))
 
 
 class Conv2dPerSample:
@@ -524,7 +611,14 @@ class Conv2dPerSample:
         if module.weight.requires_grad:
             a_pad, padding = self._padded(module, a_prev)
             grads["weight"] = per_sample_weight_grads(
-                delta, a_pad, module.stride, padding, module.dilation, module.kernel_size, out=out.get("weight")
+                delta,
+                a_pad,
+                module.stride,
+                padding,
+                module.dilation,
+                module.kernel_size,
+                out=out.get("weight"),
+                groups=module.groups,
             )
         if module.bias is not None and module.bias.requires_grad:
             grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
@@ -535,15 +629,11 @@ class Conv2dPerSample:
         if module.weight.requires_grad:
             a_pad, padding = self._padded(module, a_prev)
             total = total + per_sample_weight_grad_norms_squared(
-                delta, a_pad, module.stride, padding, module.dilation, module.kernel_size
+                delta, a_pad, module.stride, padding, module.dilation, module.kernel_size, module.groups
             )
         if module.bias is not None and module.bias.requires_grad:
             total = total + per_sample_bias_grads(delta).square().sum(1)
         return total
 
 
-def without_groups(conv: torch.nn.Conv2d) -> bool:
-    return conv.groups == 1
-
-
-register(Layer(torch.nn.Conv2d, Conv2d, Conv2dFunction, conv2d, per_sample=Conv2dPerSample(), runs=without_groups))
+register(Layer(torch.nn.Conv2d, Conv2d, Conv2dFunction, conv2d, per_sample=Conv2dPerSample()))

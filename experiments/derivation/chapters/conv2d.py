@@ -91,16 +91,16 @@ TITLES = {
 
 PATH = "torchbp/layers/conv2d.py"
 CODE = [
-    ("z = W ⋆ x + b", PATH, "z = F.conv2d(input, weight, bias, stride, padding, dilation)"),
+    ("z = W ⋆ x + b", PATH, "z = F.conv2d(input, weight, bias, stride, padding, dilation, groups)"),
     (
         "∂J/∂x: the transposed convolution of δ with W",
         PATH,
-        "return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, 1, dilation)",
+        "return F.conv_transpose2d(delta, W, None, stride, padding, output_padding, groups, dilation)",
     ),
     (
         "∂J/∂W: the correlation of the input with δ",
         PATH,
-        "grad = F.conv2d(a_prev.transpose(0, 1), delta.transpose(0, 1), None, dilation, padding, stride)",
+        "grad = F.conv2d(a_by_group, delta_by_group, None, dilation, padding, stride, groups)",
     ),
     ("∂J/∂b = Σ δ", PATH, "grad_b = delta.sum((0, 2, 3))"),
 ]
