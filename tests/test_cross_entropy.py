@@ -18,14 +18,28 @@ f32, f64 = torch.float32, torch.float64
 REDUCTIONS = ["mean", "sum", "none"]
 
 
-def ours(reduction="mean", ignore_index=-100, label_smoothing=0.0):
-    return lambda z, t: CrossEntropyFunction.apply(z, t, reduction, ignore_index, label_smoothing)[0]  # ℓ, not log p
+def in_dtype(weight, z):
+    return None if weight is None else weight.to(z.dtype)
 
 
-def native(reduction="mean", ignore_index=-100, label_smoothing=0.0):
+def ours(reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None):
+    return lambda z, t: CrossEntropyFunction.apply(  # ℓ, not log p
+        z, t, reduction, ignore_index, label_smoothing, in_dtype(weight, z)
+    )[0]
+
+
+def native(reduction="mean", ignore_index=-100, label_smoothing=0.0, weight=None):
     return lambda z, t: F.cross_entropy(
-        z, t, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        z, t, in_dtype(weight, z), reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
     )
+
+
+def class_weights(classes, zero=None, seed=3):
+    """Positive weights, one per class (one of them 0 where ``zero`` names it)."""
+    w = torch.rand(classes, generator=torch.Generator().manual_seed(seed), dtype=f64) + 0.25
+    if zero is not None:
+        w[zero] = 0.0
+    return w
 
 
 def logits(*shape, dtype=f64, seed=0):
@@ -69,6 +83,20 @@ CASES = {
     "probabilities, (N, C, d1)": dict(shape=(3, 5, 4), target="probabilities"),
     "probabilities, smoothing": dict(shape=(6, 5), target="probabilities", label_smoothing=0.3),
     "probabilities, empty batch": dict(shape=(0, 5), target="probabilities"),
+    "indices, class weights": dict(shape=(6, 5), weight=class_weights(5)),
+    "indices, class weights, unbatched": dict(shape=(5,), weight=class_weights(5)),
+    "indices, class weights, ignored, smoothing, (N, C, d1)": dict(
+        shape=(3, 5, 4), ignored=[(0, 1), (2, 3)], label_smoothing=0.2, weight=class_weights(5)
+    ),
+    "indices, class weights, ignore_index a class": dict(
+        shape=(6, 5), ignored=[1, 4], ignore_index=2, weight=class_weights(5)
+    ),
+    "indices, a class weight 0": dict(shape=(6, 5), weight=class_weights(5, zero=1)),
+    "indices, class weights, empty batch": dict(shape=(0, 5), weight=class_weights(5)),
+    "probabilities, class weights, smoothing": dict(
+        shape=(6, 5), target="probabilities", label_smoothing=0.3, weight=class_weights(5)
+    ),
+    "probabilities, class weights, (N, C, d1)": dict(shape=(3, 5, 4), target="probabilities", weight=class_weights(5)),
 }
 
 
@@ -80,7 +108,11 @@ def case_inputs(case, dtype=f64):
 
 
 def case_functions(case, reduction):
-    options = dict(ignore_index=case.get("ignore_index", -100), label_smoothing=case.get("label_smoothing", 0.0))
+    options = dict(
+        ignore_index=case.get("ignore_index", -100),
+        label_smoothing=case.get("label_smoothing", 0.0),
+        weight=case.get("weight"),
+    )
     return ours(reduction, **options), native(reduction, **options)
 
 
@@ -169,8 +201,14 @@ def natives_exponential(log_p: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [f32, f64], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+# With class weights, native's kernel sums the mean's Σ_n w_{t_n} in an order of its own (so not compared here).
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if CASES[c].get("target") is None and not CASES[c].get("label_smoothing")]
+    "case",
+    [
+        c
+        for c in CASES
+        if CASES[c].get("target") is None and not (CASES[c].get("label_smoothing") or "weight" in CASES[c])
+    ],
 )
 def test_index_gradients_are_natives_bits_but_for_the_exponential(case, reduction, dtype, monkeypatch):
     """torch.exp and native's log-softmax kernel round e^{log p} differently in about one element in ten
@@ -290,26 +328,42 @@ def examples(shape, target, seed=0):
     return z, torch.randint(0, shape[1], shape[:1] + shape[2:], generator=generator)
 
 
-INDEX_BATCH = dict(batch_dims=(0, 0, None, None, None))  # the integer target is batched too (not by shape)
+INDEX_BATCH = dict(batch_dims=(0, 0, None, None, None, None))  # the integer target is batched too (not by shape)
+WEIGHTS = class_weights(5).float()
 VERIFY_CASES = {
-    "indices, mean": (examples((6, 5), "indices"), ("mean", -100, 0.0), INDEX_BATCH),
-    "indices, none, ignore_index a class, smoothing": (examples((6, 5), "indices"), ("none", 3, 0.2), INDEX_BATCH),
+    "indices, mean": (examples((6, 5), "indices"), ("mean", -100, 0.0, None), INDEX_BATCH),
+    "indices, none, ignore_index a class, smoothing": (
+        examples((6, 5), "indices"),
+        ("none", 3, 0.2, None),
+        INDEX_BATCH,
+    ),
     # Batched along d1: each sample is (N, C) with N targets, a shape native accepts.
     "indices, (N, C, d1), sum": (
         examples((2, 4, 5), "indices"),
-        ("sum", -100, 0.0),
-        dict(batch_dims=(2, 1, None, None, None)),
+        ("sum", -100, 0.0, None),
+        dict(batch_dims=(2, 1, None, None, None, None)),
     ),
-    "probabilities, mean, smoothing": (examples((6, 5), "probabilities"), ("mean", -100, 0.1), {}),
+    "probabilities, mean, smoothing": (examples((6, 5), "probabilities"), ("mean", -100, 0.1, None), {}),
+    # Class weights get no gradient, here as natively: nondiff.
+    "indices, mean, class weights, ignore_index a class, smoothing": (
+        examples((6, 5), "indices"),
+        ("mean", 3, 0.2, WEIGHTS),
+        {**INDEX_BATCH, "nondiff": (5,)},
+    ),
+    "probabilities, sum, class weights": (
+        examples((6, 5), "probabilities"),
+        ("sum", -100, 0.0, WEIGHTS),
+        {"nondiff": (5,)},
+    ),
 }
 
 
 @pytest.mark.parametrize("case", VERIFY_CASES)
 def test_verify_passes_every_property_that_applies(case):
-    (z, t), (reduction, ignore_index, smoothing), options = VERIFY_CASES[case]
+    (z, t), (reduction, ignore_index, smoothing, weight), options = VERIFY_CASES[case]
 
-    def reference(z, t, r, i, e):  # the Function returns ℓ and log p, as native log_softmax then the loss
-        return F.cross_entropy(z, t, reduction=r, ignore_index=i, label_smoothing=e), F.log_softmax(z, class_dim(z))
+    def reference(z, t, r, i, e, w):  # the Function returns ℓ and log p, as native log_softmax then the loss
+        return F.cross_entropy(z, t, w, reduction=r, ignore_index=i, label_smoothing=e), F.log_softmax(z, class_dim(z))
 
     report = torchbp.verify(
         CrossEntropyFunction.apply,
@@ -319,6 +373,7 @@ def test_verify_passes_every_property_that_applies(case):
         reduction,
         ignore_index,
         smoothing,
+        weight,
         skip=("autocast",),
         compile_backend="aot_eager",
         **options,
@@ -341,7 +396,7 @@ def saved_by(fn, *inputs):
 def saved_by_the_function(z, target):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        _, log_p = CrossEntropyFunction.apply(z, target, "mean", -100, 0.0)
+        _, log_p = CrossEntropyFunction.apply(z, target, "mean", -100, 0.0, None)
     return saved, log_p
 
 
@@ -363,7 +418,7 @@ def test_log_p_is_a_differentiable_output_whose_gradient_joins(target):
     # A gradient arriving at log p (the way double backward reaches it) goes through the log-softmax with ℓ's.
     z = logits(4, 3, dtype=torch.float64)
     t = class_indices(z) if target == "indices" else probabilities(logits(4, 3, dtype=torch.float64))
-    both = lambda z: CrossEntropyFunction.apply(z, t, "mean", -100, 0.1)  # noqa: E731
+    both = lambda z: CrossEntropyFunction.apply(z, t, "mean", -100, 0.1, None)  # noqa: E731
     assert torch.autograd.gradcheck(both, (z,))
     weights = torch.randn(4, 3, dtype=torch.float64)
     loss, log_p = both(z)  # one node: both gradients arrive at its backward together
@@ -395,6 +450,7 @@ def with_arguments(**changed):
         "label_smoothing",
         "need_z",
         "need_target",
+        "weight",
     ]
     return lambda *args: original_backward(*{**dict(zip(names, args)), **changed}.values())
 

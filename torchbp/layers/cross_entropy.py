@@ -6,9 +6,11 @@ z of shape (C,)); n over samples and positions, that is every other dimension
 and q_n the target distribution: the one-hot vector of the class index t_n (all
 zero where t_n = ignore_index), or the given class probabilities. Label
 smoothing ε mixes it with the uniform distribution, (1 − ε) q_n + ε/C.
+Class weights w (C,), where given, weigh each class's term: ℓ_n = −Σ_c w_c q_nc log p_nc
+(w_{t_n} times the unweighted loss for a one-hot q), and 1 where not given.
 ℓ is reduced as native torch reduces it: "mean" divides the sum by the count of
-targets (index targets: those not ignored; probabilities: every n), "sum"
-sums, "none" keeps ℓ_n.
+targets (index targets: those not ignored, each counted w_{t_n} times, so by
+Σ_n w_{t_n}; probabilities: every n, unweighted), "sum" sums, "none" keeps ℓ_n.
 """
 
 from __future__ import annotations
@@ -108,6 +110,31 @@ def validate_cross_entropy(
         )
 
 
+def validate_class_weights(input: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """None, or a floating-point (C,) tensor of the input's dtype and device that needs no gradient."""
+    if weight is None:
+        return
+    classes = input.shape[class_dim(input)]
+    if (
+        isinstance(weight, torch.Tensor)
+        and weight.dtype == input.dtype
+        and weight.device == input.device
+        and weight.shape == (classes,)
+        and not (weight.requires_grad and torch.is_grad_enabled())
+    ):
+        return
+    validate_floating_and_matching("cross_entropy", input=input, weight=weight)
+    if weight.shape != (classes,):
+        raise ShapeError(
+            f"cross_entropy: expected weight of shape ({classes},), one per class of input {tuple(input.shape)}, "
+            f"got {tuple(weight.shape)}"
+        )
+    raise NotImplementedError(
+        "cross_entropy: class weights that require grad get no gradient here, nor in native torch (which raises in "
+        "the backward): pass weight.detach(), or register it as a buffer"
+    )
+
+
 def validate_class_indices(target: torch.Tensor, classes: int, ignore_index: int) -> None:
     """Every class index lies in [0, C) or equals ignore_index.
 
@@ -144,14 +171,40 @@ def smoothed(q: torch.Tensor, label_smoothing: float, classes: int) -> torch.Ten
     return q * (1 - label_smoothing) + per_class(label_smoothing, classes) if label_smoothing > 0 else q
 
 
+def along_classes(weight: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """w as (1, C, 1, …): broadcast along log p's class dimension."""
+    shape = [1] * log_p.dim()
+    shape[class_dim(log_p)] = weight.shape[0]
+    return weight.view(shape)
+
+
+def counted_weight(target: torch.Tensor, ignore_index: int, weight: torch.Tensor, select: bool) -> torch.Tensor:
+    """Σ_n w_{t_n} over the targets not ignored: the mean's count with class weights. With ``select``, from the
+    counted targets alone, as native's forward selects them (its sum's bits); else with the ignored ones as
+    zeros, which works where a selection's size cannot depend on values (torch.func, torch.compile, and a
+    backward, which a transform's tensors may reach with the transform no longer on the stack)."""
+    counted = target != ignore_index
+    if select:
+        return weight[target[counted].long()].sum()
+    weights = weight.gather(0, torch.where(counted, target, 0).long().reshape(-1))  # w_{t_n}, w_0 where ignored
+    return torch.where(counted.reshape(-1), weights, 0).sum()
+
+
 def cross_entropy_from_log_p(
-    log_p: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
+    log_p: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ℓ from log p, composed of the native operations native cross_entropy composes, so with its bits."""
     dim = class_dim(log_p)
     C = log_p.shape[dim]
     if target.is_floating_point():
         terms = log_p * smoothed(target, label_smoothing, C)  # q_nc log p_nc
+        if weight is not None:
+            terms = terms * along_classes(weight, log_p)  # w_c q_nc log p_nc
         if reduction == "none":
             return -terms.sum(dim)
         if reduction == "sum":
@@ -160,12 +213,18 @@ def cross_entropy_from_log_p(
             return log_p.new_full((), math.nan)
         return -terms.sum() / math.prod(positions_shape(log_p))
     indices = target if target.dtype in NATIVE_INDEX_DTYPES else target.long()
-    nll = F.nll_loss(log_p, indices, ignore_index=ignore_index, reduction=reduction)  # −log p_n,t_n
+    nll = F.nll_loss(log_p, indices, weight, ignore_index=ignore_index, reduction=reduction)  # −w_t log p_n,t_n
     if label_smoothing == 0:
         return nll
-    uniform = (-log_p.sum(dim)).masked_fill_(target == ignore_index, 0.0)  # −Σ_c log p_nc, 0 where ignored
+    weighted = log_p if weight is None else log_p * along_classes(weight, log_p)
+    uniform = (-weighted.sum(dim)).masked_fill_(target == ignore_index, 0.0)  # −Σ_c w_c log p_nc, 0 where ignored
     if reduction == "mean":
-        uniform = uniform.sum() / (target != ignore_index).sum()
+        count = (
+            (target != ignore_index).sum()
+            if weight is None
+            else counted_weight(target, ignore_index, weight, running_eagerly())
+        )
+        uniform = uniform.sum() / count
     elif reduction == "sum":
         uniform = uniform.sum()
     return (1 - label_smoothing) * nll + uniform * per_class(label_smoothing, C)
@@ -236,9 +295,10 @@ def cross_entropy_backward(
     label_smoothing: float,
     need_z: bool,
     need_target: bool,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Given g = ∂J/∂ℓ and g_log_p = ∂J/∂(log p) from outside (None: ℓ alone reaches J), the gradients
-    (∂J/∂z, ∂J/∂q), each only when needed; log p is the forward's."""
+    (∂J/∂z, ∂J/∂q), each only when needed; log p is the forward's, w the class weights (None: all 1)."""
     if not (need_z or need_target) or (g is None and g_log_p is None):
         return None, None
     dim = class_dim(log_p)
@@ -248,11 +308,15 @@ def cross_entropy_backward(
         return (through_log_softmax(g_log_p, log_p, in_place=False) if need_z else None), None
     every_counted = not probabilities and need_z and every_target_counted(target, ignore_index, g)  # type: ignore[arg-type]  # saved when ∂J/∂z is needed
     if reduction == "mean":  # s = g / count
-        if probabilities or every_counted:
+        if probabilities or (every_counted and weight is None):
             count: int | torch.Tensor = math.prod(positions_shape(log_p))
         else:
             assert target is not None  # saved whenever ∂J/∂z is needed, as it is for class indices
-            count = (target != ignore_index).sum()
+            count = (
+                (target != ignore_index).sum()
+                if weight is None
+                else counted_weight(target, ignore_index, weight, False)
+            )
         minus_s = -(g / count)
     else:  # s = g: a scalar for "sum", (N, 1, d1, …) for "none"
         minus_s = -(g.unsqueeze(dim) if reduction == "none" else g)
@@ -263,11 +327,16 @@ def cross_entropy_backward(
             u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
         else:
             u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing, every_counted)
+        if weight is not None:  # ∂J/∂log p = −s w ⊙ q
+            u = u * along_classes(weight, log_p)
         if g_log_p is not None:  # log p reaches J by another way too (a differentiated backward reads it)
             u = u + g_log_p
         grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c s q_c − s q
     if need_target:
-        grad_q = minus_s * log_p  # −s log p
+        if weight is None:
+            grad_q = minus_s * log_p  # −s log p
+        else:
+            grad_q = minus_s * along_classes(weight, log_p) * log_p  # −s w ⊙ log p, in native's order
         if label_smoothing > 0:
             grad_q = grad_q * (1 - label_smoothing)  # through q' = (1 − ε) q + ε/C
     return grad_z, grad_q
@@ -276,12 +345,13 @@ def cross_entropy_backward(
 class CrossEntropyFunction(HandDerivedFunction):
     r"""ℓ_n = −Σ_c q_nc log p_nc, log p_n = z_n − logsumexp_c z_nc, with the backward derived by hand.
 
-    Given g = ∂J/∂ℓ and s = g · scale (scale = 1/count for "mean", 1 otherwise):
+    Given g = ∂J/∂ℓ and s = g · scale (scale = 1/count for "mean", 1 otherwise), and
+    class weights w (all 1 without ``weight``; the mean's count then Σ_n w_{t_n}):
 
-    - ∂J/∂log p_n = −s q_n, ℓ being linear in log p; through the log-softmax,
+    - ∂J/∂log p_n = −s w ⊙ q_n, ℓ being linear in log p; through the log-softmax,
       ∂ log p_nc/∂z_nk = [c = k] − p_nk, so
-    - ∂J/∂z_n = p_n Σ_c s q_nc − s q_n     (= s (softmax(z_n) − y_n) for a one-hot y_n)
-    - ∂J/∂q_n = −s log p_n · (1 − ε)       (class probabilities; class indices get no gradient)
+    - ∂J/∂z_n = p_n Σ_c s w_c q_nc − s w ⊙ q_n     (= s (softmax(z_n) − y_n) for a one-hot y_n, w = 1)
+    - ∂J/∂q_n = −s w ⊙ log p_n · (1 − ε)           (class probabilities; class indices get no gradient)
 
     Like native's log_softmax and nll_loss, ``apply`` returns ℓ and log p, and
     saves log p and the target, native's bytes: log p is an output, so the
@@ -299,6 +369,8 @@ class CrossEntropyFunction(HandDerivedFunction):
     smoothing are otherwise native's to the bit (a test substitutes native's
     exponential to show it); with smoothing native adds s q as two terms (nll
     and uniform), and for probability targets sums Σ_c in its kernel's order.
+    With class weights and a mean, native's kernel sums the count Σ_n w_{t_n}
+    in an order of its own, so that scale agrees to rounding too.
     So gradients agree with native to rounding, within torchbp.compare's
     tolerance in float32 and float64, and to their rounding in float16 and
     bfloat16, which native's kernel carries in float32. Where p_t ≈ 1 for every
@@ -310,25 +382,31 @@ class CrossEntropyFunction(HandDerivedFunction):
 
     @staticmethod
     def forward(
-        input: torch.Tensor, target: torch.Tensor, reduction: str, ignore_index: int, label_smoothing: float
+        input: torch.Tensor,
+        target: torch.Tensor,
+        reduction: str,
+        ignore_index: int,
+        label_smoothing: float,
+        weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         validate_cross_entropy(input, target, reduction, ignore_index, label_smoothing)
+        validate_class_weights(input, weight)
         if not target.is_floating_point() and running_eagerly():
             validate_class_indices(target, input.shape[class_dim(input)], ignore_index)
         log_p = F.log_softmax(input, class_dim(input))
-        return cross_entropy_from_log_p(log_p, target, reduction, ignore_index, label_smoothing), log_p
+        return cross_entropy_from_log_p(log_p, target, reduction, ignore_index, label_smoothing, weight), log_p
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        _, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing = inputs
+        _, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing, weight = inputs
         ctx.probabilities = target.is_floating_point()
         ctx.set_materialize_grads(False)  # log p's gradient is None, not zeros, where it takes no part in J
-        # p and log p are read from log p; s q needs the target, and only ∂J/∂z reads s q.
-        ctx.save_for_backward(output[1], target if ctx.needs_input_grad[0] else None)
+        # p and log p are read from log p; s q needs the target, and only ∂J/∂z reads s q; both read w.
+        ctx.save_for_backward(output[1], target if ctx.needs_input_grad[0] else None, weight)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None, g_log_p: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        log_p, target = ctx.saved_tensors
+        log_p, target, weight = ctx.saved_tensors
         need_z, need_target = ctx.needs_input_grad[:2]
         grads = cross_entropy_backward(
             g,
@@ -341,8 +419,9 @@ class CrossEntropyFunction(HandDerivedFunction):
             ctx.label_smoothing,
             need_z,
             need_target,
+            weight,
         )
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def cross_entropy(
@@ -357,18 +436,18 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy of logits, as torch.nn.functional.cross_entropy, backward by CrossEntropyFunction.
 
-    Class-index and class-probability targets, ``ignore_index`` and ``label_smoothing`` as native;
-    class weights (``weight=``) are refused. Under ``torch.autocast`` it runs in float32, as the native one does.
+    Class-index and class-probability targets, class weights (``weight=``), ``ignore_index`` and
+    ``label_smoothing`` as native. Under ``torch.autocast`` it runs in float32, as the native one does.
     """
-    if weight is not None:
-        raise NotImplementedError("torchbp.functional.cross_entropy has no hand-derived backward for weight=")
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
     if autocast.any_enabled() and isinstance(input, torch.Tensor):
         (input,) = autocast.cast_as_autocast_would(autocast.FLOAT32, input)
         if target.is_floating_point():
             (target,) = autocast.cast_as_autocast_would(autocast.FLOAT32, target)
-    loss, _ = CrossEntropyFunction.apply(input, target, reduction, ignore_index, label_smoothing)  # ℓ, log p
+        if weight is not None:
+            (weight,) = autocast.cast_as_autocast_would(autocast.FLOAT32, weight)
+    loss, _ = CrossEntropyFunction.apply(input, target, reduction, ignore_index, label_smoothing, weight)  # ℓ, log p
     return loss  # type: ignore[no-any-return]
 
 
@@ -379,9 +458,7 @@ class CrossEntropyLoss(HandDerivedModule, torch.nn.CrossEntropyLoss):
               \partial \ell_n / \partial z_n = \operatorname{softmax}(z_n) \textstyle\sum_c q_{nc} - q_n
 
     Args:
-        ignore_index, reduction, label_smoothing, size_average, reduce: as torch.nn.CrossEntropyLoss.
-        weight: refused (NotImplementedError at the first call) unless None; ``torchbp.convert`` leaves a
-            weighted loss native.
+        weight, ignore_index, reduction, label_smoothing, size_average, reduce: as torch.nn.CrossEntropyLoss.
 
     Shape:
         - Input: :math:`(C)`, :math:`(N, C)` or :math:`(N, C, d_1, \dots)` logits.
@@ -400,10 +477,4 @@ class CrossEntropyLoss(HandDerivedModule, torch.nn.CrossEntropyLoss):
         )
 
 
-def without_class_weights(loss: torch.nn.CrossEntropyLoss) -> bool:
-    return loss.weight is None
-
-
-register(
-    Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss, CrossEntropyFunction, cross_entropy, runs=without_class_weights)
-)
+register(Layer(torch.nn.CrossEntropyLoss, CrossEntropyLoss, CrossEntropyFunction, cross_entropy))
