@@ -286,8 +286,8 @@ BAD_CALLS = {
             *data(4, (), torch.float64, widths=(3, 2)),
         ),
         NotImplementedError,
-        "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, Embedding, LayerNorm, Linear, "
-        "MultiheadAttention only",
+        "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, Embedding, GroupNorm, LayerNorm, "
+        "Linear, MultiheadAttention only",
     ),
     "a loss without a reduction": (
         lambda: per_sample_grads(mlp(), lambda out, y: ((out - y) ** 2).sum(), *data(4, (), torch.float64)),

@@ -1,0 +1,370 @@
+"""Group normalisation y = x̂ γ + β per channel: its Function, checks, functional form, module and per-sample rule.
+
+Index letters, as in the derivation: n runs over the N samples, g over the G groups,
+c over the C channels (C/G to a group), s over the S positions of a channel (the
+trailing dimensions: H·W for an image, S = 1 for an input (N, C)), and d over the
+D = (C/G)·S elements of group g of sample n, its channels at every position. Per
+sample and group:
+
+    μ_ng    = (1/D) Σ_d x_ngd
+    σ²_ng   = (1/D) Σ_d (x_ngd − μ_ng)²            (biased, as native torch)
+    rstd_ng = 1 / √(σ²_ng + ε)
+    x̂_ngd   = (x_ngd − μ_ng) · rstd_ng
+    y_ncs   = x̂_ncs γ_c + β_c                        (per channel; γ = 1 and β = 0 when absent)
+
+δ = ∂J/∂y is the upstream gradient, shape of x; ĝ = δ ⊙ γ (δ itself without γ), γ_c
+the same at every position s. The code views each (N, C, *) tensor as (n, g, C/G, s),
+so that d is its last two dimensions, and γ as (g, C/G, 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
+
+from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
+from torchbp.table import Layer, register
+from torchbp.validation import FLOATING, ArgumentError, ShapeError, validate_floating_and_matching
+
+# -- input checks ------------------------------------------------------------------------
+
+
+def validate_group_norm(input: Any, num_groups: Any, weight: Any, bias: Any, eps: Any) -> None:
+    """Floating point, one dtype and device; input (N, C, *) with num_groups dividing C and more than one value
+    in some group; weight and bias (C,)."""
+    if (  # the common case, decided in a few comparisons; the checks below explain the others
+        isinstance(input, torch.Tensor)
+        and input.dtype in FLOATING
+        and type(num_groups) is int
+        and type(eps) is float
+        and input.dim() >= 2
+        and num_groups > 0
+        and input.shape[1] % num_groups == 0
+        and input.numel() != num_groups  # N · D = numel / G values per group in all: native refuses 1
+        and all(
+            t is None
+            or (
+                isinstance(t, torch.Tensor)
+                and t.dtype == input.dtype
+                and t.device == input.device
+                and t.shape == input.shape[1:2]
+            )
+            for t in (weight, bias)
+        )
+    ):
+        return
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, torch.SymInt)):
+        raise TypeError(f"group_norm: expected num_groups to be an int, got {num_groups!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"group_norm: expected eps to be a Python float, got {type(eps).__name__}")
+    validate_floating_and_matching("group_norm", input=input, weight=weight, bias=bias)
+    if input.dim() < 2:
+        raise ShapeError(f"group_norm: expected input of shape (N, C, *), at least 2-d, got input {tuple(input.shape)}")
+    channels = input.shape[1]
+    if num_groups <= 0:
+        raise ArgumentError(f"group_norm: expected num_groups to be positive, got num_groups={num_groups}")
+    if channels % num_groups != 0:
+        raise ShapeError(
+            f"group_norm: expected num_groups to divide the {channels} channels, got num_groups={num_groups}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (channels,):
+            raise ShapeError(
+                f"group_norm: expected {name} of shape ({channels},), one per channel of input "
+                f"{tuple(input.shape)}, got {name} {tuple(t.shape)}"
+            )
+    if input.numel() == num_groups:  # as F.group_norm: one sample whose every group is a single value
+        raise ShapeError(
+            f"group_norm: expected more than 1 value to normalise in a group, got input {tuple(input.shape)} "
+            f"with num_groups={num_groups}: 1 sample of 1 value per group"
+        )
+
+
+# -- the forward's layout ----------------------------------------------------------------
+
+
+def laid_out_as_natively(x: torch.Tensor) -> torch.Tensor:
+    """x as torch.group_norm hands it to native_group_norm, whose kernels read a contiguous tensor: as it is
+    when contiguous; otherwise, on the CPU, copied into the memory format its strides suggest (channels-last
+    stays channels-last, whose kernel sums in another order: y stays native's to the bit), elsewhere into
+    the contiguous one. ``suggest_memory_format`` is PyTorch's Python twin of the C++ rule torch.group_norm
+    applies; it costs 40 µs, so only an input that needs the copy anyway asks it."""
+    if x.is_contiguous():
+        return x
+    return x.contiguous(memory_format=suggest_memory_format(x) if x.device.type == "cpu" else torch.contiguous_format)
+
+
+# -- the backward ------------------------------------------------------------------------
+
+OVER_D = (2, 3)  # the elements d of a group, in the (n, g, C/G, s) view
+OVER_N_AND_S = (0, 3)  # the samples and the positions: what ∂J/∂γ_c and ∂J/∂β_c sum over
+
+
+def grouped(t: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """t of shape (N, C, *) viewed as (n, g, C/G, s); sizes given, not -1, so that N = 0 reshapes too."""
+    return t.reshape(t.shape[0], num_groups, t.shape[1] // num_groups, math.prod(t.shape[2:]))
+
+
+def normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂ = (x − μ) · rstd and rstd = 1/√(σ² + ε) of x grouped (n, g, C/G, s), μ and σ² over d.
+
+    rstd is (n, g, 1, 1), so it broadcasts over d.
+    """
+    centered = x - x.mean(OVER_D, keepdim=True)  # x − μ: (n, g, C/G, s)
+    rstd = torch.rsqrt(centered.square().mean(OVER_D, keepdim=True) + eps)  # 1/√(σ² + ε): (n, g, 1, 1)
+    return centered * rstd, rstd
+
+
+def normalized(
+    x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂ = (x − μ) · rstd and rstd, x grouped (n, g, C/G, s), from the forward's μ and rstd of shape (n, g).
+
+    Where the backward is itself differentiated (grad mode is on inside a backward only
+    under ``create_graph=True`` and torch.func's transforms), μ and rstd are computed
+    again from x by :func:`normalize`, whose operations carry the second derivative:
+    the forward's are outputs that get no gradient.
+    """
+    if torch.is_grad_enabled():
+        return normalize(x, eps)
+    rstd = rstd[:, :, None, None]  # (n, g, 1, 1)
+    centred = x - mean[:, :, None, None]
+    return centred.mul_(rstd) if products_in_place(x) else centred * rstd, rstd
+
+
+def group_norm_backward(
+    delta: torch.Tensor,
+    x: torch.Tensor | None,
+    mean: torch.Tensor | None,
+    rstd: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    num_groups: int,
+    eps: float,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Given δ = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
+
+    μ and rstd are the forward's, each of shape (n, g); see :func:`normalized`.
+    """
+    channels = delta.shape[1]
+    delta_grouped = grouped(delta, num_groups)  # (n, g, C/G, s)
+    grad_x = grad_weight = grad_bias = None
+    if need_bias:
+        grad_bias = delta_grouped.sum(OVER_N_AND_S).reshape(channels)  # Σ_{n,s} δ_ncs: (C,)
+    if not (need_x or need_weight):
+        return grad_x, grad_weight, grad_bias
+    assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
+    x_hat, rstd = normalized(grouped(x, num_groups), mean, rstd, eps)  # (n, g, C/G, s), a new tensor; (n, g, 1, 1)
+    own = products_in_place(delta)  # nothing records this backward: its last steps work in place on its new tensors
+    if need_x:
+        gamma = weight.reshape(num_groups, channels // num_groups, 1) if weight is not None else None  # (g, C/G, 1)
+        g_hat = delta_grouped * gamma if gamma is not None else delta_grouped  # ĝ = δ ⊙ γ: (n, g, C/G, s)
+        mean_g_hat = g_hat.mean(OVER_D, keepdim=True)  # mean_d(ĝ): (n, g, 1, 1)
+        mean_g_hat_x_hat = (g_hat * x_hat).mean(OVER_D, keepdim=True)  # mean_d(ĝ ⊙ x̂): (n, g, 1, 1)
+        if own and gamma is not None:  # into ĝ, a new tensor here (see normal_distribution in gelu.py for why)
+            grad_x = g_hat.sub_(mean_g_hat).addcmul_(x_hat, mean_g_hat_x_hat, value=-1).mul_(rstd)
+        else:
+            grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
+        grad_x = grad_x.reshape(delta.shape)  # (N, C, *)
+    if need_weight:  # Σ_{n,s} δ_ncs x̂_ncs: (C,)
+        grad_weight = (x_hat.mul_(delta_grouped) if own else delta_grouped * x_hat).sum(OVER_N_AND_S).reshape(channels)
+    return grad_x, grad_weight, grad_bias
+
+
+class GroupNormFunction(HandDerivedFunction):
+    r"""y = x̂ γ + β with μ and σ² over each group of each sample, with the backward derived by hand.
+
+    ``GroupNormFunction.apply(input, num_groups, weight, bias, eps)`` as
+    ``torch.nn.functional.group_norm``. Given δ = ∂J/∂y and ĝ = δ ⊙ γ:
+
+    - ∂J/∂β_c = Σ_{n,s} δ_ncs
+    - ∂J/∂γ_c = Σ_{n,s} δ_ncs x̂_ncs
+    - ∂J/∂x_ngd = rstd_ng · (ĝ_ngd − mean_d(ĝ_ng) − x̂_ngd · mean_d(ĝ_ng ⊙ x̂_ng))     (the three-term gradient)
+
+    The input gradient is layer normalisation's over the D elements of each group, and
+    the parameters' sum over samples and positions as a per-channel affine map's do.
+
+    The forward is ``torch.native_group_norm``, and like it ``apply`` returns (y, μ, rstd),
+    μ and rstd of shape (n, g) and not differentiable: y is native's to the bit, and the
+    backward reads x̂ = (x − μ) · rstd from the forward's own statistics. :func:`group_norm`
+    returns y alone, as F.group_norm. Saved: the input, μ and rstd when ∂J/∂x or ∂J/∂γ is
+    asked for, γ when ∂J/∂x is (∂J/∂β alone saves nothing). When the backward is itself
+    differentiated, it computes μ and rstd again from the input, by operations that carry
+    the second derivative.
+
+    Gradients agree with native's to rounding, not to the bit: native's CPU kernel sums
+    δ and δ ⊙ x per channel first and forms ∂J/∂x as rstd·γ·δ + b·x + c (b, c per group),
+    an order torch operations cannot reproduce. For a group of a single element (D = 1)
+    the three-term form gives the exact zero where native's gradient is rounding noise.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        input: torch.Tensor,
+        num_groups: int,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Floating point, one dtype and device, input (N, C, *) with G dividing C, weight and bias (C,).
+        validate_group_norm(input, num_groups, weight, bias, eps)
+        n, channels, positions = input.shape[0], input.shape[1], math.prod(input.shape[2:])
+        x = laid_out_as_natively(input)
+        gamma, beta = (t if t is None else t.contiguous() for t in (weight, bias))
+        return torch.native_group_norm(x, gamma, beta, n, channels, positions, num_groups, eps)  # y, μ, rstd
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        x, num_groups, weight, _, eps = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
+        need_x, _, need_weight, _, _ = ctx.needs_input_grad
+        # ∂J/∂x and ∂J/∂γ read x̂ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads δ alone: keep only what is read.
+        x_hat_read = need_x or need_weight
+        ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
+        ctx.num_groups, ctx.eps = num_groups, eps
+
+    @staticmethod
+    def backward(ctx: Any, delta: torch.Tensor | None, *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        if delta is None:  # y took no part in J
+            return None, None, None, None, None
+        x, mean, rstd, weight = ctx.saved_tensors
+        need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = group_norm_backward(
+            delta, x, mean, rstd, weight, ctx.num_groups, ctx.eps, need_x, need_weight, need_bias
+        )
+        return grad_x, None, grad_weight, grad_bias, None
+
+
+LOWER_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def group_norm(
+    input: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Group normalisation over each group of channels of each sample, as torch.nn.functional.group_norm,
+    backward by GroupNormFunction. It runs in its input's dtype, as the native one does under ``torch.autocast``
+    on the CPU; a float16 or bfloat16 input with float32 parameters is normalised in float32, as natively."""
+    if (
+        isinstance(input, torch.Tensor)
+        and input.dtype in LOWER_PRECISION_DTYPES
+        and any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in (weight, bias))
+    ):
+        # A float16 or bfloat16 input with float32 parameters (a convolution's output under autocast): native's
+        # mixed kernel computes in float32 and returns the input's dtype; so does this.
+        output, _, _ = GroupNormFunction.apply(input.float(), num_groups, weight, bias, eps)
+        return output.to(input.dtype)  # type: ignore[no-any-return]
+    output, _, _ = GroupNormFunction.apply(input, num_groups, weight, bias, eps)  # y, μ, rstd
+    return output  # type: ignore[no-any-return]
+
+
+class GroupNorm(HandDerivedModule, torch.nn.GroupNorm):
+    r"""torch.nn.GroupNorm whose backward is :class:`GroupNormFunction`.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \gamma + \beta
+
+    with μ and σ² over each of the num_groups groups of channels of each sample, γ and β per channel.
+
+    Args:
+        num_groups, num_channels, eps, affine, device, dtype, bias: as torch.nn.GroupNorm.
+
+    Shape:
+        - Input: :math:`(N, C, *)` with :math:`C = \text{num\_channels}`; Output: the same shape.
+
+    Examples::
+
+        >>> m = torchbp.nn.GroupNorm(3, 6)  # 6 channels in 3 groups
+        >>> output = m(torch.randn(20, 6, 10, 10))
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+# -- the per-sample view ---------------------------------------------------------------
+# ∂J/∂γ_c = Σ_{n,s} δ_ncs x̂_ncs and ∂J/∂β_c = Σ_{n,s} δ_ncs: summed over the positions s
+# alone, the terms are each sample's own gradient. δ = ∂J/∂y and a_prev = x arrive as
+# (n, C, *) and give (n, C).
+
+
+def _positions(t: torch.Tensor) -> tuple[int, ...]:
+    """The dimensions after the channels, which a sample's gradient sums over."""
+    return tuple(range(2, t.dim()))
+
+
+def per_sample_weight_grads(
+    delta: torch.Tensor, a_prev: torch.Tensor, num_groups: int, eps: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_s δ_ncs x̂_ncs for every sample n: shape (n, C).
+
+    x̂ is recomputed from a_prev by the native forward without affine, the forward's
+    own x̂. ``out``, when given, receives the result.
+    """
+    x_hat = F.group_norm(a_prev, num_groups, eps=eps)
+    positions = _positions(delta)
+    if not positions:
+        return torch.mul(delta, x_hat, out=out)
+    return torch.sum(delta * x_hat, positions, out=out)
+
+
+def per_sample_bias_grads(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_s δ_ncs for every sample n: shape (n, C)."""
+    positions = _positions(delta)
+    if not positions:
+        return delta.clone() if out is None else out.copy_(delta)
+    return torch.sum(delta, positions, out=out)
+
+
+def per_sample_weight_grad_norms_squared(
+    delta: torch.Tensor, a_prev: torch.Tensor, num_groups: int, eps: float
+) -> torch.Tensor:
+    """‖Σ_s δ_n,s ⊙ x̂_n,s‖², shape (n,). The gradient is no larger than δ, so it is formed."""
+    return per_sample_weight_grads(delta, a_prev, num_groups, eps).square().sum(1)
+
+
+def per_sample_bias_grad_norms_squared(delta: torch.Tensor) -> torch.Tensor:
+    """‖Σ_s δ_n,s‖², shape (n,)."""
+    positions = _positions(delta)
+    return (delta.sum(positions) if positions else delta).square().sum(1)
+
+
+class GroupNormPerSample:
+    """A group normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
+    per-sample gradients (weight: Σ_s δ_n,s ⊙ x̂_n,s; bias: Σ_s δ_n,s; both (n, C)), or their squared norms
+    summed."""
+
+    def grads(
+        self, module: GroupNorm, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        grads = {}
+        if module.weight is not None and module.weight.requires_grad:
+            grads["weight"] = per_sample_weight_grads(
+                delta, a_prev, module.num_groups, module.eps, out=out.get("weight")
+            )
+        if module.bias is not None and module.bias.requires_grad:
+            grads["bias"] = per_sample_bias_grads(delta, out=out.get("bias"))
+        return grads
+
+    def norms_squared(self, module: GroupNorm, a_prev: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(delta.shape[0], dtype=delta.dtype, device=delta.device)
+        if module.weight is not None and module.weight.requires_grad:
+            total = total + per_sample_weight_grad_norms_squared(delta, a_prev, module.num_groups, module.eps)
+        if module.bias is not None and module.bias.requires_grad:
+            total = total + per_sample_bias_grad_norms_squared(delta)
+        return total
+
+
+register(Layer(torch.nn.GroupNorm, GroupNorm, GroupNormFunction, group_norm, per_sample=GroupNormPerSample()))
