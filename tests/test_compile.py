@@ -148,6 +148,41 @@ LAYER_CASES = {
     "conv2d": Case(
         lambda: Seq(L.Conv2d(1, 2, 3, padding=1), L.Conv2d(2, 1, 3, stride=2), L.Flatten()), L.MSELoss, (1, 6, 6), like
     ),
+    "max_pool2d": Case(
+        lambda: Seq(L.Conv2d(1, 2, 3, padding=1), L.MaxPool2d(3, stride=2, padding=1), L.Flatten()),
+        L.MSELoss,
+        (1, 6, 6),
+        like,
+    ),
+    "avg_pool2d": Case(
+        lambda: Seq(
+            L.Conv2d(1, 2, 3, padding=1), L.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), L.Flatten()
+        ),
+        L.MSELoss,
+        (1, 6, 6),
+        like,
+    ),
+    "adaptive_avg_pool2d": Case(
+        lambda: Seq(L.Conv2d(1, 2, 3, padding=1), L.AdaptiveAvgPool2d((4, 3)), L.Flatten()), L.MSELoss, (1, 7, 6), like
+    ),
+    # No bias right before a batch norm (as in a ResNet): the normalisation takes its gradient to exactly 0, and
+    # two roundings of 0 compare as unequal.
+    "batch_norm": Case(
+        lambda: Seq(
+            L.Conv2d(1, 2, 3, padding=1, bias=False),
+            L.BatchNorm2d(2),
+            L.ReLU(),
+            L.Flatten(),
+            L.Linear(72, 4, bias=False),
+            L.BatchNorm1d(4),
+        ),
+        L.MSELoss,
+        (1, 6, 6),
+        like,
+    ),
+    "group_norm": Case(
+        lambda: Seq(L.Conv2d(1, 4, 3, padding=1), L.GroupNorm(2, 4), L.Flatten()), L.MSELoss, (1, 4, 4), like
+    ),
     "mse_loss": Case(lambda: Seq(L.Linear(4, 3)), lambda: L.MSELoss(reduction="sum"), (4,), like),
     "cross_entropy": Case(lambda: Seq(L.Linear(4, 3)), L.CrossEntropyLoss, (4,), classes),
 }

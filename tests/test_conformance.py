@@ -29,7 +29,12 @@ pytestmark = [
 OPS = {
     ("nn.functional.linear", ""): TF.linear,
     ("nn.functional.conv2d", ""): TF.conv2d,
+    ("nn.functional.max_pool2d", ""): TF.max_pool2d,
+    ("nn.functional.avg_pool2d", ""): TF.avg_pool2d,
+    ("nn.functional.adaptive_avg_pool2d", ""): TF.adaptive_avg_pool2d,
     ("nn.functional.layer_norm", ""): TF.layer_norm,
+    ("nn.functional.group_norm", ""): TF.group_norm,
+    ("nn.functional.batch_norm", ""): TF.batch_norm,
     ("nn.functional.cross_entropy", ""): TF.cross_entropy,
     ("nn.functional.mse_loss", ""): TF.mse_loss,
     ("sigmoid", ""): TF.sigmoid,
@@ -50,18 +55,16 @@ OPS = {
     ),
 }
 MODULES = [
-    "Linear", "Conv2d", "LayerNorm", "CrossEntropyLoss", "MSELoss", "Sigmoid", "Tanh", "ReLU", "GELU", "Softmax",
-    "LogSoftmax", "Embedding", "MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
-    "TransformerDecoderLayer",
+    "Linear", "Conv2d", "LayerNorm", "GroupNorm", "BatchNorm1d", "BatchNorm2d", "CrossEntropyLoss", "MSELoss",
+    "Sigmoid", "Tanh", "ReLU", "GELU", "Softmax", "LogSoftmax", "Embedding", "MultiheadAttention",
+    "TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer", "MaxPool2d", "AvgPool2d",
+    "AdaptiveAvgPool2d",
 ]  # fmt: skip
 
 # What torchbp refuses, each with its reason (NotImplementedError's message for a functional form; for a
 # module, the native class convert leaves as it is). docs/layers.md lists the same.
 REFUSED = {
-    "nn.functional.conv2d": r"groups=1 only",  # grouped and depthwise convolution
-    "nn.functional.cross_entropy": r"no hand-derived backward for weight=",  # class weights
     "nn.functional.embedding": r"max_norm renormalises|sparse=True gives a sparse gradient",
-    "CrossEntropyLoss": "CrossEntropyLoss",  # with weight=: left native by convert
     "Embedding": "Embedding",  # with max_norm or sparse=True: left native by convert
 }
 
@@ -153,6 +156,8 @@ def test_the_converted_module_matches_native_on_pytorchs_samples(info):
             forward_and_backward(native, forward.args, forward.kwargs, native.parameters()),
             forward_and_backward(hand, forward.args, forward.kwargs, hand.parameters()),
         )
+        for (name, theirs), mine in zip(native.named_buffers(), hand.buffers()):  # running statistics, counts
+            assert torch.equal(mine, theirs), f"buffer {name}: {mine} where native's is {theirs}"
     reason = REFUSED.get(info.module_cls.__name__)
     assert all(reason and re.fullmatch(reason, name) for name in left_native), left_native
 

@@ -122,6 +122,20 @@ def model_cases():
         "Conv2d, stride 2, dilation 2": (conv(stride=2, dilation=2, padding=2), mse, images(), None),
         "Conv2d, reflect padding": (conv(padding=1, padding_mode="reflect"), mse, images(), None),
         "Conv2d, no bias": (conv(bias=False), mse, images(), None),
+        "GroupNorm": (
+            torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten()).double(),
+            mse,
+            images(),
+            None,
+        ),
+        "GroupNorm of (N, C), no affine": (
+            torch.nn.Sequential(
+                torch.nn.Linear(6, 6), torch.nn.GroupNorm(2, 6, affine=False), torch.nn.Linear(6, 2)
+            ).double(),
+            mse,
+            vectors(),
+            None,
+        ),
     }
     return {
         name: (model, loss, x, target if target is not None else torch.randn_like(model(x)))
@@ -174,7 +188,7 @@ def test_per_sample_gradients_are_a_loop_over_samples(name):
 
 # vmap over native attention warns that it loops over the samples; the reference is still right.
 @pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
-@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "MultiheadAttention"])
+@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "GroupNorm", "MultiheadAttention"])
 def test_per_sample_gradients_are_torch_funcs(name):
     model, loss_fn, x, target = CASES[name]
     params = {key: p.detach() for key, p in model.named_parameters()}
@@ -188,7 +202,7 @@ def test_per_sample_gradients_are_torch_funcs(name):
         torch.testing.assert_close(grads[key], expected[key], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "CrossEntropyLoss"])
+@pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "GroupNorm", "CrossEntropyLoss"])
 def test_the_lockstep_trainer_trains_it_beside_native(name, tmp_path):
     model, loss_fn, x, target = CASES[name]
     trainer = torchbp.LockstepTrainer(model, loss_fn, lr=0.01, log_dir=tmp_path, per_sample_every=2)
@@ -217,16 +231,16 @@ def test_a_planted_wrong_attention_replay_is_caught(monkeypatch):
 
 REFUSED = [
     (
-        "conv2d with groups",
-        lambda: torchbp.functional.conv2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), groups=2),
-        NotImplementedError,
-        "groups=1 only, got groups=2",
+        "conv2d with groups that do not divide the channels",
+        lambda: torchbp.functional.conv2d(torch.randn(1, 6, 5, 5), torch.randn(4, 2, 3, 3), groups=3),
+        torchbp.ShapeError,
+        "groups=3 to divide the weight's 4 output channels",
     ),
     (
-        "CrossEntropyLoss with class weights",
-        lambda: torchbp.nn.CrossEntropyLoss(weight=torch.ones(3))(torch.randn(2, 3), torch.tensor([0, 1])),
-        NotImplementedError,
-        "no hand-derived backward for weight=",
+        "CrossEntropyLoss with a class weight vector of the wrong length",
+        lambda: torchbp.nn.CrossEntropyLoss(weight=torch.ones(4))(torch.randn(2, 3), torch.tensor([0, 1])),
+        torchbp.ShapeError,
+        r"weight of shape \(3,\), one per class of input \(2, 3\), got \(4,\)",
     ),
     (
         "a class index out of range",
@@ -268,34 +282,46 @@ def test_layer_norm_takes_a_low_precision_input_with_float32_parameters_as_nativ
         torchbp.check_model(native, torch.nn.MSELoss(), x, torch.randn(4, 8), rtol=2e-2).assert_ok()
 
 
-@pytest.mark.parametrize(
-    "native",
-    [torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.CrossEntropyLoss(weight=torch.ones(3))],
-    ids=["Conv2d with groups", "CrossEntropyLoss with class weights"],
-)
-def test_convert_leaves_an_instance_torchbp_cannot_run_native(native):
-    assert type(torchbp.convert(native)) is type(native)
-    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.ReLU(), torch.nn.Flatten())
-    report = torchbp.check_model(
-        model.double(),
-        torch.nn.MSELoss(),
-        torch.randn(2, 4, 5, 5, dtype=torch.float64),
-        torch.randn(2, 36, dtype=torch.float64),
+def test_convert_leaves_an_instance_torchbp_cannot_run_native():
+    native = torch.nn.Embedding(5, 3, max_norm=1.0)  # renormalises its weight in place in the forward
+    assert type(torchbp.convert(native)) is torch.nn.Embedding
+    model = torch.nn.Sequential(native, torch.nn.Flatten(), torch.nn.Linear(6, 2)).double()
+    indices = torch.tensor([[0, 1], [2, 4]])
+    report = torchbp.check_model(model, torch.nn.MSELoss(), indices, torch.randn(2, 2, dtype=torch.float64))
+    assert report.ok and report.layers == "hand-derived: 2 Linear, loss MSELoss; native: 0 Embedding, 1 Flatten"
+
+
+def test_grouped_convolution_and_class_weights_convert_and_match_native():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, groups=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Flatten()
     )
-    assert report.ok and report.layers == "hand-derived: 1 ReLU, loss MSELoss; native: 0 Conv2d, 2 Flatten"
+    assert all(type(m).__module__.startswith("torchbp") for m in torchbp.convert(model)[::2])
+    loss = torch.nn.CrossEntropyLoss(weight=torch.rand(8, dtype=torch.float64) + 0.5)
+    x, target = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.tensor([0, 7, 3])
+    report = torchbp.check_model(model.double(), loss, x, target)
+    assert (
+        report.ok
+        and report.layers == "hand-derived: 0 Conv2d, 1 ReLU, 2 Conv2d, loss CrossEntropyLoss; native: 3 Flatten"
+    )
 
 
 # -- one home per layer ------------------------------------------------------------------------
 
 LAYER_FILES = {  # every layer of the table, and the one file that defines it
+    "AdaptiveAvgPool2d": "torchbp/layers/adaptive_avg_pool2d.py",
+    "AvgPool2d": "torchbp/layers/avg_pool2d.py",
+    "BatchNorm1d": "torchbp/layers/batch_norm.py",  # one family, one formula: one file registers both
+    "BatchNorm2d": "torchbp/layers/batch_norm.py",
     "Conv2d": "torchbp/layers/conv2d.py",
     "CrossEntropyLoss": "torchbp/layers/cross_entropy.py",
     "Dropout": "torchbp/layers/dropout.py",
     "Embedding": "torchbp/layers/embedding.py",
     "GELU": "torchbp/layers/gelu.py",
+    "GroupNorm": "torchbp/layers/group_norm.py",
     "LayerNorm": "torchbp/layers/layer_norm.py",
     "Linear": "torchbp/layers/linear.py",
     "LogSoftmax": "torchbp/layers/log_softmax.py",
+    "MaxPool2d": "torchbp/layers/max_pool2d.py",
     "MSELoss": "torchbp/layers/mse_loss.py",
     "MultiheadAttention": "torchbp/layers/multihead_attention.py",
     "ReLU": "torchbp/layers/relu.py",
@@ -333,7 +359,7 @@ def test_the_table_lists_every_layer_and_operation_and_its_one_file():
     assert {op.function.__name__: module_file(op.function) for op in OPERATIONS} == OPERATION_FILES
     assert sorted(
         f"torchbp/layers/{p.name}" for p in (ROOT / "torchbp" / "layers").glob("*.py") if p.name != "__init__.py"
-    ) == sorted([*LAYER_FILES.values(), *OPERATION_FILES.values()])
+    ) == sorted({*LAYER_FILES.values(), *OPERATION_FILES.values()})
 
 
 REGISTRATIONS_REFUSED = {
@@ -368,7 +394,8 @@ def test_a_layers_file_alone_holds_its_function_checks_functional_form_module_an
         assert module_file(type(layer.per_sample)) == LAYER_FILES[layer.hand.__name__]
     if layer.step is not None:
         assert module_file(layer.step.forward) == LAYER_FILES[layer.hand.__name__]
-    assert calls_to("register", home) == 1
+    family = [entry for entry in LAYERS if LAYER_FILES[entry.hand.__name__] == LAYER_FILES[layer.hand.__name__]]
+    assert calls_to("register", home) == len(family)  # once per layer (BatchNorm1d and 2d share one file)
     # Its checks: every validate_* its forward calls is defined in its file or shared in torchbp/validation.py.
     forward = ast.parse(textwrap.dedent(inspect.getsource(layer.function.forward)))
     called = {

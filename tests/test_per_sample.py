@@ -281,13 +281,13 @@ def test_out_accumulates_a_layer_used_twice_from_scratch():
 BAD_CALLS = {
     "a layer without a per-sample rule": (
         lambda: per_sample_grads(
-            torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).double(),
+            torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.PReLU(2)).double(),
             torch.nn.MSELoss(),
             *data(4, (), torch.float64, widths=(3, 2)),
         ),
         NotImplementedError,
-        "no per-sample rule for 1 (BatchNorm1d); torchbp has rules for Conv2d, Embedding, GroupNorm, LayerNorm, "
-        "Linear, MultiheadAttention only",
+        "no per-sample rule for 1 (PReLU); torchbp has rules for BatchNorm1d, BatchNorm2d, Conv2d, Embedding, "
+        "GroupNorm, LayerNorm, Linear, MultiheadAttention only",
     ),
     "a loss without a reduction": (
         lambda: per_sample_grads(mlp(), lambda out, y: ((out - y) ** 2).sum(), *data(4, (), torch.float64)),

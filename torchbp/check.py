@@ -131,6 +131,10 @@ class ModelPair:
         self.grad_names = [f"{name}.grad" for name in self.names]
         self.hand_parameters = [parameter for _, parameter in named]
         self.native_parameters = list(native.parameters())
+        buffers = list(hand.named_buffers())  # running statistics: the forward changes them, both must agree
+        self.buffer_names = [name for name, _ in buffers]
+        self.hand_buffers = [buffer for _, buffer in buffers]
+        self.native_buffers = list(native.buffers())
 
     def compare(
         self,
@@ -148,7 +152,8 @@ class ModelPair:
 
         Rows, in order: the output (when ``outputs`` is given), the loss, the input's
         gradient (when ``inputs`` is given and requires grad), then for each parameter
-        by name its value (with ``parameters``) and its ``.grad``. :func:`check_model`
+        by name its value (with ``parameters``) and its ``.grad``, then each buffer (a
+        batch normalisation's running statistics and count, which the forward updates). :func:`check_model`
         and :class:`torchbp.LockstepTrainer` both report through this; the trainer
         passes ``defer_equal`` (see :func:`settle`), as most of its reports are never read.
         """
@@ -165,6 +170,7 @@ class ModelPair:
                 pairs.append((name, mine, theirs))
             if mine.requires_grad or theirs.requires_grad:
                 pairs.append((grad_name, mine.grad, theirs.grad))
+        pairs.extend(zip(self.buffer_names, self.hand_buffers, self.native_buffers))
         return Report(title, settle(pairs, rtol, atol, defer_equal))
 
 

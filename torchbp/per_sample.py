@@ -61,6 +61,29 @@ def reduction_scale(
     )
 
 
+def refuse_what_no_rule_covers(model: torch.nn.Module, layers: dict[torch.nn.Module, str]) -> None:
+    """NotImplementedError, before any forward, for a trainable parameter no layer's rule covers, and for a
+    layer whose rule refuses it as it stands (a batch norm in training mode, which would change its buffers)."""
+    covered = {id(p) for module in layers for p in module.parameters()}  # a layer's own and its parts'
+    owners = {
+        id(p): f"{name or 'the model'} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        for p in module.parameters(recurse=False)
+    }
+    uncovered = [owners[id(p)] for p in model.parameters() if p.requires_grad and id(p) not in covered]
+    if uncovered:
+        raise NotImplementedError(
+            f"per-sample gradients: no per-sample rule for {', '.join(dict.fromkeys(uncovered))}; "
+            f"torchbp has rules for {', '.join(cls.__name__ for cls in PER_SAMPLE_RULES)} only "
+            "(freeze those parameters with requires_grad_(False) to take the others' per-sample gradients)"
+        )
+    for module, name in layers.items():  # before any forward, which would change the model's buffers
+        refusal = getattr(PER_SAMPLE_RULES[type(module)], "refusal", None)
+        reason = refusal(module) if refusal is not None else None
+        if reason is not None:
+            raise NotImplementedError(f"per-sample gradients: {name or 'the model'}: {reason}")
+
+
 class PerSampleGradients:
     """Records δ and a_prev of every supported layer during one forward and backward.
 
@@ -80,19 +103,7 @@ class PerSampleGradients:
     def __init__(self, model: torch.nn.Module, scale: float | torch.Tensor = 1.0):
         self.model, self.scale = model, scale
         self.layers = {module: name for name, module in model.named_modules() if type(module) in PER_SAMPLE_RULES}
-        covered = {id(p) for module in self.layers for p in module.parameters()}  # a layer's own and its parts'
-        owners = {
-            id(p): f"{name or 'the model'} ({type(module).__name__})"
-            for name, module in model.named_modules()
-            for p in module.parameters(recurse=False)
-        }
-        uncovered = [owners[id(p)] for p in model.parameters() if p.requires_grad and id(p) not in covered]
-        if uncovered:
-            raise NotImplementedError(
-                f"per-sample gradients: no per-sample rule for {', '.join(dict.fromkeys(uncovered))}; "
-                f"torchbp has rules for {', '.join(cls.__name__ for cls in PER_SAMPLE_RULES)} only "
-                "(freeze those parameters with requires_grad_(False) to take the others' per-sample gradients)"
-            )
+        refuse_what_no_rule_covers(model, self.layers)
         self.records: dict[torch.nn.Module, list[list[Any]]] = {}  # layer: one [a_prev, δ] per call
         self.outputs: list[torch.Tensor] = []  # each call's z, for a backward that stops at them
         self.unrecorded: set[torch.nn.Module] = set()  # layers called whose output did not require grad

@@ -54,7 +54,9 @@ class PerSampleRule(Protocol):
     samples first. A rule may define ``recorded(module, args, kwargs, output)`` returning (a_prev, [(z, axis),
     ...]) instead: what to keep of the call as a_prev (a tensor, or a tuple whose first item is a tensor,
     samples first), and the output tensors z whose δ it needs, each with its sample axis (δ is moved to put
-    it first); it then receives δ as a tuple, one per z, where it names more than one.
+    it first); it then receives δ as a tuple, one per z, where it names more than one. A rule may define
+    ``refusal(module)``, returning why that module, as it stands, has no per-sample gradients (a batch norm
+    in training mode), or None; it is asked before any forward.
     """
 
     def grads(self, module: Any, a_prev: Any, delta: Any, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -123,10 +123,12 @@ class LockstepTrainer:
 
     def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
         """Every metric on both models, logged at ``step``; by default the number of steps taken,
-        which is the step whose loss is taken at the current parameters."""
+        which is the step whose loss is taken at the current parameters. The models are evaluated in eval
+        mode (no dropout; batch normalisation by its running statistics, which evaluating leaves alone), and
+        given back in the mode they were in."""
         step = self.result.steps if step is None else step
         values, lap = {}, self.stopwatch.start()
-        with torch.no_grad():
+        with in_eval_mode(self.hand_model, self.native_model), torch.no_grad():
             for name, metric in self.metrics.items():
                 values[name] = (float(metric(self.hand_model)), float(metric(self.native_model)))
                 if self.log is not None:
@@ -202,6 +204,19 @@ class Side(NamedTuple):
         loss = self.loss_fn(self.runner(inputs), target)
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         return loss.detach()
+
+
+@contextmanager
+def in_eval_mode(*models: torch.nn.Module) -> Iterator[None]:
+    """The models in eval mode inside the block, and in the mode each was in after it."""
+    modes = [(model, model.training) for model in models]
+    try:
+        for model, _ in modes:
+            model.eval()
+        yield
+    finally:
+        for model, training in modes:
+            model.train(training)
 
 
 def _schedule(batches: Iterable[Batch], steps: int | None) -> Iterator[Batch]:
