@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 # Each experiment registers itself as it is imported: this order is the default run's.
-from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm, gpt  # noqa: F401  # isort: skip
+from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm, digits_resnet, gpt  # noqa: F401  # isort: skip
 from experiments.derivation.explain import worked_example
 from experiments.lab.registry import EXPERIMENTS, Config
 from experiments.lab.runner import run_experiment, summary_table

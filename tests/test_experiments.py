@@ -61,7 +61,9 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
 def test_list_names_every_experiment(capsys):
     assert main(["--list"]) == 0
     printed = capsys.readouterr().out
-    assert list(EXPERIMENTS) == ["seed", "xor", "spiral", "digits", "digits-cnn", "digits-layernorm", "gpt"]
+    assert list(EXPERIMENTS) == [
+        "seed", "xor", "spiral", "digits", "digits-cnn", "digits-layernorm", "digits-resnet", "gpt"
+    ]  # fmt: skip
     assert all(name in printed for name in EXPERIMENTS)
 
 

@@ -88,6 +88,20 @@ def wider_cnn_setup(batch: int = 64):
     return network, torch.nn.CrossEntropyLoss(), images, torch.randint(0, 10, (batch,), generator=generator)
 
 
+def resnet_block_setup(batch: int = 32, channels: int = 16, size: int = 16):
+    """A ResNet basic block as digits-resnet builds it (conv-BN-ReLU-conv-BN, plus its input, ReLU) on
+    ``channels`` × ``size`` × ``size`` images, then global average pooling, in training mode (batch statistics,
+    running statistics updated), MSE against a target per channel."""
+    from experiments.digits_resnet import Residual, conv_bn
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(*conv_bn(channels, channels, 3), torch.nn.ReLU(), *conv_bn(channels, channels, 3))
+    network = torch.nn.Sequential(Residual(block), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, channels, size, size, generator=generator)
+    return network, torch.nn.MSELoss(), images, torch.randn(batch, channels, generator=generator)
+
+
 # The CNNs whose per-sample gradients are timed against the peers (experiments/bench/peers.py).
 PEER_NETWORKS = {
     "digits-cnn, batch 64": lambda: digits_cnn_setup(64),
@@ -195,6 +209,7 @@ TRAINING_SETUPS = {
     ),
     "conv": lambda: (conv_stack(16), torch.nn.MSELoss(), *image_data(32, 16, 32)),
     "digits-cnn": digits_cnn_setup,
+    "resnet-block": resnet_block_setup,
     "gpt": lambda: gpt_setup(),
 }
 
@@ -500,6 +515,7 @@ def norms_of_a_network_against_a_backward(network: str):
     return make
 
 
+RESNET_BLOCK = "a ResNet basic block with batch norm (16 channels, 16×16, batch 32)"
 CASES = [
     Case(
         "per-sample grads, 3×256 MLP, batch 256",
@@ -588,6 +604,7 @@ CASES = [
     training_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", "per-layer", 1.15, 1.3),
     training_case("digits-cnn's network, batch 64", "digits-cnn", "per-layer", 1.3, 1.3),
     training_case("gpt's network (2 blocks, width 64, context 32, batch 32)", "gpt", "per-layer", 1.3, 1.3),
+    training_case(RESNET_BLOCK, "resnet-block", "per-layer", 1.3, 1.3),
     floor_case("mid MLP (3×256, batch 64)", "mid", 1.15),
     floor_case("mid MLP with tanh (3×256, batch 64)", "mid-tanh", 1.15),
     floor_case("mid MLP with ReLU (3×256, batch 64)", "mid-relu", 1.15),
@@ -596,6 +613,7 @@ CASES = [
     floor_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv", 1.15),
     floor_case("gpt's network (2 blocks, width 64, context 32, batch 32)", "gpt", 1.3),
     floor_case("digits-cnn's network, batch 64", "digits-cnn", 1.3),
+    floor_case(RESNET_BLOCK, "resnet-block", 1.3),
     compiled_case("derivation's 2-3-1 network, float64", "derivation"),
     compiled_case("mid MLP (3×256, batch 64)", "mid"),
     compiled_case("mid MLP (3×256, batch 64)", "mid", "fused"),
@@ -607,6 +625,7 @@ CASES = [
     compiled_case("compute-bound Conv2d (16→32→16 channels, 32×32, batch 32)", "conv"),
     compiled_case("digits-cnn's network, batch 64", "digits-cnn"),
     compiled_case("gpt's network (2 blocks, width 64, context 32, batch 32)", "gpt"),
+    compiled_case(RESNET_BLOCK, "resnet-block"),
     Case(
         "floor of the compiled training step, compute-bound Conv2d: its two weight gradients",
         "torchbp's route (F.conv2d of transposed tensors)",
