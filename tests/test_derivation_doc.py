@@ -7,18 +7,24 @@ import numpy as np
 import pytest
 import torch
 
+import torchbp
+import torchbp.layers.adaptive_avg_pool2d
 import torchbp.layers.attention
+import torchbp.layers.avg_pool2d
+import torchbp.layers.batch_norm
 import torchbp.layers.conv2d
 import torchbp.layers.cross_entropy
 import torchbp.layers.embedding
 import torchbp.layers.gelu
 import torchbp.layers.layer_norm
+import torchbp.layers.max_pool2d
 import torchbp.layers.sigmoid
 import torchbp.layers.softmax
 from experiments.__main__ import main
 from experiments.derivation import explain
-from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm
+from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm, pooling
 from experiments.derivation.chapters import attention as attention_chapter
+from experiments.derivation.chapters import batch_norm as batch_norm_chapter
 from experiments.derivation.chapters import embedding as embedding_chapter
 from experiments.derivation.chapters import gelu as gelu_chapter
 from experiments.derivation.chapters import softmax as softmax_chapter
@@ -55,6 +61,22 @@ CHAPTER_BLOCKS = {
     "attention": {"attention-forward", "attention-backward", "attention-three-ways"},
     "gelu": {"gelu-example", "gelu-three-ways"},
     "embedding": {"embedding-example", "embedding-three-ways"},
+    "batch_norm": {
+        "batch-norm-forward",
+        "batch-norm-backward",
+        "batch-norm-coupling",
+        "batch-norm-eval",
+        "batch-norm-cumulative",
+        "batch-norm-three-ways",
+    },
+    "pooling": {
+        "pooling-max",
+        "pooling-overlap",
+        "pooling-average",
+        "pooling-padding",
+        "pooling-adaptive",
+        "pooling-three-ways",
+    },
 }
 
 
@@ -116,6 +138,88 @@ def test_the_convolution_chapters_words_hold_for_its_example():
     for (h, w), delta_hw in np.ndenumerate(np.array(conv2d.DELTA)):
         spread[h : h + 2, w : w + 2] += delta_hw * np.array(conv2d.WEIGHT)
     assert abs(spread - v["dJ_dx"]).max() < 1e-15
+
+
+def test_the_batch_norm_chapters_words_hold_for_its_example():
+    v = batch_norm_chapter.three_ways()["values"]
+    M = len(batch_norm_chapter.X)
+    assert abs(v["dJ_dx"].sum(0)).max() < 1e-15  # a shift of a channel over the batch changes nothing
+    assert abs((v["x_hat"] * v["dJ_dx"]).sum(0)).max() < 1e-5  # nor, up to ε, does a scale
+    assert abs(v["compact"] - v["dJ_dx"]).max() < 1e-15  # the compact form is the three paths' sum
+    assert (v["g_first"][1:] == 0).all() and (abs(v["dJ_dx_first"]) > 1e-2).all()  # every sample gets a gradient
+    assert (abs(v["running_mean"]) < 0.2).all() and (abs(v["running_var"] - 1) < 0.4).all()  # still mostly 0 and 1
+    assert (np.abs(v["y_eval"]).max(0) > 1.5 * np.abs(v["y"]).max(0)).any()  # and eval mode by them hardly normalises
+    x_next = np.array(batch_norm_chapter.X_NEXT)
+    assert abs(v["cumulative_mean"] - (v["mu"] + x_next.mean(0)) / 2).max() < 1e-15  # m = 1/t: the plain average
+    assert abs(v["cumulative_var"] - (v["var"] + x_next.var(0)) / 2 * M / (M - 1)).max() < 1e-14
+    assert (v["mu"] != v["mu_next"]).all()  # a second batch that moves the mean
+
+
+def test_per_sample_gradients_refuse_batch_norm_in_training_mode_as_the_chapter_says():
+    model = torchbp.convert(torch.nn.Sequential(torch.nn.BatchNorm1d(2, dtype=torch.float64)))
+    x = torch.tensor(batch_norm_chapter.X, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="depends on every other sample"):
+        with torchbp.PerSampleGradients(model):
+            model(x).sum().backward()
+    model.eval()
+    with torchbp.PerSampleGradients(model) as recorder:
+        model(x).sum().backward()
+    assert recorder.grads()["0.weight"].shape == (4, 2)
+
+
+def test_the_pooling_chapters_words_hold_for_its_example():
+    numbers = pooling.three_ways()
+    x, delta, v = numbers["x"], numbers["delta"], numbers["values"]
+    assert x[1, 2] == x[1, 3] == v["y_max"][0, 1] and v["m_max"][0, 1] == 1 * 4 + 2  # the tie: the first, (1,2)
+    assert v["m_max"][0, 0] != 0  # a window whose max is not its first element
+    for name in ("max", "overlap", "avg", "pad_out"):  # every δ reaches x whole
+        assert abs(v[f"dJ_dx_{name}"].sum() - delta.sum()) < 1e-15
+    assert (np.count_nonzero(v["dJ_dx_max"]) == 4) and np.count_nonzero(v["dJ_dx_overlap"]) == 2
+    assert (
+        v["dJ_dx_overlap"][2, 0] == delta[0, 0] + delta[1, 0] and v["dJ_dx_overlap"][1, 2] == delta[0, 1] + delta[1, 1]
+    )
+    assert (v["dJ_dx_avg"] == np.kron(delta, np.ones((2, 2))) / 4).all()
+    assert (v["D_pad_in"] == 9).all() and (v["D_pad_out"] == [[4, 6], [6, 9]]).all()
+    assert abs(v["dJ_dx_pad_in"].sum() - (delta * v["D_pad_out"] / 9).sum()) < 1e-15  # the padding keeps its share
+    same = torch.tensor(x)[None, None].requires_grad_()
+    torch.nn.functional.avg_pool2d(same, 2, 1).backward(torch.tensor(numbers["delta_3"])[None, None])
+    assert abs(same.grad[0, 0].numpy() - v["dJ_dx_adaptive"]).max() < 1e-15  # 4×4 to 3×3: kernel 2, stride 1
+    whole = torch.tensor(x)[None, None].requires_grad_()
+    torchbp.functional.adaptive_avg_pool2d(whole, 1).backward(torch.full((1, 1, 1, 1), 0.8, dtype=torch.float64))
+    assert (whole.grad == 0.8 / 16).all()  # to 1×1: δ/(H·W) everywhere
+
+
+def _without_the_term_through_mu(original):
+    def backward(g, x, mean, rstd, weight, training, eps, need_x, *needs):
+        grad_x, grad_weight, grad_bias = original(g, x, mean, rstd, weight, training, eps, need_x, *needs)
+        if training and grad_x is not None:
+            per_channel = torchbp.layers.batch_norm.per_channel
+            mean_g = g.mean(torchbp.layers.batch_norm.positions(g))
+            grad_x = grad_x + per_channel(rstd * weight * mean_g, g)  # −γ rstd mean_m g taken away again
+        return grad_x, grad_weight, grad_bias
+
+    return backward
+
+
+def _normalized_by_the_unbiased_variance(original):
+    def normalized(x, mean, rstd, training, eps):
+        if training:
+            M = x.numel() // x.shape[1]
+            rstd = ((rstd**-2 - eps) * M / (M - 1) + eps).rsqrt()  # σ² M/(M − 1) for σ²
+        return original(x, mean, rstd, training, eps)
+
+    return normalized
+
+
+def _max_to_each_windows_first_element(original):
+    def backward(delta, m, input_shape, kernel_size, stride, padding, dilation):
+        h, w = delta.shape[-2:]
+        rows = torch.arange(h)[:, None] * stride[0] - padding[0]
+        columns = torch.arange(w) * stride[1] - padding[1]
+        first = (rows * input_shape[-1] + columns).expand_as(m)
+        return original(delta, first, input_shape, kernel_size, stride, padding, dilation)
+
+    return backward
 
 
 def _without_the_term_through_sigma(original):
@@ -251,6 +355,72 @@ PLANTED = {
         "conv2d_backward",
         lambda original: (
             lambda delta, *rest: (lambda gx, gW, gb: (gx, gW, gb / delta[0, 0].numel()))(*original(delta, *rest))
+        ),
+    ),
+    "batch norm's term through μ left out": (
+        batch_norm_chapter.three_ways,
+        torchbp.layers.batch_norm,
+        "batch_norm_backward",
+        _without_the_term_through_mu,
+    ),
+    "batch norm's x̂ by the unbiased variance: M − 1 for M": (
+        batch_norm_chapter.three_ways,
+        torchbp.layers.batch_norm,
+        "normalized",
+        _normalized_by_the_unbiased_variance,
+    ),
+    "eval mode's ∂J/∂x with the training mode's three terms": (
+        batch_norm_chapter.three_ways,
+        torchbp.layers.batch_norm,
+        "batch_norm_backward",
+        lambda original: (
+            lambda g, x, mean, rstd, weight, training, *rest: original(g, x, mean, rstd, weight, True, *rest)
+        ),
+    ),
+    "max pooling's δ sent to each window's first element": (
+        pooling.three_ways,
+        torchbp.layers.max_pool2d,
+        "max_pool2d_backward",
+        _max_to_each_windows_first_element,
+    ),
+    "max pooling's δ of overlapping windows overwritten, not added": (
+        pooling.three_ways,
+        torchbp.layers.max_pool2d,
+        "max_pool2d_backward",
+        lambda original: (
+            lambda delta, m, input_shape, *windows: (
+                delta.new_zeros((*input_shape[:-2], input_shape[-2] * input_shape[-1]))
+                .scatter(-1, m.flatten(-2), delta.flatten(-2))
+                .view(input_shape)
+            )
+        ),
+    ),
+    "average pooling's divisor ignoring count_include_pad": (
+        pooling.three_ways,
+        torchbp.layers.avg_pool2d,
+        "window_counts",
+        lambda original: (
+            lambda out, size, k, s, p, count_include_pad, device: original(out, size, k, s, p, True, device)
+        ),
+    ),
+    "average pooling's δ spread undivided": (
+        pooling.three_ways,
+        torchbp.layers.avg_pool2d,
+        "avg_pool2d_backward",
+        lambda original: (
+            lambda delta, input_size, k, s, p, count_include_pad, divisor_override: original(
+                delta, input_size, k, s, p, count_include_pad, 1
+            )
+        ),
+    ),
+    "adaptive pooling's window ends rounded down: ⌊(h + 1)·H/h_out⌋": (
+        pooling.three_ways,
+        torchbp.layers.adaptive_avg_pool2d,
+        "windows",
+        lambda original: (
+            lambda out, size, device: (lambda a, b: (a, (torch.arange(1, out + 1) * size) // out))(
+                *original(out, size, device)
+            )
         ),
     ),
 }

@@ -6,6 +6,16 @@ computed by NumPy, torchbp and autograd and checked to agree), ``blocks(numbers)
 terminal) and ``CODE`` (its rows of the "Where each formula lives" table).
 """
 
-from experiments.derivation.chapters import attention, conv2d, cross_entropy, embedding, gelu, layer_norm, softmax
+from experiments.derivation.chapters import (
+    attention,
+    batch_norm,
+    conv2d,
+    cross_entropy,
+    embedding,
+    gelu,
+    layer_norm,
+    pooling,
+    softmax,
+)
 
-CHAPTERS = (cross_entropy, layer_norm, conv2d, softmax, attention, gelu, embedding)
+CHAPTERS = (cross_entropy, layer_norm, conv2d, softmax, attention, gelu, embedding, batch_norm, pooling)
