@@ -89,13 +89,18 @@ def window_positions(a: torch.Tensor, b: torch.Tensor, out: int, size: int) -> t
 
 
 def adaptive_avg_pool2d_backward(delta: torch.Tensor, input_size: Pair) -> torch.Tensor:
-    """∂J/∂x[n,c,y,x] = Σ_{h: a_h ≤ y < b_h} Σ_{w: a_w ≤ x < b_w} δ[n,c,h,w] / k_h / k_w."""
+    """∂J/∂x[n,c,y,x] = Σ_{h: a_h ≤ y < b_h} Σ_{w: a_w ≤ x < b_w} δ[n,c,h,w] / k_h / k_w. Where the windows tile
+    the plane (a global pool, or sizes that divide), each element takes its one window's share, spread by
+    a copy; elsewhere the shares are added by :func:`sum_over_windows`."""
     (H, W), (h, w) = input_size, delta.shape[-2:]
+    if h == 1 and w == 1:  # native averages the whole plane as a mean, whose gradient is δ / (H·W) everywhere
+        return (delta / (H * W)).expand(*delta.shape[:-2], H, W).contiguous()
+    if h and w and H % h == 0 and W % w == 0:  # windows that tile the plane: each element in exactly one
+        k_h, k_w = H // h, W // w
+        share = delta / k_h / k_w  # divided by k_h, then by k_w, as native's kernel divides
+        return share[..., :, None, :, None].expand(*delta.shape[:-2], h, k_h, w, k_w).reshape(*delta.shape[:-2], H, W)
     (a_h, b_h), (a_w, b_w) = windows(h, H, delta.device), windows(w, W, delta.device)
-    if h == 1 and w == 1:  # native averages the whole plane as a mean, whose gradient is δ / (H·W)
-        delta = delta / (H * W)
-    else:  # divided by k_h, then by k_w, as native's kernel divides
-        delta = delta / (b_h - a_h).to(delta.dtype)[:, None] / (b_w - a_w).to(delta.dtype)
+    delta = delta / (b_h - a_h).to(delta.dtype)[:, None] / (b_w - a_w).to(delta.dtype)  # as native divides
     rows, columns = window_positions(a_h, b_h, h, H), window_positions(a_w, b_w, w, W)
     return sum_over_windows(delta, rows, columns, (H + 1, W + 1))[..., :H, :W]
 

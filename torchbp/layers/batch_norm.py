@@ -158,34 +158,72 @@ def batch_norm_backward(
     out_dtype = g.dtype
     if g.dtype != stats_dtype:
         g, x = g.to(stats_dtype), None if x is None else x.to(stats_dtype)
-    over_m = positions(g)
-    grad_x = grad_weight = grad_bias = None
-    sum_g = g.sum(over_m) if need_bias or (need_x and training) else None  # Σ_m g: (C,)
-    if need_bias:
-        grad_bias = sum_g
+    sum_g = g.sum(positions(g)) if need_bias or (need_x and training) else None  # Σ_m g = ∂J/∂β: (C,)
+    grad_bias = sum_g if need_bias else None
     if not (need_x or need_weight):
-        return grad_x, grad_weight, grad_bias
+        return None, None, grad_bias
     assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
-    x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *), a new tensor, and (C,)
-    if training or need_weight:
-        sum_g_x_hat = (g * x_hat).sum(over_m)  # Σ_m g ⊙ x̂: (C,)
-    if need_weight:
-        grad_weight = sum_g_x_hat
-    if need_x:
-        scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
-        if not training:  # y is affine in x: ∂J/∂x = g γ rstd
-            grad_x = g * per_channel(scale, g)
-        else:  # ∂J/∂x = γ rstd (g − mean_m g − x̂ mean_m(g ⊙ x̂)), the means over the batch
-            M = g.numel() // g.shape[1] if g.shape[1] else 0
-            assert sum_g is not None
-            mean_g, mean_g_x_hat = sum_g / M, sum_g_x_hat / M
-            if products_in_place(g):  # into x̂, a new tensor here: nothing records this backward
-                grad_x = x_hat.mul_(per_channel(-mean_g_x_hat, g)).add_(g).sub_(per_channel(mean_g, g))
-                grad_x = grad_x.mul_(per_channel(scale, g))
-            else:
-                grad_x = per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g))
-        grad_x = grad_x.to(out_dtype)
-    return grad_x, grad_weight, grad_bias
+    if products_in_place(g) and not torch.is_grad_enabled():  # nothing records this backward
+        grad_x, grad_weight = _in_place(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
+    else:
+        grad_x, grad_weight = _recorded(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
+    grad_x = None if grad_x is None else grad_x.to(out_dtype)
+    return grad_x, (grad_weight if need_weight else None), grad_bias
+
+
+def _recorded(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    sum_g: torch.Tensor | None,
+    training: bool,
+    eps: float,
+    need_x: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(∂J/∂x, ∂J/∂γ) term by term, every operation recorded where the backward is itself differentiated."""
+    over_m = positions(g)
+    x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *) and (C,): from x again, differentiated
+    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
+    sum_g_x_hat = (g * x_hat).sum(over_m)  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
+    if not need_x:
+        return None, sum_g_x_hat
+    if not training:  # y is affine in x: ∂J/∂x = γ rstd g
+        return g * per_channel(scale, g), sum_g_x_hat
+    assert sum_g is not None
+    M = g.numel() // g.shape[1]
+    mean_g, mean_g_x_hat = sum_g / M, sum_g_x_hat / M
+    # ∂J/∂x = γ rstd (g − mean_m g − x̂ mean_m(g ⊙ x̂)): directly, through μ, through σ², the means over the batch
+    return per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g)), sum_g_x_hat
+
+
+def _in_place(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    sum_g: torch.Tensor | None,
+    training: bool,
+    eps: float,
+    need_x: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The same (∂J/∂x, ∂J/∂γ) in seven passes over the batch and two new tensors, where nothing records them:
+    the three terms are affine in g and x̂, ∂J/∂x = γ rstd g − γ rstd mean_m g − x̂ γ rstd mean_m(g ⊙ x̂)."""
+    x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *), a new tensor, from the forward's μ, rstd
+    g_x_hat = x_hat * g
+    sum_g_x_hat = g_x_hat.sum(positions(g))  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
+    if not need_x:
+        return None, sum_g_x_hat
+    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
+    if not training:  # y is affine in x: ∂J/∂x = γ rstd g
+        return torch.mul(g, per_channel(scale, g), out=g_x_hat), sum_g_x_hat
+    assert sum_g is not None
+    M = g.numel() // g.shape[1]
+    through_mu, through_sigma = -scale * sum_g / M, -scale * sum_g_x_hat / M  # (C,) each
+    grad_x = torch.addcmul(per_channel(through_mu, g), x_hat, per_channel(through_sigma, g), out=g_x_hat)
+    return grad_x.addcmul_(g, per_channel(scale, g)), sum_g_x_hat  # + directly: γ rstd g
 
 
 class BatchNormFunction(HandDerivedFunction):
