@@ -199,14 +199,14 @@ CODE = [
         "running_var  ← (1 − m) running_var  + m σ²·M/(M − 1)",
     ),
     ("x̂ = (x − μ) · rstd, per channel", PATH, "centred = x - per_channel(mean, x)"),
-    ("∂J/∂β = Σ_m g", PATH, "sum_g = g.sum(over_m) if need_bias"),
+    ("∂J/∂β = Σ_m g", PATH, "sum_g = g.sum(positions(g)) if need_bias"),
     ("∂J/∂γ = Σ_m g ⊙ x̂", PATH, "sum_g_x_hat = (g * x_hat).sum(over_m)"),
     (
         "training: ∂J/∂x = γ rstd (g − mean_m g − x̂ mean_m(g ⊙ x̂))",
         PATH,
-        "grad_x = per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g))",
+        "return per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g))",
     ),
-    ("eval: ∂J/∂x = γ rstd g", PATH, "grad_x = g * per_channel(scale, g)"),
+    ("eval: ∂J/∂x = γ rstd g", PATH, "return g * per_channel(scale, g), sum_g_x_hat"),
     (
         "per-sample gradients refuse the batch's statistics",
         PATH,
