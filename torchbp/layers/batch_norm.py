@@ -164,14 +164,14 @@ def batch_norm_backward(
         return None, None, grad_bias
     assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
     if products_in_place(g) and not torch.is_grad_enabled():  # nothing records this backward
-        grad_x, grad_weight = _in_place(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
+        grad_x, grad_weight = three_terms_in_place(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
     else:
-        grad_x, grad_weight = _recorded(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
+        grad_x, grad_weight = three_terms_recorded(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
     grad_x = None if grad_x is None else grad_x.to(out_dtype)
     return grad_x, (grad_weight if need_weight else None), grad_bias
 
 
-def _recorded(
+def three_terms_recorded(
     g: torch.Tensor,
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -198,7 +198,7 @@ def _recorded(
     return per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g)), sum_g_x_hat
 
 
-def _in_place(
+def three_terms_in_place(
     g: torch.Tensor,
     x: torch.Tensor,
     mean: torch.Tensor,
