@@ -178,12 +178,15 @@ def along_classes(weight: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     return weight.view(shape)
 
 
-def counted_weight(target: torch.Tensor, ignore_index: int, weight: torch.Tensor, select: bool) -> torch.Tensor:
-    """Σ_n w_{t_n} over the targets not ignored: the mean's count with class weights. With ``select``, from the
-    counted targets alone, as native's forward selects them (its sum's bits); else with the ignored ones as
-    zeros, which works where a selection's size cannot depend on values (torch.func, torch.compile, and a
-    backward, which a transform's tensors may reach with the transform no longer on the stack)."""
+def counted_targets(target: torch.Tensor, ignore_index: int, weight: torch.Tensor | None, select: bool) -> torch.Tensor:
+    """The mean's count of class-index targets: those not ignored, or with class weights Σ_n w_{t_n} over them.
+    With ``select``, the weights from the counted targets alone, as native's forward selects them (its sum's
+    bits); else with the ignored ones as zeros, which works where a selection's size cannot depend on values
+    (torch.func, torch.compile, and a backward, which a transform's tensors may reach with the transform no
+    longer on the stack)."""
     counted = target != ignore_index
+    if weight is None:
+        return counted.sum()
     if select:
         return weight[target[counted].long()].sum()
     weights = weight.gather(0, torch.where(counted, target, 0).long().reshape(-1))  # w_{t_n}, w_0 where ignored
@@ -219,12 +222,7 @@ def cross_entropy_from_log_p(
     weighted = log_p if weight is None else log_p * along_classes(weight, log_p)
     uniform = (-weighted.sum(dim)).masked_fill_(target == ignore_index, 0.0)  # −Σ_c w_c log p_nc, 0 where ignored
     if reduction == "mean":
-        count = (
-            (target != ignore_index).sum()
-            if weight is None
-            else counted_weight(target, ignore_index, weight, running_eagerly())
-        )
-        uniform = uniform.sum() / count
+        uniform = uniform.sum() / counted_targets(target, ignore_index, weight, running_eagerly())
     elif reduction == "sum":
         uniform = uniform.sum()
     return (1 - label_smoothing) * nll + uniform * per_class(label_smoothing, C)
@@ -312,11 +310,7 @@ def cross_entropy_backward(
             count: int | torch.Tensor = math.prod(positions_shape(log_p))
         else:
             assert target is not None  # saved whenever ∂J/∂z is needed, as it is for class indices
-            count = (
-                (target != ignore_index).sum()
-                if weight is None
-                else counted_weight(target, ignore_index, weight, False)
-            )
+            count = counted_targets(target, ignore_index, weight, select=False)
         minus_s = -(g / count)
     else:  # s = g: a scalar for "sum", (N, 1, d1, …) for "none"
         minus_s = -(g.unsqueeze(dim) if reduction == "none" else g)

@@ -23,6 +23,7 @@ import torch
 
 from torchbp.verification.outcome import Failed, NotApplicable, verifies
 from torchbp.verification.subject import Run, Subject, is_custom_op
+from torchbp.verification.transforms import require_batch
 
 
 def _fresh_compiled(subject: Subject, dynamic: bool | None) -> tuple[Callable[..., Any], types.CodeType]:
@@ -112,8 +113,7 @@ def check_compile_dynamic(subject: Subject) -> str:
     each with eager's results at that size."""
     import torch._dynamo
 
-    if not subject.batched:
-        raise NotApplicable(f"no input has a batch dimension ({subject.batch_origin()})")
+    require_batch(subject)
     if subject.batch_size == 0:
         raise NotApplicable("the examples have no samples (empty-batch covers that case)")
     # Two sizes above 1, which the compiler would fix; the examples' samples over again where they are fewer.

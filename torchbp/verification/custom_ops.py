@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from torchbp.verification.outcome import Failed, NotApplicable, verifies
+from torchbp.verification.outcome import Failed, NotApplicable, one_line, verifies
 from torchbp.verification.subject import Subject, is_custom_op
 
 # The rows that apply to custom ops alone (not applicable to anything else).
@@ -21,8 +21,7 @@ def _opcheck(subject: Subject, test: str) -> str:
     op: Any = subject.fn
     result = torch.library.opcheck(op, tuple(subject.inputs()), test_utils=(test,), raise_exception=False)[test]
     if result != "SUCCESS":
-        message = " ".join(str(result).split())
-        raise Failed(message if len(message) <= 300 else message[:297] + "...")
+        raise Failed(one_line(result))
     return f"torch.library.opcheck's {test} passes"
 
 

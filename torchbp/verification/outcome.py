@@ -54,8 +54,8 @@ def verifies(name: str, fix: str) -> Callable[[Check], Check]:
     return register
 
 
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """An error's message on one line, cut at ``limit`` characters."""
+def one_line(error: object, limit: int = 300) -> str:
+    """An error's message (or any report's text) on one line, cut at ``limit`` characters."""
     message = " ".join(str(error).split())
     return message if len(message) <= limit else message[: limit - 3] + "..."
 

@@ -21,7 +21,8 @@ SAMPLES = 4  # samples looped over, for the vmap properties
 JACOBIAN_SAMPLES = 2  # the Jacobian grows with the square of the samples
 
 
-def _no_batch(subject: Subject) -> None:
+def require_batch(subject: Subject) -> None:
+    """NotApplicable where no input has a batch dimension: the rows that vary the batch need one."""
     if not subject.batched:
         raise NotApplicable(f"no input has a batch dimension ({subject.batch_origin()})")
 
@@ -97,7 +98,7 @@ def _in_dims(subject: Subject) -> tuple[int | None, ...]:
 )
 def check_vmap(subject: Subject) -> str:
     """Torch.func.vmap over the batch dimension gives what a loop over the samples gives."""
-    _no_batch(subject)
+    require_batch(subject)
     _transformable(subject, vmaps_forward=True)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
@@ -118,7 +119,7 @@ def check_vmap(subject: Subject) -> str:
 )
 def vmap_grad(subject: Subject) -> str:
     """Per-sample gradients by torch.func.vmap(grad) equal one backward per sample."""
-    _no_batch(subject)
+    require_batch(subject)
     _transformable(subject, vmaps_forward=True)
     n = _samples(subject, SAMPLES)
     inputs = subject.inputs(requires=(), samples=n)
