@@ -163,15 +163,13 @@ def batch_norm_backward(
     if not (need_x or need_weight):
         return None, None, grad_bias
     assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
-    if products_in_place(g) and not torch.is_grad_enabled():  # nothing records this backward
-        grad_x, grad_weight = three_terms_in_place(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
-    else:
-        grad_x, grad_weight = three_terms_recorded(g, x, mean, rstd, weight, sum_g, training, eps, need_x)
+    in_place = products_in_place(g) and not torch.is_grad_enabled()  # nothing records this backward
+    grad_x, grad_weight = three_terms(g, x, mean, rstd, weight, sum_g, training, eps, need_x, in_place)
     grad_x = None if grad_x is None else grad_x.to(out_dtype)
     return grad_x, (grad_weight if need_weight else None), grad_bias
 
 
-def three_terms_recorded(
+def three_terms(
     g: torch.Tensor,
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -181,49 +179,31 @@ def three_terms_recorded(
     training: bool,
     eps: float,
     need_x: bool,
+    in_place: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(∂J/∂x, ∂J/∂γ) term by term, every operation recorded where the backward is itself differentiated."""
-    over_m = positions(g)
-    x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *) and (C,): from x again, differentiated
-    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
-    sum_g_x_hat = (g * x_hat).sum(over_m)  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
-    if not need_x:
-        return None, sum_g_x_hat
-    if not training:  # y is affine in x: ∂J/∂x = γ rstd g
-        return g * per_channel(scale, g), sum_g_x_hat
-    assert sum_g is not None
-    M = g.numel() // g.shape[1]
-    mean_g, mean_g_x_hat = sum_g / M, sum_g_x_hat / M
-    # ∂J/∂x = γ rstd (g − mean_m g − x̂ mean_m(g ⊙ x̂)): directly, through μ, through σ², the means over the batch
-    return per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g)), sum_g_x_hat
+    """(∂J/∂x, ∂J/∂γ), each term of ∂J/∂x one per-channel factor of g or x̂:
 
+        ∂J/∂x = γ rstd g − γ rstd mean_m g − x̂ γ rstd mean_m(g ⊙ x̂)    (directly, through μ, through σ²)
 
-def three_terms_in_place(
-    g: torch.Tensor,
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    weight: torch.Tensor | None,
-    sum_g: torch.Tensor | None,
-    training: bool,
-    eps: float,
-    need_x: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The same (∂J/∂x, ∂J/∂γ) in seven passes over the batch and two new tensors, where nothing records them:
-    the three terms are affine in g and x̂, ∂J/∂x = γ rstd g − γ rstd mean_m g − x̂ γ rstd mean_m(g ⊙ x̂)."""
-    x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *), a new tensor, from the forward's μ, rstd
+    ``in_place`` (nothing records this backward): ∂J/∂x is written into the buffer of g ⊙ x̂, so the backward
+    makes two batch-sized tensors in seven passes; otherwise every operation is recorded, and where the
+    backward is itself differentiated x̂ and rstd come from x again (see :func:`normalized`).
+    """
+    x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *), a new tensor, and (C,)
     g_x_hat = x_hat * g
     sum_g_x_hat = g_x_hat.sum(positions(g))  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
     if not need_x:
         return None, sum_g_x_hat
     scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
+    out = g_x_hat if in_place else None
     if not training:  # y is affine in x: ∂J/∂x = γ rstd g
-        return torch.mul(g, per_channel(scale, g), out=g_x_hat), sum_g_x_hat
+        return torch.mul(g, per_channel(scale, g), out=out), sum_g_x_hat
     assert sum_g is not None
     M = g.numel() // g.shape[1]
     through_mu, through_sigma = -scale * sum_g / M, -scale * sum_g_x_hat / M  # (C,) each
-    grad_x = torch.addcmul(per_channel(through_mu, g), x_hat, per_channel(through_sigma, g), out=g_x_hat)
-    return grad_x.addcmul_(g, per_channel(scale, g)), sum_g_x_hat  # + directly: γ rstd g
+    grad_x = torch.addcmul(per_channel(through_mu, g), x_hat, per_channel(through_sigma, g), out=out)
+    directly = per_channel(scale, g)  # γ rstd, times g
+    return (grad_x.addcmul_(g, directly) if in_place else grad_x.addcmul(g, directly)), sum_g_x_hat
 
 
 class BatchNormFunction(HandDerivedFunction):

@@ -200,13 +200,13 @@ CODE = [
     ),
     ("x̂ = (x − μ) · rstd, per channel", PATH, "centred = x - per_channel(mean, x)"),
     ("∂J/∂β = Σ_m g", PATH, "sum_g = g.sum(positions(g)) if need_bias"),
-    ("∂J/∂γ = Σ_m g ⊙ x̂", PATH, "sum_g_x_hat = (g * x_hat).sum(over_m)"),
+    ("∂J/∂γ = Σ_m g ⊙ x̂", PATH, "sum_g_x_hat = g_x_hat.sum(positions(g))"),
     (
         "training: ∂J/∂x = γ rstd (g − mean_m g − x̂ mean_m(g ⊙ x̂))",
         PATH,
-        "return per_channel(scale, g) * (g - per_channel(mean_g, g) - x_hat * per_channel(mean_g_x_hat, g))",
+        "through_mu, through_sigma = -scale * sum_g / M, -scale * sum_g_x_hat / M",
     ),
-    ("eval: ∂J/∂x = γ rstd g", PATH, "return g * per_channel(scale, g), sum_g_x_hat"),
+    ("eval: ∂J/∂x = γ rstd g", PATH, "return torch.mul(g, per_channel(scale, g), out=out), sum_g_x_hat"),
     (
         "per-sample gradients refuse the batch's statistics",
         PATH,
