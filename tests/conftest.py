@@ -28,6 +28,17 @@ def chain_data(n, widths, dtype=torch.float64, middle=()):
     return x.to(dtype), y.to(dtype)
 
 
+def per_sample_by_torch_func(model, loss_fn, x, target):
+    """Each sample's gradient of every parameter by torch.func.vmap(torch.func.grad(...)) over functional_call
+    of ``model`` on that sample alone (its buffers as they are): what torchbp.per_sample_grads is held to."""
+    params = {key: p.detach() for key, p in model.named_parameters()}
+
+    def one(params, x_n, target_n):
+        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
+
+    return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="no CUDA device on this machine")
     for item in items:

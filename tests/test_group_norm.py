@@ -24,6 +24,8 @@ from torchbp.layers.group_norm import (
 )
 from torchbp.verification.custom_ops import CUSTOM_OP_PROPERTIES
 
+from conftest import per_sample_by_torch_func
+
 EPS = 1e-5
 f32, f64 = torch.float32, torch.float64
 DTYPES = [f32, f64]
@@ -462,16 +464,6 @@ PER_SAMPLE_MODELS = {
 }
 
 
-def func_reference(model, loss_fn, x, target):
-    """torch.func.vmap(torch.func.grad(...)) with functional_call on the native model."""
-    params = {key: p.detach() for key, p in model.named_parameters()}
-
-    def one(params, x_n, target_n):
-        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
-
-    return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
-
-
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("case", PER_SAMPLE_MODELS)
 def test_per_sample_gradients_are_torch_funcs(case, reduction):
@@ -479,7 +471,7 @@ def test_per_sample_gradients_are_torch_funcs(case, reduction):
     model, x = make_model(), make_inputs()
     target = torch.randn_like(model(x))
     loss_fn = torch.nn.MSELoss(reduction=reduction)
-    expected = func_reference(model, loss_fn, x, target)
+    expected = per_sample_by_torch_func(model, loss_fn, x, target)
     grads = torchbp.per_sample_grads(model, loss_fn, x, target)
     assert list(grads) == list(expected)
     for key in expected:

@@ -22,6 +22,8 @@ from torchbp import table
 from torchbp.layers import HAND_DERIVED, LAYERS, OPERATIONS
 from torchbp.per_sample import PER_SAMPLE_RULES
 
+from conftest import per_sample_by_torch_func
+
 
 def double(module):
     return module.double()
@@ -191,14 +193,9 @@ def test_per_sample_gradients_are_a_loop_over_samples(name):
 @pytest.mark.parametrize("name", ["Conv2d, padding 1", "LayerNorm", "GroupNorm", "MultiheadAttention"])
 def test_per_sample_gradients_are_torch_funcs(name):
     model, loss_fn, x, target = CASES[name]
-    params = {key: p.detach() for key, p in model.named_parameters()}
-
-    def one(params, x_n, target_n):
-        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
-
-    expected = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
+    expected = per_sample_by_torch_func(model, loss_fn, x, target)
     grads = torchbp.per_sample_grads(model, loss_fn, x, target)
-    for key in params:
+    for key in expected:
         torch.testing.assert_close(grads[key], expected[key], rtol=1e-10, atol=1e-12)
 
 

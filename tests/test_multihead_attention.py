@@ -11,6 +11,8 @@ import torch
 import torchbp
 from torchbp.check import check_model
 
+from conftest import per_sample_by_torch_func
+
 f64 = torch.float64
 N, L, S, E = 3, 5, 6, 8
 
@@ -230,14 +232,10 @@ def test_per_sample_gradients_are_torch_funcs(case):
     model = SamplesFirst(torch.nn.MultiheadAttention(E, 2, **options).double(), **call)
     x = torch.randn(N, L, E, dtype=f64)
     target, loss_fn = torch.randn_like(model(x)), torch.nn.MSELoss()
-    params = {key: p.detach() for key, p in model.named_parameters()}
-
-    def one(params, x_n, target_n):
-        return loss_fn(torch.func.functional_call(model, params, (x_n[None],)), target_n[None])
-
+    params = dict(model.named_parameters())
     with warnings.catch_warnings():  # vmap over native attention loops over the samples, and says so
         warnings.simplefilter("ignore", UserWarning)
-        expected = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
+        expected = per_sample_by_torch_func(model, loss_fn, x, target)
     grads = torchbp.per_sample_grads(model, loss_fn, x, target)
     assert list(grads) == list(params)
     for key in params:
