@@ -22,6 +22,7 @@ from torchbp.verification.report import FAIL, NOT_APPLICABLE, PASS, SKIPPED
 from verify_corpus_in_the_wild import (
     ClassMethodSquare,
     FirstTwoColumns,
+    GradientReversal,
     OldStyleSquare,
     SavedVariablesSquare,
     SortValues,
@@ -880,17 +881,7 @@ def test_the_header_and_the_rows_say_where_no_batch_came_from():
 
 
 def test_the_recipe_for_a_backward_that_is_not_the_derivative_catches_a_wrong_one():
-    class ReversalThatForgetsTheSign(torch.autograd.Function):
-        generate_vmap_rule = True
-
-        @staticmethod
-        def forward(x):
-            return x.view_as(x)
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            pass
-
+    class ReversalThatForgetsTheSign(GradientReversal):
         @staticmethod
         def backward(ctx, g):
             return g  # −g was meant
