@@ -48,6 +48,7 @@ class ClassIndexError(IndexRangeError):
 
 REDUCTIONS = ("mean", "sum", "none")
 FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+LOWER_PRECISION_DTYPES = (torch.float16, torch.bfloat16)  # a normalisation beside float32 parameters runs in float32
 
 
 def shape_text(tensor: torch.Tensor) -> str:

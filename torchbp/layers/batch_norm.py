@@ -33,9 +33,14 @@ import torch
 
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
 from torchbp.table import Layer, register
-from torchbp.validation import FLOATING, ArgumentError, ShapeError, shape_text, validate_floating_and_matching
-
-LOWER_PRECISION = (torch.float16, torch.bfloat16)
+from torchbp.validation import (
+    FLOATING,
+    LOWER_PRECISION_DTYPES,
+    ArgumentError,
+    ShapeError,
+    shape_text,
+    validate_floating_and_matching,
+)
 
 # -- input checks ------------------------------------------------------------------------
 
@@ -46,7 +51,7 @@ def _per_channel(t: Any, input: torch.Tensor) -> bool:
         isinstance(t, torch.Tensor)
         and t.shape == (input.shape[1],)
         and t.device == input.device
-        and (t.dtype == input.dtype or (t.dtype == torch.float32 and input.dtype in LOWER_PRECISION))
+        and (t.dtype == input.dtype or (t.dtype == torch.float32 and input.dtype in LOWER_PRECISION_DTYPES))
     )
 
 

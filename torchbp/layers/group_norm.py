@@ -28,7 +28,13 @@ from torch._prims_common import suggest_memory_format
 
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
 from torchbp.table import Layer, register
-from torchbp.validation import FLOATING, ArgumentError, ShapeError, validate_floating_and_matching
+from torchbp.validation import (
+    FLOATING,
+    LOWER_PRECISION_DTYPES,
+    ArgumentError,
+    ShapeError,
+    validate_floating_and_matching,
+)
 
 # -- input checks ------------------------------------------------------------------------
 
@@ -243,9 +249,6 @@ class GroupNormFunction(HandDerivedFunction):
             delta, x, mean, rstd, weight, ctx.num_groups, ctx.eps, need_x, need_weight, need_bias
         )
         return grad_x, None, grad_weight, grad_bias, None
-
-
-LOWER_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def group_norm(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
 from torchbp.table import Layer, register
-from torchbp.validation import FLOATING, ShapeError, validate_floating_and_matching
+from torchbp.validation import FLOATING, LOWER_PRECISION_DTYPES, ShapeError, validate_floating_and_matching
 
 # -- input checks ------------------------------------------------------------------------
 
@@ -206,9 +206,6 @@ class LayerNormFunction(HandDerivedFunction):
             g, x, mean, rstd, weight, ctx.normalized_ndim, ctx.eps, need_x, need_weight, need_bias
         )
         return grad_x, None, grad_weight, grad_bias, None
-
-
-LOWER_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def layer_norm(
