@@ -190,25 +190,39 @@ def three_terms(
 
         ∂J/∂x = γ rstd g − γ rstd mean_m g − x̂ γ rstd mean_m(g ⊙ x̂)    (directly, through μ, through σ²)
 
-    ``in_place`` (nothing records this backward): ∂J/∂x is written into the buffer of g ⊙ x̂, so the backward
-    makes two batch-sized tensors in seven passes; otherwise every operation is recorded, and where the
-    backward is itself differentiated x̂ and rstd come from x again (see :func:`normalized`).
+    ``in_place`` (nothing records this backward): Σ_m g ⊙ x̂ is a dot product per sample and channel, and
+    ∂J/∂x is written into x̂'s buffer by in-place operations, so the backward keeps one batch-sized tensor
+    (about 100 µs on 32×16×16×16 float32, against 140 with a second one and broadcast ``addcmul``s; native's
+    kernel, which makes two passes: 44); otherwise every operation is recorded, and where the backward is
+    itself differentiated x̂ and rstd come from x again (see :func:`normalized`).
     """
     x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *), a new tensor, and (C,)
-    g_x_hat = x_hat * g
-    sum_g_x_hat = g_x_hat.sum(positions(g))  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
+    sum_g_x_hat = sum_of_products(g, x_hat, in_place)  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
     if not need_x:
         return None, sum_g_x_hat
     scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
-    out = g_x_hat if in_place else None
     if not training:  # y is affine in x: ∂J/∂x = γ rstd g
-        return torch.mul(g, per_channel(scale, g), out=out), sum_g_x_hat
+        return torch.mul(g, per_channel(scale, g), out=x_hat if in_place else None), sum_g_x_hat
     assert sum_g is not None
     M = g.numel() // g.shape[1]
     through_mu, through_sigma = -scale * sum_g / M, -scale * sum_g_x_hat / M  # (C,) each
-    grad_x = torch.addcmul(per_channel(through_mu, g), x_hat, per_channel(through_sigma, g), out=out)
     directly = per_channel(scale, g)  # γ rstd, times g
-    return (grad_x.addcmul_(g, directly) if in_place else grad_x.addcmul(g, directly)), sum_g_x_hat
+    if in_place:
+        grad_x = x_hat.mul_(per_channel(through_sigma, g)).add_(per_channel(through_mu, g))
+        return grad_x.addcmul_(g, directly), sum_g_x_hat
+    grad_x = torch.addcmul(per_channel(through_mu, g), x_hat, per_channel(through_sigma, g))
+    return grad_x.addcmul(g, directly), sum_g_x_hat
+
+
+def sum_of_products(g: torch.Tensor, x_hat: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Σ_m g ⊙ x̂ per channel: (C,). Where nothing records it, as a dot product over each sample's positions
+    summed over the samples (``linalg.vecdot``: 23 µs against the product and its sum over (n, h, w)'s 34 on
+    32×16×16×16 float32)."""
+    if in_place:
+        n, c = g.shape[:2]
+        dots: torch.Tensor = torch.linalg.vecdot(g.reshape(n, c, -1), x_hat.reshape(n, c, -1))  # (N, C)
+        return dots.sum(0)
+    return (g * x_hat).sum(positions(g))
 
 
 class BatchNormFunction(HandDerivedFunction):

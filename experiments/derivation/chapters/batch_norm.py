@@ -200,13 +200,17 @@ CODE = [
     ),
     ("x̂ = (x − μ) · rstd, per channel", PATH, "centred = x - per_channel(mean, x)"),
     ("∂J/∂β = Σ_m g", PATH, "sum_g = g.sum(positions(g)) if need_bias"),
-    ("∂J/∂γ = Σ_m g ⊙ x̂", PATH, "sum_g_x_hat = g_x_hat.sum(positions(g))"),
+    ("∂J/∂γ = Σ_m g ⊙ x̂", PATH, "sum_g_x_hat = sum_of_products(g, x_hat, in_place)"),
     (
         "training: ∂J/∂x = γ rstd (g − mean_m g − x̂ mean_m(g ⊙ x̂))",
         PATH,
         "through_mu, through_sigma = -scale * sum_g / M, -scale * sum_g_x_hat / M",
     ),
-    ("eval: ∂J/∂x = γ rstd g", PATH, "return torch.mul(g, per_channel(scale, g), out=out), sum_g_x_hat"),
+    (
+        "eval: ∂J/∂x = γ rstd g",
+        PATH,
+        "return torch.mul(g, per_channel(scale, g), out=x_hat if in_place else None), sum_g_x_hat",
+    ),
     (
         "per-sample gradients refuse the batch's statistics",
         PATH,
