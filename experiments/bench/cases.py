@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import torchbp
+import torchbp.layers.conv2d
 from experiments import seed
 from experiments.bench.peers import OURS, PEERS, against
 from experiments.lab.registry import EXPERIMENTS
@@ -441,6 +442,36 @@ def conv_weight_gradients_against_native(setup: str = "conv", compiled: bool = F
     return make
 
 
+def natives_weight_gradient(a_prev, delta, kernel_size, stride, padding, dilation, groups=1):
+    """∂J/∂W by native's backward-weights kernel, in the signature of ``weight_gradient_by_convolution``."""
+    weight = a_prev.new_empty((delta.shape[1], a_prev.shape[1] // groups, *kernel_size))
+    mask = (False, True, False)
+    return torch.ops.aten.convolution_backward(
+        delta, a_prev, weight, None, stride, padding, dilation, False, (0, 0), groups, mask
+    )[1]
+
+
+def with_natives_weight_gradient(setup: str):
+    """The floor of a per-layer case but for its convolutions' weight gradients: torchbp's step with native's
+    backward-weights kernel in place of ``weight_gradient_by_convolution`` (swapped in for each step and back
+    out after it), against native's step: what every other hand-derived part of the step costs."""
+
+    def make():
+        hand, native = steps_against_native(setup)()
+
+        def hand_with_natives():
+            ours = torchbp.layers.conv2d.weight_gradient_by_convolution
+            torchbp.layers.conv2d.weight_gradient_by_convolution = natives_weight_gradient
+            try:
+                hand()
+            finally:
+                torchbp.layers.conv2d.weight_gradient_by_convolution = ours
+
+        return hand_with_natives, native
+
+    return make
+
+
 def vmap_grad(native: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], object]:
     """torch.func's per-sample gradients of ``native`` under summed cross-entropy: vmap(grad)."""
     params = {name: p.detach() for name, p in native.named_parameters()}
@@ -614,6 +645,20 @@ CASES = [
     floor_case("gpt's network (2 blocks, width 64, context 32, batch 32)", "gpt", 1.3),
     floor_case("digits-cnn's network, batch 64", "digits-cnn", 1.3),
     floor_case(RESNET_BLOCK, "resnet-block", 1.3),
+    Case(
+        f"floor of the per-layer training step but for the weight gradients, {RESNET_BLOCK}",
+        "torchbp per-layer, ∂J/∂W by native's kernel",
+        "native autograd",
+        with_natives_weight_gradient("resnet-block"),
+        1.3,
+    ),
+    Case(
+        f"floor of the per-layer training step, {RESNET_BLOCK}: its two weight gradients",
+        "torchbp's route (F.conv2d of transposed tensors)",
+        "native's backward-weights kernel",
+        conv_weight_gradients_against_native("resnet-block"),
+        1.3,
+    ),
     compiled_case("derivation's 2-3-1 network, float64", "derivation"),
     compiled_case("mid MLP (3×256, batch 64)", "mid"),
     compiled_case("mid MLP (3×256, batch 64)", "mid", "fused"),
