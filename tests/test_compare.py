@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import torchbp
 from torchbp.check import check_function, check_model
-from torchbp.compare import DEFAULT_RTOL, compare_many, compare_tensors
+from torchbp.compare import DEFAULT_RTOL, ComparedTensor, Report, compare_many, compare_tensors, settle
 from torchbp.functions import LinearFunction, MSELossFunction, SigmoidFunction
 
 
@@ -182,6 +182,38 @@ def test_explicit_tolerances_override_the_defaults():
     assert compare_tensors("t", reference * 1.01, reference, rtol=0.02).ok
     assert compare_tensors("t", reference + 0.5, reference, rtol=0.0, atol=1.0).ok
     assert not compare_tensors("t", reference * 1.01, reference, rtol=0.0, atol=1e-3).ok
+
+
+# (actual, reference, rtol, atol): the largest error as a fraction of its tolerance, for a report of one row
+SHARE_CASES = {
+    "equal bits": ([1.0, -2.0], [1.0, -2.0], None, None, 0.0),
+    "half the tolerance": ([1.0, 2.5], [1.0, 2.0], 0.5, 0.0, 0.5),
+    "at the limit": ([1.0, 3.0], [1.0, 2.0], 0.5, 0.0, 1.0),
+    "twice the limit": ([1.0, 4.0], [1.0, 2.0], 0.5, 0.0, 2.0),
+    "atol alone": ([0.25, 0.0], [0.0, 0.0], 0.0, 1.0, 0.25),
+    "an error against zeros with no atol": ([0.25, 0.0], [0.0, 0.0], None, None, math.inf),
+    "NaN in another place, values equal": ([float("nan"), 2.0], [1.0, 2.0], None, None, math.inf),
+}
+
+
+@pytest.mark.parametrize("case", SHARE_CASES)
+def test_the_share_of_tolerance_is_0_when_equal_1_at_the_limit_and_above_1_exactly_when_the_check_fails(case):
+    actual, reference, rtol, atol, share = SHARE_CASES[case]
+    actual, reference = torch.tensor(actual, dtype=torch.float64), torch.tensor(reference, dtype=torch.float64)
+    settled = Report("r", settle([("t", actual, reference)], rtol, atol))  # the common case, rows left unbuilt
+    for report in (settled, Report("r", [compare_tensors("t", actual, reference, rtol, atol)])):
+        assert report.max_share_of_tolerance() == pytest.approx(share)
+        assert report.ok is (report.max_share_of_tolerance() <= 1)
+
+
+def test_the_share_of_tolerance_of_a_report_is_its_worst_rows_and_nan_where_one_could_not_be_measured():
+    one, two = torch.ones(2, dtype=torch.float64), torch.full((2,), 2.0, dtype=torch.float64)
+    rows = [compare_tensors("a", one * 1.25, one, rtol=1.0), compare_tensors("b", two * 1.5, two, rtol=1.0)]
+    assert Report("r", rows).max_share_of_tolerance() == pytest.approx(0.5)
+    shapes = compare_tensors("c", torch.ones(3), torch.ones(2))  # another shape: fails, however small
+    assert Report("r", [*rows, shapes]).max_share_of_tolerance() == math.inf
+    unmeasured = ComparedTensor("elsewhere", None, None, math.nan, math.nan, 0.0, 0.0, False)  # e.g. another process's
+    assert math.isnan(Report("r", [*rows, unmeasured]).max_share_of_tolerance())
 
 
 NONFINITE_CASES = {

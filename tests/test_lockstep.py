@@ -67,6 +67,27 @@ def test_a_wrong_gradient_stops_training_at_the_first_step_with_the_parameter_na
     assert "step 0" in str(raised.value) and "0.weight.grad" in str(raised.value)
 
 
+def test_the_logged_error_over_tolerance_is_0_for_equal_bits_and_above_1_for_a_wrong_gradient(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def logged(run_dir):
+        hand = EventAccumulator(str(run_dir / "hand"), size_guidance={"tensors": 0})
+        hand.Reload()
+        return [float(e.tensor_proto.float_val[0]) for e in hand.Tensors("match/mine/error_over_tolerance")]
+
+    right = new_run_dir(tmp_path, "mine")
+    with LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, log_dir=right, log_name="mine") as trainer:
+        trainer.train(batches(), steps=3)
+    assert logged(right) == [0.0, 0.0, 0.0] and trainer.result.max_error_over_tolerance == 0.0
+    plant_weight_bug(monkeypatch)  # 1 % off, a thousand times float32's tolerance
+    wrong = new_run_dir(tmp_path, "mine")
+    with LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, log_dir=wrong, log_name="mine") as trainer:
+        with pytest.raises(LockstepMismatch) as raised:
+            trainer.train(batches(), steps=3)
+    assert logged(wrong) == [pytest.approx(raised.value.report.max_share_of_tolerance(), rel=1e-6)]
+    assert logged(wrong)[0] > 100 and trainer.result.max_error_over_tolerance > 100
+
+
 def test_a_mismatch_stops_before_the_update(planted_weight_bug):
     model = users_model()
     trainer = LockstepTrainer(model, torch.nn.MSELoss(), lr=0.5)
@@ -266,9 +287,15 @@ def test_a_trainer_used_in_a_with_block_closes_its_log_with_the_last_steps_and_t
     hand = EventAccumulator(str(run_dir / "hand"), size_guidance={"tensors": 0})
     hand.Reload()
     assert [event.step for event in hand.Tensors("loss/mine")] == [0, 1, 2]
-    pair = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    pair.Reload()
-    assert pair.Tensors("verdict/mine")
+    assert [event.step for event in hand.Tensors("match/mine/error_over_tolerance")] == [0, 1, 2]
+    assert hand.Tensors("verdict/mine")
+    limit = EventAccumulator(str(run_dir / "tolerance"), size_guidance={"tensors": 0})
+    limit.Reload()
+    assert [(e.step, float(e.tensor_proto.float_val[0])) for e in limit.Tensors("match/mine/error_over_tolerance")] == [
+        (0, 1.0),
+        (1, 1.0),
+        (2, 1.0),
+    ]
 
 
 def test_the_lockstep_names_are_the_same_objects_from_torchbp_and_from_torchbp_lockstep():

@@ -66,6 +66,14 @@ class ComparedTensor(NamedTuple):
             return "MISMATCH"
         return "exact" if self.max_abs_error == 0 else "close"
 
+    @property
+    def share_of_tolerance(self) -> float:
+        """max_abs_error / tolerance (see :func:`share_of_tolerance`); NaN where no error could be measured,
+        and infinite for a row that fails for another reason than its size (NaN or ±Inf in other places,
+        another shape or dtype), so that a failing row is never read as within its limit."""
+        share = share_of_tolerance(self.max_abs_error, self.tolerance)
+        return math.inf if not self.ok and share <= 1 else share
+
 
 class Settled(NamedTuple):
     """A pair decided in the common case (finite, within tolerance): its row, built only when read."""
@@ -82,6 +90,10 @@ class Settled(NamedTuple):
     @property
     def max_rel_error(self) -> float:
         return relative_error(self.max_abs_error, self.reference_max)
+
+    @property
+    def share_of_tolerance(self) -> float:
+        return share_of_tolerance(self.max_abs_error, tolerance(self.dtype, self.reference_max, self.rtol, self.atol))
 
     def row(self) -> ComparedTensor:
         return _row(
@@ -107,6 +119,7 @@ class Identical(NamedTuple):
     ok: bool = True
     max_abs_error: float = 0.0
     max_rel_error: float = 0.0
+    share_of_tolerance: float = 0.0
 
     def row(self) -> ComparedTensor:
         reference = self.reference()
@@ -164,6 +177,14 @@ class Report:
     def max_rel_error(self, suffix: str = "") -> float:
         """The largest max_rel_error over the rows whose names end with ``suffix``."""
         return max((entry.max_rel_error for entry in self._entries if entry.name.endswith(suffix)), default=0.0)
+
+    def max_share_of_tolerance(self) -> float:
+        """The largest error as a fraction of its tolerance over the rows: 0 where every tensor is equal
+        bit for bit, at most 1 where the comparison passes, above 1 (or NaN, where a row could not be
+        measured) where it fails. One figure for a whole step, on a scale that does not depend on the
+        gradients' sizes or dtypes."""
+        shares = [entry.share_of_tolerance for entry in self._entries]
+        return float("nan") if any(share != share for share in shares) else max(shares, default=0.0)
 
     @property
     def mismatches(self) -> list[ComparedTensor]:
@@ -452,6 +473,17 @@ def tolerance(dtype: torch.dtype, reference_max: float, rtol: float | None, atol
     """atol + rtol · max |reference|, with the dtype's default rtol and atol 0 where not given: the criterion."""
     rtol = DEFAULT_RTOL.get(dtype, 0.0) if rtol is None else rtol
     return (0.0 if atol is None else atol) + rtol * reference_max
+
+
+def share_of_tolerance(max_abs: float, allowed: float) -> float:
+    """max |actual − reference| / tolerance: 0 for equal tensors (whatever the tolerance), 1 at the limit of
+    the check, infinite for an error where nothing is allowed (a reference of zeros and no atol), NaN where
+    an error is unknown."""
+    if max_abs == 0:
+        return 0.0
+    if max_abs != max_abs or allowed != allowed:
+        return math.nan
+    return max_abs / allowed if allowed > 0 else math.inf
 
 
 def relative_error(max_abs: float, reference_max: float) -> float:

@@ -1,18 +1,22 @@
-"""TensorBoard logging for a lockstep run: two runs that overlay, their differences, and the verdict.
+"""TensorBoard logging for a lockstep run: two runs that overlay, how far apart they are, and the verdict.
 
-A run folder holds three event streams:
+A run folder holds three runs (event streams):
 
 - ``hand/`` and ``autograd/``: the same tags for the torchbp model and its
-  native twin, so TensorBoard draws the two curves on one chart;
-- the folder itself: what belongs to the pair: how far apart the two are
-  (``match/...``), the verdict as a text card, and the hyperparameters.
+  native twin, so TensorBoard draws the two curves on one chart; ``hand/``
+  also carries what is measured of the torchbp model against its twin (the
+  errors), the verdict as a text card, and the HParams tab's row;
+- ``tolerance/``: the limit of the check, 1, on each ``match`` chart, so that
+  chart's scale runs from 0 (bit for bit) to the limit whatever the errors are.
 
 Tags are grouped by quantity, then by the run's ``name`` (an experiment's):
-``loss/seed``, ``match/seed/max_grad_error``, ``metrics/digits/held_out_accuracy``.
+``loss/seed``, ``match/seed/error_over_tolerance``, ``metrics/digits/held_out_accuracy``.
 TensorBoard makes one section per group, in alphabetical order, and one chart
-per tag, on which exactly the runs that wrote that tag overlay: the ``loss``
-section comes first, with one chart per experiment showing its hand and
-autograd curves, and the ``match`` charts follow.
+per tag, on which exactly the runs that wrote that tag overlay: ``loss`` first
+(hand and autograd), then ``match`` (the largest error of each checked step as
+a fraction of its tolerance, under the tolerance line), ``metrics``,
+``per_sample``, ``raw_error`` (the errors in their own units) and ``summary``
+(one value per run, the HParams tab's columns).
 
 TensorBoard draws zigzag curves from a folder written twice, so a log only
 ever opens a folder that holds no event files, and :func:`new_run_dir` makes
@@ -28,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensorboard.compat.proto.summary_pb2 import SummaryMetadata
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.scalar.metadata import create_summary_metadata as scalar_metadata
 from tensorboard.plugins.text.summary_v2 import text_pb
@@ -37,28 +42,32 @@ from torch.utils.tensorboard import SummaryWriter
 from torchbp.speed.events import file_writer, write_scalars
 
 SIDES = ("hand", "autograd")
-PAIR = "."  # the run folder itself: what belongs to the pair
+LIMIT = "tolerance"  # the run that draws the check's limit on the match charts
 QUEUE = 1000  # events a writer thread may hold: handing over 2 s of steps does not wait on the disk
 
 
 def new_run_dir(logdir: str | Path, experiment: str) -> Path:
     """Create and return a fresh folder ``logdir/experiment/<run-id>``.
 
-    The run id is the local time to the second; a second invocation within the
-    same second gets ``-2``, ``-3``, ... Creation is atomic (mkdir fails on an
-    existing folder), so two invocations never share a folder. Raises OSError
-    when the folder cannot be created.
+    The run id is the local time to the second, unique in ``logdir``: one that
+    another experiment's folder there already has, or a second invocation within
+    the same second, gets ``-2``, ``-3``, ... (the HParams tab names each run by
+    its id alone, and merges runs of one name into one row). Creation is atomic
+    (mkdir fails on an existing folder), so two invocations never share a folder.
+    Raises OSError when the folder cannot be created.
     """
     parent = Path(logdir) / experiment
     parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.datetime.now().strftime("%y%m%d-%H%M%S")
     for attempt in range(1, 1000):
-        run_dir = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        if any((other / run_id).exists() for other in Path(logdir).iterdir() if other != parent):
+            continue
         try:
-            run_dir.mkdir()
+            (parent / run_id).mkdir()
         except FileExistsError:
             continue
-        return run_dir
+        return parent / run_id
     raise FileExistsError(f"no free run folder for {stamp} under {parent}")
 
 
@@ -75,10 +84,26 @@ DESCRIPTIONS = {
     ),
     "metrics": "The same metric on both models (runs hand and autograd); coinciding curves are the expected picture.",
     "match": (
-        "How far apart the two models are at each checked step: abs_loss_difference is |loss(hand) − loss(autograd)|, "
-        "max_grad_error the largest gradient error relative to the gradient's largest magnitude. 0 means bit for bit."
+        "How far apart the two models are at each checked step: the largest error of the step's compared tensors "
+        "(the loss and every gradient), each as a fraction of its tolerance (atol + rtol · max |reference|). "
+        "0 is bit for bit; 1, the line of the run tolerance, is the limit of the check; above it the step fails. "
+        "Rounding differences lie far below the line. raw_error has the same errors in their own units."
+    ),
+    "raw_error": (
+        "The errors in their own units (the match charts show them against the limit): abs_loss_difference is "
+        "|loss(hand) − loss(autograd)|, max_grad_error the largest gradient error relative to the gradient's "
+        "largest magnitude; 0 means bit for bit. Differences of rounding are of the size of the dtype's rounding "
+        "step (about 1e-16 in float64, 1e-7 in float32), and the chart scales itself to them."
+    ),
+    "summary": (
+        "One value per run, at its last step: the columns of the HParams tab. final_loss is the torchbp model's "
+        "last loss, error_over_tolerance the largest of the match chart over the run, metric the value of the "
+        "metric the settings column metric names."
     ),
 }
+# The HParams tab's metric columns: the tag summary/<key> of each, and its heading.
+SUMMARY = {"final_loss": "final loss", "error_over_tolerance": "error / tolerance", "metric": "metric"}
+SHOWN = 5  # settings the HParams tab shows at first: TensorBoard's own count
 
 
 class TensorBoardLog:
@@ -103,14 +128,21 @@ class TensorBoardLog:
                 "would make TensorBoard draw zigzag curves. Use torchbp.new_run_dir() for a fresh folder."
             )
         self.flush_secs = flush_secs
-        self.writers = {
-            run: SummaryWriter(self.run_dir / run, flush_secs=flush_secs, max_queue=QUEUE) for run in (PAIR, *SIDES)
-        }
-        self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in self.writers}
+        self.writers: dict[str, SummaryWriter] = {}  # run: its writer, made when the run first gets an event
+        self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in (*SIDES, LIMIT)}
         self.described: set[tuple[str, str]] = set()  # (run, tag) whose first event carried its description
         self.next_write = time.monotonic() + flush_secs
-        self.loss_tag, self.max_grad_error_tag = self.tag("loss"), self.tag("match", "max_grad_error")
-        self.abs_loss_difference_tag = self.tag("match", "abs_loss_difference")
+        self.loss_tag, self.match_tag = self.tag("loss"), self.tag("match", "error_over_tolerance")
+        self.max_grad_error_tag = self.tag("raw_error", "max_grad_error")
+        self.abs_loss_difference_tag = self.tag("raw_error", "abs_loss_difference")
+        for side in SIDES:  # both runs from the start, so a run that is stopped early still shows both
+            self.writer(side)
+
+    def writer(self, run: str) -> SummaryWriter:
+        """The writer of ``run`` ("hand", "autograd" or "tolerance"), made on first use."""
+        if run not in self.writers:
+            self.writers[run] = SummaryWriter(self.run_dir / run, flush_secs=self.flush_secs, max_queue=QUEUE)
+        return self.writers[run]
 
     def tag(self, group: str, quantity: str | None = None) -> str:
         """``group/name/quantity``, leaving out what is None: ``tag("loss")`` is ``loss/seed`` in a run named seed."""
@@ -124,24 +156,30 @@ class TensorBoardLog:
         abs_loss_difference: float | None = None,
         max_grad_error: float | None = None,
         grad_norms: torch.Tensor | None = None,
+        error_over_tolerance: float | None = None,
     ) -> None:
         """One lockstep step: both losses; on a checked step, how far apart the two models are
-        (None where the step was not checked); where the step recorded them, the per-sample gradient
+        (None where the step was not checked): the largest error as a fraction of its tolerance under the
+        tolerance line, and the raw errors; where the step recorded them, the per-sample gradient
         norms. What :meth:`scalar` does for one value, done at once: this runs at every step of a small network."""
         now = time.time()
-        self.pending["hand"].append((step, now, self.loss_tag, hand_loss))
+        hand = self.pending["hand"]
+        hand.append((step, now, self.loss_tag, hand_loss))
         self.pending["autograd"].append((step, now, self.loss_tag, autograd_loss))
+        if error_over_tolerance is not None:
+            hand.append((step, now, self.match_tag, error_over_tolerance))
+            self.pending[LIMIT].append((step, now, self.match_tag, 1.0))
         differences = ((self.abs_loss_difference_tag, abs_loss_difference), (self.max_grad_error_tag, max_grad_error))
         for tag, value in differences:
             if value is not None:
-                self.pending[PAIR].append((step, now, tag, value))
+                hand.append((step, now, tag, value))
         if grad_norms is not None:
             self.histogram("hand", self.tag("per_sample", "grad_norm"), grad_norms, step)
         if time.monotonic() >= self.next_write:
             self.flush()
 
     def scalar(self, run: str, tag: str, value: float, step: int) -> None:
-        """``tag`` at ``step`` in ``run`` ("hand", "autograd", or PAIR for the run folder itself)."""
+        """``tag`` at ``step`` in ``run`` ("hand", "autograd" or "tolerance")."""
         self.pending[run].append((step, time.time(), tag, float(value)))
         if time.monotonic() >= self.next_write:
             self.flush()
@@ -152,43 +190,69 @@ class TensorBoardLog:
         self.scalar("hand", tag, hand, step)
         self.scalar("autograd", tag, autograd, step)
 
-    def match(self, quantity: str, value: float, step: int) -> None:
-        """How far apart the two models are, by some measure, in the run folder itself."""
-        self.scalar(PAIR, self.tag("match", quantity), value, step)
+    def raw_error(self, quantity: str, value: float, step: int) -> None:
+        """An error of the torchbp model in its own units (``raw_error/<name>/<quantity>``, run hand)."""
+        self.scalar("hand", self.tag("raw_error", quantity), value, step)
 
     def image(self, side: str, tag: str, image_hwc: np.ndarray, step: int) -> None:
         self._write_pending()  # events reach the files in the order they were logged
-        self.writers[side].add_image(tag, image_hwc, step, dataformats="HWC")
+        self.writer(side).add_image(tag, image_hwc, step, dataformats="HWC")
 
     def histogram(self, side: str, tag: str, values: torch.Tensor, step: int) -> None:
         self._write_pending()
-        self.writers[side].add_histogram(tag, values.detach().float().cpu(), step)
+        self.writer(side).add_histogram(tag, values.detach().float().cpu(), step)
 
     def text(self, quantity: str, markdown: str, step: int = 0) -> None:
-        """A text card (TensorBoard's Text tab) in the run folder itself."""
+        """A text card (TensorBoard's Text tab) in the run hand."""
         self._write_pending()
-        file_writer(self.writers[PAIR]).add_summary(text_pb(self.tag(quantity), markdown), step)
+        file_writer(self.writer("hand")).add_summary(text_pb(self.tag(quantity), markdown), step)
 
-    def hparams(self, hparams: dict[str, object]) -> None:
-        """The run's settings, for TensorBoard's HParams tab, in the ``hand`` run.
+    def hparams(
+        self, hparams: dict[str, object], summary: dict[str, float | None] | None = None, step: int = 0
+    ) -> None:
+        """The run's row of TensorBoard's HParams tab, in the ``hand`` run: its settings ``hparams``, of which
+        the first ``SHOWN`` are the columns shown at first, and as its metric columns the ``summary`` values
+        (keys of ``SUMMARY``; None or missing: left empty), written at ``step`` as ``summary/<key>``.
 
-        Values are written as text (``32``, ``0.5``), so one setting never shows as a
-        number in one run and a word in another. TensorBoard takes the metric columns
-        from the charts of the run that holds the settings: there, the torchbp model's
-        loss and metrics. No chart of its own is added. The trial is named after the
-        run folder, not a hash.
+        Settings are written as text (``32``, ``0.5``), so one setting never shows as a
+        number in one run and a word in another. The columns are declared (an
+        experiment configuration in the same run), so every run in a log folder
+        shares the same few; otherwise TensorBoard would make one column of every
+        chart of every run. TensorBoard shows five settings at first, those it marks
+        as differing between runs: the declaration marks the first ``SHOWN``. The
+        trial is named after the run folder (its time, unique in a log folder: see
+        :func:`new_run_dir`), not a hash.
         """
+        for key, value in (summary or {}).items():
+            if value is not None:
+                self.pending["hand"].append((step, time.time(), f"summary/{key}", float(value)))
         self._write_pending()
-        trial = "/".join(part for part in (self.name, self.run_dir.name) if part)
-        summary = hparams_pb({key: str(value) for key, value in hparams.items()}, trial_id=trial)
-        file_writer(self.writers["hand"]).add_summary(summary)
+        settings = {key: str(value) for key, value in hparams.items()}
+        declared = [
+            api_pb2.HParamInfo(name=key, type=api_pb2.DATA_TYPE_STRING, differs=index < SHOWN)
+            for index, key in enumerate(settings)
+        ]
+        columns = [
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"summary/{key}"), display_name=heading)
+            for key, heading in SUMMARY.items()
+        ]
+        writer = file_writer(self.writer("hand"))
+        experiment = api_pb2.Experiment(hparam_infos=declared, metric_infos=columns, time_created_secs=time.time())
+        declaration = Summary()  # as tensorboard's hparams_config_pb writes it, with this HParamInfo's ``differs``
+        declaration.value.add(
+            tag=metadata.EXPERIMENT_TAG,
+            metadata=metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+            tensor=metadata.NULL_TENSOR,
+        )
+        writer.add_summary(declaration)
+        writer.add_summary(hparams_pb(settings, trial_id=self.run_dir.name))
 
     def _write_pending(self) -> None:
         """The held scalars as events, one per run and step, each carrying that step's tags
         (by :func:`torchbp.speed.events.write_scalars`, which saves a small network's step a tenth of its time)."""
         for run, pending in self.pending.items():
             if pending:
-                write_scalars(self.writers[run], pending, partial(self._metadata, run))
+                write_scalars(self.writer(run), pending, partial(self._metadata, run))
                 pending.clear()
 
     def _metadata(self, run: str, tag: str) -> SummaryMetadata | None:
@@ -205,13 +269,19 @@ class TensorBoardLog:
             writer.flush()
         self.next_write = time.monotonic() + self.flush_secs
 
-    def close(self, verdict: str | None = None, step: int = 0, hparams: dict[str, object] | None = None) -> None:
-        """Write the held scalars, the run's ``verdict`` as a text card at ``step`` and its ``hparams``
-        where given, and close the files."""
+    def close(
+        self,
+        verdict: str | None = None,
+        step: int = 0,
+        hparams: dict[str, object] | None = None,
+        summary: dict[str, float | None] | None = None,
+    ) -> None:
+        """Write the held scalars, the run's ``verdict`` as a text card at ``step`` and its HParams row
+        (``hparams`` and ``summary``, see :meth:`hparams`) where given, and close the files."""
         if verdict is not None:
             self.text("verdict", verdict, step)
         if hparams is not None:
-            self.hparams(hparams)
+            self.hparams(hparams, summary, step)
         self._write_pending()
         for writer in self.writers.values():
             writer.close()

@@ -36,6 +36,7 @@ class StepRecord(NamedTuple):
     autograd_loss: float
     loss_difference: float  # |Δloss|
     max_grad_error: float  # the largest max_rel_error over the gradient rows
+    error_over_tolerance: float  # the largest error as a fraction of its tolerance, over every row
     report: Report | None
     per_sample: PerSampleGradients | None = None  # the torchbp side's, on steps that record them
 
@@ -50,6 +51,7 @@ class LockstepResult:
     autograd_loss: float = float("nan")
     max_loss_difference: float = 0.0
     max_grad_error: float = 0.0
+    max_error_over_tolerance: float = 0.0  # 0: bit for bit; at most 1 where every check passed
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (hand, autograd)
     mismatch_step: int | None = None  # the step whose check failed, if one did
     steps_planned: int | None = None  # what train() was asked to reach (None: one pass over the batches)
@@ -72,12 +74,14 @@ class LockstepResult:
         self.steps += 1
         self.hand_loss, self.autograd_loss = hand, native
         if report is None:
-            return StepRecord(step, hand, native, float("nan"), float("nan"), None, per_sample)
+            return StepRecord(step, hand, native, float("nan"), float("nan"), float("nan"), None, per_sample)
         loss_difference, max_grad_error = abs(hand - native), report.max_rel_error(".grad")
+        error_over_tolerance = report.max_share_of_tolerance()
         self.checks += 1
         self.max_loss_difference = _max_keeping_nan(self.max_loss_difference, loss_difference)
         self.max_grad_error = _max_keeping_nan(self.max_grad_error, max_grad_error)
-        return StepRecord(step, hand, native, loss_difference, max_grad_error, report, per_sample)
+        self.max_error_over_tolerance = _max_keeping_nan(self.max_error_over_tolerance, error_over_tolerance)
+        return StepRecord(step, hand, native, loss_difference, max_grad_error, error_over_tolerance, report, per_sample)
 
     @contextmanager
     def run(self, steps: int | None) -> Iterator[None]:
@@ -95,11 +99,20 @@ class LockstepResult:
         finally:
             self.seconds += time.perf_counter() - started
 
+    @property
+    def outcome(self) -> str:
+        """The verdict in one word: MISMATCH, STOPPED, NOT CHECKED or MATCH."""
+        if self.mismatch_step is not None:
+            return "MISMATCH"
+        if self.stopped_by is not None:
+            return "STOPPED"
+        return "NOT CHECKED" if self.checks == 0 else "MATCH"
+
     def verdict(self, check_every: int, mode: str, layers: str) -> str:
         """The run in a few lines of markdown: MATCH or MISMATCH, what was checked, what was compared.
         ``check_every``, ``mode`` and ``layers`` are the trainer's: how often, how, and which layers."""
         if self.mismatch_step is not None:
-            headline = f"**MISMATCH** at step {self.mismatch_step}: the report is in the program's output."
+            headline = f"**{self.outcome}** at step {self.mismatch_step}: the report is in the program's output."
         elif self.stopped_by is not None:
             planned = "" if self.steps_planned is None else f" of {self.steps_planned}"
             headline = (
@@ -118,6 +131,7 @@ class LockstepResult:
                 "|---|---|",
                 f"| steps taken, checked | {self.steps}, {self.checks} (every {check_every}, {mode}) |",
                 f"| largest \\|Δloss\\| | {self.max_loss_difference:.1e} |",
+                f"| largest error / tolerance | {self.max_error_over_tolerance:.1e} (0: bit for bit; 1: the limit) |",
                 f"| largest relative gradient error | {self.max_grad_error:.1e} (0: bit for bit) |",
                 f"| layers | {layers} |",
             ]

@@ -16,7 +16,7 @@ from torchbp.distributed import across_processes, data_parallel, process_group_a
 from torchbp.lockstep.comparison import StepComparison
 from torchbp.lockstep.result import LockstepMismatch, LockstepResult, StepRecord, Stopwatch
 from torchbp.per_sample import PerSampleGradients, reduction_scale
-from torchbp.tensorboard_log import TensorBoardLog
+from torchbp.tensorboard_log import SHOWN, TensorBoardLog
 
 NOT_RECORDING = nullcontext()  # in place of a PerSampleGradients on steps that record none
 
@@ -109,9 +109,13 @@ class LockstepTrainer:
         record = self.result.add_step(step, hand_loss, native_loss, report, per_sample)
         lap("checking")
         if self.log is not None:
-            difference, error = (record.loss_difference, record.max_grad_error) if checked else (None, None)
+            difference, error, share = (
+                (record.loss_difference, record.max_grad_error, record.error_over_tolerance)
+                if checked
+                else (None, None, None)
+            )
             norms = None if per_sample is None else per_sample.grad_norms()
-            self.log.step(step, record.hand_loss, record.autograd_loss, difference, error, norms)
+            self.log.step(step, record.hand_loss, record.autograd_loss, difference, error, norms, share)
         lap("logging")
         if report is not None and not report.ok:
             self.result.mismatch_step = step
@@ -166,10 +170,35 @@ class LockstepTrainer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self, hparams: dict[str, object] | None = None) -> None:
-        """Write the verdict (a text card) and the hyperparameters, and close the log."""
-        if self.log is not None:
-            self.log.close(verdict=self.verdict(), step=self.result.steps, hparams=hparams)
+    def close(
+        self,
+        hparams: dict[str, object] | None = None,
+        metric: str | None = None,
+        settings: dict[str, object] | None = None,
+    ) -> None:
+        """Write the verdict (a text card, with ``settings`` as one of its rows where given) and, given
+        ``hparams``, the run's row of the HParams tab: those settings and the verdict in one word, and as its
+        columns the torchbp model's final loss, the largest error over tolerance and the last value of
+        ``metric`` (one of ``metrics``, named in the verdict card); then close the log. TensorBoard shows
+        five settings at first, the verdict among them."""
+        if self.log is None:
+            return
+        result, row = self.result, None
+        if hparams is not None:
+            first = dict(list(hparams.items())[: SHOWN - 1])
+            row = {**first, "verdict": result.outcome, **hparams}
+        value = result.metrics[metric][0] if metric in result.metrics else None
+        summary = {
+            "final_loss": result.hand_loss,
+            "error_over_tolerance": result.max_error_over_tolerance if result.checks else None,
+            "metric": value,
+        }
+        verdict = self.verdict()
+        if value is not None:
+            verdict += f"\n| metric | {metric} {value:.4g} |"
+        if settings:
+            verdict += "\n| settings | " + ", ".join(f"{key} {value}" for key, value in settings.items()) + " |"
+        self.log.close(verdict=verdict, step=result.steps, hparams=row, summary=summary)
 
     def verdict(self) -> str:
         """The run's result in a few lines of markdown: MATCH or MISMATCH, what was checked, what was compared."""
