@@ -1,8 +1,10 @@
 """python -m experiments [NAME ...]: train torchbp models beside their native twins, in lockstep.
 
-Exit status: 0 when every experiment matched, 1 when any mismatched (its
-report is printed), 2 on a usage error, 3 on an unexpected error (a bug:
-its traceback is printed), 130 when interrupted.
+Installed, the same program is the command torchbp-experiments. Exit status: 0
+when every experiment matched, 1 when any mismatched (its report is printed), 2
+on a usage error, 3 on an unexpected error (a bug: its traceback is printed),
+130 when interrupted (Ctrl-C) and 143 when terminated (SIGTERM), after the
+summary of the experiments run so far.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import torch.distributed as dist
 from experiments import seed, xor, spiral, digits, digits_cnn, digits_layernorm, digits_resnet, gpt  # noqa: F401  # isort: skip
 from experiments.derivation.explain import worked_example
 from experiments.lab.registry import EXPERIMENTS, Config
-from experiments.lab.runner import run_experiment, summary_table
+from experiments.lab.runner import Outcome, run_experiment, summary_table
 
-PROG = "python -m experiments"
+PROG = "python -m experiments"  # the program's name run as a module (as the installed command, its own)
+INTERRUPTED, TERMINATED = 130, 143  # exit statuses: 128 + SIGINT's and SIGTERM's numbers
 
 
 class UsageError(Exception):
@@ -63,16 +66,30 @@ positive_float.__name__ = "positive number"
 seed_int.__name__ = "seed (0 to 2**63 - 1)"
 
 
-def parser() -> Parser:
-    p = Parser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+def program_name(called_as: str) -> str:
+    """What the usage line and the messages call the program, from ``sys.argv[0]``: the installed
+    command's name (torchbp-experiments), or python -m experiments where it runs as a module (``argv[0]``
+    is then the path of this file)."""
+    name = Path(called_as).name
+    return PROG if name in ("", Path(__file__).name) else name
+
+
+def parser(prog: str = PROG) -> Parser:
+    p = Parser(prog=prog, description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument(
         "names", nargs="*", metavar="NAME", help=f"experiments to run (default: all: {', '.join(EXPERIMENTS)})"
     )
     p.add_argument(
-        "--list", action="store_true", help="list the experiments (or the NAMEs given) and their defaults, then exit"
+        "--list",
+        action="store_true",
+        help="list the experiments (or the NAMEs given), their defaults and optimizers, then exit",
     )
     p.add_argument("--steps", type=positive_int, help="training steps (default: each experiment's own)")
-    p.add_argument("--lr", type=positive_float, help="learning rate of SGD (spiral's has momentum 0.9)")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        help="learning rate of each experiment's optimizer (default: each experiment's own; --list names both)",
+    )
     p.add_argument("--batch-size", type=positive_int, help="minibatch size (seed and xor are full-batch)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed for data, initialisation and order (default 0)")
     p.add_argument(
@@ -92,7 +109,7 @@ def parser() -> Parser:
     return p
 
 
-def configs(args) -> dict[str, Config]:
+def configs(args, prog: str = PROG) -> dict[str, Config]:
     unknown = [name for name in args.names if name not in EXPERIMENTS]
     if unknown:
         raise UsageError(f"unknown experiment {unknown[0]!r} (choose from {', '.join(EXPERIMENTS)})")
@@ -116,7 +133,7 @@ def configs(args) -> dict[str, Config]:
         experiment = EXPERIMENTS[name]
         if experiment.full_batch and args.batch_size is not None:
             print(
-                f"{PROG}: note: --batch-size does not apply to {name}, which trains on all its samples at once",
+                f"{prog}: note: --batch-size does not apply to {name}, which trains on all its samples at once",
                 file=sys.stderr,
             )
         batch = {} if experiment.full_batch or args.batch_size is None else {"batch_size": args.batch_size}
@@ -134,23 +151,27 @@ def check_logdir(logdir: str) -> None:
 
 
 def list_experiments(chosen: dict[str, Config]) -> str:
+    """Each experiment's description, defaults and optimizer, after its name in a column as wide as the longest."""
+    width = max(len(name) for name in chosen)
     lines = []
     for name in chosen:
         experiment = EXPERIMENTS[name]
         d = experiment.defaults
         batch = "full batch" if d.batch_size is None else f"batch {d.batch_size}"
-        lines.append(f"{name:8} {experiment.description}")
-        lines.append(f"{'':8} defaults: {d.steps} steps, lr {d.lr}, {batch}, {d.dtype}")
+        lines.append(f"{name:{width}}  {experiment.description}")
+        lines.append(f"{'':{width}}  defaults: {d.steps} steps, lr {d.lr}, {batch}, {d.dtype}")
+        lines.append(f"{'':{width}}  optimizer: {experiment.optimizer}")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The program, called ``prog`` in its usage line and messages; returns its exit status."""
     try:
-        args = parser().parse_args(argv)
-        chosen = configs(args)
+        args = parser(prog).parse_args(argv)
+        chosen = configs(args, prog)
         if args.explain:
             if list(chosen) != ["seed"] or not args.names:
-                raise UsageError("--explain goes with the seed experiment alone: python -m experiments seed --explain")
+                raise UsageError(f"--explain goes with the seed experiment alone: {prog} seed --explain")
             print(worked_example(args.seed))
             return 0
         if args.list:
@@ -158,26 +179,31 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_logdir(args.logdir)
     except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 
     rank, world = start_processes(chosen)
     chosen = {name: on_this_process(config, world) for name, config in chosen.items()}
 
     def terminate(*_):
-        print(f"{PROG}: terminated; the logs written so far are in {args.logdir}", file=sys.stderr)
-        sys.exit(143)  # unwinds through the trainer, which writes its verdict and closes its log
+        sys.exit(TERMINATED)  # unwinds through the trainer, which writes its verdict and closes its log
 
+    outcomes: list[Outcome] = []
     previous_handler = signal.signal(signal.SIGTERM, terminate)
     try:
-        outcomes = run_all(chosen, args.logdir if rank == 0 else None, sys.stderr.isatty() and rank == 0, rank, world)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the logs written so far are in {args.logdir}", file=sys.stderr)
-        return 130
+        logdir = args.logdir if rank == 0 else None
+        run_all(chosen, logdir, sys.stderr.isatty() and rank == 0, rank, world, outcomes)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and stop.code != TERMINATED:
+            raise  # not terminate()'s
+        interrupted = isinstance(stop, KeyboardInterrupt)
+        if rank == 0:
+            report_stop(outcomes, "interrupted" if interrupted else "terminated", prog, args.logdir)
+        return INTERRUPTED if interrupted else TERMINATED
     except Exception:
         traceback.print_exc()
         print(
-            f"{PROG}: error: unexpected failure (a bug in torchbp or an experiment; traceback above)", file=sys.stderr
+            f"{prog}: error: unexpected failure (a bug in torchbp or an experiment; traceback above)", file=sys.stderr
         )
         return 3
     finally:
@@ -211,20 +237,37 @@ def on_this_process(config: Config, world: int) -> Config:
     return config
 
 
-def run_all(chosen: dict[str, Config], logdir: str | None, progress: bool, rank: int, world: int) -> list:
-    outcomes = []
+def run_all(
+    chosen: dict[str, Config], logdir: str | None, progress: bool, rank: int, world: int, outcomes: list[Outcome]
+) -> None:
+    """Run the experiments in turn, adding each one's outcome to ``outcomes`` as it ends, so that the caller
+    has them however the run ends: one stopped by an interrupt or SIGTERM is added with its steps so far,
+    then its stop goes on up."""
     for name, config in chosen.items():
         outcome = run_experiment(EXPERIMENTS[name], config, logdir, progress, rank, world)
         outcomes.append(outcome)
+        if outcome.stop is not None:
+            raise outcome.stop
         if outcome.mismatch is not None and rank == 0:
             print(f"{name}: {outcome.mismatch}\n")
-    return outcomes
+
+
+def report_stop(outcomes: list[Outcome], how: str, prog: str, logdir: str) -> None:
+    """After an interrupt or SIGTERM: the summary of the experiments run so far (the stopped one's row
+    says STOPPED), then which run folders hold logs, if any do."""
+    if outcomes:
+        print(summary_table(outcomes), flush=True)
+    written = [str(outcome.run_dir) for outcome in outcomes if outcome.run_dir is not None]
+    where = "no logs were written"
+    if written:
+        where = f"the logs written so far are in {', '.join(written)} (view with: tensorboard --logdir {logdir})"
+    print(f"{prog}: {how}; {where}", file=sys.stderr)
 
 
 def entry_point() -> None:
-    """The torchbp-experiments command: python -m experiments under another name."""
+    """The torchbp-experiments command, and python -m experiments: the program, named as it was called."""
     try:
-        status = main()
+        status = main(prog=program_name(sys.argv[0] if sys.argv else ""))
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (| head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

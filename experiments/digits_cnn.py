@@ -7,7 +7,7 @@ import torch
 from experiments.lab.data import CROSS_ENTROPY_DTYPE, load_digits
 from experiments.lab.metrics import accuracy
 from experiments.lab.minibatches import Minibatches, split
-from experiments.lab.registry import Config, Setup, experiment
+from experiments.lab.registry import Config, OptimizerChoice, Setup, experiment
 
 
 def small_cnn(config: Config) -> torch.nn.Sequential:
@@ -25,7 +25,8 @@ def small_cnn(config: Config) -> torch.nn.Sequential:
 
 @experiment(
     "digits-cnn",
-    "scikit-learn's 8×8 digits as images, conv-ReLU-conv-ReLU-linear, cross-entropy, Adam, held-out accuracy",
+    "scikit-learn's 8×8 digits as images, conv-ReLU-conv-ReLU-linear, cross-entropy, held-out accuracy",
+    optimizer=OptimizerChoice(torch.optim.Adam),
     steps=600,
     lr=3e-3,
     batch_size=64,

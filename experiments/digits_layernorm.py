@@ -7,7 +7,7 @@ import torch
 from experiments.lab.data import CROSS_ENTROPY_DTYPE, load_digits
 from experiments.lab.metrics import accuracy
 from experiments.lab.minibatches import Minibatches, split
-from experiments.lab.registry import Config, Setup, experiment
+from experiments.lab.registry import Config, OptimizerChoice, Setup, experiment
 
 
 def layernorm_mlp(config: Config, width: int = 64) -> torch.nn.Sequential:
@@ -26,7 +26,8 @@ def layernorm_mlp(config: Config, width: int = 64) -> torch.nn.Sequential:
 
 @experiment(
     "digits-layernorm",
-    "scikit-learn's 8×8 digits, 64-64-64-10 MLP with LayerNorm and tanh, cross-entropy, SGD with momentum",
+    "scikit-learn's 8×8 digits, 64-64-64-10 MLP with LayerNorm and tanh, cross-entropy, held-out accuracy",
+    optimizer=OptimizerChoice(torch.optim.SGD, momentum=0.9),
     steps=1000,
     lr=0.05,
     batch_size=64,

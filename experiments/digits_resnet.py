@@ -8,7 +8,7 @@ import torch
 from experiments.lab.data import CROSS_ENTROPY_DTYPE, load_digits
 from experiments.lab.metrics import accuracy
 from experiments.lab.minibatches import Minibatches, split
-from experiments.lab.registry import Config, Setup, experiment
+from experiments.lab.registry import Config, OptimizerChoice, Setup, experiment
 
 
 class Residual(torch.nn.Module):
@@ -62,7 +62,8 @@ def class_weights(labels: torch.Tensor, classes: int = 10) -> torch.Tensor:
 @experiment(
     "digits-resnet",
     "scikit-learn's 8×8 digits, a small ResNet (batch norm, residual add, depthwise-separable block, pooling), "
-    "class-weighted cross-entropy, SGD with momentum",
+    "class-weighted cross-entropy, held-out accuracy",
+    optimizer=OptimizerChoice(torch.optim.SGD, momentum=0.9),
     steps=300,
     lr=0.05,
     batch_size=64,

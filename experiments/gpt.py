@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from experiments.lab.minibatches import Minibatches
-from experiments.lab.registry import Config, Setup, experiment
+from experiments.lab.registry import Config, OptimizerChoice, Setup, experiment
 from torchbp.lockstep import LockstepTrainer, StepRecord
 
 CONTEXT = 32  # characters a prediction sees
@@ -129,8 +129,9 @@ class Samples:
 
 @experiment(
     "gpt",
-    "a character-level GPT (2 pre-LayerNorm blocks, 4 heads, width 64) on pydoc's English help texts, AdamW; "
+    "a character-level GPT (2 pre-LayerNorm blocks, 4 heads, width 64) on pydoc's English help texts; "
     "held-out loss against the text's bigram model",
+    optimizer=OptimizerChoice(torch.optim.AdamW),
     steps=300,
     lr=3e-3,
     batch_size=32,

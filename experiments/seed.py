@@ -14,6 +14,7 @@ training step's own backward, and from torchbp.per_sample_grads at the end.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -60,28 +61,69 @@ def common_scale(contributions: Iterable[np.ndarray]) -> float:
     return max((float(np.abs(rows).max()) for rows in contributions), default=0.0) or 1.0
 
 
+# TensorBoard's Time Series tab (2.21) fits an image into a box 215 px high, 286 px wide on its narrowest
+# cards, and scales it nearest-neighbour ("pixelated"): an image of this size shows pixel for pixel on
+# every card, its text as large and as sharp as drawn, with no need for "Show actual image size".
+HEAT_MAP_PIXELS = (280, 215)  # width, height
+HEAT_MAP_DPI = 100
+HEAT_MAP_FONT = 9.5  # points: 13.2 px, its digits 9.6 px tall
+
+
+def display_exponent(scale: float) -> int:
+    """k with 10ᵏ ≤ scale < 10ᵏ⁺¹: the cells print value / 10ᵏ with two decimals, −9.99 at the widest."""
+    return math.floor(math.log10(scale))
+
+
+def minus_signs(number: str) -> str:
+    return number.replace("-", "−")  # the minus sign, as wide as the plus sign
+
+
+def superscript(exponent: int) -> str:
+    return str(exponent).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+
 def heat_map_figure(rows: np.ndarray, scale: float, step: int):
     """The samples' terms δ2,n a1,nᵀ and, below a line, their sum, as a matplotlib Figure.
 
     Diverging colours from −scale (blue) through white at zero to +scale (red), every
-    cell's value printed. The Figure has its own Agg canvas, outside pyplot: nothing global.
+    cell's value printed in units of 10ᵏ (:func:`display_exponent`), as the title says.
+    HEAT_MAP_PIXELS in size, so TensorBoard shows it unscaled. The Figure has its own
+    Agg canvas, outside pyplot: nothing global.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     samples, units = rows.shape[0] - 1, rows.shape[1]
-    figure = Figure(figsize=(7.2, 4.4), dpi=100, layout="constrained")
+    exponent = display_exponent(scale)
+    unit = 10.0**exponent
+    width, height = HEAT_MAP_PIXELS
+    margin = 2 / HEAT_MAP_DPI  # inches
+    figure = Figure(
+        figsize=(width / HEAT_MAP_DPI, height / HEAT_MAP_DPI),
+        dpi=HEAT_MAP_DPI,
+        layout=ConstrainedLayoutEngine(w_pad=margin, h_pad=margin),
+    )
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     image = axes.imshow(rows, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
     for (i, j), value in np.ndenumerate(rows):
         color = "white" if abs(value) > 0.6 * scale else "black"
-        axes.text(j, i, f"{value:+#.3g}", ha="center", va="center", fontsize=10, color=color)
-    axes.axhline(samples - 0.5, color="black", linewidth=2.5)  # the sum apart from its terms
-    axes.set_xticks(range(units), [f"hidden unit {j + 1}\nW2[0, {j}]" for j in range(units)])
+        text = minus_signs(f"{value / unit:+.2f}")
+        axes.text(j, i, text, ha="center", va="center", fontsize=HEAT_MAP_FONT, color=color)
+    axes.axhline(samples - 0.5, color="black", linewidth=2)  # the sum apart from its terms
+    axes.set_xticks(range(units), [str(j + 1) for j in range(units)])
     axes.set_yticks(range(samples + 1), [f"sample {n + 1}" for n in range(samples)] + ["Σ = ∂J/∂W2"])
-    axes.set_title(f"step {step}: each sample's share δ2,n a1,nᵀ of ∂J/∂W2")
-    figure.colorbar(image, ax=axes, label="δ2,n a1,nᵀ (one scale for the whole run)")
+    axes.tick_params(labelsize=HEAT_MAP_FONT, length=0, pad=2)
+    axes.set_xlabel("hidden unit j", fontsize=HEAT_MAP_FONT, labelpad=1)
+    in_units = f" in units of 10{superscript(exponent)}" if exponent else ""
+    figure.suptitle(f"step {step}: δ2,n a1,nᵀ{in_units}", fontsize=HEAT_MAP_FONT)  # wider than the axes
+    bar = figure.colorbar(image, ax=axes, pad=0.03, fraction=0.1, aspect=15)  # one scale for the whole run
+    bar.locator = MaxNLocator(4, symmetric=True)
+    bar.formatter = FuncFormatter(lambda value, _: minus_signs(f"{value / unit:+g}") if value else "0")
+    bar.update_ticks()
+    bar.ax.tick_params(labelsize=HEAT_MAP_FONT, pad=2)
     return figure
 
 
@@ -121,7 +163,7 @@ class ContributionHeatMaps:
                 return
             per_sample = record.per_sample.grads()["2.weight"]  # (5, 1, 3): one W2-shaped term per sample
             error = (per_sample.sum(0) - trainer.hand_model[2].weight.grad).abs().max().item()
-            trainer.log.match("per_sample_sum_error", error, record.step)
+            trainer.log.raw_error("per_sample_sum_error", error, record.step)
             self.rows[record.step] = with_sum(per_sample)
 
         return after_step

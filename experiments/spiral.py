@@ -9,7 +9,7 @@ import torch
 from experiments.lab.metrics import accuracy
 from experiments.lab.minibatches import Minibatches, split
 from experiments.lab.models import sigmoid_mlp
-from experiments.lab.registry import Config, Setup, experiment
+from experiments.lab.registry import Config, OptimizerChoice, Setup, experiment
 
 POINTS = 2000
 MOMENTUM = 0.9  # plain SGD stalls near 80 % on the spirals; momentum carries it past 97 %
@@ -28,7 +28,8 @@ def two_spirals(points: int, seed: int, turns: float = 1.0, noise: float = 0.05)
 
 @experiment(
     "spiral",
-    f"two interleaved spirals ({POINTS} points), 2-32-32-1 sigmoid MLP, minibatch SGD with momentum 0.9",
+    f"two interleaved spirals ({POINTS} points), 2-32-32-1 sigmoid MLP",
+    optimizer=OptimizerChoice(torch.optim.SGD, momentum=MOMENTUM),
     steps=3000,
     lr=3.0,
     batch_size=128,

@@ -12,7 +12,7 @@ from experiments.lab.registry import Config, Setup, experiment
 
 @experiment(
     "xor",
-    "the 4-sample XOR problem, 2-4-1 sigmoid MLP with biases, full-batch gradient descent",
+    "the 4-sample XOR problem, 2-4-1 sigmoid MLP with biases",
     full_batch=True,
     steps=3000,
     lr=5.0,

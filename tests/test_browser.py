@@ -55,6 +55,41 @@ HEAT_MAP = """(() => {
 })()""".replace("IMAGE_TAG", IMAGE_TAG)
 
 
+# The y axis of the Time Series card of match/seed/error_over_tolerance, once both its runs are drawn: the tick labels.
+MATCH_CHART = """(() => {
+  const title = document.querySelector('scalar-card tb-truncated-path[title="match/seed/error_over_tolerance"]');
+  const card = title && title.closest("scalar-card");
+  if (!card || card.querySelectorAll("tb-data-table-content-row").length < 2) return null;
+  const axis = card.querySelector('line-chart-axis[axis="y"]');
+  const ticks = axis ? [...axis.querySelectorAll("text")].map(t => t.textContent.trim()).filter(Boolean) : [];
+  const text = row => row.textContent.replace(/\\s+/g, " ").trim();
+  return ticks.length ? {ticks, rows: [...card.querySelectorAll("tb-data-table-content-row")].map(text)} : null;
+})()"""
+
+# The HParams tab's table (a vaadin-grid inside shadow roots): its column headings, its rows, and whether it
+# is wider than the space it has.
+HPARAMS_TABLE = """(() => {
+  const found = [];
+  const walk = root => root.querySelectorAll("*").forEach(e => {
+    if (e.shadowRoot) walk(e.shadowRoot);
+    if (e.tagName === "VAADIN-GRID") found.push(e);
+  });
+  walk(document);
+  const grid = found.find(g => g.offsetWidth > 0);
+  if (!grid) return null;
+  const cells = [];
+  const collect = root => root.querySelectorAll("*").forEach(e => {
+    if (e.shadowRoot) collect(e.shadowRoot);
+    if (e.classList && e.classList.contains("table-header")) cells.push(e.textContent.replace(/\\s+/g, " ").trim());
+  });
+  collect(grid);
+  const table = grid.shadowRoot && grid.shadowRoot.querySelector("table");
+  const text = (grid.textContent || "").replace(/\\s+/g, " ");
+  if (!cells.length || !text.includes("MATCH")) return null;
+  return {headings: cells, width: table ? table.scrollWidth : 0, room: grid.clientWidth, text};
+})()"""
+
+
 def chromium_binary() -> str:
     for name in CHROMIUM_NAMES:
         if path := shutil.which(name):
@@ -196,7 +231,7 @@ def headless_chromium(binary: str, profile: Path):
 def test_tensorboard_shows_seeds_loss_chart_with_both_runs_and_its_heat_map_in_a_browser(tmp_path):
     binary = chromium_binary()
     logdir = tmp_path / "runs"
-    assert main(["seed", "--steps", "30", "--logdir", str(logdir)]) == 0
+    assert main(["seed", "--logdir", str(logdir)]) == 0  # as the README runs it: no setting changed (about 1 s)
     (run_dir,) = (logdir / "seed").iterdir()
     run = run_dir.relative_to(logdir).as_posix()  # seed/<run-id>, as TensorBoard names it
 
@@ -206,10 +241,31 @@ def test_tensorboard_shows_seeds_loss_chart_with_both_runs_and_its_heat_map_in_a
     ):
         page.open(address + "#timeseries")  # the tab TensorBoard opens on
         loss_chart = page.wait_for("loss/seed chart with two runs", LOSS_CHART, tmp_path / "loss_chart.png")
+        match_chart = page.wait_for("match chart under its limit", MATCH_CHART, tmp_path / "match_chart.png")
         heat_map = page.wait_for("loaded heat map", HEAT_MAP, tmp_path / "heat_map.png")
+        page.send("Page.navigate", url=address + "#hparams")
+        hparams = page.wait_for("HParams table", HPARAMS_TABLE, tmp_path / "hparams.png")
 
     assert loss_chart["width"] > 100 and loss_chart["height"] > 100
     runs_on_chart = sorted(word for row in loss_chart["rows"] for word in row.split() if word.startswith(f"{run}/"))
     assert runs_on_chart == [f"{run}/autograd", f"{run}/hand"], loss_chart["rows"]
     assert heat_map["width"] > 0 and heat_map["height"] > 0
     assert f"{run}/hand" in heat_map["card"]
+    # The error chart's scale runs from 0 to the limit: the tolerance run's line at 1 sets it, whatever the errors.
+    ticks = [float(tick) for tick in match_chart["ticks"]]
+    assert min(ticks) == 0 and max(ticks) == 1, match_chart
+    runs_on_match = sorted(word for row in match_chart["rows"] for word in row.split() if word.startswith(f"{run}/"))
+    assert runs_on_match == [f"{run}/hand", f"{run}/tolerance"], match_chart["rows"]
+    # HParams: one shared set of columns, the verdict among them (a setting changed on the command line would
+    # add its own), the whole table in the room it has.
+    assert hparams["headings"] == [
+        "Trial ID",
+        "Show Metrics",
+        "experiment",
+        "verdict",
+        "final loss",
+        "error / tolerance",
+        "metric",
+    ], hparams["headings"]
+    assert hparams["width"] <= hparams["room"], hparams
+    assert run_dir.name in hparams["text"] and "seed" in hparams["text"]

@@ -26,8 +26,9 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tensorboard.util.tensor_util import make_ndarray
 
 import torchbp
-from experiments.__main__ import main
+from experiments.__main__ import entry_point, main
 from experiments.gpt import GPT
+from experiments.lab import runner
 from experiments.lab.registry import EXPERIMENTS
 from experiments.seed import build as build_seed
 from torchbp.functions import LinearFunction
@@ -73,11 +74,17 @@ def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys)
     hand, autograd = scalars(run_dir / "hand", "loss/seed"), scalars(run_dir / "autograd", "loss/seed")
     assert [step for step, _ in hand] == list(range(30))
     assert hand == autograd
-    for tag in ("match/seed/abs_loss_difference", "match/seed/max_grad_error"):
-        assert [step for step, _ in scalars(run_dir, tag)] == list(range(30))
-    assert all(value == 0 for _, value in scalars(run_dir, "match/seed/abs_loss_difference"))
+    for tag in (
+        "match/seed/error_over_tolerance",
+        "raw_error/seed/abs_loss_difference",
+        "raw_error/seed/max_grad_error",
+    ):
+        assert [step for step, _ in scalars(run_dir / "hand", tag)] == list(range(30))
+    assert all(value == 0 for _, value in scalars(run_dir / "hand", "match/seed/error_over_tolerance"))  # float64
+    assert scalars(run_dir / "tolerance", "match/seed/error_over_tolerance") == [(step, 1.0) for step in range(30)]
+    assert all(value == 0 for _, value in scalars(run_dir / "hand", "raw_error/seed/abs_loss_difference"))
     assert accumulator(run_dir / "hand").Tags()["images"] == ["per_sample/seed/W2_gradient_contributions"]
-    assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {"hand", "autograd"}  # no stray hparams run
+    assert {p.name for p in run_dir.iterdir()} == {"hand", "autograd", "tolerance"}  # the folder itself is no run
     printed = capsys.readouterr().out
     assert re.search(r"^seed\s+30\s+30\s.*\sMATCH$", printed, flags=re.MULTILINE)
     assert (
@@ -85,23 +92,28 @@ def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys)
     )  # the summary names what was compared
 
 
-def test_hyperparameters_are_logged_as_text_in_the_hand_run_without_charts_of_their_own(tmp_path):
+def test_the_hparams_row_holds_the_experiment_its_verdict_and_what_the_command_line_changed(tmp_path):
     assert main(["seed", "--steps", "3", "--lr", "0.25", "--logdir", str(tmp_path)]) == 0
     run_dir = only_run(tmp_path, "seed")
     events = accumulator(run_dir / "hand")
-    assert set(events.PluginTagToContent("scalars")) == {"loss/seed"}
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     start = HParamsPluginData.FromString(content).session_start_info
-    assert start.group_name == f"seed/{run_dir.name}"  # the trial is named after the run, not a hash
-    hparams = start.hparams
-    assert {name: value.WhichOneof("kind") for name, value in hparams.items()} == dict.fromkeys(hparams, "string_value")
-    assert hparams["lr"].string_value == "0.25" and hparams["batch_size"].string_value == "full"
-    assert hparams["check_every"].string_value == "1" and hparams["experiment"].string_value == "seed"
+    assert start.group_name == run_dir.name  # the trial is named after the run, not a hash
+    hparams = {name: value.string_value for name, value in start.hparams.items()}
+    assert hparams == {"experiment": "seed", "verdict": "MATCH", "steps": "3", "lr": "0.25"}
+    declared = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in declared.metric_infos] == [
+        "summary/final_loss", "summary/error_over_tolerance", "summary/metric"
+    ]  # fmt: skip
+    (final,) = scalars(run_dir / "hand", "summary/final_loss")
+    assert final == (3, scalars(run_dir / "hand", "loss/seed")[-1][1])
+    assert scalars(run_dir / "hand", "summary/error_over_tolerance") == [(3, 0.0)]
+    assert "summary/metric" not in events.Tags()["tensors"]  # seed has no metric: its column stays empty
 
 
 def test_each_run_has_a_verdict_card_naming_the_hand_derived_layers(tmp_path):
     assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 0
-    events = accumulator(only_run(tmp_path, "seed"))
+    events = accumulator(only_run(tmp_path, "seed") / "hand")
     (card,) = events.Tensors("verdict/seed")
     text = card.tensor_proto.string_val[0].decode()
     assert text.startswith("**MATCH**: the two models agreed at every one of 3 checked steps.")
@@ -119,7 +131,7 @@ def test_a_mismatching_runs_verdict_card_says_where(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LinearFunction, "backward", staticmethod(wrong))
     assert main(["seed", "--steps", "3", "--logdir", str(tmp_path)]) == 1
-    (card,) = accumulator(only_run(tmp_path, "seed")).Tensors("verdict/seed")
+    (card,) = accumulator(only_run(tmp_path, "seed") / "hand").Tensors("verdict/seed")
     assert card.tensor_proto.string_val[0].decode().startswith("**MISMATCH** at step 0")
 
 
@@ -168,7 +180,7 @@ def test_seed_per_sample_contributions_sum_to_the_full_gradient():
 
 def test_seed_logs_the_per_sample_sum_error(tmp_path):
     assert main(["seed", "--steps", "20", "--logdir", str(tmp_path)]) == 0
-    errors = scalars(only_run(tmp_path, "seed"), "match/seed/per_sample_sum_error")
+    errors = scalars(only_run(tmp_path, "seed") / "hand", "raw_error/seed/per_sample_sum_error")
     assert [step for step, _ in errors] == [0, 5, 10, 15] and all(value < 1e-12 for _, value in errors)
 
 
@@ -236,6 +248,43 @@ def test_usage_error_from_the_command_line_has_no_traceback():
     assert "Traceback" not in completed.stderr and completed.stderr.count("\n") == 1
 
 
+CALLED_AS = {  # sys.argv[0] -> the name the program gives itself
+    "the installed command": ("/usr/local/bin/torchbp-experiments", "torchbp-experiments"),
+    "a module": (str(ROOT / "experiments" / "__main__.py"), "python -m experiments"),
+}
+
+
+@pytest.mark.parametrize("case", CALLED_AS)
+def test_the_program_names_itself_as_it_was_called_in_usage_help_and_errors(case, capsys, monkeypatch):
+    argv0, name = CALLED_AS[case]
+    monkeypatch.setattr(sys, "argv", [argv0, "--bogus"])
+    with pytest.raises(SystemExit) as exit:
+        entry_point()
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == f"{name}: error: unrecognized arguments: --bogus\n"
+    monkeypatch.setattr(sys, "argv", [argv0, "--help"])
+    with pytest.raises(SystemExit):
+        entry_point()
+    assert capsys.readouterr().out.startswith(f"usage: {name} [-h]")
+
+
+def test_the_installed_command_names_itself_in_its_errors(tmp_path):
+    assert shutil.which("torchbp-experiments"), "torchbp-experiments is not installed: pip install -e '.[experiments]'"
+    completed = subprocess.run(
+        ["torchbp-experiments", "--bogus"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 2
+    assert completed.stderr == "torchbp-experiments: error: unrecognized arguments: --bogus\n"
+
+
+def test_lr_help_names_each_experiments_optimizer_not_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the help's lines joined as one
+    lr = text.split("--lr LR ")[1].split(" --batch-size")[0]
+    assert "each experiment's optimizer" in lr and "SGD" not in lr
+
+
 def test_two_invocations_never_share_a_folder(tmp_path):
     for _ in range(2):
         assert main(["seed", "--steps", "2", "--logdir", str(tmp_path)]) == 0
@@ -285,9 +334,10 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            # both sides' files: the log writes one after the other, so a kill can fall between the two
+            # every run's file (hand, autograd, tolerance): the log writes one after the other, so a kill can
+            # fall between them
             files = list(tmp_path.glob("digits/*/*/events.out.tfevents.*"))
-            if len(files) == 2 and all(file.stat().st_size > 2000 for file in files):
+            if len(files) == 3 and all(file.stat().st_size > 2000 for file in files):
                 break
             time.sleep(0.2)
         else:
@@ -302,13 +352,102 @@ def test_a_run_killed_midway_leaves_readable_event_files(tmp_path, how):
     common = min(len(hand), len(autograd))
     assert hand[:common] == autograd[:common]
     if how == signal.SIGTERM:  # the trainer closed its log on the way out, with a verdict that says so
-        (card,) = accumulator(run_dir).Tensors("verdict/digits")
+        (card,) = accumulator(run_dir / "hand").Tensors("verdict/digits")
         assert (
             card.tensor_proto.string_val[0]
             .decode()
             .startswith("**STOPPED** by an exit with status 143 (SIGTERM) after ")
             and " of 1000000 steps;" in card.tensor_proto.string_val[0].decode()
         )
+
+
+def test_an_interrupt_during_start_up_says_no_logs_were_written_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):  # Ctrl-C while the trainer is being set up, its run folder made
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "LockstepTrainer", interrupted)
+    assert main(["seed", "--logdir", str(tmp_path)]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "python -m experiments: interrupted; no logs were written\n"
+    assert re.search(r"^seed\s+0 of 2000\s+0\s.*\sSTOPPED$", captured.out, flags=re.MULTILINE)
+    assert list(tmp_path.iterdir()) == []  # neither seed/<run-id> nor seed/
+
+
+def interrupted_at(step: int, build):
+    """``build`` with Ctrl-C pressed right after its ``step``-th step."""
+
+    def build_interrupted(config):
+        setup = build(config)
+        watch = setup.watch
+
+        def watch_until_interrupted(trainer):
+            after_step = watch(trainer) if watch else None
+
+            def on_step(record):
+                if after_step is not None:
+                    after_step(record)
+                if record.step == step:
+                    raise KeyboardInterrupt
+
+            return on_step
+
+        return dataclasses.replace(setup, watch=watch_until_interrupted)
+
+    return build_interrupted
+
+
+def test_an_interrupt_mid_run_prints_the_finished_rows_and_a_stopped_row(tmp_path, capsys, monkeypatch):
+    seed = EXPERIMENTS["seed"]
+    monkeypatch.setitem(EXPERIMENTS, "seed", dataclasses.replace(seed, build=interrupted_at(2, seed.build)))
+    assert main(["xor", "seed", "gpt", "--steps", "5", "--logdir", str(tmp_path)]) == 130
+    captured = capsys.readouterr()
+    assert re.search(r"^xor\s+5\s+5\s.*\sMATCH$", captured.out, flags=re.MULTILINE)
+    assert re.search(r"^seed\s+3 of 5\s+3\s.*\sSTOPPED$", captured.out, flags=re.MULTILINE)
+    assert "gpt" not in captured.out  # never started
+    runs = f"{only_run(tmp_path, 'xor')}, {only_run(tmp_path, 'seed')}"
+    assert captured.err == (
+        f"python -m experiments: interrupted; the logs written so far are in {runs} "
+        f"(view with: tensorboard --logdir {tmp_path})\n"
+    )
+    assert [step for step, _ in scalars(only_run(tmp_path, "seed") / "hand", "loss/seed")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "how, status, said",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_midway_prints_the_summary_with_a_stopped_row(tmp_path, how, status, said):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "digits", "--steps", "1000000", "--logdir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Python turns SIGINT into KeyboardInterrupt only where it starts with the default action, which a
+        # shell without job control replaces by "ignore" for what it starts in the background
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("digits/*/hand/events.out.tfevents.*")):
+            if time.monotonic() > deadline:
+                pytest.fail("the run wrote no events within two minutes")
+            time.sleep(0.2)
+        time.sleep(1)  # some steps
+    finally:
+        process.send_signal(how)
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == status
+    assert re.search(r"^digits\s+\d+ of 1000000\s+\d+\s.*\sSTOPPED$", out, flags=re.MULTILINE)
+    assert err.endswith(
+        f"python -m experiments: {said}; the logs written so far are in {only_run(tmp_path, 'digits')} "
+        f"(view with: tensorboard --logdir {tmp_path})\n"
+    )
 
 
 def test_xor_learns_to_a_loss_under_one_hundredth(tmp_path, capsys):
@@ -435,6 +574,33 @@ def test_list_shows_the_named_experiments_only(capsys):
     assert printed.startswith("xor") and "digits" not in printed
 
 
+def test_list_aligns_every_description_after_the_longest_name(capsys):
+    assert main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    column = max(len(name) for name in EXPERIMENTS) + 2
+    for name, experiment in EXPERIMENTS.items():
+        (at,) = [i for i, line in enumerate(lines) if line.startswith(f"{name} ")]
+        assert lines[at] == name.ljust(column) + experiment.description
+        assert lines[at + 1].startswith(" " * column + "defaults: ")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_list_names_the_optimizer_each_experiment_builds(name, capsys):
+    experiment = EXPERIMENTS[name]
+    setup = experiment.build(experiment.defaults)
+    trainer = LockstepTrainer(setup.model, setup.loss_fn, optimizer=setup.optimizer, lr=experiment.defaults.lr)
+    built = trainer.hand.optimizer  # what the run steps with: the setup's own, or the trainer's plain SGD
+    listed = experiment.optimizer
+    assert type(built) is listed.kind
+    like_listed = listed.kind(torch.nn.Linear(1, 1).parameters(), lr=experiment.defaults.lr, **listed.options)
+    assert built.defaults == like_listed.defaults  # momentum, betas, weight decay, ...: every setting
+    assert main(["--list", name]) == 0
+    (optimizer_line,) = [line for line in capsys.readouterr().out.splitlines() if "optimizer:" in line]
+    assert optimizer_line.split("optimizer: ")[1] == str(listed)
+    momentum = built.defaults.get("momentum", 0)
+    assert str(listed) == type(built).__name__ + (f" with momentum {momentum}" if momentum else "")
+
+
 @pytest.mark.parametrize(
     "command",
     [[sys.executable, "-m", "experiments"], ["torchbp-experiments"]],
@@ -464,7 +630,7 @@ def test_gpt_matches_at_every_step_and_logs_what_it_writes(tmp_path, capsys):
     for layer in ("token Embedding", "attention MultiheadAttention", "mlp.1 GELU", "norm1 LayerNorm", "head Linear"):
         assert layer in printed
     assert "loss CrossEntropyLoss; native: none" in printed
-    cards = accumulator(only_run(tmp_path, "gpt")).Tensors("sample/gpt")
+    cards = accumulator(only_run(tmp_path, "gpt") / "hand").Tensors("sample/gpt")
     assert [card.step for card in cards] == [0, 3, 6, 9]  # every third of the run, and at its end
     text = cards[-1].tensor_proto.string_val[0].decode()
     assert text.startswith("step 9: `The ") and len(text) > 160

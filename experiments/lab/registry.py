@@ -51,6 +51,20 @@ class Setup:
     finish: Callable[[LockstepTrainer], None] | None = None
 
 
+class OptimizerChoice:
+    """Which optimizer an experiment's setup builds: a ``torch.optim`` class and the options it sets
+    besides the learning rate, as in ``OptimizerChoice(torch.optim.SGD, momentum=0.9)``. ``--list``
+    shows it; a test builds every experiment and holds what its setup constructs to it."""
+
+    def __init__(self, kind: type[torch.optim.Optimizer] = torch.optim.SGD, **options: float):
+        self.kind, self.options = kind, options
+
+    def __str__(self) -> str:
+        """``Adam``, ``SGD with momentum 0.9``."""
+        settings = ", ".join(f"{name} {value}" for name, value in self.options.items())
+        return f"{self.kind.__name__} with {settings}" if settings else self.kind.__name__
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -58,16 +72,25 @@ class Experiment:
     defaults: Config
     build: Callable[[Config], Setup]
     full_batch: bool = False  # --batch-size does not apply
+    optimizer: OptimizerChoice = field(default_factory=OptimizerChoice)  # plain SGD, the trainer's default
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
-def experiment(name: str, description: str, full_batch: bool = False, **defaults):
-    """Register the decorated ``build(config) -> Setup`` under ``name``."""
+def experiment(
+    name: str,
+    description: str,
+    full_batch: bool = False,
+    optimizer: OptimizerChoice | None = None,
+    **defaults,
+):
+    """Register the decorated ``build(config) -> Setup`` under ``name``; ``optimizer`` says which one
+    its setup builds (None: plain SGD, as a setup without one gets from the trainer)."""
 
     def register(build: Callable[[Config], Setup]) -> Callable[[Config], Setup]:
-        EXPERIMENTS[name] = Experiment(name, description, Config(**defaults), build, full_batch)
+        chosen = optimizer or OptimizerChoice()
+        EXPERIMENTS[name] = Experiment(name, description, Config(**defaults), build, full_batch, chosen)
         return build
 
     return register

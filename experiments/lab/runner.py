@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from experiments.lab.minibatches import Shards
-from experiments.lab.registry import Config, Experiment
+from experiments.lab.registry import Config, Experiment, Setup
 from torchbp.lockstep import LockstepMismatch, LockstepResult, LockstepTrainer
+from torchbp.lockstep.result import what_stopped
 from torchbp.tensorboard_log import new_run_dir
 
 
@@ -22,11 +25,12 @@ class Outcome:
     run_dir: Path | None
     layers: str = ""  # which layers are hand-derived, which native
     mismatch: LockstepMismatch | None = None
+    stop: KeyboardInterrupt | SystemExit | None = None  # what ended the run early: Ctrl-C, SIGTERM's exit
 
     @property
     def matched(self) -> bool:
-        """Every checked step agreed, and there was at least one."""
-        return self.mismatch is None and self.result.checks > 0
+        """The run went its whole way, and every checked step agreed, and there was at least one."""
+        return self.mismatch is None and self.stop is None and self.result.checks > 0
 
 
 def run_experiment(
@@ -34,9 +38,43 @@ def run_experiment(
 ) -> Outcome:
     """Train ``experiment`` in lockstep under ``config``, logging to a fresh folder under ``logdir``
     (None: no log, as on every process but the first under torchrun). With ``world`` processes,
-    this one trains on its ``rank``-th shard of every batch."""
-    setup = experiment.build(config)
-    run_dir = new_run_dir(logdir, experiment.name) if logdir is not None else None
+    this one trains on its ``rank``-th shard of every batch.
+
+    An interrupt (Ctrl-C) or an exit (SIGTERM's) ends the run early without going on up: the outcome
+    holds it (``stop``) with the steps taken so far, for the caller to report and raise again. A run
+    folder that holds no event file at the end (the run stopped or failed before its log began) is
+    removed, and the outcome's ``run_dir`` is None."""
+    run_dir = None
+    try:
+        setup = experiment.build(config)
+        run_dir = new_run_dir(logdir, experiment.name) if logdir is not None else None
+        outcome = _train_in_lockstep(experiment, config, setup, run_dir, progress, rank, world)
+    except (KeyboardInterrupt, SystemExit) as stop:  # before training began: no step taken
+        result = LockstepResult(steps_planned=config.steps, stopped_by=what_stopped(stop))
+        outcome = Outcome(experiment.name, result, None, None, run_dir, stop=stop)
+    except BaseException:
+        kept_if_written(run_dir)
+        raise
+    outcome.run_dir = kept_if_written(outcome.run_dir)
+    return outcome
+
+
+def kept_if_written(run_dir: Path | None) -> Path | None:
+    """``run_dir`` where it holds a TensorBoard event file; otherwise None, the folder removed (and its
+    experiment's folder with it, where that is left empty), so that a run stopped before its log began
+    leaves no empty folder behind."""
+    if run_dir is None or any(run_dir.rglob("events.out.tfevents.*")):
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another run's folder in it, or one being made: it stays
+        run_dir.parent.rmdir()
+    return None
+
+
+def _train_in_lockstep(
+    experiment: Experiment, config: Config, setup: Setup, run_dir: Path | None, progress: bool, rank: int, world: int
+) -> Outcome:
+    """``run_experiment``'s training, once the experiment is built and its run folder made."""
     batches = Shards(setup.batches, rank, world) if world > 1 else setup.batches
     trainer = LockstepTrainer(
         setup.model,
@@ -66,13 +104,20 @@ def run_experiment(
         trainer.train(batches, config.steps, on_step=on_step)
     except LockstepMismatch as mismatch:
         outcome.mismatch = mismatch
+    except (KeyboardInterrupt, SystemExit) as stop:  # the outcome is the steps taken so far
+        outcome.stop = stop
     finally:
         bar.close()
         try:
             if setup.finish is not None:
                 setup.finish(trainer)
+        except (KeyboardInterrupt, SystemExit) as stop:  # in the run's last logging (seed draws its heat maps)
+            outcome.stop = outcome.stop or stop
         finally:
-            trainer.close(hparams={"experiment": experiment.name, **config.hparams()})
+            settings = config.hparams()
+            defaults = experiment.defaults.hparams()
+            changed = {key: value for key, value in settings.items() if value != defaults[key]}  # on the command line
+            trainer.close({"experiment": experiment.name, **changed}, setup.headline_metric, settings)
     return outcome
 
 
@@ -98,7 +143,8 @@ def metric_text(name: str, metrics: dict[str, tuple[float, float]]) -> str:
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
-    """One row per experiment; MATCH when every checked step agreed."""
+    """One row per experiment; MATCH when every checked step agreed, STOPPED (with the steps taken of
+    those planned) where an interrupt or SIGTERM ended the run early."""
     rows = [SUMMARY_COLUMNS]
     for outcome in outcomes:
         result = outcome.result
@@ -110,7 +156,7 @@ def summary_table(outcomes: list[Outcome]) -> str:
         rows.append(
             (
                 outcome.name,
-                str(result.steps),
+                _steps(outcome),
                 str(result.checks),
                 _number(result.hand_loss),
                 _number(result.autograd_loss),
@@ -119,14 +165,29 @@ def summary_table(outcomes: list[Outcome]) -> str:
                 metric,
                 f"{result.seconds:.1f}s",
                 f"{_share_checking_and_logging(result):.0%}",
-                "MATCH" if outcome.matched else "MISMATCH",
+                _verdict(outcome),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    lines += ["", "Compared:"] + [f"  {outcome.name}: {outcome.layers}" for outcome in outcomes]
+    compared = [f"  {outcome.name}: {outcome.layers or 'nothing, stopped before it began'}" for outcome in outcomes]
+    lines += ["", "Compared:", *compared]
     return "\n".join(lines)
+
+
+def _steps(outcome: Outcome) -> str:
+    """The steps taken; for a run stopped early, of how many planned."""
+    planned = outcome.result.steps_planned
+    if outcome.stop is None or planned is None:
+        return str(outcome.result.steps)
+    return f"{outcome.result.steps} of {planned}"
+
+
+def _verdict(outcome: Outcome) -> str:
+    if outcome.stop is not None:
+        return "STOPPED"
+    return "MATCH" if outcome.matched else "MISMATCH"
 
 
 def _share_checking_and_logging(result: LockstepResult) -> float:
