@@ -55,9 +55,9 @@ HEAT_MAP = """(() => {
 })()""".replace("IMAGE_TAG", IMAGE_TAG)
 
 
-# The y axis of the Time Series card of match/seed/error_over_tolerance, once both its runs are drawn: the tick labels.
+# The y axis of the Time Series card of match/seed, once both its runs are drawn: the tick labels.
 MATCH_CHART = """(() => {
-  const title = document.querySelector('scalar-card tb-truncated-path[title="match/seed/error_over_tolerance"]');
+  const title = document.querySelector('scalar-card tb-truncated-path[title="match/seed"]');
   const card = title && title.closest("scalar-card");
   if (!card || card.querySelectorAll("tb-data-table-content-row").length < 2) return null;
   const axis = card.querySelector('line-chart-axis[axis="y"]');

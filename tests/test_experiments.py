@@ -75,13 +75,13 @@ def test_seed_run_logs_overlaying_curves_and_their_differences(tmp_path, capsys)
     assert [step for step, _ in hand] == list(range(30))
     assert hand == autograd
     for tag in (
-        "match/seed/error_over_tolerance",
+        "match/seed",
         "raw_error/seed/abs_loss_difference",
         "raw_error/seed/max_grad_error",
     ):
         assert [step for step, _ in scalars(run_dir / "hand", tag)] == list(range(30))
-    assert all(value == 0 for _, value in scalars(run_dir / "hand", "match/seed/error_over_tolerance"))  # float64
-    assert scalars(run_dir / "tolerance", "match/seed/error_over_tolerance") == [(step, 1.0) for step in range(30)]
+    assert all(value == 0 for _, value in scalars(run_dir / "hand", "match/seed"))  # float64
+    assert scalars(run_dir / "tolerance", "match/seed") == [(step, 1.0) for step in range(30)]
     assert all(value == 0 for _, value in scalars(run_dir / "hand", "raw_error/seed/abs_loss_difference"))
     assert accumulator(run_dir / "hand").Tags()["images"] == ["per_sample/seed/W2_gradient_contributions"]
     assert {p.name for p in run_dir.iterdir()} == {"hand", "autograd", "tolerance"}  # the folder itself is no run

@@ -73,7 +73,7 @@ def test_the_logged_error_over_tolerance_is_0_for_equal_bits_and_above_1_for_a_w
     def logged(run_dir):
         hand = EventAccumulator(str(run_dir / "hand"), size_guidance={"tensors": 0})
         hand.Reload()
-        return [float(e.tensor_proto.float_val[0]) for e in hand.Tensors("match/mine/error_over_tolerance")]
+        return [float(e.tensor_proto.float_val[0]) for e in hand.Tensors("match/mine")]
 
     right = new_run_dir(tmp_path, "mine")
     with LockstepTrainer(users_model(), torch.nn.MSELoss(), lr=0.5, log_dir=right, log_name="mine") as trainer:
@@ -287,11 +287,11 @@ def test_a_trainer_used_in_a_with_block_closes_its_log_with_the_last_steps_and_t
     hand = EventAccumulator(str(run_dir / "hand"), size_guidance={"tensors": 0})
     hand.Reload()
     assert [event.step for event in hand.Tensors("loss/mine")] == [0, 1, 2]
-    assert [event.step for event in hand.Tensors("match/mine/error_over_tolerance")] == [0, 1, 2]
+    assert [event.step for event in hand.Tensors("match/mine")] == [0, 1, 2]
     assert hand.Tensors("verdict/mine")
     limit = EventAccumulator(str(run_dir / "tolerance"), size_guidance={"tensors": 0})
     limit.Reload()
-    assert [(e.step, float(e.tensor_proto.float_val[0])) for e in limit.Tensors("match/mine/error_over_tolerance")] == [
+    assert [(e.step, float(e.tensor_proto.float_val[0])) for e in limit.Tensors("match/mine")] == [
         (0, 1.0),
         (1, 1.0),
         (2, 1.0),

@@ -50,7 +50,7 @@ def test_a_checked_step_draws_its_error_over_tolerance_under_the_tolerance_line_
     )
     log.step(1, 0.25, 0.25)  # not checked, nothing recorded per sample
     log.close(verdict="**MATCH**", step=2)
-    match, raw = "match/mine/error_over_tolerance", "raw_error/mine"
+    match, raw = "match/mine", "raw_error/mine"
     assert scalar_events(tmp_path / "hand") == [
         (0, {"loss/mine": 0.5, match: 0.25, f"{raw}/abs_loss_difference": 0.0, f"{raw}/max_grad_error": 2**-20}),
         (1, {"loss/mine": 0.25}),
@@ -121,7 +121,7 @@ def test_tags_are_grouped_by_quantity_then_by_the_runs_name(name, tag):
     log = TensorBoardLog.__new__(TensorBoardLog)
     log.name = name
     assert log.tag("loss") == tag
-    assert log.tag("match", "error_over_tolerance") == tag.replace("loss", "match") + "/error_over_tolerance"
+    assert log.tag("raw_error", "max_grad_error") == tag.replace("loss", "raw_error") + "/max_grad_error"
 
 
 def test_scalars_reach_the_disk_within_flush_secs_without_a_close(tmp_path):

@@ -10,7 +10,7 @@ A run folder holds three runs (event streams):
   chart's scale runs from 0 (bit for bit) to the limit whatever the errors are.
 
 Tags are grouped by quantity, then by the run's ``name`` (an experiment's):
-``loss/seed``, ``match/seed/error_over_tolerance``, ``metrics/digits/held_out_accuracy``.
+``loss/seed``, ``match/seed``, ``metrics/digits/held_out_accuracy``.
 TensorBoard makes one section per group, in alphabetical order, and one chart
 per tag, on which exactly the runs that wrote that tag overlay: ``loss`` first
 (hand and autograd), then ``match`` (the largest error of each checked step as
@@ -132,7 +132,7 @@ class TensorBoardLog:
         self.pending: dict[str, list[tuple[int, float, str, float]]] = {run: [] for run in (*SIDES, LIMIT)}
         self.described: set[tuple[str, str]] = set()  # (run, tag) whose first event carried its description
         self.next_write = time.monotonic() + flush_secs
-        self.loss_tag, self.match_tag = self.tag("loss"), self.tag("match", "error_over_tolerance")
+        self.loss_tag, self.match_tag = self.tag("loss"), self.tag("match")
         self.max_grad_error_tag = self.tag("raw_error", "max_grad_error")
         self.abs_loss_difference_tag = self.tag("raw_error", "abs_loss_difference")
         for side in SIDES:  # both runs from the start, so a run that is stopped early still shows both
