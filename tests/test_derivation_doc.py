@@ -21,7 +21,7 @@ import torchbp.layers.max_pool2d
 import torchbp.layers.sigmoid
 import torchbp.layers.softmax
 from experiments.__main__ import main
-from experiments.derivation import explain
+from experiments.derivation import explain, notation
 from experiments.derivation.chapters import CHAPTERS, conv2d, cross_entropy, layer_norm, pooling
 from experiments.derivation.chapters import attention as attention_chapter
 from experiments.derivation.chapters import batch_norm as batch_norm_chapter
@@ -53,10 +53,18 @@ CHAPTER_BLOCKS = {
         "cross-entropy-example",
         "cross-entropy-stability",
         "cross-entropy-variants",
+        "cross-entropy-saturation",
         "cross-entropy-three-ways",
     },
     "layer_norm": {"layer-norm-forward", "layer-norm-backward", "layer-norm-three-ways"},
-    "conv2d": {"conv2d-forward", "conv2d-backward", "conv2d-three-ways"},
+    "conv2d": {
+        "conv2d-forward",
+        "conv2d-backward",
+        "conv2d-matrix",
+        "conv2d-by-hand",
+        "conv2d-strided",
+        "conv2d-three-ways",
+    },
     "softmax": {"softmax-example", "softmax-three-ways"},
     "attention": {"attention-forward", "attention-backward", "attention-three-ways"},
     "gelu": {"gelu-example", "gelu-three-ways"},
@@ -124,12 +132,20 @@ def test_the_cross_entropy_chapters_words_hold_for_its_example():
     assert abs(v["delta"].sum(1)).max() < 1e-15  # each row of δ sums to zero
     assert np.isnan(v["naive_p_shifted"]).all() and np.isfinite(v["delta_shifted"]).all()
     assert (v["delta_ignored"][1] == 0).all()
+    assert abs(v["delta"][0]).max() < abs(v["delta"][1]).max() and round(v["delta"][0, target[0]], 2) == -0.17
+
+
+def test_cross_entropys_delta_is_largest_where_squared_errors_vanishes():
+    v = cross_entropy.three_ways()["values"]
+    squared, cross = v["delta_squared_error"], v["delta_two_classes"]
+    assert (squared < cross).all() and squared.argmax() < len(squared) - 1  # ŷ(1 − ŷ) shrinks it on both sides
+    assert squared[-1] < 1e-3 and cross[-1] > 0.99  # confidently wrong: the one hardly moves, the other most
 
 
 def test_the_layer_norm_chapters_words_hold_for_its_example():
     v = layer_norm.three_ways()["values"]
     assert abs(v["dJ_dx"].sum(1)).max() < 1e-15  # a shift of x changes nothing
-    assert abs((v["x_hat"] * v["dJ_dx"]).sum(1)).max() < 1e-5  # nor, up to ε, does a scale
+    assert abs((v["x_tilde"] * v["dJ_dx"]).sum(1)).max() < 1e-5  # nor, up to ε, does a scale
 
 
 def test_the_convolution_chapters_words_hold_for_its_example():
@@ -138,21 +154,55 @@ def test_the_convolution_chapters_words_hold_for_its_example():
     for (h, w), delta_hw in np.ndenumerate(np.array(conv2d.DELTA)):
         spread[h : h + 2, w : w + 2] += delta_hw * np.array(conv2d.WEIGHT)
     assert abs(spread - v["dJ_dx"]).max() < 1e-15
+    assert v["A"].shape == (9, 16) and (np.count_nonzero(v["A"], axis=1) == 4).all()  # a row per window
+    assert [np.count_nonzero(v["A"][:, 4 * u + w]) for u, w in conv2d.BY_HAND] == [1, 4]  # a corner, a centre
+    assert conv2d.STRIDED["stride"] == 2 and conv2d.STRIDED["padding"] == 1  # windows of x_pad that do not overlap:
+    blocks = np.kron(np.array(conv2d.DELTA), np.ones((2, 2))) * np.tile(np.array(conv2d.WEIGHT), (3, 3))
+    assert abs(blocks - v["dJ_dx_pad_strided"]).max() < 1e-15  # each δ_hw W on a 2×2 block of its own
 
 
 def test_the_batch_norm_chapters_words_hold_for_its_example():
     v = batch_norm_chapter.three_ways()["values"]
     M = len(batch_norm_chapter.X)
     assert abs(v["dJ_dx"].sum(0)).max() < 1e-15  # a shift of a channel over the batch changes nothing
-    assert abs((v["x_hat"] * v["dJ_dx"]).sum(0)).max() < 1e-5  # nor, up to ε, does a scale
+    assert abs((v["x_tilde"] * v["dJ_dx"]).sum(0)).max() < 1e-5  # nor, up to ε, does a scale
     assert abs(v["compact"] - v["dJ_dx"]).max() < 1e-15  # the compact form is the three paths' sum
     assert (v["g_first"][1:] == 0).all() and (abs(v["dJ_dx_first"]) > 1e-2).all()  # every sample gets a gradient
     assert (abs(v["running_mean"]) < 0.2).all() and (abs(v["running_var"] - 1) < 0.4).all()  # still mostly 0 and 1
-    assert (np.abs(v["y_eval"]).max(0) > 1.5 * np.abs(v["y"]).max(0)).any()  # and eval mode by them hardly normalises
+    assert (np.abs(v["a_eval"]).max(0) > 1.5 * np.abs(v["a"]).max(0)).any()  # and eval mode by them hardly normalises
     x_next = np.array(batch_norm_chapter.X_NEXT)
     assert abs(v["cumulative_mean"] - (v["mu"] + x_next.mean(0)) / 2).max() < 1e-15  # m = 1/t: the plain average
     assert abs(v["cumulative_var"] - (v["var"] + x_next.var(0)) / 2 * M / (M - 1)).max() < 1e-14
     assert (v["mu"] != v["mu_next"]).all()  # a second batch that moves the mean
+
+
+def test_the_document_keeps_its_symbols():
+    assert notation.problems(DOCUMENT.read_text()) == []
+
+
+# a violation of each kind, planted by a change of the document: (text, its replacement, what the report says)
+PLANTED_NOTATION = {
+    "σ² for batch norm's variance": ("sample k's x_k moves μ and var,", "sample k's x_k moves μ and σ²,", "## 17."),
+    "LaTeX σ for layer norm's": ("\\mathrm{var}_n = \\frac1D", "\\sigma_n^2 = \\frac1D", "## 11."),
+    "x̂ for the normalised input": ("(x̃_d holds x_d)", "(x̂_d holds x_d)", "a hat only y"),
+    "LaTeX \\hat x": ("$$\\tilde x_n = (x_n", "$$\\hat x_n = (x_n", "'\\\\hat x'"),
+    "ĝ for ∂J/∂x̃": ("Summed against ∂J/∂x̃_m = g_m γ", "Summed against ĝ_m = g_m γ", "## 17."),
+    "q for cross-entropy's target": ("with α replaces y by", "with α replaces q by", "the target as q"),
+    "attention's scale as s": ("S = Q Kᵀ/√E,   P", "S = Q Kᵀ · s (s = 1/√E),   P", "## 14."),
+    "pooling's output as y": ("hands g = ∂J/∂a back", "hands δ = ∂J/∂y back", "## 18."),
+    "the momentum as m": ("(1 − momentum) · `running_mean`", "(1 − m) · `running_mean`", "momentum"),
+    "a symbol of the table no chapter uses": ("| η |", "| ω | a frequency |\n| η |", "ω"),
+    "the table stated twice": ("## 1. The network", "## The symbols\n\n## 1. The network", "once"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("planted", PLANTED_NOTATION)
+def test_a_planted_notation_slip_is_reported(planted):
+    text, replacement, reported = PLANTED_NOTATION[planted]
+    document = DOCUMENT.read_text()
+    assert document.count(text) == 1
+    found = notation.problems(document.replace(text, replacement))
+    assert len(found) == 1 and reported in found[0], found
 
 
 def test_per_sample_gradients_refuse_batch_norm_in_training_mode_as_the_chapter_says():
@@ -169,20 +219,18 @@ def test_per_sample_gradients_refuse_batch_norm_in_training_mode_as_the_chapter_
 
 def test_the_pooling_chapters_words_hold_for_its_example():
     numbers = pooling.three_ways()
-    x, delta, v = numbers["x"], numbers["delta"], numbers["values"]
-    assert x[1, 2] == x[1, 3] == v["y_max"][0, 1] and v["m_max"][0, 1] == 1 * 4 + 2  # the tie: the first, (1,2)
+    x, g, v = numbers["x"], numbers["g"], numbers["values"]
+    assert x[1, 2] == x[1, 3] == v["a_max"][0, 1] and v["m_max"][0, 1] == 1 * 4 + 2  # the tie: the first, (1,2)
     assert v["m_max"][0, 0] != 0  # a window whose max is not its first element
-    for name in ("max", "overlap", "avg", "pad_out"):  # every δ reaches x whole
-        assert abs(v[f"dJ_dx_{name}"].sum() - delta.sum()) < 1e-15
+    for name in ("max", "overlap", "avg", "pad_out"):  # every g_hw reaches x whole
+        assert abs(v[f"dJ_dx_{name}"].sum() - g.sum()) < 1e-15
     assert (np.count_nonzero(v["dJ_dx_max"]) == 4) and np.count_nonzero(v["dJ_dx_overlap"]) == 2
-    assert (
-        v["dJ_dx_overlap"][2, 0] == delta[0, 0] + delta[1, 0] and v["dJ_dx_overlap"][1, 2] == delta[0, 1] + delta[1, 1]
-    )
-    assert (v["dJ_dx_avg"] == np.kron(delta, np.ones((2, 2))) / 4).all()
-    assert (v["D_pad_in"] == 9).all() and (v["D_pad_out"] == [[4, 6], [6, 9]]).all()
-    assert abs(v["dJ_dx_pad_in"].sum() - (delta * v["D_pad_out"] / 9).sum()) < 1e-15  # the padding keeps its share
+    assert v["dJ_dx_overlap"][2, 0] == g[0, 0] + g[1, 0] and v["dJ_dx_overlap"][1, 2] == g[0, 1] + g[1, 1]
+    assert (v["dJ_dx_avg"] == np.kron(g, np.ones((2, 2))) / 4).all()
+    assert (v["M_pad_in"] == 9).all() and (v["M_pad_out"] == [[4, 6], [6, 9]]).all()
+    assert abs(v["dJ_dx_pad_in"].sum() - (g * v["M_pad_out"] / 9).sum()) < 1e-15  # the padding keeps its share
     same = torch.tensor(x)[None, None].requires_grad_()
-    torch.nn.functional.avg_pool2d(same, 2, 1).backward(torch.tensor(numbers["delta_3"])[None, None])
+    torch.nn.functional.avg_pool2d(same, 2, 1).backward(torch.tensor(numbers["g_3"])[None, None])
     assert abs(same.grad[0, 0].numpy() - v["dJ_dx_adaptive"]).max() < 1e-15  # 4×4 to 3×3: kernel 2, stride 1
     whole = torch.tensor(x)[None, None].requires_grad_()
     torchbp.functional.adaptive_avg_pool2d(whole, 1).backward(torch.full((1, 1, 1, 1), 0.8, dtype=torch.float64))
@@ -205,7 +253,7 @@ def _normalized_by_the_unbiased_variance(original):
     def normalized(x, mean, rstd, training, eps):
         if training:
             M = x.numel() // x.shape[1]
-            rstd = ((rstd**-2 - eps) * M / (M - 1) + eps).rsqrt()  # σ² M/(M − 1) for σ²
+            rstd = ((rstd**-2 - eps) * M / (M - 1) + eps).rsqrt()  # var M/(M − 1) for var
         return original(x, mean, rstd, training, eps)
 
     return normalized
@@ -222,7 +270,7 @@ def _max_to_each_windows_first_element(original):
     return backward
 
 
-def _without_the_term_through_sigma(original):
+def _without_the_term_through_rstd(original):
     def backward(g, x, mean, rstd, weight, normalized_ndim, eps, *needs):
         grad_x, grad_weight, grad_bias = original(g, x, mean, rstd, weight, normalized_ndim, eps, *needs)
         x_hat, rstd = torchbp.layers.layer_norm.normalize(x, normalized_ndim, eps)
@@ -263,7 +311,7 @@ PLANTED = {
         "softmax_backward",
         lambda original: lambda g, y, dim: g * y,
     ),
-    "attention's ∂J/∂Q without its scale s": (
+    "attention's ∂J/∂Q without its scale 1/√E": (
         attention_chapter.three_ways,
         torchbp.layers.attention.ScaledDotProductAttentionFunction,
         "backward",
@@ -313,25 +361,25 @@ PLANTED = {
             )
         ),
     ),
-    "layer norm's term through σ left out": (
+    "layer norm's term through rstd left out": (
         layer_norm.three_ways,
         torchbp.layers.layer_norm,
         "layer_norm_backward",
-        _without_the_term_through_sigma,
+        _without_the_term_through_rstd,
     ),
-    "γ left out of ĝ": (
+    "γ left out of ∂J/∂x̃ = g ⊙ γ": (
         layer_norm.three_ways,
         torchbp.layers.layer_norm,
         "layer_norm_backward",
         lambda original: lambda g, x, mean, rstd, weight, *rest: original(g, x, mean, rstd, None, *rest),
     ),
-    "x̂ without rstd, x − μ in its place": (
+    "x̃ without rstd, x − μ in its place": (
         layer_norm.three_ways,
         torchbp.layers.layer_norm,
         "normalized",
         lambda original: lambda *args: (lambda x_hat, rstd: (x_hat / rstd, rstd))(*original(*args)),
     ),
-    "∂J/∂γ = Σ g, without x̂": (
+    "∂J/∂γ = Σ g, without x̃": (
         layer_norm.three_ways,
         torchbp.layers.layer_norm,
         "layer_norm_backward",
@@ -363,7 +411,7 @@ PLANTED = {
         "batch_norm_backward",
         _without_the_term_through_mu,
     ),
-    "batch norm's x̂ by the unbiased variance: M − 1 for M": (
+    "batch norm's x̃ by the unbiased variance: M − 1 for M": (
         batch_norm_chapter.three_ways,
         torchbp.layers.batch_norm,
         "normalized",
@@ -377,13 +425,13 @@ PLANTED = {
             lambda g, x, mean, rstd, weight, training, *rest: original(g, x, mean, rstd, weight, True, *rest)
         ),
     ),
-    "max pooling's δ sent to each window's first element": (
+    "max pooling's g sent to each window's first element": (
         pooling.three_ways,
         torchbp.layers.max_pool2d,
         "max_pool2d_backward",
         _max_to_each_windows_first_element,
     ),
-    "max pooling's δ of overlapping windows overwritten, not added": (
+    "max pooling's g of overlapping windows overwritten, not added": (
         pooling.three_ways,
         torchbp.layers.max_pool2d,
         "max_pool2d_backward",
@@ -403,7 +451,7 @@ PLANTED = {
             lambda out, size, k, s, p, count_include_pad, device: original(out, size, k, s, p, True, device)
         ),
     ),
-    "average pooling's δ spread undivided": (
+    "average pooling's g spread undivided": (
         pooling.three_ways,
         torchbp.layers.avg_pool2d,
         "avg_pool2d_backward",
@@ -434,10 +482,85 @@ def test_a_wrong_hand_derived_backward_makes_the_three_ways_disagree(planted, mo
         chapter_three_ways()
 
 
-def test_every_figure_the_document_shows_exists():
+def test_the_document_shows_every_figure_the_script_draws_and_no_other():
+    from experiments.derivation.figures import FIGURES
+
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", DOCUMENT.read_text())
-    assert len(figures) == 3
+    assert sorted(figures) == sorted(FIGURES)
     assert all((DOCUMENT.parent / figure).is_file() for figure in figures)
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The folder of every figure, as python -m experiments.derivation.figures draws it now."""
+    pytest.importorskip("matplotlib")
+    from experiments.derivation.figures import main as figures_main
+
+    out = tmp_path_factory.mktemp("figures")
+    assert figures_main(["--out", str(out)]) == 0
+    return out
+
+
+def test_the_figure_script_draws_every_figure(drawn):
+    from experiments.derivation.figures import FIGURES
+
+    for name in FIGURES:
+        assert (drawn / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_committed_figure_shows_the_numbers_the_script_draws_now(drawn):
+    """Each PNG carries the numbers it shows as its Description; compared, not the pixels, which vary
+    with the matplotlib version."""
+    from PIL import Image
+
+    from experiments.derivation.figures import FIGURES
+
+    for name in FIGURES:
+        committed, now = (Image.open(folder / name).text.get("Description") for folder in (DOCUMENT.parent, drawn))
+        assert committed == now, f"docs/{name} is stale: run python -m experiments.derivation.figures"
+
+
+def test_the_cross_entropy_figure_pulls_the_target_up_by_1_minus_p_t_and_the_others_down_by_p_c():
+    from experiments.derivation.chapter_figures import cross_entropy_pulls
+
+    shown, numbers = cross_entropy_pulls(), cross_entropy.three_ways()
+    p, pull, target = shown["p"], shown["pull"], np.array(cross_entropy.TARGET)
+    np.testing.assert_allclose(pull, -len(p) * numbers["values"]["delta"], atol=1e-12)  # q − p = −N δ
+    at_target = np.eye(p.shape[1], dtype=bool)[target]
+    np.testing.assert_allclose(pull[at_target], 1 - p[at_target], atol=1e-12)
+    np.testing.assert_allclose(pull[~at_target], -p[~at_target], atol=1e-12)
+
+
+def test_the_layer_norm_figure_splits_dJ_dx_tilde_into_two_parts_removed_and_one_orthogonal_to_both_kept():
+    from experiments.derivation.chapter_figures import layer_norm_projection
+
+    shown, numbers = layer_norm_projection(), layer_norm.three_ways()
+    parts = shown["along_one"] + shown["along_x_tilde"] + shown["kept"]
+    np.testing.assert_allclose(parts, shown["dJ_dx_tilde"], atol=1e-12)
+    np.testing.assert_allclose(shown["kept"] * numbers["values"]["rstd"], numbers["values"]["dJ_dx"], atol=1e-12)
+    np.testing.assert_allclose(np.ptp(shown["along_one"], axis=1), 0, atol=1e-12)  # a multiple of 1
+    np.testing.assert_allclose(shown["kept"].sum(1), 0, atol=1e-12)  # ⟂ 1
+    # ⟂ x̃ up to ε: |x̃|² = D var/(var + ε), not quite D
+    np.testing.assert_allclose((shown["kept"] * shown["x_tilde"]).sum(1), 0, atol=1e-5)
+
+
+def test_the_conv2d_figure_scatters_delta_into_dJ_dx_one_term_at_a_corner_four_in_the_centre():
+    from experiments.derivation.chapter_figures import conv2d_by_hand, conv2d_scatter
+
+    shown = conv2d_scatter()
+    np.testing.assert_allclose(shown["scattered"], conv2d.three_ways()["values"]["dJ_dx"], atol=1e-12)
+    assert shown["terms"].tolist() == [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
+    corner, centre = conv2d_by_hand(shown)
+    assert corner.startswith("∂J/∂x[0,0] = δ[0,0] W[0,0]") and corner.endswith("(1 term)")
+    assert centre.startswith("∂J/∂x[1,1] = ") and centre.count(" W[") == 4 and centre.endswith("(4 terms)")
+
+
+def test_the_seed_loss_figure_starts_at_chapter_3s_J_then_chapter_8s_J_after_the_step_and_both_curves_coincide():
+    from experiments.derivation.figures import seed_losses
+
+    losses, numbers = seed_losses(), three_ways()
+    np.testing.assert_allclose(losses["hand"][:2], [numbers["values"]["J"], numbers["J_next"]], atol=1e-12)
+    np.testing.assert_array_equal(losses["hand"], losses["autograd"])
 
 
 def test_the_readme_links_the_document():
@@ -463,13 +586,3 @@ def test_explain_prints_a_chapters_worked_example(chapter, capsys):
 def test_explain_goes_with_seed_alone(argv, capsys):
     assert main(argv) == 2
     assert "--explain" in capsys.readouterr().err
-
-
-def test_the_figure_script_draws_every_figure(tmp_path):
-    pytest.importorskip("matplotlib")
-    from experiments.derivation.figures import FIGURES
-    from experiments.derivation.figures import main as figures_main
-
-    assert figures_main(["--out", str(tmp_path)]) == 0
-    for name in FIGURES:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -43,4 +43,8 @@ def matrix(name: str, value) -> str:
     number = "{: .5e}" if small else "{: .6f}"
     rows = value.reshape(-1, value.shape[-1])
     shape = "×".join(map(str, value.shape))
-    return f"{name}  ({shape})\n" + "\n".join("   " + "  ".join(number.format(v) for v in row) for row in rows)
+    zero = number.format(0.0)  # what rounds to 0 prints as 0: the sign of a rounding error is no information
+    return f"{name}  ({shape})\n" + "\n".join(
+        "   " + "  ".join(zero if number.format(-abs(v)) == number.format(-0.0) else number.format(v) for v in row)
+        for row in rows
+    )

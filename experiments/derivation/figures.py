@@ -1,22 +1,28 @@
 """python -m experiments.derivation.figures [--out docs]: the figures of docs/derivation.md, as PNG files.
 
-Needs matplotlib (``pip install matplotlib``, or the ``figures`` extra).
+Needs matplotlib (``pip install matplotlib``, or the ``figures`` extra). Each drawing function returns its
+matplotlib Figure and a text of the numbers it shows; the text goes into the PNG's Description, where
+tests/test_derivation_doc.py compares a committed figure with what the script draws now.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from experiments.derivation import chapter_figures
+from experiments.derivation.example import matrix
 from experiments.derivation.explain import three_ways
 from experiments.lab.registry import EXPERIMENTS
 from torchbp.lockstep import LockstepTrainer
 
 
-def network_diagram(plt, path: Path) -> None:
+def network_diagram(plt):
     """The 2-3-1 network: nodes by layer, every weight an edge, the shapes beside."""
     figure, axes = plt.subplots(figsize=(8, 4))
     spacing = 4.0  # between layers: wide enough for each layer's label to sit under it alone
@@ -47,13 +53,13 @@ def network_diagram(plt, path: Path) -> None:
     axes.set_ylim(-3.1, 2)
     axes.set_aspect("equal")
     axes.axis("off")
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    return figure, "\n".join(f"{role}: {tensors}, {shape}" for role, tensors, _, shape in layers)
 
 
-def seed_loss_curve(plt, path: Path) -> None:
-    """The seed experiment with its defaults, both models free-running (each on its own gradients,
-    so coinciding curves mean agreeing gradients all along): both curves on one chart."""
+@functools.cache
+def seed_losses() -> dict[str, np.ndarray]:
+    """The seed experiment with its defaults, both models free-running (each on its own gradients, so
+    coinciding curves mean agreeing gradients all along): J before each step, step 0 first."""
     experiment = EXPERIMENTS["seed"]
     setup = experiment.build(experiment.defaults)
     trainer = LockstepTrainer(setup.model, setup.loss_fn, lr=experiment.defaults.lr, free_running=True)
@@ -63,18 +69,34 @@ def seed_loss_curve(plt, path: Path) -> None:
         experiment.defaults.steps,
         on_step=lambda r: (hand.append(r.hand_loss), autograd.append(r.autograd_loss)),
     )
+    return dict(hand=np.array(hand), autograd=np.array(autograd))
+
+
+MARKED_STEPS = (0, 1, 30, 300)  # chapter 3's J, chapter 8's J after the step, the end of the quick drop, the slow part
+
+
+def seed_loss_curve(plt):
+    """Both curves on one chart, the step axis logarithmic beyond step 1 so that the first 30 steps show."""
+    losses = seed_losses()
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.plot(hand, label="torchbp (hand-derived)", linewidth=3, alpha=0.5)
-    axes.plot(autograd, label="native autograd", linewidth=1, linestyle="--")
-    axes.set_xlabel("gradient-descent step")
+    axes.plot(losses["hand"], label="torchbp (hand-derived)", linewidth=3, alpha=0.5)
+    axes.plot(losses["autograd"], label="native autograd", linewidth=1, linestyle="--")
+    for step in MARKED_STEPS:
+        axes.plot(step, losses["hand"][step], "o", color="black", markersize=3)
+        label = f"{losses['hand'][step]:.6f}"
+        axes.annotate(label, (step, losses["hand"][step]), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    axes.set_xscale("symlog", linthresh=1, linscale=0.5)
+    axes.set_xlim(0, len(losses["hand"]))
+    axes.set_xlabel("gradient-descent step (logarithmic beyond 1)")
     axes.set_ylabel("J = ½ Σ (y − ŷ)²")
     axes.set_title("seed experiment: the two curves coincide")
     axes.legend()
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    last = len(losses["hand"]) - 1
+    marked = "\n".join(f"step {step}: J = {losses['hand'][step]:.6f}" for step in (*MARKED_STEPS, last))
+    return figure, f"{marked}\ncurves coincide: {bool((losses['hand'] == losses['autograd']).all())}"
 
 
-def per_sample_heat_map(plt, path: Path) -> None:
+def per_sample_heat_map(plt):
     """δ2,n a1,nᵀ for the five samples and their sum, ∂J/∂W2, at the initial weights."""
     per_sample = three_ways()["values"]["per_sample_dJ_dW2"][:, 0, :]
     rows = np.vstack([per_sample, per_sample.sum(0, keepdims=True)])
@@ -89,15 +111,32 @@ def per_sample_heat_map(plt, path: Path) -> None:
     axes.set_yticks(range(len(rows)), [f"sample {n + 1}" for n in range(len(per_sample))] + ["sum = ∂J/∂W2"])
     axes.set_title("δ2,n a1,nᵀ: each sample's share of ∂J/∂W2")
     figure.colorbar(image, ax=axes, shrink=0.8)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    return figure, matrix("δ2,n a1,nᵀ, and their sum", rows)
 
 
 FIGURES = {
     "network.png": network_diagram,
     "seed_loss.png": seed_loss_curve,
     "per_sample_contributions.png": per_sample_heat_map,
+    "cross_entropy_pulls.png": chapter_figures.cross_entropy_figure,
+    "layer_norm_projection.png": chapter_figures.layer_norm_figure,
+    "conv2d_scatter.png": chapter_figures.conv2d_figure,
 }
+DPI = 120
+COLOURS = 256  # a palette keeps a third of the bytes and looks the same: the figures are flat colour
+
+
+def save_png(figure, path: Path, shown: str) -> None:
+    """The figure as a palette PNG, with ``shown``, the numbers it draws, as its Description."""
+    from PIL import Image, PngImagePlugin  # matplotlib's own dependency
+
+    drawn = io.BytesIO()
+    figure.savefig(drawn, format="png", dpi=DPI, bbox_inches="tight")
+    image = Image.open(drawn).convert("RGB")
+    palette = image.quantize(colors=COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("Description", shown)
+    palette.save(path, optimize=True, pnginfo=info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, draw in FIGURES.items():
-        draw(plt, out / name)
+        figure, shown = draw(plt)
+        save_png(figure, out / name, shown)
+        plt.close(figure)
         print(out / name)
     return 0
 

@@ -1,20 +1,20 @@
 r"""2-d adaptive average pooling to a given output size: its Function, checks, functional form and module.
 
 Index letters: n runs over samples, c over channels, h and w over the output's rows
-and columns (h_out × w_out of them), y and x over the input's (H × W). Output row h
+and columns (h_out × w_out of them), u and v over the input's (H × W). Output row h
 averages the input rows of its window [a_h, b_h) and output column w the columns
 [a_w, b_w), as native chooses them:
 
     a_h = ⌊h·H / h_out⌋,   b_h = ⌈(h + 1)·H / h_out⌉,   k_h = b_h − a_h    (and likewise a_w, b_w, k_w)
 
-    y[n,c,h,w] = (1 / (k_h k_w)) Σ_{a_h ≤ y < b_h} Σ_{a_w ≤ x < b_w} x[n,c,y,x]
+    a[n,c,h,w] = (1 / (k_h k_w)) Σ_{a_h ≤ u < b_h} Σ_{a_w ≤ v < b_w} x[n,c,u,v]
 
 The windows need not share a size, and neighbouring ones may overlap by a row or a
-column. δ = ∂J/∂y, shape (n, c, h_out, w_out). y is linear in x, so:
+column. g = ∂J/∂a, shape (n, c, h_out, w_out). a is linear in x, so:
 
-    ∂J/∂x[n,c,y,x] = Σ_{h: a_h ≤ y < b_h} Σ_{w: a_w ≤ x < b_w} δ[n,c,h,w] / k_h / k_w
+    ∂J/∂x[n,c,u,v] = Σ_{h: a_h ≤ u < b_h} Σ_{w: a_w ≤ v < b_w} g[n,c,h,w] / k_h / k_w
 
-δ divided by each window's size, then spread back over the window and summed where
+g divided by each window's size, then spread back over the window and summed where
 windows overlap (as for average pooling: :func:`torchbp.layers.avg_pool2d.sum_over_windows`).
 """
 
@@ -89,11 +89,11 @@ def window_positions(a: torch.Tensor, b: torch.Tensor, out: int, size: int) -> t
 
 
 def adaptive_avg_pool2d_backward(delta: torch.Tensor, input_size: Pair) -> torch.Tensor:
-    """∂J/∂x[n,c,y,x] = Σ_{h: a_h ≤ y < b_h} Σ_{w: a_w ≤ x < b_w} δ[n,c,h,w] / k_h / k_w. Where the windows tile
+    """∂J/∂x[n,c,u,v] = Σ_{h: a_h ≤ u < b_h} Σ_{w: a_w ≤ v < b_w} g[n,c,h,w] / k_h / k_w. Where the windows tile
     the plane (a global pool, or sizes that divide), each element takes its one window's share, spread by
     a copy; elsewhere the shares are added by :func:`sum_over_windows`."""
     (H, W), (h, w) = input_size, delta.shape[-2:]
-    if h == 1 and w == 1:  # native averages the whole plane as a mean, whose gradient is δ / (H·W) everywhere
+    if h == 1 and w == 1:  # native averages the whole plane as a mean, whose gradient is g / (H·W) everywhere
         return (delta / (H * W)).expand(*delta.shape[:-2], H, W).contiguous()
     if h and w and H % h == 0 and W % w == 0:  # windows that tile the plane: each element in exactly one
         k_h, k_w = H // h, W // w
@@ -106,12 +106,12 @@ def adaptive_avg_pool2d_backward(delta: torch.Tensor, input_size: Pair) -> torch
 
 
 class AdaptiveAvgPool2dFunction(HandDerivedFunction):
-    r"""y = the mean of each adaptive window of x (``F.adaptive_avg_pool2d``), with the backward derived
+    r"""a = the mean of each adaptive window of x (``F.adaptive_avg_pool2d``), with the backward derived
     by hand.
 
-    Given δ = ∂J/∂y and the windows [a_h, b_h) × [a_w, b_w) of sizes k_h × k_w:
+    Given g = ∂J/∂a and the windows [a_h, b_h) × [a_w, b_w) of sizes k_h × k_w:
 
-    - ∂J/∂x[n,c,y,x] = Σ_{h: a_h ≤ y < b_h} Σ_{w: a_w ≤ x < b_w} δ[n,c,h,w] / k_h / k_w
+    - ∂J/∂x[n,c,u,v] = Σ_{h: a_h ≤ u < b_h} Σ_{w: a_w ≤ v < b_w} g[n,c,h,w] / k_h / k_w
 
     ``apply(input, output_size)``, output_size a pair of ints (None resolved by :func:`adaptive_avg_pool2d`).
     The forward is native's (for a 1 × 1 output, native's mean over the plane); the backward needs only
@@ -148,9 +148,9 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: int | tuple[int | None
 class AdaptiveAvgPool2d(HandDerivedModule, torch.nn.AdaptiveAvgPool2d):
     r"""torch.nn.AdaptiveAvgPool2d whose backward is :class:`AdaptiveAvgPool2dFunction`.
 
-    .. math:: y_{nchw} = \frac{1}{k_h k_w} \sum_{a_h \le y < b_h} \sum_{a_w \le x < b_w} x_{ncyx}, \qquad
-        \frac{\partial J}{\partial x_{ncyx}} = \sum_{h:\, a_h \le y < b_h} \sum_{w:\, a_w \le x < b_w}
-        \frac{\delta_{nchw}}{k_h k_w}
+    .. math:: a_{nchw} = \frac{1}{k_h k_w} \sum_{a_h \le u < b_h} \sum_{a_w \le v < b_w} x_{ncuv}, \qquad
+        \frac{\partial J}{\partial x_{ncuv}} = \sum_{h:\, a_h \le u < b_h} \sum_{w:\, a_w \le v < b_w}
+        \frac{g_{nchw}}{k_h k_w}
 
     Args:
         output_size: as torch.nn.AdaptiveAvgPool2d's (an int, or a pair of ints or None); a negative size,

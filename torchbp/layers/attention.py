@@ -1,4 +1,4 @@
-"""Scaled dot-product attention O = softmax(Q Kᵀ · s + B) V: its Function, checks and functional form."""
+"""Scaled dot-product attention O = softmax(Q Kᵀ/√E + B) V: its Function, checks and functional form."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torchbp.validation import ArgumentError, ShapeError, shape_text, validate_f
 def validate_attention(
     query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float, is_causal: bool, enable_gqa: bool
 ) -> None:
-    """Q (…, L, E), K (…, S, E), V (…, S, Ev) of one floating dtype and device, with one batch or batches that
+    """Q (…, L, E), K (…, L′, E), V (…, L′, Ev) of one floating dtype and device, with one batch or batches that
     broadcast (K and V may have fewer heads, dimension −3, under ``enable_gqa``); a mask broadcastable to
-    (…, L, S)."""
+    (…, L, L′)."""
     validate_floating_and_matching("scaled_dot_product_attention", query=query, key=key, value=value)
     validate_probability(dropout_p)
     if query.dim() < 2 or key.dim() < 2 or value.dim() != key.dim():
@@ -50,7 +50,7 @@ def validate_attention(
             raise ArgumentError("scaled_dot_product_attention: expected attn_mask or is_causal=True, not both")
         target = (*query.shape[:-1], key.shape[-2])
         try:
-            attn_mask.expand(target)  # a view: refused unless the mask broadcasts to (…, L, S)
+            attn_mask.expand(target)  # a view: refused unless the mask broadcasts to (…, L, L′)
         except RuntimeError:
             raise ShapeError(
                 f"scaled_dot_product_attention: expected attn_mask broadcastable to {target} (…, L, S), got "
@@ -74,7 +74,7 @@ def heads_of(t: torch.Tensor) -> int:
 
 
 def scale_of(query: torch.Tensor, scale: float | None) -> float:
-    """s: the given scale, or 1/√E."""
+    """The scale that stands for 1/√E: the given one, or 1/√E itself."""
     return 1 / math.sqrt(query.shape[-1]) if scale is None else scale
 
 
@@ -94,7 +94,7 @@ def summed_over_groups(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
 
 
 def scaled(product: torch.Tensor, s: float, in_place: bool) -> torch.Tensor:
-    """product · s, into the product (a new tensor) with ``in_place``."""
+    """product times the scale ``s``, into the product (a new tensor) with ``in_place``."""
     return product.mul_(s) if in_place else product * s
 
 
@@ -115,15 +115,15 @@ def reduced_to(grad: torch.Tensor, broadcast: tuple[bool, ...]) -> torch.Tensor:
 
 
 class ScaledDotProductAttentionFunction(HandDerivedFunction):
-    r"""O = P V, P = softmax(S) over the keys, S = Q Kᵀ · s + B, with the backward derived by hand.
+    r"""O = P V, P = softmax(S) over the keys, S = Q Kᵀ/√E + B, with the backward derived by hand.
 
-    s is 1/√E unless given; B is 0, −∞ where a boolean mask is False or above the diagonal
+    a given ``scale`` replaces 1/√E; B is 0, −∞ where a boolean mask is False or above the diagonal
     (``is_causal``), or the additive mask itself. Given G = ∂J/∂O:
 
     - ∂J/∂V = Pᵀ G
     - ∂J/∂P = G Vᵀ
     - ∂J/∂S = P ⊙ (∂J/∂P − Σ_keys ∂J/∂P ⊙ P)       (the softmax's Jacobian-vector product, softmax_backward)
-    - ∂J/∂Q = ∂J/∂S K · s,  ∂J/∂K = (∂J/∂S)ᵀ Q · s
+    - ∂J/∂Q = ∂J/∂S K/√E,  ∂J/∂K = (∂J/∂S)ᵀ Q/√E
     - ∂J/∂B = ∂J/∂S, summed over the dimensions an additive mask was broadcast along
 
     With ``dropout_p`` the weights are dropped as native's math path drops them, P_d = P ⊙ m / (1 − p)
@@ -158,7 +158,7 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
         with torch.autocast(query.device.type, enabled=False):  # in the inputs' dtype, as native's kernel runs
             scores = query @ grouped(key, heads).transpose(-2, -1)
             own = running_eagerly()  # nothing batches the new scores: the mask and scale go into them in place
-            scores = (scores.mul_ if own else scores.mul)(s)  # S = Q Kᵀ · s: (…, L, S)
+            scores = (scores.mul_ if own else scores.mul)(s)  # S = Q Kᵀ/√E: (…, L, L′)
             if is_causal:
                 above = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
                 scores = (scores.masked_fill_ if own else scores.masked_fill)(above, -math.inf)
@@ -206,7 +206,7 @@ class ScaledDotProductAttentionFunction(HandDerivedFunction):
             return None, None, grad_v, None, None, None, None, None
         grad_scores = softmax_backward(grad_p, p, -1)  # P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)
         own = products_in_place(g if g is not None else grad_p)  # the products below are new: scaled in place
-        grad_q = scaled(grad_scores @ k, ctx.scale, own) if need_q else None  # ∂J/∂S K · s
+        grad_q = scaled(grad_scores @ k, ctx.scale, own) if need_q else None  # ∂J/∂S K/√E
         grad_k = (
             summed_over_groups(scaled(grad_scores.transpose(-2, -1) @ query, ctx.scale, own), kv_heads)
             if need_k
@@ -226,7 +226,7 @@ def scaled_dot_product_attention(
     scale: float | None = None,
     enable_gqa: bool = False,
 ) -> torch.Tensor:
-    """softmax(Q Kᵀ · s + B) V, as torch.nn.functional.scaled_dot_product_attention, backward by
+    """softmax(Q Kᵀ/√E + B) V, as torch.nn.functional.scaled_dot_product_attention, backward by
     ScaledDotProductAttentionFunction. ``dropout_p`` drops the weights as native's math path does, drawing
     alike. Under ``torch.autocast`` it runs in the autocast dtype, as the native one does."""
     if autocast.any_enabled() and isinstance(query, torch.Tensor):  # one cheap call when autocast is off

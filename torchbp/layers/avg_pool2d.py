@@ -1,23 +1,23 @@
-r"""2-d average pooling y = the mean of each window: its Function, checks, functional form and module.
+r"""2-d average pooling a = the mean of each window: its Function, checks, functional form and module.
 
 Index letters: n runs over samples, c over channels, h and w over output rows and
-columns, i and j over kernel rows and columns. s and p are the stride and padding
-(one of each per spatial dimension, written once below for rows and columns alike),
-x_pad is the input x with p rows and columns of zeros on either side, and
-δ = ∂J/∂y, shape (n, c, h, w).
+columns, i and j over kernel rows and columns. s is the stride (one
+per spatial dimension, written once below for rows and columns alike), x_pad is the
+input x with ``padding`` rows and columns of zeros on either side, and
+g = ∂J/∂a, shape (n, c, h, w).
 
-    y[n,c,h,w] = (1 / D[h,w]) Σ_{i,j} x_pad[n, c, h·s + i, w·s + j]
+    a[n,c,h,w] = (1 / M[h,w]) Σ_{i,j} x_pad[n, c, h·s + i, w·s + j]
 
 Where ``ceil_mode`` adds a last window that runs past the padded input, its
-positions past the end are left out of the sum. The divisor D[h,w] is, as native
+positions past the end are left out of the sum. The divisor M[h,w] is, as native
 computes it, ``divisor_override`` where given; else the count of the window's
 positions inside the padded input (``count_include_pad=True``) or inside the input
-itself (``False``). It is a count of rows times a count of columns: D[h,w] = R[h] C[w].
-y is linear in x, each window element weighted 1 / D[h,w], so:
+itself (``False``). It is a count of rows times a count of columns: M[h,w] = R[h] C[w].
+a is linear in x, each window element weighted 1 / M[h,w], so:
 
-    ∂J/∂x_pad[n,c,y,x] = Σ_{h,w,i,j: h·s+i = y, w·s+j = x} δ[n,c,h,w] / D[h,w]
+    ∂J/∂x_pad[n,c,u,v] = Σ_{h,w,i,j: h·s+i = u, w·s+j = v} g[n,c,h,w] / M[h,w]
 
-and ∂J/∂x is ∂J/∂x_pad less the padding: δ divided by the divisor, then spread back
+and ∂J/∂x is ∂J/∂x_pad less the padding: g divided by the divisor, then spread back
 over each window and summed where windows overlap (the transpose of the windows'
 sum, as ``F.fold`` would make it; :func:`sum_over_windows` writes it out).
 """
@@ -58,17 +58,17 @@ def validate_avg_pool2d(
 
 
 def sum_over_windows(delta: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, canvas: Pair) -> torch.Tensor:
-    """out[n,c,rows[h,i],columns[w,j]] = Σ δ[n,c,h,w] over every h, w, i, j: each window's δ added to each
+    """out[n,c,rows[h,i],columns[w,j]] = Σ g[n,c,h,w] over every h, w, i, j: each window's g added to each
     of its elements, on a plane of ``canvas`` = (height, width) of zeros. rows (h, kH) and columns (w, kW)
     hold each window's row and column positions on the canvas.
 
     One scatter-add into the flat plane, in the order of (h, w, i, j), the order native's kernels add in,
     so the sums are theirs to the bit (F.fold, which adds kernel position by kernel position, is not).
-    Differentiable: its derivative in δ is the gather of the same positions, the forward's sum again.
+    Differentiable: its derivative in g is the gather of the same positions, the forward's sum again.
     """
     (height, width), kH, kW = canvas, rows.shape[1], columns.shape[1]
     positions = (rows[:, None, :, None] * width + columns[None, :, None, :]).flatten()  # (h·w·kH·kW,)
-    spread = delta[..., None, None].expand(*delta.shape, kH, kW).flatten(-4)  # δ[n,c,h,w] at each (i, j)
+    spread = delta[..., None, None].expand(*delta.shape, kH, kW).flatten(-4)  # g[n,c,h,w] at each (i, j)
     plane = delta.new_zeros((*delta.shape[:-2], height * width))
     return plane.scatter_add(-1, positions.expand_as(spread), spread).view(*delta.shape[:-2], height, width)
 
@@ -77,7 +77,7 @@ def window_counts(
     out: int, size: int, k: int, s: int, p: int, count_include_pad: bool, device: torch.device
 ) -> torch.Tensor:
     """Along one dimension, (out,): each window's positions inside the padded input, or inside the input."""
-    start = torch.arange(out, device=device) * s - p  # ≥ −p
+    start = torch.arange(out, device=device) * s - p  # ≥ −padding
     end = (start + k).clamp(max=size + p)  # ceil_mode's last window stops at the padded input's end
     if not count_include_pad:
         start, end = start.clamp(min=0), end.clamp(max=size)
@@ -93,14 +93,14 @@ def avg_pool2d_backward(
     count_include_pad: bool,
     divisor_override: int | None,
 ) -> torch.Tensor:
-    """∂J/∂x[n,c,y,x] = Σ_{h,w,i,j: h·s+i−p = y, w·s+j−p = x} δ[n,c,h,w] / D[h,w]."""
+    """∂J/∂x[n,c,u,v] = Σ_{h,w,i,j: h·s+i−padding = u, w·s+j−padding = v} g[n,c,h,w] / M[h,w]."""
     (H, W), (h, w) = input_size, delta.shape[-2:]
     if divisor_override is not None:
         delta = delta / divisor_override
     else:
         R = window_counts(h, H, kernel_size[0], stride[0], padding[0], count_include_pad, delta.device)  # (h,)
         C = window_counts(w, W, kernel_size[1], stride[1], padding[1], count_include_pad, delta.device)  # (w,)
-        delta = delta / (R[:, None] * C).to(delta.dtype)  # δ / D: (n, c, h, w)
+        delta = delta / (R[:, None] * C).to(delta.dtype)  # g / M: (n, c, h, w)
     # Onto x_pad, grown where ceil_mode's last window runs past its end; window h holds its rows h·s + i.
     canvas = (
         max(H + 2 * padding[0], (h - 1) * stride[0] + kernel_size[0]),
@@ -115,16 +115,16 @@ def avg_pool2d_backward(
 
 
 class AvgPool2dFunction(HandDerivedFunction):
-    r"""y = the mean of each window of x_pad (``F.avg_pool2d``), with the backward derived by hand.
+    r"""a = the mean of each window of x_pad (``F.avg_pool2d``), with the backward derived by hand.
 
-    Given δ = ∂J/∂y and the divisor D[h,w] (``divisor_override``, or the window's count of positions
+    Given g = ∂J/∂a and the divisor M[h,w] (``divisor_override``, or the window's count of positions
     inside the padded input or the input, as ``count_include_pad`` says):
 
-    - ∂J/∂x[n,c,y,x] = Σ_{h,w,i,j: h·s+i−p = y, w·s+j−p = x} δ[n,c,h,w] / D[h,w]
+    - ∂J/∂x[n,c,u,v] = Σ_{h,w,i,j: h·s+i−padding = u, w·s+j−padding = v} g[n,c,h,w] / M[h,w]
 
     ``apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)``, the
     three sizes pairs of ints. The forward is native's; the backward needs only the sizes, and saves no
-    tensor. In float32 and float64 the gradient is native's to the bit (δ / D, then the same additions in
+    tensor. In float32 and float64 the gradient is native's to the bit (g / M, then the same additions in
     the same order); in float16 and bfloat16 to rounding (native's kernel works in a precision of its own).
     """
 
@@ -177,8 +177,8 @@ def avg_pool2d(
 class AvgPool2d(HandDerivedModule, torch.nn.AvgPool2d):
     r"""torch.nn.AvgPool2d whose backward is :class:`AvgPool2dFunction`.
 
-    .. math:: y_{nchw} = \frac{1}{D_{hw}} \sum_{i,j} x^{pad}_{n, c, hs + i, ws + j}, \qquad
-        \frac{\partial J}{\partial x^{pad}_{ncyx}} = \sum_{h,w,i,j:\, hs+i = y,\, ws+j = x} \frac{\delta_{nchw}}{D_{hw}}
+    .. math:: a_{nchw} = \frac{1}{M_{hw}} \sum_{i,j} x^{pad}_{n, c, hs + i, ws + j}, \qquad
+        \frac{\partial J}{\partial x^{pad}_{ncuv}} = \sum_{h,w,i,j:\, hs+i = u,\, ws+j = v} \frac{g_{nchw}}{M_{hw}}
 
     Args:
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override: as torch.nn.AvgPool2d's;

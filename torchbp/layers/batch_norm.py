@@ -1,4 +1,4 @@
-r"""Batch normalisation y = x̂ ⊙ γ + β over the batch: its Function, checks, functional form, modules, rule.
+r"""Batch normalisation a = x̃ ⊙ γ + β over the batch: its Function, checks, functional form, modules, rule.
 
 Index letters, as in the derivation: c runs over the C channels (dimension 1),
 and m over the M positions of one channel in the batch: every sample n and every
@@ -6,22 +6,22 @@ position l after the channels (BatchNorm1d's length, BatchNorm2d's rows and
 columns), M = N·L. In training mode the statistics are the batch's, per channel:
 
     μ_c    = (1/M) Σ_m x_mc
-    σ²_c   = (1/M) Σ_m (x_mc − μ_c)²            (biased: what normalises)
-    rstd_c = 1 / √(σ²_c + ε)
-    x̂_mc   = (x_mc − μ_c) · rstd_c
-    y_mc   = x̂_mc γ_c + β_c                      (γ = 1 and β = 0 without affine)
+    var_c  = (1/M) Σ_m (x_mc − μ_c)²            (biased: what normalises)
+    rstd_c = 1 / √(var_c + ε)
+    x̃_mc   = (x_mc − μ_c) · rstd_c
+    a_mc   = x̃_mc γ_c + β_c                      (γ = 1 and β = 0 without affine)
 
 LayerNorm's formulas with the axes exchanged: the means run over the batch, so
 every sample's gradient depends on every other sample of the batch. In eval
 mode (and in training mode with no running statistics kept, the other way
-round) the running statistics stand in for μ and σ², constants of the input:
-y is an affine map of x. The running statistics follow each training batch:
+round) the running statistics stand in for μ and var, constants of the input:
+a is an affine map of x. The running statistics follow each training batch:
 
-    running_mean ← (1 − m) running_mean + m μ
-    running_var  ← (1 − m) running_var  + m σ²·M/(M − 1)    (unbiased)
+    running_mean ← (1 − momentum) running_mean + momentum · μ
+    running_var  ← (1 − momentum) running_var  + momentum · var·M/(M − 1)    (unbiased)
 
-with m the momentum, or 1/t for the t-th batch where momentum is None (the
-cumulative average; t is num_batches_tracked). g = ∂J/∂y is the upstream gradient.
+with momentum 1/t for the t-th batch where it is None (the cumulative average;
+t is num_batches_tracked). g = ∂J/∂a is the upstream gradient.
 """
 
 from __future__ import annotations
@@ -116,16 +116,16 @@ def per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ = (x − μ) · rstd and rstd, μ and σ² over the batch: by operations that carry the second derivative."""
+    """x̃ = (x − μ) · rstd and rstd, μ and var over the batch: by operations that carry the second derivative."""
     centered = x - x.mean(positions(x), keepdim=True)  # x − μ
-    rstd = torch.rsqrt(centered.square().mean(positions(x), keepdim=True) + eps)  # 1/√(σ² + ε): (1, C, 1, …)
+    rstd = torch.rsqrt(centered.square().mean(positions(x), keepdim=True) + eps)  # 1/√(var + ε): (1, C, 1, …)
     return centered * rstd, rstd.view(-1)
 
 
 def normalized(
     x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, training: bool, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ and rstd from the forward's μ and rstd (C,). Where the backward is itself differentiated in training
+    """x̃ and rstd from the forward's μ and rstd (C,). Where the backward is itself differentiated in training
     mode, from x again by :func:`normalize` (the forward's are outputs that get no gradient); in eval mode μ and
     rstd are the running statistics, constants of x either way."""
     if training and torch.is_grad_enabled():
@@ -146,7 +146,7 @@ def batch_norm_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Given g = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
+    """Given g = ∂J/∂a, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
 
     μ and rstd (C,) are the forward's: the batch's in training mode, the running ones in eval mode.
     A float16 or bfloat16 x beside float32 statistics is worked in float32, as native's mixed kernel does.
@@ -186,22 +186,22 @@ def three_terms(
     need_x: bool,
     in_place: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(∂J/∂x, ∂J/∂γ), each term of ∂J/∂x one per-channel factor of g or x̂:
+    """(∂J/∂x, ∂J/∂γ), each term of ∂J/∂x one per-channel factor of g or x̃:
 
-        ∂J/∂x = γ rstd g − γ rstd mean_m g − x̂ γ rstd mean_m(g ⊙ x̂)    (directly, through μ, through σ²)
+        ∂J/∂x = γ rstd g − γ rstd mean_m g − x̃ γ rstd mean_m(g ⊙ x̃)    (directly, through μ, through rstd)
 
-    ``in_place`` (nothing records this backward): Σ_m g ⊙ x̂ is a dot product per sample and channel, and
-    ∂J/∂x is written into x̂'s buffer by in-place operations, so the backward keeps one batch-sized tensor
+    ``in_place`` (nothing records this backward): Σ_m g ⊙ x̃ is a dot product per sample and channel, and
+    ∂J/∂x is written into x̃'s buffer by in-place operations, so the backward keeps one batch-sized tensor
     (about 100 µs on 32×16×16×16 float32, against 140 with a second one and broadcast ``addcmul``s; native's
     kernel, which makes two passes: 44); otherwise every operation is recorded, and where the backward is
-    itself differentiated x̂ and rstd come from x again (see :func:`normalized`).
+    itself differentiated x̃ and rstd come from x again (see :func:`normalized`).
     """
     x_hat, rstd = normalized(x, mean, rstd, training, eps)  # (N, C, *), a new tensor, and (C,)
-    sum_g_x_hat = sum_of_products(g, x_hat, in_place)  # Σ_m g ⊙ x̂ = ∂J/∂γ: (C,)
+    sum_g_x_hat = sum_of_products(g, x_hat, in_place)  # Σ_m g ⊙ x̃ = ∂J/∂γ: (C,)
     if not need_x:
         return None, sum_g_x_hat
     scale = rstd if weight is None else rstd * weight.to(rstd.dtype)  # γ rstd: (C,)
-    if not training:  # y is affine in x: ∂J/∂x = γ rstd g
+    if not training:  # a is affine in x: ∂J/∂x = γ rstd g
         return torch.mul(g, per_channel(scale, g), out=x_hat if in_place else None), sum_g_x_hat
     assert sum_g is not None
     M = g.numel() // g.shape[1]
@@ -215,7 +215,7 @@ def three_terms(
 
 
 def sum_of_products(g: torch.Tensor, x_hat: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """Σ_m g ⊙ x̂ per channel: (C,). Where nothing records it, as a dot product over each sample's positions
+    """Σ_m g ⊙ x̃ per channel: (C,). Where nothing records it, as a dot product over each sample's positions
     summed over the samples (``linalg.vecdot``: 23 µs against the product and its sum over (n, h, w)'s 34 on
     32×16×16×16 float32)."""
     if in_place:
@@ -226,23 +226,23 @@ def sum_of_products(g: torch.Tensor, x_hat: torch.Tensor, in_place: bool) -> tor
 
 
 class BatchNormFunction(HandDerivedFunction):
-    r"""y = x̂ ⊙ γ + β, normalised over the batch, with the backward derived by hand.
+    r"""a = x̃ ⊙ γ + β, normalised over the batch, with the backward derived by hand.
 
     ``BatchNormFunction.apply(input, running_mean, running_var, weight, bias, training, momentum, eps)``,
-    as ``torch.nn.functional.batch_norm``. Given g = ∂J/∂y, per channel c, sums over the batch's
+    as ``torch.nn.functional.batch_norm``. Given g = ∂J/∂a, per channel c, sums over the batch's
     M positions m:
 
     - ∂J/∂β = Σ_m g
-    - ∂J/∂γ = Σ_m g ⊙ x̂
-    - ∂J/∂x = γ rstd (g − (1/M) Σ_m g − x̂ (1/M) Σ_m g ⊙ x̂)     (training: the three-term gradient,
-      through x̂ directly, through μ and through σ²)
+    - ∂J/∂γ = Σ_m g ⊙ x̃
+    - ∂J/∂x = γ rstd (g − (1/M) Σ_m g − x̃ (1/M) Σ_m g ⊙ x̃)     (training: the three-term gradient,
+      through x̃ directly, through μ and through rstd)
     - ∂J/∂x = γ rstd g                                         (eval: the running statistics are constants)
 
-    The forward is ``torch.native_batch_norm``, so y is native's to the bit and the running statistics are
+    The forward is ``torch.native_batch_norm``, so a is native's to the bit and the running statistics are
     updated in place by native's own arithmetic (the formula in the module docstring), and like it
-    ``apply`` returns (y, μ, rstd), not differentiable: the batch's in training mode, the running mean and
+    ``apply`` returns (a, μ, rstd), not differentiable: the batch's in training mode, the running mean and
     1/√(running_var + ε) in eval mode (copies, so that a later training step may update the buffers before
-    this backward runs). :func:`batch_norm` returns y alone. Saved: the input, μ and rstd when ∂J/∂x or
+    this backward runs). :func:`batch_norm` returns a alone. Saved: the input, μ and rstd when ∂J/∂x or
     ∂J/∂γ is asked for, γ when ∂J/∂x is. When the backward is itself differentiated in training mode, it
     computes μ and rstd again from the input, by operations that carry the second derivative.
 
@@ -280,13 +280,13 @@ class BatchNormFunction(HandDerivedFunction):
         ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
         need_x, _, _, need_weight, _, _, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̂ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
+        # ∂J/∂x and ∂J/∂γ read x̃ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
         x_hat_read = need_x or need_weight
         ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None, *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        if g is None:  # y took no part in J
+        if g is None:  # a took no part in J
             return (None,) * 8
         x, mean, rstd, weight = ctx.saved_tensors
         need_x, _, _, need_weight, need_bias, _, _, _ = ctx.needs_input_grad
@@ -371,26 +371,26 @@ class BatchNorm2d(HandDerivedModule, torch.nn.BatchNorm2d):
 
 
 # -- the per-sample view ---------------------------------------------------------------
-# With the running statistics (eval mode), x̂ is each sample's own and ∂J/∂γ = Σ_n Σ_l g_n ⊙ x̂_n,
+# With the running statistics (eval mode), x̃ is each sample's own and ∂J/∂γ = Σ_n Σ_l g_n ⊙ x̃_n,
 # ∂J/∂β = Σ_n Σ_l g_n: kept apart, the terms are each sample's gradient. With the batch's statistics
-# every sample's x̂ depends on the others, and no sample has a gradient of its own.
+# every sample's x̃ depends on the others, and no sample has a gradient of its own.
 
 
 def per_sample_weight_grads(delta: torch.Tensor, a_prev: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
-    """Σ_l δ_n ⊙ x̂_n for every sample n, x̂ from the running statistics: shape (N, C)."""
+    """Σ_l g_n ⊙ x̃_n for every sample n, x̃ from the running statistics: shape (N, C)."""
     rstd = torch.rsqrt(module.running_var + module.eps)  # type: ignore[operator]
     x_hat = (a_prev - per_channel(module.running_mean, a_prev)) * per_channel(rstd, a_prev)  # type: ignore[arg-type]
     return (delta * x_hat).reshape(delta.shape[0], delta.shape[1], -1).sum(2)
 
 
 def per_sample_bias_grads(delta: torch.Tensor) -> torch.Tensor:
-    """Σ_l δ_n for every sample n: shape (N, C)."""
+    """Σ_l g_n for every sample n: shape (N, C)."""
     return delta.reshape(delta.shape[0], delta.shape[1], -1).sum(2)
 
 
 class BatchNormPerSample:
-    """A batch normalisation's per-sample rule, with its running statistics (eval mode): weight Σ_l δ_n ⊙ x̂_n,
-    bias Σ_l δ_n. With the batch's statistics (training mode, or no running statistics) it refuses, before any
+    """A batch normalisation's per-sample rule, with its running statistics (eval mode): weight Σ_l g_n ⊙ x̃_n,
+    bias Σ_l g_n. With the batch's statistics (training mode, or no running statistics) it refuses, before any
     forward: every sample's output depends on every other sample, so none has a gradient of its own."""
 
     def refusal(self, module: torch.nn.modules.batchnorm._BatchNorm) -> str | None:

@@ -2,27 +2,27 @@ r"""The 2-d convolution z = W ⋆ a_prev + b: its Function, checks, functional f
 
 Index letters: n runs over samples, c over input channels, o over output
 channels, h and w over output rows and columns, i and j over kernel rows and
-columns. s, p and d are the stride, padding and dilation, one of each per
-spatial dimension (written once below, for rows and columns alike), and a_pad
-is a_prev with p zeros added on either side. δ = ∂J/∂z, shape (n, o, h, w).
+columns. s and r are the stride and the dilation, one of each per spatial dimension
+(written once below, for rows and columns alike), and a_pad is a_prev with
+``padding`` zeros added on either side. δ = ∂J/∂z, shape (n, o, h, w).
 
-    z[n,o,h,w] = b[o] + Σ_{c,i,j} W[o,c,i,j] a_pad[n, c, h·s + i·d, w·s + j·d]
+    z[n,o,h,w] = b[o] + Σ_{c,i,j} W[o,c,i,j] a_pad[n, c, h·s + i·r, w·s + j·r]
 
 With G groups the channels split into G equal runs, and output channel o of
-group g reads only the input channels of group g: c runs over those C/G, and W
+group k reads only the input channels of group k: c runs over those C/G, and W
 is (O, C/G, kH, kW). Every sum over c below runs within the group; depthwise
 convolution is G = C. The formulas are those of G convolutions side by side.
 
-Input element a_pad[n,c,y,x] is read by every output and kernel position with
-h·s + i·d = y and w·s + j·d = x, so the chain rule gives:
+Input element a_pad[n,c,u,v] is read by every output and kernel position with
+h·s + i·r = u and w·s + j·r = v, so the chain rule gives:
 
-    ∂J/∂a_pad[n,c,y,x] = Σ_{o,i,j} Σ_{h·s+i·d=y, w·s+j·d=x} δ[n,o,h,w] W[o,c,i,j]
-    ∂J/∂W[o,c,i,j]     = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]
+    ∂J/∂a_pad[n,c,u,v] = Σ_{o,i,j} Σ_{h·s+i·r=u, w·s+j·r=v} δ[n,o,h,w] W[o,c,i,j]
+    ∂J/∂W[o,c,i,j]     = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·r, w·s + j·r]
     ∂J/∂b[o]           = Σ_{n,h,w} δ[n,o,h,w]
 
 The first is the transposed convolution of δ with W (δ spread out by s, then
 convolved with the kernel, the padding cropped off); the second the correlation
-of the input with δ. An unbatched input (c, H, W), which is also what every
+of δ with the input, δ ⋆ a_prev. An unbatched input (c, H, W), which is also what every
 per-sample call under torch.func.vmap sees, is a batch of one.
 """
 
@@ -177,7 +177,7 @@ def numeric_padding(
     """``padding`` in the form Conv2dFunction takes: (pair, extra), extra being None or the
     ``F.pad`` pads (left, right, top, bottom) to apply to the input first.
 
-    "valid" is (0, 0). "same" pads d·(k − 1) along each dimension, half on either side;
+    "valid" is (0, 0). "same" pads r·(k − 1) along each dimension, half on either side;
     where that is odd, native torch puts the one left over at the bottom or right: the
     pair holds the even part, extra the rest (zeros). A wrapper with a ``padding_mode``
     other than "zeros" pads (p_w, p_w + extra_w, p_h, p_h + extra_h) in that mode itself
@@ -236,10 +236,10 @@ def weight_gradient(
     dilation: Pair,
     groups: int = 1,
 ) -> torch.Tensor:
-    """∂J/∂W = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]: (o, c/G, kH, kW), c within o's group.
+    """∂J/∂W = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·r, w·s + j·r]: (o, c/G, kH, kW), c within o's group.
 
     Eagerly, read with n as the channel summed over and δ as the kernel, this is a
-    convolution whose stride is d and whose dilation is s. Its output (c, o, i', j')
+    convolution whose stride is r and whose dilation is s. Its output (c, o, i', j')
     runs past kH × kW where rows or columns are left that no window reaches; the first
     kH × kW are the gradient. Chosen over unfold and a matrix product per sample
     (per_sample_weight_grads, summed) as faster and lighter in float32: for N=64, C=16,
@@ -283,18 +283,19 @@ def weight_gradient_by_convolution(
     dilation: Pair,
     groups: int = 1,
 ) -> torch.Tensor:
-    """∂J/∂W as a convolution of a_prev with δ, n the channel summed over (see :func:`weight_gradient`).
+    """∂J/∂W = δ ⋆ a_prev, as ``F.conv2d`` with δ for the kernel and n the channel summed over (see
+    :func:`weight_gradient`).
 
-    With G groups, the pairs (g, n) are the channels, G groups of N: a_prev (n, c, H, W) read as the batch of
-    C/G inputs (c', (g, n), H, W), δ as the G·(O/G) kernels ((g, o'), n, h, w), and the convolution in G groups
+    With G groups, the pairs (k, n) are the channels, G groups of N: a_prev (n, c, H, W) read as the batch of
+    C/G inputs (c', (k, n), H, W), δ as the G·(O/G) kernels ((k, o'), n, h, w), and the convolution in G groups
     pairs each group's channels with its own outputs only; G = 1 is the plain transpose.
     """
     n, c = a_prev.shape[:2]
     o = delta.shape[1]
     if n == 0:  # no samples: F.conv2d with no input channels gives a tensor of the wrong shape
         return a_prev.new_zeros((o, c // groups, *kernel_size))
-    a_by_group = by_group(a_prev, groups).permute(2, 1, 0, 3, 4).flatten(1, 2)  # (c', g·n, H, W)
-    delta_by_group = by_group(delta, groups).permute(1, 2, 0, 3, 4).flatten(0, 1)  # (g·o', n, h, w)
+    a_by_group = by_group(a_prev, groups).permute(2, 1, 0, 3, 4).flatten(1, 2)  # (c', G·n, H, W)
+    delta_by_group = by_group(delta, groups).permute(1, 2, 0, 3, 4).flatten(0, 1)  # (G·o', n, h, w)
     grad = F.conv2d(a_by_group, delta_by_group, None, dilation, padding, stride, groups)  # (c', o, i', j')
     return grad[:, :, : kernel_size[0], : kernel_size[1]].transpose(0, 1)  # (o, c/G, kH, kW)
 
@@ -339,12 +340,12 @@ def weight_gradient_by_offsets(
     groups: int = 1,
 ) -> torch.Tensor:
     """The same ∂J/∂W as one contraction over the windows: ∂J/∂W[o, c, i, j] = Σ_{n,h,w} δ[n,o,h,w]
-    windows[n, c, h, w, i, j], where windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·d, w·s + j·d]
-    (a strided view of a_pad, no copy); with groups, g an index of both, each group's channels with its
+    windows[n, c, h, w, i, j], where windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·r, w·s + j·r]
+    (a strided view of a_pad, no copy); with groups, k an index of both, each group's channels with its
     own outputs."""
     a_windows = windows(a_prev, kernel_size, stride, padding, dilation)[:, :, : delta.shape[2], : delta.shape[3]]
-    a_windows = by_group(a_windows, groups)  # (n, g, c', h, w, kH, kW)
-    delta_by_group = by_group(delta, groups)  # (n, g, o', h, w)
+    a_windows = by_group(a_windows, groups)  # (n, G, c', h, w, kH, kW)
+    delta_by_group = by_group(delta, groups)  # (n, G, o', h, w)
     return torch.einsum("ngohw,ngchwij->gocij", delta_by_group, a_windows).flatten(0, 1)  # (o, c/G, kH, kW)
 
 
@@ -355,7 +356,7 @@ def windows(
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
 ) -> torch.Tensor:
-    """windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·d, w·s + j·d], the window each output position reads:
+    """windows[n, c, h, w, i, j] = a_pad[n, c, h·s + i·r, w·s + j·r], the window each output position reads:
     a strided view of a_pad, no copy."""
     (kH, kW), (sH, sW), (pH, pW), (dH, dW) = kernel_size, stride, padding, dilation
     a_pad = F.pad(a_prev, (pW, pW, pH, pH))
@@ -400,8 +401,8 @@ class Conv2dFunction(HandDerivedFunction):
     Given δ = ∂J/∂z:
 
     - ∂J/∂a_prev = the transposed convolution of δ with W
-      (``F.conv_transpose2d(δ, W, s, p, output_padding, d)``, output_padding making it a_prev's size)
-    - ∂J/∂W[o,c,i,j] = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·d, w·s + j·d]
+      (``F.conv_transpose2d(δ, W, s, padding, output_padding, r)``, output_padding making it a_prev's size)
+    - ∂J/∂W[o,c,i,j] = Σ_n Σ_{h,w} δ[n,o,h,w] a_pad[n, c, h·s + i·r, w·s + j·r]
     - ∂J/∂b[o] = Σ_{n,h,w} δ[n,o,h,w]
 
     ``apply(input, weight, bias, stride, padding, dilation, groups)``: input (n, c, H, W)
@@ -517,10 +518,10 @@ class Conv2d(HandDerivedModule, torch.nn.Conv2d):
 
 # -- the per-sample view ---------------------------------------------------------------
 # ∂J/∂W = Σ_n δ_n U_nᵀ, with U_n = unfold(a_prev,n): (c·kH·kW, L), one column per output
-# position l = (h, w), holding the window a_pad[n, c, h·s + i·d, w·s + j·d]. The backward
+# position l = (h, w), holding the window a_pad[n, c, h·s + i·r, w·s + j·r]. The backward
 # above sums over n inside one convolution; kept apart, the terms are each sample's gradient.
-# With G groups, U_n's rows and δ_n's channels split into G runs, and group g's gradient is
-# δ_ng U_ngᵀ: one batched product over (n, g).
+# With G groups, U_n's rows and δ_n's channels split into G runs, and group k's gradient is
+# δ_nk U_nkᵀ: one batched product over (n, k).
 
 
 def _unfold(
@@ -530,7 +531,7 @@ def _unfold(
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
 ) -> torch.Tensor:
-    """U, the windows as columns: U[n, (c, i, j), (h, w)] = a_pad[n, c, h·s + i·d, w·s + j·d], (n, c·kH·kW, L),
+    """U, the windows as columns: U[n, (c, i, j), (h, w)] = a_pad[n, c, h·s + i·r, w·s + j·r], (n, c·kH·kW, L),
     as F.unfold gives it. Copied from the strided view of the windows, which on the CPU is 3–10 times
     faster than F.unfold's loop over the samples (64×32×32×32, k = 3: 33 ms against 50; 256×16×8×8: 1.0
     against 3.3; two threads)."""
@@ -549,13 +550,13 @@ def per_sample_weight_grads(
     groups: int = 1,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """δ_ng U_ngᵀ for every sample n and group g: shape (n, o, c/G, kH, kW). ``out``, when given, receives it
+    """δ_nk U_nkᵀ for every sample n and group k: shape (n, o, c/G, kH, kW). ``out``, when given, receives it
     (see linear's)."""
     n, o = delta.shape[:2]
-    U = by_group(_unfold(a_prev, kernel_size, stride, padding, dilation), groups)  # (n, g, c'·kH·kW, L)
-    delta_by_group = by_group(delta.flatten(2), groups)  # (n, g, o', L)
+    U = by_group(_unfold(a_prev, kernel_size, stride, padding, dilation), groups)  # (n, G, c'·kH·kW, L)
+    delta_by_group = by_group(delta.flatten(2), groups)  # (n, G, o', L)
     into = None if out is None else out.view(n, groups, o // groups, U.shape[2])
-    grads = torch.matmul(delta_by_group, U.transpose(2, 3), out=into)  # (n, g, o', c'·kH·kW)
+    grads = torch.matmul(delta_by_group, U.transpose(2, 3), out=into)  # (n, G, o', c'·kH·kW)
     return grads.view(n, o, a_prev.shape[1] // groups, *kernel_size) if out is None else out
 
 
@@ -584,10 +585,10 @@ def per_sample_weight_grad_norms_squared(
     o, L = delta.shape[1], delta.shape[2] * delta.shape[3]
     ckk = a_prev.shape[1] * kernel_size[0] * kernel_size[1]
     if L * (o + ckk) < o * ckk // groups:
-        U = by_group(_unfold(a_prev, kernel_size, stride, padding, dilation), groups)  # (n, g, c'kk, L)
-        delta_n = by_group(delta.flatten(2), groups)  # (n, g, o', L)
-        gram_delta = delta_n.transpose(2, 3) @ delta_n  # δ_l · δ_m within each group: (n, g, L, L)
-        gram_a = U.transpose(2, 3) @ U  # u_l · u_m: (n, g, L, L)
+        U = by_group(_unfold(a_prev, kernel_size, stride, padding, dilation), groups)  # (n, G, c'kk, L)
+        delta_n = by_group(delta.flatten(2), groups)  # (n, G, o', L)
+        gram_delta = delta_n.transpose(2, 3) @ delta_n  # δ_l · δ_m within each group: (n, G, L, L)
+        gram_a = U.transpose(2, 3) @ U  # u_l · u_m: (n, G, L, L)
         return (gram_delta * gram_a).sum((1, 2, 3))
     grads = per_sample_weight_grads(delta, a_prev, stride, padding, dilation, kernel_size, groups=groups)
     return grads.square().sum((1, 2, 3, 4))

@@ -1,13 +1,13 @@
-"""The cross-entropy loss of logits, ℓ_n = −Σ_c q_nc log p_nc: its Function, checks, functional form and module.
+"""The cross-entropy loss of logits, ℓ_n = −Σ_c y_nc log p_nc: its Function, checks, functional form and module.
 
 Index letters: c runs over the C classes (dimension 1 of z, or 0 for an unbatched
 z of shape (C,)); n over samples and positions, that is every other dimension
 (N, d1, …). z are the logits, log p_n = z_n − logsumexp_c z_nc their log-softmax,
-and q_n the target distribution: the one-hot vector of the class index t_n (all
+and y_n the target distribution: the one-hot vector of the class index t_n (all
 zero where t_n = ignore_index), or the given class probabilities. Label
-smoothing ε mixes it with the uniform distribution, (1 − ε) q_n + ε/C.
-Class weights w (C,), where given, weigh each class's term: ℓ_n = −Σ_c w_c q_nc log p_nc
-(w_{t_n} times the unweighted loss for a one-hot q), and 1 where not given.
+smoothing α mixes it with the uniform distribution, (1 − α) y_n + α/C.
+Class weights w (C,), where given, weigh each class's term: ℓ_n = −Σ_c w_c y_nc log p_nc
+(w_{t_n} times the unweighted loss for a one-hot y), and 1 where not given.
 ℓ is reduced as native torch reduces it: "mean" divides the sum by the count of
 targets (index targets: those not ignored, each counted w_{t_n} times, so by
 Σ_n w_{t_n}; probabilities: every n, unweighted), "sum" sums, "none" keeps ℓ_n.
@@ -162,12 +162,12 @@ def validate_class_indices(target: torch.Tensor, classes: int, ignore_index: int
 
 
 def per_class(label_smoothing: float, classes: int) -> float:
-    """ε/C, as native's C++ divides: ε/0 is ∞ (a loss over no classes is then NaN, as native's)."""
+    """α/C, as native's C++ divides: α/0 is ∞ (a loss over no classes is then NaN, as native's)."""
     return label_smoothing / classes if classes else math.inf
 
 
 def smoothed(q: torch.Tensor, label_smoothing: float, classes: int) -> torch.Tensor:
-    """(1 − ε) q + ε/C, in native's order of operations."""
+    """(1 − α) y + α/C, in native's order of operations."""
     return q * (1 - label_smoothing) + per_class(label_smoothing, classes) if label_smoothing > 0 else q
 
 
@@ -205,9 +205,9 @@ def cross_entropy_from_log_p(
     dim = class_dim(log_p)
     C = log_p.shape[dim]
     if target.is_floating_point():
-        terms = log_p * smoothed(target, label_smoothing, C)  # q_nc log p_nc
+        terms = log_p * smoothed(target, label_smoothing, C)  # y_nc log p_nc
         if weight is not None:
-            terms = terms * along_classes(weight, log_p)  # w_c q_nc log p_nc
+            terms = terms * along_classes(weight, log_p)  # w_c y_nc log p_nc
         if reduction == "none":
             return -terms.sum(dim)
         if reduction == "sum":
@@ -239,7 +239,7 @@ def every_target_counted(target: torch.Tensor, ignore_index: int, g: torch.Tenso
 
 
 def one_hot_times(c: torch.Tensor, target: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """c q where q is one-hot at t_n (no target ignored, no smoothing): c at the target class, 0 elsewhere."""
+    """c y where y is one-hot at t_n (no target ignored, no smoothing): c at the target class, 0 elsewhere."""
     dim = class_dim(log_p)
     index = target.unsqueeze(dim)  # (N, 1, d1, …)
     return torch.zeros_like(log_p).scatter_(dim, index.long(), c.expand(index.shape))
@@ -253,12 +253,12 @@ def index_distribution_times(
     label_smoothing: float,
     every_counted: bool = False,
 ) -> torch.Tensor:
-    """c q for class-index targets, of log p's shape (N, C, d1, …); c a scalar or (N, 1, d1, …).
+    """c y for class-index targets, of log p's shape (N, C, d1, …); c a scalar or (N, 1, d1, …).
 
-    q is 1 − ε + ε/C at the target class and ε/C at the others, scattered into
+    y is 1 − α + α/C at the target class and α/C at the others, scattered into
     place: an ignored target's row is written as exactly 0 rather than
     multiplied by 0, so it stays 0 whatever c is (native's gradient there is 0
-    even where s = g / 0, every target being ignored). ``every_counted`` (no
+    even where λ = g / 0, every target being ignored). ``every_counted`` (no
     target is ignore_index, see :func:`every_target_counted`) skips the masks.
     """
     dim = class_dim(log_p)
@@ -296,7 +296,7 @@ def cross_entropy_backward(
     weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Given g = ∂J/∂ℓ and g_log_p = ∂J/∂(log p) from outside (None: ℓ alone reaches J), the gradients
-    (∂J/∂z, ∂J/∂q), each only when needed; log p is the forward's, w the class weights (None: all 1)."""
+    (∂J/∂z, ∂J/∂y), each only when needed; log p is the forward's, w the class weights (None: all 1)."""
     if not (need_z or need_target) or (g is None and g_log_p is None):
         return None, None
     dim = class_dim(log_p)
@@ -305,70 +305,70 @@ def cross_entropy_backward(
         assert g_log_p is not None
         return (through_log_softmax(g_log_p, log_p, in_place=False) if need_z else None), None
     every_counted = not probabilities and need_z and every_target_counted(target, ignore_index, g)  # type: ignore[arg-type]  # saved when ∂J/∂z is needed
-    if reduction == "mean":  # s = g / count
+    if reduction == "mean":  # λ = g / count
         if probabilities or (every_counted and weight is None):
             count: int | torch.Tensor = math.prod(positions_shape(log_p))
         else:
             assert target is not None  # saved whenever ∂J/∂z is needed, as it is for class indices
             count = counted_targets(target, ignore_index, weight, select=False)
         minus_s = -(g / count)
-    else:  # s = g: a scalar for "sum", (N, 1, d1, …) for "none"
+    else:  # λ = g: a scalar for "sum", (N, 1, d1, …) for "none"
         minus_s = -(g.unsqueeze(dim) if reduction == "none" else g)
     grad_z = grad_q = None
     if need_z:
         assert target is not None  # saved whenever ∂J/∂z is needed
         if probabilities:
-            u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −s q: ℓ is linear in log p
+            u = minus_s * smoothed(target, label_smoothing, C)  # ∂J/∂log p = −λ y: ℓ is linear in log p
         else:
             u = index_distribution_times(minus_s, target, log_p, ignore_index, label_smoothing, every_counted)
-        if weight is not None:  # ∂J/∂log p = −s w ⊙ q
+        if weight is not None:  # ∂J/∂log p = −λ w ⊙ y
             u = u * along_classes(weight, log_p)
         if g_log_p is not None:  # log p reaches J by another way too (a differentiated backward reads it)
             u = u + g_log_p
-        grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c s q_c − s q
+        grad_z = through_log_softmax(u, log_p, in_place=products_in_place(g))  # p Σ_c λ y_c − λ y
     if need_target:
         if weight is None:
-            grad_q = minus_s * log_p  # −s log p
+            grad_q = minus_s * log_p  # −λ log p
         else:
-            grad_q = minus_s * along_classes(weight, log_p) * log_p  # −s w ⊙ log p, in native's order
+            grad_q = minus_s * along_classes(weight, log_p) * log_p  # −λ w ⊙ log p, in native's order
         if label_smoothing > 0:
-            grad_q = grad_q * (1 - label_smoothing)  # through q' = (1 − ε) q + ε/C
+            grad_q = grad_q * (1 - label_smoothing)  # through y' = (1 − α) y + α/C
     return grad_z, grad_q
 
 
 class CrossEntropyFunction(HandDerivedFunction):
-    r"""ℓ_n = −Σ_c q_nc log p_nc, log p_n = z_n − logsumexp_c z_nc, with the backward derived by hand.
+    r"""ℓ_n = −Σ_c y_nc log p_nc, log p_n = z_n − logsumexp_c z_nc, with the backward derived by hand.
 
-    Given g = ∂J/∂ℓ and s = g · scale (scale = 1/count for "mean", 1 otherwise), and
+    Given g = ∂J/∂ℓ and λ = g/count for "mean" (λ = g otherwise), and
     class weights w (all 1 without ``weight``; the mean's count then Σ_n w_{t_n}):
 
-    - ∂J/∂log p_n = −s w ⊙ q_n, ℓ being linear in log p; through the log-softmax,
+    - ∂J/∂log p_n = −λ w ⊙ y_n, ℓ being linear in log p; through the log-softmax,
       ∂ log p_nc/∂z_nk = [c = k] − p_nk, so
-    - ∂J/∂z_n = p_n Σ_c s w_c q_nc − s w ⊙ q_n     (= s (softmax(z_n) − y_n) for a one-hot y_n, w = 1)
-    - ∂J/∂q_n = −s w ⊙ log p_n · (1 − ε)           (class probabilities; class indices get no gradient)
+    - ∂J/∂z_n = p_n Σ_c λ w_c y_nc − λ w ⊙ y_n     (= λ (p_n − y_n) for a one-hot y_n, w = 1)
+    - ∂J/∂y_n = −λ w ⊙ log p_n · (1 − α)           (class probabilities; class indices get no gradient)
 
     Like native's log_softmax and nll_loss, ``apply`` returns ℓ and log p, and
     saves log p and the target, native's bytes: log p is an output, so the
     backward reads it without a second log-softmax and stays differentiable
     (double backward) through p's dependence on z. A gradient ∂J/∂log p
     arriving at that output (as it does when the backward is differentiated)
-    joins −s q before the log-softmax: ∂J/∂log p = −s q + ∂J/∂log p from
+    joins −λ y before the log-softmax: ∂J/∂log p = −λ y + ∂J/∂log p from
     outside. :func:`cross_entropy` returns ℓ alone, as F.cross_entropy.
 
     The forward is native's composition of native operations, so ℓ has native's
-    bits. The backward is native's arithmetic in native's order, p Σ − s q in one
+    bits. The backward is native's arithmetic in native's order, p Σ − λ y in one
     multiply-add as native's kernel, except e^{log p}: native's kernel takes it
     with its own vectorised exp, torch.exp with another (MKL's on x86), and
     about one element in ten differs in its last bit. Index targets without
     smoothing are otherwise native's to the bit (a test substitutes native's
-    exponential to show it); with smoothing native adds s q as two terms (nll
+    exponential to show it); with smoothing native adds λ y as two terms (nll
     and uniform), and for probability targets sums Σ_c in its kernel's order.
     With class weights and a mean, native's kernel sums the count Σ_n w_{t_n}
     in an order of its own, so that scale agrees to rounding too.
     So gradients agree with native to rounding, within torchbp.compare's
     tolerance in float32 and float64, and to their rounding in float16 and
     bfloat16, which native's kernel carries in float32. Where p_t ≈ 1 for every
-    sample, the gradient p_t s − s is small against s, and a last bit of p is
+    sample, the gradient p_t λ − λ is small against λ, and a last bit of p is
     large against it: compare those with a larger rtol.
     """
 
@@ -395,7 +395,7 @@ class CrossEntropyFunction(HandDerivedFunction):
         _, target, ctx.reduction, ctx.ignore_index, ctx.label_smoothing, weight = inputs
         ctx.probabilities = target.is_floating_point()
         ctx.set_materialize_grads(False)  # log p's gradient is None, not zeros, where it takes no part in J
-        # p and log p are read from log p; s q needs the target, and only ∂J/∂z reads s q; both read w.
+        # p and log p are read from log p; λ y needs the target, and only ∂J/∂z reads λ y; both read w.
         ctx.save_for_backward(output[1], target if ctx.needs_input_grad[0] else None, weight)
 
     @staticmethod
@@ -448,8 +448,8 @@ def cross_entropy(
 class CrossEntropyLoss(HandDerivedModule, torch.nn.CrossEntropyLoss):
     r"""torch.nn.CrossEntropyLoss whose backward is :class:`CrossEntropyFunction`.
 
-    .. math:: \ell_n = -\sum_c q_{nc} \log \operatorname{softmax}(z_n)_c, \qquad
-              \partial \ell_n / \partial z_n = \operatorname{softmax}(z_n) \textstyle\sum_c q_{nc} - q_n
+    .. math:: \ell_n = -\sum_c y_{nc} \log \operatorname{softmax}(z_n)_c, \qquad
+              \partial \ell_n / \partial z_n = \operatorname{softmax}(z_n) \textstyle\sum_c y_{nc} - y_n
 
     Args:
         weight, ignore_index, reduction, label_smoothing, size_average, reduce: as torch.nn.CrossEntropyLoss.

@@ -1,4 +1,4 @@
-"""Dropout y = z ⊙ m / (1 − p), m a random 0/1 mask drawn as native draws it: its Function, functional form and
+"""Dropout a = x ⊙ m / (1 − p), m a random 0/1 mask drawn as native draws it: its Function, functional form and
 module."""
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def times_factor(g: torch.Tensor, factor: torch.Tensor, p: float) -> torch.Tenso
 
 
 class DropoutFunction(HandDerivedFunction):
-    r"""y = z ⊙ m / (1 − p), m_i ~ Bernoulli(1 − p), with the backward derived by hand:
+    r"""a = x ⊙ m / (1 − p), m_i ~ Bernoulli(1 − p), with the backward derived by hand:
 
-    y is linear in z with the fixed factor m / (1 − p), so ∂J/∂z = g ⊙ m / (1 − p).
+    a is linear in x with the fixed factor m / (1 − p), so ∂J/∂x = g ⊙ m / (1 − p).
 
     ``DropoutFunction.apply(input, p)`` draws m in training mode. It draws as native's
     ``F.dropout`` does, so that a native model and a torchbp one draw the same mask from the
@@ -94,7 +94,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
 class Dropout(HandDerivedModule, torch.nn.Dropout):
     r"""torch.nn.Dropout whose backward is :class:`DropoutFunction`.
 
-    .. math:: y = z \odot m / (1 - p), \qquad \partial J/\partial z = g \odot m / (1 - p)
+    .. math:: a = x \odot m / (1 - p), \qquad \partial J/\partial x = g \odot m / (1 - p)
 
     Args:
         p, inplace: as torch.nn.Dropout's. The mask is drawn as native draws it, so a native model and its

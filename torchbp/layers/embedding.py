@@ -168,13 +168,13 @@ def supported(module: torch.nn.Embedding) -> bool:
 
 
 # -- the per-sample view ---------------------------------------------------------------
-# ∂J/∂W = Σ_n Σ_t [i_n,t = v] δ_n,t: kept apart per sample n, each sample's gradient scatters only its own rows.
+# ∂J/∂W = Σ_n Σ_t [i_n,t = v] g_n,t: kept apart per sample n, each sample's gradient scatters only its own rows.
 
 
 def per_sample_weight_grads(
     delta: torch.Tensor, indices: torch.Tensor, num_weights: int, padding_idx: int | None, out: torch.Tensor | None
 ) -> torch.Tensor:
-    """G_n[v] = Σ_t [i_n,t = v] δ_n,t for every sample n: (N, V, D), each sample's rows scattered into its own
+    """G_n[v] = Σ_t [i_n,t = v] g_n,t for every sample n: (N, V, D), each sample's rows scattered into its own
     (V, D) block. ``out``, when given, receives it."""
     n, dim = indices.shape[0], delta.shape[-1]
     flat = indices.reshape(n, -1)  # (N, T)
@@ -190,21 +190,21 @@ def per_sample_weight_grads(
 def per_sample_weight_grad_norms_squared(
     delta: torch.Tensor, indices: torch.Tensor, padding_idx: int | None
 ) -> torch.Tensor:
-    """‖G_n‖² = Σ_v ‖Σ_{t: i_n,t = v} δ_n,t‖² = Σ_{t,s} [i_n,t = i_n,s] δ_n,t · δ_n,s, shape (N,): the (N, V, D)
+    """‖G_n‖² = Σ_v ‖Σ_{t: i_n,t = v} g_n,t‖² = Σ_{t,t′} [i_n,t = i_n,t′] g_n,t · g_n,t′, shape (N,): the (N, V, D)
     gradients never formed (T × T per sample, where the gradient is V × D)."""
     n = indices.shape[0]
     flat = indices.reshape(n, -1)  # (N, T)
     rows = delta.reshape(n, flat.shape[1], -1)  # (N, T, D)
-    same_row = flat.unsqueeze(2) == flat.unsqueeze(1)  # [i_t = i_s]: (N, T, T)
+    same_row = flat.unsqueeze(2) == flat.unsqueeze(1)  # [i_t = i_t′]: (N, T, T)
     if padding_idx is not None:
         same_row &= (flat != padding_idx).unsqueeze(2)
-    gram = rows @ rows.transpose(1, 2)  # δ_t · δ_s: (N, T, T)
+    gram = rows @ rows.transpose(1, 2)  # g_t · g_t′: (N, T, T)
     return torch.where(same_row, gram, 0).sum((1, 2))
 
 
 class EmbeddingPerSample:
-    """An embedding's per-sample rule (torchbp.per_sample): from a call's indices and δ, each sample's weight
-    gradient (its own rows of δ scattered into a (V, D) block), or its squared norm without the blocks."""
+    """An embedding's per-sample rule (torchbp.per_sample): from a call's indices and g, each sample's weight
+    gradient (its own rows of g scattered into a (V, D) block), or its squared norm without the blocks."""
 
     def grads(
         self, module: Embedding, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]

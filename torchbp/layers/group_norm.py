@@ -1,20 +1,20 @@
-"""Group normalisation y = x̂ γ + β per channel: its Function, checks, functional form, module and per-sample rule.
+"""Group normalisation a = x̃ γ + β per channel: its Function, checks, functional form, module and per-sample rule.
 
-Index letters, as in the derivation: n runs over the N samples, g over the G groups,
-c over the C channels (C/G to a group), s over the S positions of a channel (the
-trailing dimensions: H·W for an image, S = 1 for an input (N, C)), and d over the
-D = (C/G)·S elements of group g of sample n, its channels at every position. Per
-sample and group:
+Index letters, as in the derivation: n runs over the N samples, c over the C channels;
+here k runs over the G groups (C/G channels to a group), l over the L positions of a
+channel (the trailing dimensions: H·W for an image, L = 1 for an input (N, C)), and d
+over the D = (C/G)·L elements of group k of sample n, its channels at every position.
+Per sample and group:
 
-    μ_ng    = (1/D) Σ_d x_ngd
-    σ²_ng   = (1/D) Σ_d (x_ngd − μ_ng)²            (biased, as native torch)
-    rstd_ng = 1 / √(σ²_ng + ε)
-    x̂_ngd   = (x_ngd − μ_ng) · rstd_ng
-    y_ncs   = x̂_ncs γ_c + β_c                        (per channel; γ = 1 and β = 0 when absent)
+    μ_nk    = (1/D) Σ_d x_nkd
+    var_nk  = (1/D) Σ_d (x_nkd − μ_nk)²            (biased, as native torch)
+    rstd_nk = 1 / √(var_nk + ε)
+    x̃_nkd   = (x_nkd − μ_nk) · rstd_nk
+    a_ncl   = x̃_ncl γ_c + β_c                       (per channel; γ = 1 and β = 0 when absent)
 
-δ = ∂J/∂y is the upstream gradient, shape of x; ĝ = δ ⊙ γ (δ itself without γ), γ_c
-the same at every position s. The code views each (N, C, *) tensor as (n, g, C/G, s),
-so that d is its last two dimensions, and γ as (g, C/G, 1).
+g = ∂J/∂a is the upstream gradient, shape of x; ∂J/∂x̃ = g ⊙ γ (g itself without γ), γ_c
+the same at every position l. The code views each (N, C, *) tensor as (N, G, C/G, L),
+so that d is its last two dimensions, and γ as (G, C/G, 1).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def validate_group_norm(input: Any, num_groups: Any, weight: Any, bias: Any, eps
 def laid_out_as_natively(x: torch.Tensor) -> torch.Tensor:
     """x as torch.group_norm hands it to native_group_norm, whose kernels read a contiguous tensor: as it is
     when contiguous; otherwise, on the CPU, copied into the memory format its strides suggest (channels-last
-    stays channels-last, whose kernel sums in another order: y stays native's to the bit), elsewhere into
+    stays channels-last, whose kernel sums in another order: a stays native's to the bit), elsewhere into
     the contiguous one. ``suggest_memory_format`` is PyTorch's Python twin of the C++ rule torch.group_norm
     applies; it costs 40 µs, so only an input that needs the copy anyway asks it."""
     if x.is_contiguous():
@@ -106,29 +106,29 @@ def laid_out_as_natively(x: torch.Tensor) -> torch.Tensor:
 
 # -- the backward ------------------------------------------------------------------------
 
-OVER_D = (2, 3)  # the elements d of a group, in the (n, g, C/G, s) view
+OVER_D = (2, 3)  # the elements d of a group, in the (N, G, C/G, L) view
 OVER_N_AND_S = (0, 3)  # the samples and the positions: what ∂J/∂γ_c and ∂J/∂β_c sum over
 
 
 def grouped(t: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """t of shape (N, C, *) viewed as (n, g, C/G, s); sizes given, not -1, so that N = 0 reshapes too."""
+    """t of shape (N, C, *) viewed as (N, G, C/G, L); sizes given, not -1, so that N = 0 reshapes too."""
     return t.reshape(t.shape[0], num_groups, t.shape[1] // num_groups, math.prod(t.shape[2:]))
 
 
 def normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ = (x − μ) · rstd and rstd = 1/√(σ² + ε) of x grouped (n, g, C/G, s), μ and σ² over d.
+    """x̃ = (x − μ) · rstd and rstd = 1/√(var + ε) of x grouped (N, G, C/G, L), μ and var over d.
 
-    rstd is (n, g, 1, 1), so it broadcasts over d.
+    rstd is (N, G, 1, 1), so it broadcasts over d.
     """
-    centered = x - x.mean(OVER_D, keepdim=True)  # x − μ: (n, g, C/G, s)
-    rstd = torch.rsqrt(centered.square().mean(OVER_D, keepdim=True) + eps)  # 1/√(σ² + ε): (n, g, 1, 1)
+    centered = x - x.mean(OVER_D, keepdim=True)  # x − μ: (N, G, C/G, L)
+    rstd = torch.rsqrt(centered.square().mean(OVER_D, keepdim=True) + eps)  # 1/√(var + ε): (N, G, 1, 1)
     return centered * rstd, rstd
 
 
 def normalized(
     x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ = (x − μ) · rstd and rstd, x grouped (n, g, C/G, s), from the forward's μ and rstd of shape (n, g).
+    """x̃ = (x − μ) · rstd and rstd, x grouped (N, G, C/G, L), from the forward's μ and rstd of shape (N, G).
 
     Where the backward is itself differentiated (grad mode is on inside a backward only
     under ``create_graph=True`` and torch.func's transforms), μ and rstd are computed
@@ -137,7 +137,7 @@ def normalized(
     """
     if torch.is_grad_enabled():
         return normalize(x, eps)
-    rstd = rstd[:, :, None, None]  # (n, g, 1, 1)
+    rstd = rstd[:, :, None, None]  # (N, G, 1, 1)
     centred = x - mean[:, :, None, None]
     return centred.mul_(rstd) if products_in_place(x) else centred * rstd, rstd
 
@@ -154,58 +154,59 @@ def group_norm_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Given δ = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
+    """Given g = ∂J/∂a, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
 
-    μ and rstd are the forward's, each of shape (n, g); see :func:`normalized`.
+    μ and rstd are the forward's, each of shape (N, G); see :func:`normalized`.
     """
     channels = delta.shape[1]
-    delta_grouped = grouped(delta, num_groups)  # (n, g, C/G, s)
+    delta_grouped = grouped(delta, num_groups)  # (N, G, C/G, L)
     grad_x = grad_weight = grad_bias = None
     if need_bias:
-        grad_bias = delta_grouped.sum(OVER_N_AND_S).reshape(channels)  # Σ_{n,s} δ_ncs: (C,)
+        grad_bias = delta_grouped.sum(OVER_N_AND_S).reshape(channels)  # Σ_{n,l} g_ncl: (C,)
     if not (need_x or need_weight):
         return grad_x, grad_weight, grad_bias
     assert x is not None and mean is not None and rstd is not None  # saved whenever ∂J/∂x or ∂J/∂γ is needed
-    x_hat, rstd = normalized(grouped(x, num_groups), mean, rstd, eps)  # (n, g, C/G, s), a new tensor; (n, g, 1, 1)
+    x_hat, rstd = normalized(grouped(x, num_groups), mean, rstd, eps)  # (N, G, C/G, L), a new tensor; (N, G, 1, 1)
     own = products_in_place(delta)  # nothing records this backward: its last steps work in place on its new tensors
     if need_x:
-        gamma = weight.reshape(num_groups, channels // num_groups, 1) if weight is not None else None  # (g, C/G, 1)
-        g_hat = delta_grouped * gamma if gamma is not None else delta_grouped  # ĝ = δ ⊙ γ: (n, g, C/G, s)
-        mean_g_hat = g_hat.mean(OVER_D, keepdim=True)  # mean_d(ĝ): (n, g, 1, 1)
-        mean_g_hat_x_hat = (g_hat * x_hat).mean(OVER_D, keepdim=True)  # mean_d(ĝ ⊙ x̂): (n, g, 1, 1)
-        if own and gamma is not None:  # into ĝ, a new tensor here (see normal_distribution in gelu.py for why)
+        gamma = weight.reshape(num_groups, channels // num_groups, 1) if weight is not None else None  # (G, C/G, 1)
+        g_hat = delta_grouped * gamma if gamma is not None else delta_grouped  # ∂J/∂x̃ = g ⊙ γ: (N, G, C/G, L)
+        mean_g_hat = g_hat.mean(OVER_D, keepdim=True)  # mean_d(∂J/∂x̃): (N, G, 1, 1)
+        mean_g_hat_x_hat = (g_hat * x_hat).mean(OVER_D, keepdim=True)  # mean_d(∂J/∂x̃ ⊙ x̃): (N, G, 1, 1)
+        if own and gamma is not None:  # into ∂J/∂x̃, a new tensor here (see normal_distribution in gelu.py for why)
             grad_x = g_hat.sub_(mean_g_hat).addcmul_(x_hat, mean_g_hat_x_hat, value=-1).mul_(rstd)
         else:
             grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
         grad_x = grad_x.reshape(delta.shape)  # (N, C, *)
-    if need_weight:  # Σ_{n,s} δ_ncs x̂_ncs: (C,)
+    if need_weight:  # Σ_{n,l} g_ncl x̃_ncl: (C,)
         grad_weight = (x_hat.mul_(delta_grouped) if own else delta_grouped * x_hat).sum(OVER_N_AND_S).reshape(channels)
     return grad_x, grad_weight, grad_bias
 
 
 class GroupNormFunction(HandDerivedFunction):
-    r"""y = x̂ γ + β with μ and σ² over each group of each sample, with the backward derived by hand.
+    r"""a = x̃ γ + β with μ and var over each group of each sample, with the backward derived by hand.
 
     ``GroupNormFunction.apply(input, num_groups, weight, bias, eps)`` as
-    ``torch.nn.functional.group_norm``. Given δ = ∂J/∂y and ĝ = δ ⊙ γ:
+    ``torch.nn.functional.group_norm``. Given g = ∂J/∂a and ∂J/∂x̃ = g ⊙ γ:
 
-    - ∂J/∂β_c = Σ_{n,s} δ_ncs
-    - ∂J/∂γ_c = Σ_{n,s} δ_ncs x̂_ncs
-    - ∂J/∂x_ngd = rstd_ng · (ĝ_ngd − mean_d(ĝ_ng) − x̂_ngd · mean_d(ĝ_ng ⊙ x̂_ng))     (the three-term gradient)
+    - ∂J/∂β_c = Σ_{n,l} g_ncl
+    - ∂J/∂γ_c = Σ_{n,l} g_ncl x̃_ncl
+    - ∂J/∂x_nkd = rstd_nk · (∂J/∂x̃_nkd − mean_d(∂J/∂x̃_nk) − x̃_nkd · mean_d(∂J/∂x̃_nk ⊙ x̃_nk))
+      (the three-term gradient)
 
     The input gradient is layer normalisation's over the D elements of each group, and
     the parameters' sum over samples and positions as a per-channel affine map's do.
 
-    The forward is ``torch.native_group_norm``, and like it ``apply`` returns (y, μ, rstd),
-    μ and rstd of shape (n, g) and not differentiable: y is native's to the bit, and the
-    backward reads x̂ = (x − μ) · rstd from the forward's own statistics. :func:`group_norm`
-    returns y alone, as F.group_norm. Saved: the input, μ and rstd when ∂J/∂x or ∂J/∂γ is
+    The forward is ``torch.native_group_norm``, and like it ``apply`` returns (a, μ, rstd),
+    μ and rstd of shape (N, G) and not differentiable: a is native's to the bit, and the
+    backward reads x̃ = (x − μ) · rstd from the forward's own statistics. :func:`group_norm`
+    returns a alone, as F.group_norm. Saved: the input, μ and rstd when ∂J/∂x or ∂J/∂γ is
     asked for, γ when ∂J/∂x is (∂J/∂β alone saves nothing). When the backward is itself
     differentiated, it computes μ and rstd again from the input, by operations that carry
     the second derivative.
 
     Gradients agree with native's to rounding, not to the bit: native's CPU kernel sums
-    δ and δ ⊙ x per channel first and forms ∂J/∂x as rstd·γ·δ + b·x + c (b, c per group),
+    g and g ⊙ x per channel first and forms ∂J/∂x as rstd·γ·g + b·x + c (b, c per group),
     an order torch operations cannot reproduce. For a group of a single element (D = 1)
     the three-term form gives the exact zero where native's gradient is rounding noise.
     """
@@ -225,7 +226,7 @@ class GroupNormFunction(HandDerivedFunction):
         n, channels, positions = input.shape[0], input.shape[1], math.prod(input.shape[2:])
         x = laid_out_as_natively(input)
         gamma, beta = (t if t is None else t.contiguous() for t in (weight, bias))
-        return torch.native_group_norm(x, gamma, beta, n, channels, positions, num_groups, eps)  # y, μ, rstd
+        return torch.native_group_norm(x, gamma, beta, n, channels, positions, num_groups, eps)  # a, μ, rstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
@@ -234,14 +235,14 @@ class GroupNormFunction(HandDerivedFunction):
         ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
         need_x, _, need_weight, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̂ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads δ alone: keep only what is read.
+        # ∂J/∂x and ∂J/∂γ read x̃ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
         x_hat_read = need_x or need_weight
         ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
         ctx.num_groups, ctx.eps = num_groups, eps
 
     @staticmethod
     def backward(ctx: Any, delta: torch.Tensor | None, *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        if delta is None:  # y took no part in J
+        if delta is None:  # a took no part in J
             return None, None, None, None, None
         x, mean, rstd, weight = ctx.saved_tensors
         need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
@@ -270,16 +271,16 @@ def group_norm(
         # mixed kernel computes in float32 and returns the input's dtype; so does this.
         output, _, _ = GroupNormFunction.apply(input.float(), num_groups, weight, bias, eps)
         return output.to(input.dtype)  # type: ignore[no-any-return]
-    output, _, _ = GroupNormFunction.apply(input, num_groups, weight, bias, eps)  # y, μ, rstd
+    output, _, _ = GroupNormFunction.apply(input, num_groups, weight, bias, eps)  # a, μ, rstd
     return output  # type: ignore[no-any-return]
 
 
 class GroupNorm(HandDerivedModule, torch.nn.GroupNorm):
     r"""torch.nn.GroupNorm whose backward is :class:`GroupNormFunction`.
 
-    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \gamma + \beta
+    .. math:: a = \frac{x - \mu}{\sqrt{\mathrm{var} + \epsilon}} \gamma + \beta
 
-    with μ and σ² over each of the num_groups groups of channels of each sample, γ and β per channel.
+    with μ and var over each of the num_groups groups of channels of each sample, γ and β per channel.
 
     Args:
         num_groups, num_channels, eps, affine, device, dtype, bias: as torch.nn.GroupNorm.
@@ -298,8 +299,8 @@ class GroupNorm(HandDerivedModule, torch.nn.GroupNorm):
 
 
 # -- the per-sample view ---------------------------------------------------------------
-# ∂J/∂γ_c = Σ_{n,s} δ_ncs x̂_ncs and ∂J/∂β_c = Σ_{n,s} δ_ncs: summed over the positions s
-# alone, the terms are each sample's own gradient. δ = ∂J/∂y and a_prev = x arrive as
+# ∂J/∂γ_c = Σ_{n,l} g_ncl x̃_ncl and ∂J/∂β_c = Σ_{n,l} g_ncl: summed over the positions l
+# alone, the terms are each sample's own gradient. g = ∂J/∂a and a_prev = x arrive as
 # (n, C, *) and give (n, C).
 
 
@@ -311,10 +312,10 @@ def _positions(t: torch.Tensor) -> tuple[int, ...]:
 def per_sample_weight_grads(
     delta: torch.Tensor, a_prev: torch.Tensor, num_groups: int, eps: float, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Σ_s δ_ncs x̂_ncs for every sample n: shape (n, C).
+    """Σ_l g_ncl x̃_ncl for every sample n: shape (n, C).
 
-    x̂ is recomputed from a_prev by the native forward without affine, the forward's
-    own x̂. ``out``, when given, receives the result.
+    x̃ is recomputed from a_prev by the native forward without affine, the forward's
+    own x̃. ``out``, when given, receives the result.
     """
     x_hat = F.group_norm(a_prev, num_groups, eps=eps)
     positions = _positions(delta)
@@ -324,7 +325,7 @@ def per_sample_weight_grads(
 
 
 def per_sample_bias_grads(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ_s δ_ncs for every sample n: shape (n, C)."""
+    """Σ_l g_ncl for every sample n: shape (n, C)."""
     positions = _positions(delta)
     if not positions:
         return delta.clone() if out is None else out.copy_(delta)
@@ -334,19 +335,19 @@ def per_sample_bias_grads(delta: torch.Tensor, out: torch.Tensor | None = None) 
 def per_sample_weight_grad_norms_squared(
     delta: torch.Tensor, a_prev: torch.Tensor, num_groups: int, eps: float
 ) -> torch.Tensor:
-    """‖Σ_s δ_n,s ⊙ x̂_n,s‖², shape (n,). The gradient is no larger than δ, so it is formed."""
+    """‖Σ_l g_n,l ⊙ x̃_n,l‖², shape (n,). The gradient is no larger than g, so it is formed."""
     return per_sample_weight_grads(delta, a_prev, num_groups, eps).square().sum(1)
 
 
 def per_sample_bias_grad_norms_squared(delta: torch.Tensor) -> torch.Tensor:
-    """‖Σ_s δ_n,s‖², shape (n,)."""
+    """‖Σ_l g_n,l‖², shape (n,)."""
     positions = _positions(delta)
     return (delta.sum(positions) if positions else delta).square().sum(1)
 
 
 class GroupNormPerSample:
-    """A group normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
-    per-sample gradients (weight: Σ_s δ_n,s ⊙ x̂_n,s; bias: Σ_s δ_n,s; both (n, C)), or their squared norms
+    """A group normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and g, each parameter's
+    per-sample gradients (weight: Σ_l g_n,l ⊙ x̃_n,l; bias: Σ_l g_n,l; both (n, C)), or their squared norms
     summed."""
 
     def grads(

@@ -1,16 +1,16 @@
-"""Layer normalisation y = x̂ ⊙ γ + β: its Function, checks, functional form, module and per-sample rule.
+"""Layer normalisation a = x̃ ⊙ γ + β: its Function, checks, functional form, module and per-sample rule.
 
 Index letters, as in the derivation: n runs over samples (every dimension before
 the normalized ones counts as one more sample axis), d over the D elements of
 the normalized dimensions (the last len(normalized_shape) dimensions). Per sample:
 
     μ_n    = (1/D) Σ_d x_nd
-    σ²_n   = (1/D) Σ_d (x_nd − μ_n)²            (biased, as native torch)
-    rstd_n = 1 / √(σ²_n + ε)
-    x̂_nd   = (x_nd − μ_n) · rstd_n
-    y_nd   = x̂_nd γ_d + β_d                      (γ = 1 and β = 0 when absent)
+    var_n  = (1/D) Σ_d (x_nd − μ_n)²            (biased, as native torch)
+    rstd_n = 1 / √(var_n + ε)
+    x̃_nd   = (x_nd − μ_n) · rstd_n
+    a_nd   = x̃_nd γ_d + β_d                      (γ = 1 and β = 0 when absent)
 
-g = ∂J/∂y is the upstream gradient, shape of x; ĝ = g ⊙ γ (g itself without γ).
+g = ∂J/∂a is the upstream gradient, shape of x; ∂J/∂x̃ = g ⊙ γ (g itself without γ).
 """
 
 from __future__ import annotations
@@ -70,20 +70,20 @@ def validate_layer_norm(input: Any, normalized_shape: Any, weight: Any, bias: An
 
 
 def normalize(x: torch.Tensor, normalized_ndim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ = (x − μ) · rstd and rstd = 1/√(σ² + ε), μ and σ² over the normalized dimensions.
+    """x̃ = (x − μ) · rstd and rstd = 1/√(var + ε), μ and var over the normalized dimensions.
 
     rstd has x's shape with the normalized dimensions of size 1, so it broadcasts over d.
     """
     over_d = tuple(range(-normalized_ndim, 0))
     centered = x - x.mean(over_d, keepdim=True)  # x − μ: (*, D)
-    rstd = torch.rsqrt(centered.square().mean(over_d, keepdim=True) + eps)  # 1/√(σ² + ε): (*, 1)
+    rstd = torch.rsqrt(centered.square().mean(over_d, keepdim=True) + eps)  # 1/√(var + ε): (*, 1)
     return centered * rstd, rstd
 
 
 def normalized(
     x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, normalized_ndim: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x̂ = (x − μ) · rstd and rstd, from the forward's μ and rstd.
+    """x̃ = (x − μ) · rstd and rstd, from the forward's μ and rstd.
 
     Where the backward is itself differentiated (grad mode is on inside a backward only
     under ``create_graph=True`` and torch.func's transforms), μ and rstd are computed
@@ -113,7 +113,7 @@ def layer_norm_backward(
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Given g = ∂J/∂y, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
+    """Given g = ∂J/∂a, the gradients (∂J/∂x, ∂J/∂γ, ∂J/∂β), each only when needed.
 
     μ and rstd are the forward's, each of shape (*, 1); see :func:`normalized`.
     """
@@ -128,44 +128,44 @@ def layer_norm_backward(
     x_hat, rstd = normalized(x, mean, rstd, normalized_ndim, eps)  # (*, D), a new tensor, and (*, 1)
     own = products_in_place(g)  # nothing records this backward: its last steps work in place on its new tensors
     if need_x:
-        g_hat = g * weight if weight is not None else g  # ĝ = g ⊙ γ: (*, D)
-        mean_g_hat = g_hat.mean(over_d, keepdim=True)  # mean_d(ĝ): (*, 1)
-        mean_g_hat_x_hat = (g_hat * x_hat).mean(over_d, keepdim=True)  # mean_d(ĝ ⊙ x̂): (*, 1)
-        if own and weight is not None:  # into ĝ, a new tensor here (see normal_distribution in gelu.py for why)
+        g_hat = g * weight if weight is not None else g  # ∂J/∂x̃ = g ⊙ γ: (*, D)
+        mean_g_hat = g_hat.mean(over_d, keepdim=True)  # mean_d(∂J/∂x̃): (*, 1)
+        mean_g_hat_x_hat = (g_hat * x_hat).mean(over_d, keepdim=True)  # mean_d(∂J/∂x̃ ⊙ x̃): (*, 1)
+        if own and weight is not None:  # into ∂J/∂x̃, a new tensor here (see normal_distribution in gelu.py for why)
             grad_x = g_hat.sub_(mean_g_hat).addcmul_(x_hat, mean_g_hat_x_hat, value=-1).mul_(rstd)
         else:
             grad_x = rstd * (g_hat - mean_g_hat - x_hat * mean_g_hat_x_hat)
-    if need_weight:  # Σ_n g_n ⊙ x̂_n: normalized_shape
+    if need_weight:  # Σ_n g_n ⊙ x̃_n: normalized_shape
         grad_weight = _sum_over_samples(x_hat.mul_(g) if own else g * x_hat, over_n)
     return grad_x, grad_weight, grad_bias
 
 
 class LayerNormFunction(HandDerivedFunction):
-    r"""y = x̂ ⊙ γ + β over the normalized dimensions, with the backward derived by hand.
+    r"""a = x̃ ⊙ γ + β over the normalized dimensions, with the backward derived by hand.
 
     ``LayerNormFunction.apply(input, normalized_shape, weight, bias, eps)`` as
-    ``torch.nn.functional.layer_norm``. Given g = ∂J/∂y and ĝ = g ⊙ γ:
+    ``torch.nn.functional.layer_norm``. Given g = ∂J/∂a and ∂J/∂x̃ = g ⊙ γ:
 
     - ∂J/∂β = Σ_n g_n
-    - ∂J/∂γ = Σ_n g_n ⊙ x̂_n
-    - ∂J/∂x = rstd · (ĝ − mean_d(ĝ) − x̂ · mean_d(ĝ ⊙ x̂))     (the three-term input gradient)
+    - ∂J/∂γ = Σ_n g_n ⊙ x̃_n
+    - ∂J/∂x = rstd · (∂J/∂x̃ − mean_d(∂J/∂x̃) − x̃ · mean_d(∂J/∂x̃ ⊙ x̃))     (the three-term input gradient)
 
     The forward is ``torch.native_layer_norm``, and like it ``apply`` returns
-    (y, μ, rstd), μ and rstd of shape (*, 1) and not differentiable: y is
-    native's to the bit, and the backward reads x̂ = (x − μ) · rstd from the
+    (a, μ, rstd), μ and rstd of shape (*, 1) and not differentiable: a is
+    native's to the bit, and the backward reads x̃ = (x − μ) · rstd from the
     forward's own statistics instead of reducing x twice again (a Function can
-    save only its inputs and outputs). :func:`layer_norm` returns y alone, as
+    save only its inputs and outputs). :func:`layer_norm` returns a alone, as
     F.layer_norm. Saved: the input, μ and rstd when ∂J/∂x or ∂J/∂γ is asked for,
     γ when ∂J/∂x is (∂J/∂β alone saves nothing). When the backward is itself
     differentiated, it computes μ and rstd again from the input, by operations
     that carry the second derivative.
 
     Gradients agree with native's to rounding, not to the bit: native's CPU
-    kernel forms ∂J/∂x as rstd·ĝ + b·x + c (b, c per-sample constants from SIMD
-    lane-wise sums), recomputes x̂ for ∂J/∂γ in a fused multiply-add, and sums
+    kernel forms ∂J/∂x as rstd·∂J/∂x̃ + b·x + c (b, c per-sample constants from SIMD
+    lane-wise sums), recomputes x̃ for ∂J/∂γ in a fused multiply-add, and sums
     ∂J/∂γ and ∂J/∂β row by row in one buffer per thread, so its bits depend on
     the thread count; torch operations cannot reproduce that order. The
-    three-term form avoids the cancellation of b·x + c where |μ| ≫ σ, and for a
+    three-term form avoids the cancellation of b·x + c where |μ| ≫ 1/rstd, and for a
     single normalized element (D = 1) gives the exact zero where native's
     gradient is rounding noise.
     """
@@ -182,7 +182,7 @@ class LayerNormFunction(HandDerivedFunction):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Floating point, one dtype and device, shapes (*, *normalized_shape) and normalized_shape.
         validate_layer_norm(input, normalized_shape, weight, bias, eps)
-        return torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # y, μ, rstd
+        return torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # a, μ, rstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
@@ -191,14 +191,14 @@ class LayerNormFunction(HandDerivedFunction):
         ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
         need_x, _, need_weight, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̂ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
+        # ∂J/∂x and ∂J/∂γ read x̃ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
         x_hat_read = need_x or need_weight
         ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
         ctx.normalized_ndim, ctx.eps = len(normalized_shape), eps
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None, *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        if g is None:  # y took no part in J
+        if g is None:  # a took no part in J
             return None, None, None, None, None
         x, mean, rstd, weight = ctx.saved_tensors
         need_x, _, need_weight, need_bias, _ = ctx.needs_input_grad
@@ -227,14 +227,14 @@ def layer_norm(
         # mixed kernel computes in float32 and returns the input's dtype; so does this.
         output, _, _ = LayerNormFunction.apply(input.float(), tuple(normalized_shape), weight, bias, eps)
         return output.to(input.dtype)  # type: ignore[no-any-return]
-    output, _, _ = LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)  # y, μ, rstd
+    output, _, _ = LayerNormFunction.apply(input, tuple(normalized_shape), weight, bias, eps)  # a, μ, rstd
     return output  # type: ignore[no-any-return]
 
 
 class LayerNorm(HandDerivedModule, torch.nn.LayerNorm):
     r"""torch.nn.LayerNorm whose backward is :class:`LayerNormFunction`.
 
-    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot \gamma + \beta
+    .. math:: a = \frac{x - \mu}{\sqrt{\mathrm{var} + \epsilon}} \odot \gamma + \beta
 
     Args:
         normalized_shape, eps, elementwise_affine, bias, device, dtype: as torch.nn.LayerNorm.
@@ -248,10 +248,10 @@ class LayerNorm(HandDerivedModule, torch.nn.LayerNorm):
 
 
 # -- the per-sample view ---------------------------------------------------------------
-# ∂J/∂γ = Σ_n g_n ⊙ x̂_n and ∂J/∂β = Σ_n g_n: kept apart, the terms are each sample's own
+# ∂J/∂γ = Σ_n g_n ⊙ x̃_n and ∂J/∂β = Σ_n g_n: kept apart, the terms are each sample's own
 # gradient. The sample is the first dimension; dimensions between it and the normalized
-# ones (t) are summed within a sample: δ and a_prev of shape (n, t, *normalized_shape)
-# give (n, *normalized_shape). δ = ∂J/∂y arrives at the output, a_prev is the input x.
+# ones (t) are summed within a sample: g and a_prev of shape (n, t, *normalized_shape)
+# give (n, *normalized_shape). g = ∂J/∂a arrives at the output (as ``delta``), a_prev is the input x.
 
 
 def _middle_dims(t: torch.Tensor, normalized_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -266,10 +266,10 @@ def per_sample_weight_grads(
     eps: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Σ_t δ_n,t ⊙ x̂_n,t for every sample n: shape (n, *normalized_shape).
+    """Σ_t g_n,t ⊙ x̃_n,t for every sample n: shape (n, *normalized_shape).
 
-    x̂ is recomputed from a_prev by the native forward without affine, the
-    forward's own x̂. ``out``, when given, receives the result.
+    x̃ is recomputed from a_prev by the native forward without affine, the
+    forward's own x̃. ``out``, when given, receives the result.
     """
     x_hat = F.layer_norm(a_prev, normalized_shape, eps=eps)
     middle = _middle_dims(delta, normalized_shape)
@@ -281,7 +281,7 @@ def per_sample_weight_grads(
 def per_sample_bias_grads(
     delta: torch.Tensor, normalized_shape: tuple[int, ...], out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Σ_t δ_n,t for every sample n: shape (n, *normalized_shape)."""
+    """Σ_t g_n,t for every sample n: shape (n, *normalized_shape)."""
     middle = _middle_dims(delta, normalized_shape)
     if not middle:
         return delta.clone() if out is None else out.copy_(delta)
@@ -296,19 +296,19 @@ def _norms_squared(per_sample: torch.Tensor) -> torch.Tensor:
 def per_sample_weight_grad_norms_squared(
     delta: torch.Tensor, a_prev: torch.Tensor, normalized_shape: tuple[int, ...], eps: float
 ) -> torch.Tensor:
-    """‖Σ_t δ_n,t ⊙ x̂_n,t‖², shape (n,). The gradient is no larger than δ, so it is formed."""
+    """‖Σ_t g_n,t ⊙ x̃_n,t‖², shape (n,). The gradient is no larger than g, so it is formed."""
     return _norms_squared(per_sample_weight_grads(delta, a_prev, normalized_shape, eps))
 
 
 def per_sample_bias_grad_norms_squared(delta: torch.Tensor, normalized_shape: tuple[int, ...]) -> torch.Tensor:
-    """‖Σ_t δ_n,t‖², shape (n,)."""
+    """‖Σ_t g_n,t‖², shape (n,)."""
     middle = _middle_dims(delta, normalized_shape)
     return _norms_squared(delta.sum(middle) if middle else delta)
 
 
 class LayerNormPerSample:
-    """A layer normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and δ, each parameter's
-    per-sample gradients (weight: Σ_t δ_n,t ⊙ x̂_n,t; bias: Σ_t δ_n,t), or their squared norms summed."""
+    """A layer normalisation's per-sample rule (torchbp.per_sample): from a call's a_prev and g = ∂J/∂a, each
+    parameter's per-sample gradients (weight: Σ_t g_n,t ⊙ x̃_n,t; bias: Σ_t g_n,t), or their squared norms summed."""
 
     def grads(
         self, module: LayerNorm, a_prev: torch.Tensor, delta: torch.Tensor, out: dict[str, torch.Tensor]

@@ -218,7 +218,7 @@ def per_sample_weight_grad_norms_squared(delta: torch.Tensor, a_prev: torch.Tens
     """‖δ_n a_prev,nᵀ‖², shape (n,), without forming the (n, o, i) gradients where that is cheaper.
 
     For one row per sample, ‖δ_n a_nᵀ‖² = ‖δ_n‖² ‖a_n‖². For t rows per sample,
-    ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (δ_t · δ_s)(a_t · a_s), two (t × t) Gram matrices,
+    ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,t′} (δ_t · δ_t′)(a_t · a_t′), two (t × t) Gram matrices,
     cheaper than the gradient itself while t (o + i) < o i.
     """
     if delta.dim() == 2:

@@ -1,4 +1,4 @@
-"""The log-softmax log y = z − log Σ e^z over one dimension: its Function, functional form and module."""
+"""The log-softmax log p = z − log Σ e^z over one dimension: its Function, functional form and module."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from torchbp.validation import validate_floating
 
 
 def log_softmax_backward(g: torch.Tensor, log_y: torch.Tensor, dim: int, in_place: bool = False) -> torch.Tensor:
-    """∂J/∂z = g − softmax(z) Σ_d g, from the saved output log y (softmax(z) = e^{log y}).
+    """∂J/∂z = g − p Σ_d g, from the saved output log p (``log_y``; p = softmax(z) = e^{log p}).
 
     One multiply-add (one rounding), as native's kernel computes it; ``in_place`` writes it
-    into g, which must then be a temporary of the caller's (cross-entropy's −s q).
+    into g, which must then be a temporary of the caller's (cross-entropy's −λ y).
     """
     total = g.sum(dim, keepdim=True)  # Σ_d g_d
     y = log_y.exp()
@@ -24,13 +24,14 @@ def log_softmax_backward(g: torch.Tensor, log_y: torch.Tensor, dim: int, in_plac
 
 
 class LogSoftmaxFunction(HandDerivedFunction):
-    r"""log y = log softmax(z) over ``dim``, log y_i = z_i − log Σ_k e^{z_k}, with the backward derived by hand:
+    r"""log p = log softmax(z) over ``dim``, log p_i = z_i − log Σ_k e^{z_k}, with the backward derived by hand:
+    given g = ∂J/∂log p,
 
-    ∂ log y_i/∂z_j = [i = j] − y_j, so ∂J/∂z_j = Σ_i g_i ([i = j] − y_j) = g_j − y_j Σ_i g_i,
+    ∂ log p_i/∂z_j = [i = j] − p_j, so ∂J/∂z_j = Σ_i g_i ([i = j] − p_j) = g_j − p_j Σ_i g_i,
 
-    that is ∂J/∂z = g − softmax(z) Σ g, with softmax(z) = e^{log y} from the saved output.
+    that is ∂J/∂z = g − p Σ g, with p = e^{log p} from the saved output.
     ``LogSoftmaxFunction.apply(input, dim)``; gradients agree with native's to rounding
-    (native's kernel sums Σ g and takes e^{log y} in its own way).
+    (native's kernel sums Σ g and takes e^{log p} in its own way).
     """
 
     generate_vmap_rule = True
@@ -65,8 +66,8 @@ def log_softmax(
 class LogSoftmax(HandDerivedModule, torch.nn.LogSoftmax):
     r"""torch.nn.LogSoftmax whose backward is :class:`LogSoftmaxFunction`.
 
-    .. math:: \log y = z - \log \textstyle\sum e^{z}, \qquad
-              \partial J/\partial z = g - \operatorname{softmax}(z) \textstyle\sum g
+    .. math:: \log p = z - \log \textstyle\sum e^{z}, \qquad
+              \partial J/\partial z = g - p \textstyle\sum g
 
     Args:
         dim: as torch.nn.LogSoftmax's (None: native's legacy choice, with its warning).

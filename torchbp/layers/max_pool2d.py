@@ -1,26 +1,26 @@
-r"""2-d max pooling y = max over each window: its Function, checks, functional form and module.
+r"""2-d max pooling a = max over each window: its Function, checks, functional form and module.
 
 Index letters: n runs over samples, c over channels, h and w over output rows and
-columns, i and j over kernel rows and columns. s, p and d are the stride, padding
-and dilation (one of each per spatial dimension, written once below for rows and
-columns alike), and x_pad is the input x with p rows and columns of −∞ on either
-side. δ = ∂J/∂y, shape (n, c, h, w).
+columns, i and j over kernel rows and columns. s and r are the stride and the
+dilation (one of each per spatial dimension, written once below for rows and
+columns alike), and x_pad is the input x with ``padding`` rows and columns of −∞ on
+either side. g = ∂J/∂a, shape (n, c, h, w).
 
-    y[n,c,h,w] = max_{i,j} x_pad[n, c, h·s + i·d, w·s + j·d]
+    a[n,c,h,w] = max_{i,j} x_pad[n, c, h·s + i·r, w·s + j·r]
 
-y[n,c,h,w] is the one element of its window that the max picks; call its position in
-the input plane m[n,c,h,w] (native's forward returns it, as the flat index y·W + x
+a[n,c,h,w] is the one element of its window that the max picks; call its position in
+the input plane m[n,c,h,w] (native's forward returns it, as the flat index u·W + v
 into the H × W plane; among equal values it is the one native's kernel keeps). The
-max is locally that element itself, so ∂y[n,c,h,w]/∂x[n,c,y,x] = 1[m[n,c,h,w] = (y, x)],
+max is locally that element itself, so ∂a[n,c,h,w]/∂x[n,c,u,v] = [m[n,c,h,w] = (u, v)],
 and the chain rule sums over the windows that picked each element:
 
-    ∂J/∂x[n,c,y,x] = Σ_{h,w: m[n,c,h,w] = (y,x)} δ[n,c,h,w]
+    ∂J/∂x[n,c,u,v] = Σ_{h,w: m[n,c,h,w] = (u,v)} g[n,c,h,w]
 
 Overlapping windows (a stride below the kernel) may pick one element several times;
-their δ add up. With dilation a window can fall wholly in the padding (its positions
+their gradients add up. With dilation a window can fall wholly in the padding (its positions
 step over the input): native gives −∞ there and an index outside the window, and its
 own backward then writes outside the input or to an element the window does not hold.
-Such a y is the constant −∞, whose derivative is 0: here it sends nothing anywhere.
+Such an output is the constant −∞, whose derivative is 0: here it sends nothing anywhere.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def validate_max_pool2d(
 
 
 def reaches_input(out: int, size: int, k: int, s: int, p: int, d: int, device: torch.device) -> torch.Tensor:
-    """Along one dimension, (out,): does window h hold an input position, some h·s − p + i·d in [0, size)?"""
+    """Along one dimension, (out,): does window h hold an input position, some h·s − padding + i·r in [0, size)?"""
     positions = torch.arange(out, device=device)[:, None] * s - p + torch.arange(k, device=device) * d
     return ((positions >= 0) & (positions < size)).any(1)
 
@@ -63,12 +63,12 @@ def max_pool2d_backward(
     padding: Pair,
     dilation: Pair,
 ) -> torch.Tensor:
-    """∂J/∂x[n,c,y,x] = Σ_{h,w: m[n,c,h,w] = (y,x)} δ[n,c,h,w]: δ scatter-added into the flat input plane at m.
+    """∂J/∂x[n,c,u,v] = Σ_{h,w: m[n,c,h,w] = (u,v)} g[n,c,h,w]: g scatter-added into the flat input plane at m.
 
     The windows are added in the order of (h, w), as native's kernel adds them, so the sums are its bits.
     """
     H, W = input_shape[-2:]
-    if max(dilation) > 1:  # only a dilated window can miss the input: send its δ nowhere (an added 0)
+    if max(dilation) > 1:  # only a dilated window can miss the input: send its g nowhere (an added 0)
         h, w = delta.shape[-2:]
         rows = reaches_input(h, H, kernel_size[0], stride[0], padding[0], dilation[0], delta.device)
         columns = reaches_input(w, W, kernel_size[1], stride[1], padding[1], dilation[1], delta.device)
@@ -79,14 +79,14 @@ def max_pool2d_backward(
 
 
 class MaxPool2dFunction(HandDerivedFunction):
-    r"""y = max over each window of x_pad (``F.max_pool2d``), with the backward derived by hand.
+    r"""a = max over each window of x_pad (``F.max_pool2d``), with the backward derived by hand.
 
-    Given δ = ∂J/∂y and m, the position in the input plane that each window's max picked:
+    Given g = ∂J/∂a and m, the position in the input plane that each window's max picked:
 
-    - ∂J/∂x[n,c,y,x] = Σ_{h,w: m[n,c,h,w] = (y,x)} δ[n,c,h,w]
+    - ∂J/∂x[n,c,u,v] = Σ_{h,w: m[n,c,h,w] = (u,v)} g[n,c,h,w]
 
     ``apply(input, kernel_size, stride, padding, dilation, ceil_mode)``, the four sizes pairs of ints,
-    returns (y, m) as ``torch.ops.aten.max_pool2d_with_indices``, which is its forward: y is native's to
+    returns (a, m) as ``torch.ops.aten.max_pool2d_with_indices``, which is its forward: a is native's to
     the bit, and m, not differentiable, is native's choice among equal values, so the gradient goes to
     the element native's goes to. Saved: m alone. In float32 and float64 the gradient is native's to the
     bit (the same additions in the same order); in float16 and bfloat16, where windows overlap, to
@@ -113,7 +113,7 @@ class MaxPool2dFunction(HandDerivedFunction):
 
     @staticmethod
     def backward(ctx: Any, delta: torch.Tensor | None, _: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        if delta is None:  # y took no part in J
+        if delta is None:  # a took no part in J
             return None, None, None, None, None, None
         (m,) = ctx.saved_tensors
         return max_pool2d_backward(delta, m, ctx.input_shape, *ctx.windows), None, None, None, None, None
@@ -137,8 +137,8 @@ def max_pool2d(
 class MaxPool2d(HandDerivedModule, torch.nn.MaxPool2d):
     r"""torch.nn.MaxPool2d whose backward is :class:`MaxPool2dFunction`.
 
-    .. math:: y_{nchw} = \max_{i,j} x^{pad}_{n, c, hs + id, ws + jd}, \qquad
-        \frac{\partial J}{\partial x_{ncyx}} = \sum_{h,w:\, m_{nchw} = (y,x)} \delta_{nchw}
+    .. math:: a_{nchw} = \max_{i,j} x^{pad}_{n, c, hs + ir, ws + jr}, \qquad
+        \frac{\partial J}{\partial x_{ncuv}} = \sum_{h,w:\, m_{nchw} = (u,v)} g_{nchw}
 
     Args:
         kernel_size, stride, padding, dilation, return_indices, ceil_mode: as torch.nn.MaxPool2d's; sizes

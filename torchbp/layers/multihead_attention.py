@@ -24,7 +24,7 @@ from torchbp.validation import ShapeError, shape_text
 def extra_keys(
     k: torch.Tensor, v: torch.Tensor, bias_k: torch.Tensor | None, bias_v: torch.Tensor | None, add_zero_attn: bool
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """K and V (S, N, E) with native's extra keys after the projected ones: the learned row bias_k (and bias_v),
+    """K and V (L′, N, E) with native's extra keys after the projected ones: the learned row bias_k (and bias_v),
     (1, 1, E), for every sequence (``add_bias_kv``), then a row of zeros (``add_zero_attn``); and how many
     were added. A mask gets as many columns that mask nothing (see :func:`merged_mask`). The rows are
     copies of the inputs, so their gradients are sums of the copies' (bias_k's: over the sequences)."""
@@ -54,8 +54,8 @@ def merged_mask(
     dtype: torch.dtype,
     added: int = 0,
 ) -> torch.Tensor | None:
-    """One additive mask for scaled_dot_product_attention, (L, S) or (N, H, L, S): native's convention, a True
-    entry (or −∞) masks a key out. attn_mask is (L, S) or (N·H, L, S); key_padding_mask (N, S); each gets
+    """One additive mask for scaled_dot_product_attention, (L, L′) or (N, H, L, L′): native's convention, a True
+    entry (or −∞) masks a key out. attn_mask is (L, L′) or (N·H, L, L′); key_padding_mask (N, L′); each gets
     ``added`` columns of zeros for the extra keys (see :func:`extra_keys`)."""
     attn = F._canonical_mask(
         mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="", target_type=dtype, check_other=False
@@ -86,7 +86,7 @@ def in_projections(
     k_proj_weight: torch.Tensor | None,
     v_proj_weight: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v, each (L or S, N, E): the packed weight's
+    """Q = query W_qᵀ + b_q, K = key W_kᵀ + b_k, V = value W_vᵀ + b_v, each (L or L′, N, E): the packed weight's
     three blocks of rows (one product where query, key and value are one tensor), or the separate weights."""
     if use_separate_proj_weight:
         b_q, b_k, b_v = in_proj_bias.chunk(3) if in_proj_bias is not None else (None, None, None)
@@ -108,8 +108,8 @@ def attend(
     dropout_p: float,
     need_weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The heads' attention: Q, K, V (L or S, N, E) split into H heads of E/H columns each, attended, and put
-    side by side again: (L, N, E), and with ``need_weights`` each head's weights P dropped, (N, H, L, S)."""
+    """The heads' attention: Q, K, V (L or L′, N, E) split into H heads of E/H columns each, attended, and put
+    side by side again: (L, N, E), and with ``need_weights`` each head's weights P dropped, (N, H, L, L′)."""
     length, n, embed_dim = q.shape
 
     def heads(t: torch.Tensor) -> torch.Tensor:  # (L, N, E) -> (N, H, L, E/H)
@@ -236,7 +236,7 @@ class MultiheadAttention(HandDerivedModule, torch.nn.MultiheadAttention):
 
 
 class MultiheadAttentionCall(NamedTuple):
-    """What a per-sample pass keeps of one call: the inputs with the samples first, (N, L or S, E), detached
+    """What a per-sample pass keeps of one call: the inputs with the samples first, (N, L or L′, E), detached
     (one tensor where query, key and value were one), the one additive mask, and what the call returned."""
 
     query: torch.Tensor
@@ -252,8 +252,8 @@ FORWARD = inspect.signature(MultiheadAttention.forward)
 class MultiheadAttentionPerSample:
     """A multi-head attention's per-sample rule (torchbp.per_sample): the Linear rule on each of its products.
 
-    Each product y = a Wᵀ + b (the in-projections of query, key and value; the out-projection of the heads'
-    outputs O) contributes δ_y,n a_nᵀ to sample n's weight gradient and δ_y,n to its bias's, summed over the
+    Each product z = a Wᵀ + b (the in-projections of query, key and value; the out-projection of the heads'
+    outputs O) contributes δ_n a_nᵀ to sample n's weight gradient and δ_n to its bias's, summed over the
     positions. The δ at the output arrives from the recorded pass; O and the δ at Q, K and V, which the
     pass does not keep, come from running the layer's own forward and backward again on the recorded
     inputs, all samples at once (attention does not mix samples). In training mode with ``dropout`` the
@@ -297,7 +297,7 @@ class MultiheadAttentionPerSample:
     def products(
         self, module: MultiheadAttention, call: MultiheadAttentionCall, delta: Any
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Each product's (δ_y, a), samples first: "q", "k", "v" (the in-projections), "out" (the out-projection)."""
+        """Each product's (δ, a), samples first: "q", "k", "v" (the in-projections), "out" (the out-projection)."""
         delta_out, delta_weights = delta if isinstance(delta, tuple) else (delta, None)
 
         def sequence_first(t: torch.Tensor) -> torch.Tensor:

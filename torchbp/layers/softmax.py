@@ -1,4 +1,4 @@
-"""The softmax y = e^z / Σ e^z over one dimension: its Function, functional form and module."""
+"""The softmax p = e^z / Σ e^z over one dimension: its Function, functional form and module."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def over_a_dim(
 def step_over_a_dim(
     kind: str, forward: Callable[[torch.Tensor, int], torch.Tensor], formula: Callable[..., torch.Tensor]
 ) -> Step:
-    """The fused step of a layer over one dimension whose backward ``formula(δ, output, dim)`` reads its
+    """The fused step of a layer over one dimension whose backward ``formula(g, output, dim)`` reads its
     output: its dim the one constant argument; a module without a dim runs per layer."""
 
     def backward(delta: torch.Tensor, output: torch.Tensor, dim: int, need_input: bool) -> tuple[torch.Tensor]:
@@ -52,19 +52,20 @@ def step_over_a_dim(
 
 
 def softmax_backward(g: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
-    """∂J/∂z = y ⊙ (g − Σ_d g ⊙ y), the softmax's Jacobian-vector product from its saved output y."""
-    centred = g - (g * y).sum(dim, keepdim=True)  # g − Σ_d g_d y_d, a new tensor
+    """∂J/∂z = p ⊙ (g − Σ_d g ⊙ p), the softmax's Jacobian-vector product from its saved output p (``y``)."""
+    centred = g - (g * y).sum(dim, keepdim=True)  # g − Σ_d g_d p_d, a new tensor
     return centred.mul_(y) if products_in_place(g) else centred * y
 
 
 class SoftmaxFunction(HandDerivedFunction):
-    r"""y = softmax(z) over ``dim``, y_i = e^{z_i} / Σ_k e^{z_k}, with the backward derived by hand:
+    r"""p = softmax(z) over ``dim``, p_i = e^{z_i} / Σ_k e^{z_k}, with the backward derived by hand: given
+    g = ∂J/∂p,
 
-    ∂y_i/∂z_j = y_i ([i = j] − y_j), so ∂J/∂z_j = Σ_i g_i y_i ([i = j] − y_j) = y_j (g_j − Σ_i g_i y_i),
+    ∂p_i/∂z_j = p_i ([i = j] − p_j), so ∂J/∂z_j = Σ_i g_i p_i ([i = j] − p_j) = p_j (g_j − Σ_i g_i p_i),
 
-    that is ∂J/∂z = y ⊙ (g − Σ g ⊙ y): the Jacobian is never formed. From the saved output y
+    that is ∂J/∂z = p ⊙ (g − Σ g ⊙ p): the Jacobian is never formed. From the saved output p
     only. ``SoftmaxFunction.apply(input, dim)``; gradients agree with native's to rounding
-    (native's kernel sums Σ g ⊙ y in its own order).
+    (native's kernel sums Σ g ⊙ p in its own order).
     """
 
     generate_vmap_rule = True
@@ -99,7 +100,7 @@ def softmax(
 class Softmax(HandDerivedModule, torch.nn.Softmax):
     r"""torch.nn.Softmax whose backward is :class:`SoftmaxFunction`.
 
-    .. math:: y = \operatorname{softmax}(z), \qquad \partial J/\partial z = y \odot (g - \textstyle\sum g \odot y)
+    .. math:: p = \operatorname{softmax}(z), \qquad \partial J/\partial z = p \odot (g - \textstyle\sum g \odot p)
 
     Args:
         dim: as torch.nn.Softmax's (None: native's legacy choice, with its warning).

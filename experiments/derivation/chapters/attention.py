@@ -1,8 +1,8 @@
 """Scaled dot-product attention, worked on one head of three positions with a causal mask
 (torchbp/layers/attention.py).
 
-S = Q Kᵀ · s, P = softmax(S) over the keys, O = P V. Given G = ∂J/∂O: ∂J/∂V = Pᵀ G, ∂J/∂P = G Vᵀ,
-∂J/∂S = P ⊙ (∂J/∂P − Σ_keys ∂J/∂P ⊙ P), ∂J/∂Q = ∂J/∂S K · s, ∂J/∂K = (∂J/∂S)ᵀ Q · s.
+S = Q Kᵀ/√E, P = softmax(S) over the keys, O = P V. Given G = ∂J/∂O: ∂J/∂V = Pᵀ G, ∂J/∂P = G Vᵀ,
+∂J/∂S = P ⊙ (∂J/∂P − Σ_keys ∂J/∂P ⊙ P), ∂J/∂Q = ∂J/∂S K/√E, ∂J/∂K = (∂J/∂S)ᵀ Q/√E.
 """
 
 from __future__ import annotations
@@ -95,13 +95,13 @@ TITLES = {
 }
 
 CODE = [
-    ("attention: S = Q Kᵀ · s", "torchbp/layers/attention.py",
-     "scores = (scores.mul_ if own else scores.mul)(s)  # S = Q Kᵀ · s"),
+    ("attention: S = Q Kᵀ/√E", "torchbp/layers/attention.py",
+     "scores = (scores.mul_ if own else scores.mul)(s)  # S = Q Kᵀ/√E"),
     ("∂J/∂V = Pᵀ G", "torchbp/layers/attention.py", "grad_v = summed_over_groups(dropped.transpose(-2, -1) @ g"),
     ("∂J/∂P = G Vᵀ", "torchbp/layers/attention.py", "grad_p = None if g is None else g @ v.transpose(-2, -1)"),
     ("∂J/∂S = P ⊙ (∂J/∂P − Σ ∂J/∂P ⊙ P)", "torchbp/layers/attention.py",
      "grad_scores = softmax_backward(grad_p, p, -1)"),
-    ("∂J/∂Q = ∂J/∂S K · s", "torchbp/layers/attention.py", "grad_q = scaled(grad_scores @ k, ctx.scale, own)"),
-    ("∂J/∂K = (∂J/∂S)ᵀ Q · s", "torchbp/layers/attention.py",
+    ("∂J/∂Q = ∂J/∂S K/√E", "torchbp/layers/attention.py", "grad_q = scaled(grad_scores @ k, ctx.scale, own)"),
+    ("∂J/∂K = (∂J/∂S)ᵀ Q/√E", "torchbp/layers/attention.py",
      "scaled(grad_scores.transpose(-2, -1) @ query, ctx.scale, own)"),
 ]  # fmt: skip

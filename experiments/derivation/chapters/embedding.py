@@ -93,6 +93,6 @@ CODE = [
      "return torch.zeros(num_weights, rows.shape[1], dtype=g.dtype, device=g.device).index_add(0, flat, rows)"),
     ("the padding row gets no gradient", "torchbp/layers/embedding.py",
      "rows = torch.where((flat != padding_idx).unsqueeze(1), rows, 0)  # the padding row gets nothing"),
-    ("per sample: G_n[v] = Σ_t [i_n,t = v] δ_n,t", "torchbp/layers/embedding.py",
+    ("per sample n: ∂J/∂W[v] = Σ_k [i_n,k = v] g_n,k", "torchbp/layers/embedding.py",
      "grads.zero_().view(n * num_weights, dim).index_add_(0, into, rows.reshape(-1, dim))"),
 ]  # fmt: skip
