@@ -21,6 +21,16 @@ a fraction of its tolerance, under the tolerance line), ``metrics``,
 TensorBoard draws zigzag curves from a folder written twice, so a log only
 ever opens a folder that holds no event files, and :func:`new_run_dir` makes
 a fresh one for every invocation.
+
+Scalars are written as float32 tensors with the scalars plugin's metadata, the
+form tensorboard's own summaries take, whose first event per tag carries the
+chart's description (TensorBoard's default data server drops the description
+of an old-style ``simple_value``, and float64 scalars altogether). A step's
+scalars are held in memory and written together, one event per run and step,
+at least every ``flush_secs`` seconds and on :meth:`TensorBoardLog.flush` and
+:meth:`TensorBoardLog.close`: a TensorBoard call per scalar would cost more
+than a small network's training step. A run that is killed leaves readable
+files with all but its last moments.
 """
 
 from __future__ import annotations
@@ -106,19 +116,33 @@ SUMMARY = {"final_loss": "final loss", "error_over_tolerance": "error / toleranc
 SHOWN = 5  # settings the HParams tab shows at first: TensorBoard's own count
 
 
-class TensorBoardLog:
-    """Writers for one lockstep run; see the module docstring for the layout.
+def declared_columns(settings: list[str]) -> Summary:
+    """The HParams tab's columns, declared: the ``settings`` (the first ``SHOWN`` marked as differing between
+    runs, which TensorBoard shows at first) and the ``SUMMARY`` metrics; as tensorboard's hparams_config_pb
+    writes it, with each setting's ``differs`` set. Declared, every run in a log folder shares the same few
+    columns; otherwise TensorBoard would make one of every chart of every run."""
+    experiment = api_pb2.Experiment(
+        hparam_infos=[
+            api_pb2.HParamInfo(name=key, type=api_pb2.DATA_TYPE_STRING, differs=index < SHOWN)
+            for index, key in enumerate(settings)
+        ],
+        metric_infos=[
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"summary/{key}"), display_name=heading)
+            for key, heading in SUMMARY.items()
+        ],
+        time_created_secs=time.time(),
+    )
+    declaration = Summary()
+    declaration.value.add(
+        tag=metadata.EXPERIMENT_TAG,
+        metadata=metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+        tensor=metadata.NULL_TENSOR,
+    )
+    return declaration
 
-    Scalars are written as float32 tensors with the scalars plugin's metadata, the
-    form tensorboard's own summaries take, whose first event per tag carries the
-    chart's description (TensorBoard's default data server drops the description
-    of an old-style ``simple_value``, and float64 scalars altogether).
-    A step's scalars are held in memory and written together, one event per run
-    and step, at least every ``flush_secs`` seconds and on :meth:`flush` and
-    :meth:`close`: a TensorBoard call per scalar would cost more than a small
-    network's training step. A run that is killed leaves readable files with
-    all but its last moments.
-    """
+
+class TensorBoardLog:
+    """Writers for one lockstep run; see the module docstring for the layout and how scalars are written."""
 
     def __init__(self, run_dir: str | Path, name: str | None = None, flush_secs: int = 2):
         self.run_dir, self.name = Path(run_dir), name
@@ -166,13 +190,14 @@ class TensorBoardLog:
         hand = self.pending["hand"]
         hand.append((step, now, self.loss_tag, hand_loss))
         self.pending["autograd"].append((step, now, self.loss_tag, autograd_loss))
+        checked = (
+            (self.match_tag, error_over_tolerance),
+            (self.abs_loss_difference_tag, abs_loss_difference),
+            (self.max_grad_error_tag, max_grad_error),
+        )
+        hand.extend((step, now, tag, value) for tag, value in checked if value is not None)
         if error_over_tolerance is not None:
-            hand.append((step, now, self.match_tag, error_over_tolerance))
             self.pending[LIMIT].append((step, now, self.match_tag, 1.0))
-        differences = ((self.abs_loss_difference_tag, abs_loss_difference), (self.max_grad_error_tag, max_grad_error))
-        for tag, value in differences:
-            if value is not None:
-                hand.append((step, now, tag, value))
         if grad_norms is not None:
             self.histogram("hand", self.tag("per_sample", "grad_norm"), grad_norms, step)
         if time.monotonic() >= self.next_write:
@@ -210,41 +235,16 @@ class TensorBoardLog:
     def hparams(
         self, hparams: dict[str, object], summary: dict[str, float | None] | None = None, step: int = 0
     ) -> None:
-        """The run's row of TensorBoard's HParams tab, in the ``hand`` run: its settings ``hparams``, of which
-        the first ``SHOWN`` are the columns shown at first, and as its metric columns the ``summary`` values
-        (keys of ``SUMMARY``; None or missing: left empty), written at ``step`` as ``summary/<key>``.
-
-        Settings are written as text (``32``, ``0.5``), so one setting never shows as a
-        number in one run and a word in another. The columns are declared (an
-        experiment configuration in the same run), so every run in a log folder
-        shares the same few; otherwise TensorBoard would make one column of every
-        chart of every run. TensorBoard shows five settings at first, those it marks
-        as differing between runs: the declaration marks the first ``SHOWN``. The
-        trial is named after the run folder (its time, unique in a log folder: see
-        :func:`new_run_dir`), not a hash.
-        """
-        for key, value in (summary or {}).items():
-            if value is not None:
-                self.pending["hand"].append((step, time.time(), f"summary/{key}", float(value)))
+        """The run's row of TensorBoard's HParams tab, in the ``hand`` run: its settings ``hparams``, written as
+        text (``32``, ``0.5``: never a number in one run and a word in another), under the columns of
+        :func:`declared_columns`, and its ``summary`` values (keys of ``SUMMARY``; None: left empty) as
+        ``summary/<key>`` at ``step``. The trial is named after the run folder, not a hash."""
+        columns = {key: float(value) for key, value in (summary or {}).items() if value is not None}
+        self.pending["hand"].extend((step, time.time(), f"summary/{key}", value) for key, value in columns.items())
         self._write_pending()
         settings = {key: str(value) for key, value in hparams.items()}
-        declared = [
-            api_pb2.HParamInfo(name=key, type=api_pb2.DATA_TYPE_STRING, differs=index < SHOWN)
-            for index, key in enumerate(settings)
-        ]
-        columns = [
-            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"summary/{key}"), display_name=heading)
-            for key, heading in SUMMARY.items()
-        ]
         writer = file_writer(self.writer("hand"))
-        experiment = api_pb2.Experiment(hparam_infos=declared, metric_infos=columns, time_created_secs=time.time())
-        declaration = Summary()  # as tensorboard's hparams_config_pb writes it, with this HParamInfo's ``differs``
-        declaration.value.add(
-            tag=metadata.EXPERIMENT_TAG,
-            metadata=metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-            tensor=metadata.NULL_TENSOR,
-        )
-        writer.add_summary(declaration)
+        writer.add_summary(declared_columns(list(settings)))
         writer.add_summary(hparams_pb(settings, trial_id=self.run_dir.name))
 
     def _write_pending(self) -> None:

@@ -23,6 +23,7 @@ NOT_RECORDING = nullcontext()  # in place of a PerSampleGradients on steps that 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Metric = Callable[[torch.nn.Module], float]
 LossFunction = Callable[[Any, Any], torch.Tensor]
+Settings = dict[str, object]
 
 
 class LockstepTrainer:
@@ -109,13 +110,7 @@ class LockstepTrainer:
         record = self.result.add_step(step, hand_loss, native_loss, report, per_sample)
         lap("checking")
         if self.log is not None:
-            difference, error, share = (
-                (record.loss_difference, record.max_grad_error, record.error_over_tolerance)
-                if checked
-                else (None, None, None)
-            )
-            norms = None if per_sample is None else per_sample.grad_norms()
-            self.log.step(step, record.hand_loss, record.autograd_loss, difference, error, norms, share)
+            log_step(self.log, record, checked, per_sample)
         lap("logging")
         if report is not None and not report.ok:
             self.result.mismatch_step = step
@@ -126,10 +121,9 @@ class LockstepTrainer:
         return record
 
     def evaluate(self, step: int | None = None) -> dict[str, tuple[float, float]]:
-        """Every metric on both models, logged at ``step``; by default the number of steps taken,
-        which is the step whose loss is taken at the current parameters. The models are evaluated in eval
-        mode (no dropout; batch normalisation by its running statistics, which evaluating leaves alone), and
-        given back in the mode they were in."""
+        """Every metric on both models, logged at ``step`` (by default the steps taken: the step whose loss is
+        taken at the current parameters), in eval mode (no dropout; batch norm by its running statistics,
+        which it leaves alone), each model given back in the mode it was in."""
         step = self.result.steps if step is None else step
         values, lap = {}, self.stopwatch.start()
         with in_eval_mode(self.hand_model, self.native_model), torch.no_grad():
@@ -171,38 +165,48 @@ class LockstepTrainer:
         self.close()
 
     def close(
-        self,
-        hparams: dict[str, object] | None = None,
-        metric: str | None = None,
-        settings: dict[str, object] | None = None,
+        self, hparams: Settings | None = None, metric: str | None = None, settings: Settings | None = None
     ) -> None:
-        """Write the verdict (a text card, with ``settings`` as one of its rows where given) and, given
-        ``hparams``, the run's row of the HParams tab: those settings and the verdict in one word, and as its
-        columns the torchbp model's final loss, the largest error over tolerance and the last value of
-        ``metric`` (one of ``metrics``, named in the verdict card); then close the log. TensorBoard shows
-        five settings at first, the verdict among them."""
-        if self.log is None:
-            return
-        result, row = self.result, None
-        if hparams is not None:
-            first = dict(list(hparams.items())[: SHOWN - 1])
-            row = {**first, "verdict": result.outcome, **hparams}
-        value = result.metrics[metric][0] if metric in result.metrics else None
-        summary = {
-            "final_loss": result.hand_loss,
-            "error_over_tolerance": result.max_error_over_tolerance if result.checks else None,
-            "metric": value,
-        }
-        verdict = self.verdict()
-        if value is not None:
-            verdict += f"\n| metric | {metric} {value:.4g} |"
-        if settings:
-            verdict += "\n| settings | " + ", ".join(f"{key} {value}" for key, value in settings.items()) + " |"
-        self.log.close(verdict=verdict, step=result.steps, hparams=row, summary=summary)
+        """Write the verdict card and, given ``hparams``, the HParams row (:func:`closing_entries`); close the log."""
+        if self.log is not None:
+            verdict, row, summary = closing_entries(self.result, self.verdict(), hparams, metric, settings)
+            self.log.close(verdict=verdict, step=self.result.steps, hparams=row, summary=summary)
 
     def verdict(self) -> str:
         """The run's result in a few lines of markdown: MATCH or MISMATCH, what was checked, what was compared."""
         return self.result.verdict(self.comparison.every, self.comparison.mode, self.layers)
+
+
+def log_step(log: TensorBoardLog, record: StepRecord, checked: bool, per_sample: PerSampleGradients | None) -> None:
+    """A step's losses; on a checked step how far apart the two models were; the per-sample norms it recorded."""
+    difference, error, share = (
+        (record.loss_difference, record.max_grad_error, record.error_over_tolerance) if checked else (None, None, None)
+    )
+    norms = None if per_sample is None else per_sample.grad_norms()
+    log.step(record.step, record.hand_loss, record.autograd_loss, difference, error, norms, share)
+
+
+def closing_entries(
+    result: LockstepResult,
+    verdict: str,
+    hparams: dict[str, object] | None,
+    metric: str | None,
+    settings: dict[str, object] | None,
+) -> tuple[str, dict[str, object] | None, dict[str, float | None]]:
+    """What a closing log writes: the verdict card (with ``settings`` and the last value of ``metric``, one of
+    the trainer's ``metrics``, as rows where given); the HParams row, ``hparams`` with the verdict in one word
+    among the first five settings, which TensorBoard shows at first (None without ``hparams``); and its
+    columns, the torchbp model's final loss, the largest error over tolerance and the metric's value."""
+    row = None
+    if hparams is not None:
+        row = {**dict(list(hparams.items())[: SHOWN - 1]), "verdict": result.outcome, **hparams}
+    value = result.metrics[metric][0] if metric in result.metrics else None
+    if value is not None:
+        verdict += f"\n| metric | {metric} {value:.4g} |"
+    if settings:
+        verdict += "\n| settings | " + ", ".join(f"{key} {setting}" for key, setting in settings.items()) + " |"
+    error = result.max_error_over_tolerance if result.checks else None
+    return verdict, row, {"final_loss": result.hand_loss, "error_over_tolerance": error, "metric": value}
 
 
 class Side(NamedTuple):
