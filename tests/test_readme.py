@@ -1,5 +1,6 @@
-"""The README is the front door: it begins with the two commands a new user runs, CI runs its test command,
-and it links every page of the documentation. (Its code examples run in tests/test_docs.py.)"""
+"""The README is the front door: it begins with the two commands a new user runs, CI runs its test command
+(then the subset on the newest torch it names), and it links every page of the documentation. (Its code
+examples run in tests/test_docs.py.)"""
 
 import re
 from pathlib import Path
@@ -24,6 +25,12 @@ def test_readme_begins_with_the_main_job_and_the_test_command():
 def test_ci_runs_the_readmes_test_command():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert first_commands()[1] in ci_lines
+
+
+def test_ci_runs_the_subset_on_the_newest_torch_that_the_readme_names():
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "bash .ci/newest-torch" in ci_lines and "`bash .ci/newest-torch`" in README
+    assert ci_lines.index("bash .ci/newest-torch") > ci_lines.index(first_commands()[1])  # after the whole suite
 
 
 def test_the_readme_is_a_short_front_door():

@@ -905,7 +905,7 @@ READ_FROM_THE_ERROR = {
         SavedVariablesSquare.apply, lambda x: x * x, positive(), "compile", "graph break", "use ctx.saved_tensors"
     ),
     "classmethods": (
-        ClassMethodSquare.apply, lambda x: x * x, positive(), "compile", "failed to bind arguments", "@staticmethod"
+        ClassMethodSquare.apply, lambda x: x * x, positive(), "compile", "graph break", "@staticmethod"
     ),
     "NaN second derivatives": (
         SquareRoot.apply, torch.sqrt, with_a_zero(), "double-backward", "NaN or infinite", "singular point"

@@ -55,7 +55,8 @@ def _run_compiled(subject: Subject, compiled: Callable[..., Any], inputs: list[A
         reason = _reason(error)
         if "jvp" in reason:  # not the Function's mistake: this PyTorch's compiler has no forward mode for it
             reason += " (torch.compile refuses any Function that defines jvp: drop the jvp, or skip compile)"
-        raise Failed(f"graph break: {reason}", fix=_graph_break_fix(reason, _source_line(error))) from None
+        fix = _graph_break_fix(f"{reason}\n{error}", _source_line(error))
+        raise Failed(f"graph break: {reason}", fix=fix) from None
     except torch._dynamo.exc.TorchRuntimeError as error:
         if not is_custom_op(subject.fn) or "fake" not in str(error).lower():
             raise
@@ -190,20 +191,24 @@ def _lowering(error: Exception) -> str:
     return ""
 
 
-# What a graph break's reason or the line it points at says, and the fix for it (else the property's usual one).
+# What a graph break's error or the line it points at says (any of the words: PyTorch releases word it
+# differently), and the fix for it (else the property's usual one).
 GRAPH_BREAK_CAUSES = (
-    ("saved_variables", "ctx.saved_variables is the old name the compiler does not know: use ctx.saved_tensors"),
+    (("saved_variables",), "ctx.saved_variables is the old name the compiler does not know: use ctx.saved_tensors"),
     (
-        "failed to bind arguments when attempting to inline",
+        (
+            "failed to bind arguments when attempting to inline",  # torch 2.13
+            "raised exception TypeError('Too many positional arguments",  # torch 2.14: the extra one is cls
+        ),
         "forward, setup_context or backward written as a @classmethod: the compiler calls them as static "
         "methods; make them @staticmethod",
     ),
 )
 
 
-def _graph_break_fix(reason: str, line: str) -> str | None:
+def _graph_break_fix(error: str, line: str) -> str | None:
     for words, fix in GRAPH_BREAK_CAUSES:
-        if words in reason or words in line:
+        if any(word in error or word in line for word in words):
             return fix
     return None
 
