@@ -43,6 +43,24 @@ class HandDerivedFunction(torch.autograd.Function):
         return TWINS[cls](*unwrap_dead_wrappers(args))
 
 
+def save_for_normalisation_backward(
+    ctx: Any,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    need_x: bool,
+    need_weight: bool,
+) -> None:
+    """What a normalisation's ``setup_context`` keeps, for (x, μ, rstd, γ) as its ``saved_tensors``: μ and rstd
+    are outputs that get no gradient (and no zeros are made for them); ∂J/∂x and ∂J/∂γ read x̃ (from x, μ and
+    rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone, so only what is read is saved, None in place of the rest."""
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
+    x_tilde_read = need_x or need_weight
+    ctx.save_for_backward(*((x, mean, rstd) if x_tilde_read else (None, None, None)), weight if need_x else None)
+
+
 def running_eagerly() -> bool:
     """Outside torch.compile and torch.func transforms: where a check may read a tensor's values."""
     return not (torch.compiler.is_compiling() or transforms_active())

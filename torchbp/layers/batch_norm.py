@@ -31,7 +31,12 @@ from typing import Any
 
 import torch
 
-from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
+from torchbp.hand_derived import (
+    HandDerivedFunction,
+    HandDerivedModule,
+    products_in_place,
+    save_for_normalisation_backward,
+)
 from torchbp.table import Layer, register
 from torchbp.validation import (
     FLOATING,
@@ -277,12 +282,8 @@ class BatchNormFunction(HandDerivedFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         x, _, _, weight, _, ctx.training, _, ctx.eps = inputs
         _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
         need_x, _, _, need_weight, _, _, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̃ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
-        x_hat_read = need_x or need_weight
-        ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
+        save_for_normalisation_backward(ctx, x, mean, rstd, weight, need_x, need_weight)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None, *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

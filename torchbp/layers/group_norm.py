@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
-from torchbp.hand_derived import HandDerivedFunction, HandDerivedModule, products_in_place
+from torchbp.hand_derived import (
+    HandDerivedFunction,
+    HandDerivedModule,
+    products_in_place,
+    save_for_normalisation_backward,
+)
 from torchbp.table import Layer, register
 from torchbp.validation import (
     FLOATING,
@@ -232,12 +237,8 @@ class GroupNormFunction(HandDerivedFunction):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         x, num_groups, weight, _, eps = inputs
         _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.set_materialize_grads(False)  # no zeros made for μ and rstd, which get no gradient
         need_x, _, need_weight, _, _ = ctx.needs_input_grad
-        # ∂J/∂x and ∂J/∂γ read x̃ (from x, μ, rstd), ∂J/∂x reads γ, ∂J/∂β reads g alone: keep only what is read.
-        x_hat_read = need_x or need_weight
-        ctx.save_for_backward(*((x, mean, rstd) if x_hat_read else (None, None, None)), weight if need_x else None)
+        save_for_normalisation_backward(ctx, x, mean, rstd, weight, need_x, need_weight)
         ctx.num_groups, ctx.eps = num_groups, eps
 
     @staticmethod
