@@ -40,7 +40,6 @@ def build(config: Config) -> Setup:
         model=small_cnn(config),
         loss_fn=torch.nn.CrossEntropyLoss(),
         batches=Minibatches(x_train, label_train, config.batch_size, config.seed),
-        optimizer=lambda parameters: torch.optim.Adam(parameters, lr=config.lr),
         metrics={"held_out_accuracy": accuracy(x_test, label_test)},
         headline_metric="held_out_accuracy",
         metric_every=100,

@@ -41,7 +41,6 @@ def build(config: Config) -> Setup:
         model=layernorm_mlp(config),
         loss_fn=torch.nn.CrossEntropyLoss(),
         batches=Minibatches(x_train, label_train, config.batch_size, config.seed),
-        optimizer=lambda parameters: torch.optim.SGD(parameters, lr=config.lr, momentum=0.9),
         metrics={"held_out_accuracy": accuracy(x_test, label_test)},
         headline_metric="held_out_accuracy",
         metric_every=100,

@@ -78,7 +78,6 @@ def build(config: Config) -> Setup:
         model=small_resnet(config),
         loss_fn=torch.nn.CrossEntropyLoss(weight=weight),
         batches=Minibatches(x_train, label_train, config.batch_size, config.seed),
-        optimizer=lambda parameters: torch.optim.SGD(parameters, lr=config.lr, momentum=0.9),
         metrics={"held_out_accuracy": accuracy(x_test, label_test)},  # in eval mode: the running statistics
         headline_metric="held_out_accuracy",
         metric_every=100,

@@ -151,7 +151,6 @@ def build(config: Config) -> Setup:
         model=model,
         loss_fn=torch.nn.CrossEntropyLoss(),
         batches=Minibatches(x_train.to(device), y_train.to(device), config.batch_size, config.seed),
-        optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=config.lr),
         metrics={
             "held_out_loss": held_out_loss(x_test.to(device), y_test.to(device)),
             "bigram_held_out_loss": lambda model: bigram,

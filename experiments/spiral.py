@@ -44,7 +44,6 @@ def build(config: Config) -> Setup:
         model=sigmoid_mlp((2, 32, 32, 1), config),
         loss_fn=torch.nn.MSELoss(),
         batches=Minibatches(x_train, target, config.batch_size, config.seed),
-        optimizer=lambda parameters: torch.optim.SGD(parameters, lr=config.lr, momentum=MOMENTUM),
         metrics={"held_out_accuracy": accuracy(x_test, label_test)},
         headline_metric="held_out_accuracy",
         metric_every=200,

@@ -585,11 +585,18 @@ def test_list_aligns_every_description_after_the_longest_name(capsys):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_list_names_the_optimizer_each_experiment_builds(name, capsys):
+def test_list_names_the_optimizer_each_experiment_builds(name, capsys, monkeypatch):
     experiment = EXPERIMENTS[name]
-    setup = experiment.build(experiment.defaults)
-    trainer = LockstepTrainer(setup.model, setup.loss_fn, optimizer=setup.optimizer, lr=experiment.defaults.lr)
-    built = trainer.hand.optimizer  # what the run steps with: the setup's own, or the trainer's plain SGD
+    trainers = []
+
+    class Recorded(LockstepTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(runner, "LockstepTrainer", Recorded)
+    runner.run_experiment(experiment, dataclasses.replace(experiment.defaults, steps=1), None, progress=False)
+    built = trainers[0].hand.optimizer  # what the run steps with
     listed = experiment.optimizer
     assert type(built) is listed.kind
     like_listed = listed.kind(torch.nn.Linear(1, 1).parameters(), lr=experiment.defaults.lr, **listed.options)

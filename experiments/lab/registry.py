@@ -38,8 +38,6 @@ class Setup:
     model: torch.nn.Module
     loss_fn: torch.nn.Module
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    # Parameters -> optimizer, called once per side; None: plain SGD at config.lr.
-    optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None
     metrics: dict[str, Callable[[torch.nn.Module], float]] = field(default_factory=dict)
     headline_metric: str | None = None  # the metric the summary table shows
     baseline_metric: str | None = None  # one the summary shows beside it (gpt: the bigram model's loss)
@@ -52,12 +50,16 @@ class Setup:
 
 
 class OptimizerChoice:
-    """Which optimizer an experiment's setup builds: a ``torch.optim`` class and the options it sets
-    besides the learning rate, as in ``OptimizerChoice(torch.optim.SGD, momentum=0.9)``. ``--list``
-    shows it; a test builds every experiment and holds what its setup constructs to it."""
+    """Which optimizer an experiment trains with: a ``torch.optim`` class and the options it sets besides
+    the learning rate, as in ``OptimizerChoice(torch.optim.SGD, momentum=0.9)``. The runner builds it
+    (:meth:`at`) and ``--list`` shows it, from this one statement."""
 
     def __init__(self, kind: type[torch.optim.Optimizer] = torch.optim.SGD, **options: float):
         self.kind, self.options = kind, options
+
+    def at(self, lr: float) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]:
+        """Parameters -> this optimizer at learning rate ``lr``: the trainer's ``optimizer=``."""
+        return lambda parameters: self.kind(parameters, lr=lr, **self.options)
 
     def __str__(self) -> str:
         """``Adam``, ``SGD with momentum 0.9``."""
@@ -85,8 +87,8 @@ def experiment(
     optimizer: OptimizerChoice | None = None,
     **defaults,
 ):
-    """Register the decorated ``build(config) -> Setup`` under ``name``; ``optimizer`` says which one
-    its setup builds (None: plain SGD, as a setup without one gets from the trainer)."""
+    """Register the decorated ``build(config) -> Setup`` under ``name``; ``optimizer`` is the one it trains
+    with (None: plain SGD)."""
 
     def register(build: Callable[[Config], Setup]) -> Callable[[Config], Setup]:
         chosen = optimizer or OptimizerChoice()

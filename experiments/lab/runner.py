@@ -79,8 +79,7 @@ def _train_in_lockstep(
     trainer = LockstepTrainer(
         setup.model,
         setup.loss_fn,
-        optimizer=setup.optimizer,
-        lr=config.lr,
+        optimizer=experiment.optimizer.at(config.lr),
         check_every=config.check_every,
         free_running=config.free_running,
         log_dir=run_dir,
