@@ -421,19 +421,9 @@ def conv_weight_gradients_against_native(setup: str = "conv", compiled: bool = F
 
         def native():
             return [
-                torch.ops.aten.convolution_backward(
-                    delta,
-                    a_prev,
-                    conv.weight.detach(),
-                    None,
-                    conv.stride,
-                    conv.padding,
-                    conv.dilation,
-                    False,
-                    (0, 0),
-                    1,
-                    (False, True, False),
-                )[1]
+                natives_weight_gradient(
+                    a_prev, delta, conv.kernel_size, conv.stride, conv.padding, conv.dilation, weight=conv.weight
+                )
                 for a_prev, delta, conv in layers
             ]
 
@@ -442,9 +432,13 @@ def conv_weight_gradients_against_native(setup: str = "conv", compiled: bool = F
     return make
 
 
-def natives_weight_gradient(a_prev, delta, kernel_size, stride, padding, dilation, groups=1):
-    """∂J/∂W by native's backward-weights kernel, in the signature of ``weight_gradient_by_convolution``."""
-    weight = a_prev.new_empty((delta.shape[1], a_prev.shape[1] // groups, *kernel_size))
+def natives_weight_gradient(a_prev, delta, kernel_size, stride, padding, dilation, groups=1, weight=None):
+    """∂J/∂W by native's backward-weights kernel, in the signature of ``weight_gradient_by_convolution``;
+    the kernel reads only the weight's shape (given ``weight``, its own; else an empty one of that shape)."""
+    if weight is None:
+        weight = a_prev.new_empty((delta.shape[1], a_prev.shape[1] // groups, *kernel_size))
+    else:
+        weight = weight.detach()
     mask = (False, True, False)
     return torch.ops.aten.convolution_backward(
         delta, a_prev, weight, None, stride, padding, dilation, False, (0, 0), groups, mask
