@@ -39,6 +39,16 @@ def per_sample_by_torch_func(model, loss_fn, x, target):
     return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, target)
 
 
+# What a normalisation's backward keeps (torchbp.hand_derived.save_for_normalisation_backward), by the inputs
+# that want a gradient: (wanted, saved), for layer, group and batch norm alike.
+SAVED_BY_A_NORMALISATION = [
+    ({"x", "weight", "bias"}, ["x", "μ", "rstd", "weight"]),
+    ({"x"}, ["x", "μ", "rstd", "weight"]),  # ∂J/∂x reads γ
+    ({"weight"}, ["x", "μ", "rstd"]),  # Σ g ⊙ x̃ reads x̃ = (x − μ) · rstd
+    ({"bias"}, []),  # Σ g reads nothing saved
+]
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="no CUDA device on this machine")
     for item in items:

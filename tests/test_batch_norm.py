@@ -17,7 +17,7 @@ from torchbp.layers import batch_norm as batch_norm_module
 from torchbp.layers.batch_norm import BatchNormFunction, normalize, per_channel
 from torchbp.verification.custom_ops import CUSTOM_OP_PROPERTIES
 
-from conftest import per_sample_by_torch_func
+from conftest import SAVED_BY_A_NORMALISATION, per_sample_by_torch_func
 
 EPS = 1e-5
 f32, f64, bf16 = torch.float32, torch.float64, torch.bfloat16
@@ -241,16 +241,7 @@ def test_torchbp_verify_passes(case):
 # -- what the Function returns and keeps ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "wanted, saved",
-    [
-        ({"x", "weight", "bias"}, ["x", "μ", "rstd", "weight"]),
-        ({"x"}, ["x", "μ", "rstd", "weight"]),  # γ rstd (…) reads γ
-        ({"weight"}, ["x", "μ", "rstd"]),  # Σ g ⊙ x̂ reads x̂ = (x − μ) · rstd
-        ({"bias"}, []),  # Σ g reads nothing saved
-    ],
-    ids=str,
-)
+@pytest.mark.parametrize("wanted, saved", SAVED_BY_A_NORMALISATION, ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
 def test_saves_only_what_its_backward_reads(training, wanted, saved):
     tensors = {"x": torch.randn(5, 4, 3), "weight": torch.randn(4), "bias": torch.randn(4)}

@@ -24,7 +24,7 @@ from torchbp.layers.group_norm import (
 )
 from torchbp.verification.custom_ops import CUSTOM_OP_PROPERTIES
 
-from conftest import per_sample_by_torch_func
+from conftest import SAVED_BY_A_NORMALISATION, per_sample_by_torch_func
 
 EPS = 1e-5
 f32, f64 = torch.float32, torch.float64
@@ -226,16 +226,7 @@ def test_torchbp_verify_passes(case):
 # -- what the backward keeps ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "wanted, saved",
-    [
-        ({"x", "weight", "bias"}, ["x", "μ", "rstd", "weight"]),
-        ({"x"}, ["x", "μ", "rstd", "weight"]),  # ĝ = δ ⊙ γ reads γ
-        ({"weight"}, ["x", "μ", "rstd"]),  # Σ δ ⊙ x̂ reads x̂ = (x − μ) · rstd
-        ({"bias"}, []),  # Σ δ reads nothing saved
-    ],
-    ids=str,
-)
+@pytest.mark.parametrize("wanted, saved", SAVED_BY_A_NORMALISATION, ids=str)
 def test_saves_only_what_its_backward_reads(wanted, saved):
     tensors = {"x": torch.randn(5, 4, 3), "weight": torch.randn(4), "bias": torch.randn(4)}
     for name, t in tensors.items():

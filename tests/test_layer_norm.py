@@ -22,6 +22,8 @@ from torchbp.layers.layer_norm import (
 )
 from torchbp.verification.custom_ops import CUSTOM_OP_PROPERTIES
 
+from conftest import SAVED_BY_A_NORMALISATION
+
 EPS = 1e-5
 DTYPES = [torch.float32, torch.float64]
 AFFINE = {"affine": (True, True), "no affine": (False, False), "weight only": (True, False)}
@@ -183,16 +185,7 @@ def test_torchbp_verify_passes(case):
 # -- what the backward keeps ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "wanted, saved",
-    [
-        ({"x", "weight", "bias"}, ["x", "μ", "rstd", "weight"]),
-        ({"x"}, ["x", "μ", "rstd", "weight"]),  # ĝ = g ⊙ γ reads γ
-        ({"weight"}, ["x", "μ", "rstd"]),  # Σ g ⊙ x̂ reads x̂ = (x − μ) · rstd
-        ({"bias"}, []),  # Σ g reads nothing saved
-    ],
-    ids=str,
-)
+@pytest.mark.parametrize("wanted, saved", SAVED_BY_A_NORMALISATION, ids=str)
 def test_saves_only_what_its_backward_reads(wanted, saved):
     tensors = {"x": torch.randn(5, 4), "weight": torch.randn(4), "bias": torch.randn(4)}
     for name, t in tensors.items():
